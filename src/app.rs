@@ -1,0 +1,241 @@
+//! The only place where the pieces are wired together: load and validate
+//! (binding nothing), bind every listener, spawn the accept loops, wait for
+//! the signal, drain.
+
+use std::hash::{BuildHasher, RandomState};
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::diagnostic::Diagnostic;
+use crate::proxy::{Entry, Proxy};
+use crate::rules::{self, Rule, RuleSet};
+use crate::server;
+
+/// A validated configuration and its rules, not yet bound to any port.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    rules: Vec<Arc<Rule>>,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl App {
+    /// Reads the config file and every rule file; reports every problem.
+    pub fn load(config_path: &Path) -> Result<App, Vec<Diagnostic>> {
+        let config = Config::load(config_path)?;
+        let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let rules = rules::load_dir(&config.proxy.rules_dir, &names)?;
+        Ok(App { config, rules })
+    }
+
+    pub fn new(config: Config, rules: Vec<Arc<Rule>>) -> App {
+        App { config, rules }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn rules(&self) -> &[Arc<Rule>] {
+        &self.rules
+    }
+
+    /// Binds every listener, then starts serving. Nothing serves unless all bind.
+    pub async fn start(self) -> Result<Running, StartError> {
+        let config = self.config;
+        let seed = config.proxy.seed.unwrap_or_else(random_seed);
+        let rule_set = RuleSet::new(self.rules, &config.upstreams, seed);
+        let proxy = Arc::new(Proxy::new(&config, rule_set));
+
+        let mut bound = Vec::new();
+        for (i, listener) in config.listeners.iter().enumerate() {
+            let what = format!("listener {:?}", listener.name);
+            bound.push((
+                bind(listener.listen, &what).await?,
+                Entry::Listener(i),
+                listener.name.clone(),
+            ));
+        }
+        for (i, upstream) in config.upstreams.iter().enumerate() {
+            if let Some(addr) = upstream.listen {
+                let what = format!("the dedicated port of upstream {:?}", upstream.name);
+                bound.push((
+                    bind(addr, &what).await?,
+                    Entry::Upstream(i),
+                    upstream.name.clone(),
+                ));
+            }
+        }
+
+        let shutdown = CancellationToken::new();
+        let grace = config.proxy.shutdown_grace;
+        let mut listeners = Vec::new();
+        let mut tasks = Vec::new();
+        for (listener, entry, name) in bound {
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                what: name.clone(),
+                source,
+            })?;
+            info!(%addr, name, kind = entry_kind(entry), "listening");
+            listeners.push(BoundListener { name, entry, addr });
+            let proxy = Arc::clone(&proxy);
+            tasks.push(tokio::spawn(server::serve(
+                listener,
+                move |conn| proxy.service(entry, conn),
+                shutdown.clone(),
+                grace,
+            )));
+        }
+        info!(
+            seed,
+            rules = proxy.rules().rules().len(),
+            "faultline is serving"
+        );
+        Ok(Running {
+            proxy,
+            listeners,
+            shutdown,
+            tasks,
+            seed,
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr,
+            what: what.to_owned(),
+            source,
+        })
+}
+
+fn entry_kind(entry: Entry) -> &'static str {
+    match entry {
+        Entry::Listener(_) => "listener",
+        Entry::Upstream(_) => "upstream",
+    }
+}
+
+/// A seed for runs without `[proxy] seed`; logged so a run can be replayed.
+fn random_seed() -> u64 {
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+#[derive(Debug, Clone)]
+struct BoundListener {
+    name: String,
+    entry: Entry,
+    addr: SocketAddr,
+}
+
+/// A proxy that is serving.
+pub struct Running {
+    proxy: Arc<Proxy>,
+    listeners: Vec<BoundListener>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    seed: u64,
+}
+
+impl Running {
+    /// The bound address of a `[[listener]]`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.find(name, |e| matches!(e, Entry::Listener(_)))
+    }
+
+    /// The bound address of an upstream's dedicated port.
+    pub fn upstream_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.find(name, |e| matches!(e, Entry::Upstream(_)))
+    }
+
+    fn find(&self, name: &str, kind: impl Fn(Entry) -> bool) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.name == name && kind(l.entry))
+            .map(|l| l.addr)
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// The seed fault decisions are drawn from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace
+    /// period, and returns when every listener is done.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down.
+    pub async fn run_until_signal(self) {
+        shutdown_signal().await;
+        info!("shutting down: no new connections, draining in-flight requests");
+        self.shutdown().await;
+        info!("stopped");
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// Builds the runtime: `workers` threads, or one per core.
+pub fn runtime(workers: Option<usize>) -> io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build()
+}
+
+/// How long tests and the demo may wait for a drain by default.
+pub const DEFAULT_GRACE: Duration = crate::config::DEFAULT_SHUTDOWN_GRACE;

@@ -1,0 +1,734 @@
+//! How the process runs: listeners, upstreams, routes and proxy settings
+//! (SPEC §2), parsed from `faultline.toml` and validated before anything binds.
+//!
+//! [`ConfigFile`] mirrors the TOML; [`Config::from_wire`] turns it into the
+//! validated model, collecting every problem rather than stopping at the first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{GlobBuilder, GlobMatcher};
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Uri};
+use serde::Deserialize;
+
+use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9000";
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_ACTIVE_FAULTS: usize = 10_000;
+
+// ---------------------------------------------------------------------------
+// Wire types: exactly the TOML schema.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub proxy: ProxySection,
+    #[serde(default)]
+    pub listener: Vec<ListenerSection>,
+    #[serde(default)]
+    pub upstream: Vec<UpstreamSection>,
+    #[serde(default)]
+    pub route: Vec<RouteSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    pub rules_dir: Option<PathBuf>,
+    pub seed: Option<u64>,
+    pub workers: Option<usize>,
+    pub max_active_faults: Option<usize>,
+    pub connect_timeout: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub mark_faults: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub name: String,
+    pub listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub listener: String,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub upstream: String,
+}
+
+// ---------------------------------------------------------------------------
+// The validated model.
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub admin: AdminConfig,
+    pub proxy: ProxyConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Absolute, or relative to the directory of the config file.
+    pub rules_dir: PathBuf,
+    /// `None`: a random seed is drawn at start and logged.
+    pub seed: Option<u64>,
+    /// `None`: one worker thread per core.
+    pub workers: Option<usize>,
+    pub max_active_faults: usize,
+    pub connect_timeout: Duration,
+    /// How long the upstream may take to send response headers.
+    pub upstream_timeout: Duration,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_grace: Duration,
+    pub mark_faults: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The `Host` header sent upstream: the upstream's authority.
+    pub host_header: HeaderValue,
+    pub labels: BTreeMap<String, String>,
+    /// A dedicated port whose every request goes to this upstream.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Index into [`Config::listeners`].
+    pub listener: usize,
+    pub host: Option<HostPattern>,
+    pub path_prefix: Option<String>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+}
+
+/// A glob over the request's host name (port ignored, case-insensitive).
+#[derive(Debug, Clone)]
+pub struct HostPattern {
+    pub glob: String,
+    matcher: GlobMatcher,
+}
+
+impl HostPattern {
+    fn new(glob: &str) -> Result<Self, String> {
+        let matcher = GlobBuilder::new(&glob.to_ascii_lowercase())
+            .case_insensitive(true)
+            .build()
+            .map_err(|e| format!("invalid host glob {glob:?}: {}", e.kind()))?
+            .compile_matcher();
+        Ok(Self {
+            glob: glob.to_owned(),
+            matcher,
+        })
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        self.matcher.is_match(host)
+    }
+}
+
+impl RouteConfig {
+    /// Whether this route takes a request for `host` (port already removed) and `path`.
+    pub fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        if let Some(pattern) = &self.host {
+            match host {
+                Some(host) if pattern.matches(host) => {}
+                _ => return false,
+            }
+        }
+        match &self.path_prefix {
+            Some(prefix) => path_has_prefix(path, prefix),
+            None => true,
+        }
+    }
+}
+
+/// Segment-aware prefix: `/orders` takes `/orders` and `/orders/1`, not `/ordersx`.
+/// A prefix ending in `/` is a plain string prefix.
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?']),
+        None => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading and validation.
+
+impl Config {
+    /// Reads and validates a config file; every problem is reported.
+    pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![Diagnostic::whole_file(
+                path,
+                format!("cannot read config file: {e}"),
+            )]
+        })?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base_dir).map_err(|errors| match errors {
+            ParseError::Toml(e) => vec![Diagnostic::from_toml(path, &text, &e)],
+            ParseError::Invalid(errors) => errors
+                .iter()
+                .map(|e| Diagnostic::from_field(path, &text, e))
+                .collect(),
+        })
+    }
+
+    /// Parses and validates config text; relative paths are taken from `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ParseError> {
+        let wire: ConfigFile = toml::from_str(text).map_err(ParseError::Toml)?;
+        Self::from_wire(wire, base_dir).map_err(ParseError::Invalid)
+    }
+
+    pub fn from_wire(wire: ConfigFile, base_dir: &Path) -> Result<Config, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let root = FieldPath::root();
+
+        let admin = validate_admin(&wire.admin, &root.key("admin"), &mut errors);
+        let proxy = validate_proxy(&wire.proxy, base_dir, &root.key("proxy"), &mut errors);
+
+        let mut listen_addrs: HashMap<SocketAddr, FieldPath> = HashMap::new();
+        let mut claim_addr = |addr: SocketAddr, at: FieldPath, errors: &mut Vec<FieldError>| {
+            if addr.port() == 0 {
+                return;
+            }
+            if let Some(first) = listen_addrs.get(&addr) {
+                errors.push(FieldError::new(
+                    at,
+                    format!("address {addr} is already used by {first}"),
+                ));
+            } else {
+                listen_addrs.insert(addr, at);
+            }
+        };
+
+        let mut listeners = Vec::new();
+        let mut listener_index = HashMap::new();
+        for (i, section) in wire.listener.iter().enumerate() {
+            let at = root.key("listener").index(i);
+            check_name(&section.name, "listener", &at.key("name"), &mut errors);
+            if listener_index.insert(section.name.clone(), i).is_some() {
+                errors.push(FieldError::new(
+                    at.key("name"),
+                    format!("duplicate listener name {:?}", section.name),
+                ));
+            }
+            let listen = parse_addr(&section.listen, &at.key("listen"), &mut errors);
+            if let Some(addr) = listen {
+                claim_addr(addr, at.key("listen"), &mut errors);
+            }
+            listeners.push(ListenerConfig {
+                name: section.name.clone(),
+                listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            });
+        }
+
+        let mut upstreams = Vec::new();
+        let mut upstream_index = HashMap::new();
+        for (i, section) in wire.upstream.iter().enumerate() {
+            let at = root.key("upstream").index(i);
+            check_name(&section.name, "upstream", &at.key("name"), &mut errors);
+            if upstream_index.insert(section.name.clone(), i).is_some() {
+                errors.push(FieldError::new(
+                    at.key("name"),
+                    format!("duplicate upstream name {:?}", section.name),
+                ));
+            }
+            for (key, value) in &section.labels {
+                if key.is_empty() || value.is_empty() {
+                    errors.push(FieldError::new(
+                        at.key("labels"),
+                        format!(
+                            "upstream {:?}: label keys and values must not be empty",
+                            section.name
+                        ),
+                    ));
+                }
+            }
+            let listen = section.listen.as_deref().and_then(|text| {
+                let addr = parse_addr(text, &at.key("listen"), &mut errors)?;
+                claim_addr(addr, at.key("listen"), &mut errors);
+                Some(addr)
+            });
+            if let Some(upstream) =
+                parse_upstream_url(&section.url, &at.key("url"), &section.name, &mut errors)
+            {
+                let (scheme, authority, host_header) = upstream;
+                upstreams.push(UpstreamConfig {
+                    name: section.name.clone(),
+                    scheme,
+                    authority,
+                    host_header,
+                    labels: section.labels.clone(),
+                    listen,
+                });
+            }
+        }
+
+        let mut routes = Vec::new();
+        for (i, section) in wire.route.iter().enumerate() {
+            let at = root.key("route").index(i);
+            let listener = listener_index.get(&section.listener).copied();
+            if listener.is_none() {
+                errors.push(FieldError::new(
+                    at.key("listener"),
+                    format!(
+                        "route {i} names listener {:?}, which is not defined{}",
+                        section.listener,
+                        known(listener_index.keys())
+                    ),
+                ));
+            }
+            let upstream = upstream_index.get(&section.upstream).copied();
+            if upstream.is_none() {
+                errors.push(FieldError::new(
+                    at.key("upstream"),
+                    format!(
+                        "route {i} names upstream {:?}, which is not defined{}",
+                        section.upstream,
+                        known(upstream_index.keys())
+                    ),
+                ));
+            }
+            let host = section.host.as_deref().and_then(|glob| {
+                HostPattern::new(glob)
+                    .map_err(|e| errors.push(FieldError::new(at.key("host"), e)))
+                    .ok()
+            });
+            if let Some(prefix) = &section.path_prefix {
+                if !prefix.starts_with('/') {
+                    errors.push(FieldError::new(
+                        at.key("path_prefix"),
+                        format!("path_prefix {prefix:?} must start with '/'"),
+                    ));
+                }
+            }
+            if let (Some(listener), Some(upstream)) = (listener, upstream) {
+                routes.push(RouteConfig {
+                    listener,
+                    host,
+                    path_prefix: section.path_prefix.clone(),
+                    upstream,
+                });
+            }
+        }
+
+        for (i, listener) in listeners.iter().enumerate() {
+            if !wire.route.iter().any(|r| r.listener == listener.name) {
+                errors.push(FieldError::new(
+                    root.key("listener").index(i).key("name"),
+                    format!(
+                        "listener {:?} has no routes; add a [[route]] with listener = {:?}",
+                        listener.name, listener.name
+                    ),
+                ));
+            }
+        }
+        if wire.listener.is_empty() && !wire.upstream.iter().any(|u| u.listen.is_some()) {
+            errors.push(FieldError::new(
+                root,
+                "nothing to listen on: define a [[listener]] with routes, or give an [[upstream]] a dedicated `listen` address",
+            ));
+        }
+
+        if errors.is_empty() {
+            Ok(Config {
+                admin,
+                proxy,
+                listeners,
+                upstreams,
+                routes,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn upstream_index(&self, name: &str) -> Option<usize> {
+        self.upstreams.iter().position(|u| u.name == name)
+    }
+}
+
+/// Why config text was not accepted.
+#[derive(Debug)]
+pub enum ParseError {
+    /// Not TOML, or not the schema (unknown key, wrong type).
+    Toml(toml::de::Error),
+    /// Well-formed, but the values do not hold together.
+    Invalid(Vec<FieldError>),
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::Toml(e) => write!(f, "{}", e.message().trim()),
+            ParseError::Invalid(errors) => {
+                let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                write!(f, "{}", lines.join("; "))
+            }
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+fn validate_admin(
+    section: &AdminSection,
+    at: &FieldPath,
+    errors: &mut Vec<FieldError>,
+) -> AdminConfig {
+    let listen = parse_addr(
+        section.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+        &at.key("listen"),
+        errors,
+    )
+    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let token = match (&section.token, &section.token_env) {
+        (Some(_), Some(_)) => {
+            errors.push(FieldError::new(
+                at.key("token_env"),
+                "give either `token` or `token_env`, not both",
+            ));
+            None
+        }
+        (Some(token), None) => Some(token.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(token) if !token.is_empty() => Some(token),
+            _ => {
+                errors.push(FieldError::new(
+                    at.key("token_env"),
+                    format!("environment variable {var} (token_env) is not set or empty"),
+                ));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if token.as_deref() == Some("") {
+        errors.push(FieldError::new(
+            at.key("token"),
+            "the admin token must not be empty",
+        ));
+    }
+    if !listen.ip().is_loopback() && token.is_none() && section.token_env.is_none() {
+        errors.push(FieldError::new(
+            at.key("listen"),
+            format!("admin listener {listen} is not loopback: set `token` or `token_env` so the admin API is not open to the network"),
+        ));
+    }
+    AdminConfig { listen, token }
+}
+
+fn validate_proxy(
+    section: &ProxySection,
+    base_dir: &Path,
+    at: &FieldPath,
+    errors: &mut Vec<FieldError>,
+) -> ProxyConfig {
+    let mut duration = |value: &Option<String>, key: &str, default: Duration| match value {
+        None => default,
+        Some(text) => match crate::duration::parse(text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                errors.push(FieldError::new(
+                    at.key(key),
+                    format!("{key} must be more than zero"),
+                ));
+                default
+            }
+            Err(e) => {
+                errors.push(FieldError::new(at.key(key), e));
+                default
+            }
+        },
+    };
+    let connect_timeout = duration(
+        &section.connect_timeout,
+        "connect_timeout",
+        DEFAULT_CONNECT_TIMEOUT,
+    );
+    let upstream_timeout = duration(
+        &section.upstream_timeout,
+        "upstream_timeout",
+        DEFAULT_UPSTREAM_TIMEOUT,
+    );
+    let shutdown_grace = duration(
+        &section.shutdown_grace,
+        "shutdown_grace",
+        DEFAULT_SHUTDOWN_GRACE,
+    );
+    if section.workers == Some(0) {
+        errors.push(FieldError::new(
+            at.key("workers"),
+            "workers must be at least 1",
+        ));
+    }
+    if section.max_active_faults == Some(0) {
+        errors.push(FieldError::new(
+            at.key("max_active_faults"),
+            "max_active_faults must be at least 1",
+        ));
+    }
+    let rules_dir = section
+        .rules_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("rules"));
+    ProxyConfig {
+        rules_dir: base_dir.join(rules_dir),
+        seed: section.seed,
+        workers: section.workers,
+        max_active_faults: section
+            .max_active_faults
+            .unwrap_or(DEFAULT_MAX_ACTIVE_FAULTS),
+        connect_timeout,
+        upstream_timeout,
+        shutdown_grace,
+        mark_faults: section.mark_faults.unwrap_or(true),
+    }
+}
+
+fn parse_addr(text: &str, at: &FieldPath, errors: &mut Vec<FieldError>) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.push(FieldError::new(
+                at.clone(),
+                format!("invalid address {text:?}: expected IP:PORT such as \"127.0.0.1:8080\""),
+            ));
+            None
+        }
+    }
+}
+
+fn parse_upstream_url(
+    text: &str,
+    at: &FieldPath,
+    name: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<(Scheme, Authority, HeaderValue)> {
+    let mut fail = |message: String| {
+        errors.push(FieldError::new(
+            at.clone(),
+            format!("upstream {name:?}: {message}"),
+        ));
+        None
+    };
+    let uri: Uri = match text.parse() {
+        Ok(uri) => uri,
+        Err(e) => return fail(format!("invalid url {text:?}: {e}")),
+    };
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return fail(format!(
+                "url {text:?}: https upstreams are not supported yet; use http://"
+            ))
+        }
+        _ => return fail(format!("url {text:?} must start with http://")),
+    }
+    let Some(authority) = uri.authority().cloned() else {
+        return fail(format!("url {text:?} has no host"));
+    };
+    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+        return fail(format!(
+            "url {text:?} must be scheme, host and port only; requests keep their own path"
+        ));
+    }
+    let host_header = match HeaderValue::from_str(authority.as_str()) {
+        Ok(value) => value,
+        Err(_) => return fail(format!("url {text:?} has an invalid host")),
+    };
+    Some((Scheme::HTTP, authority, host_header))
+}
+
+/// Names of listeners, upstreams and rules: `[A-Za-z0-9._-]+`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_name(name: &str, what: &str, at: &FieldPath, errors: &mut Vec<FieldError>) {
+    if !is_valid_name(name) {
+        errors.push(FieldError::new(
+            at.clone(),
+            format!("invalid {what} name {name:?}: use letters, digits, '.', '_' and '-'"),
+        ));
+    }
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let mut names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        return String::new();
+    }
+    names.sort_unstable();
+    format!(" (known: {})", names.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ParseError> {
+        Config::parse(text, Path::new("/etc/faultline"))
+    }
+
+    fn messages(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => panic!("expected errors"),
+            Err(ParseError::Toml(e)) => vec![e.message().trim().to_owned()],
+            Err(ParseError::Invalid(errors)) => errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const MINIMAL: &str = r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8080"
+
+[[upstream]]
+name = "orders-use1"
+url = "http://127.0.0.1:9101"
+labels = { region = "us-east-1", service = "orders" }
+
+[[route]]
+listener = "edge"
+upstream = "orders-use1"
+"#;
+
+    #[test]
+    fn defaults_are_sane() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.proxy.rules_dir, Path::new("/etc/faultline/rules"));
+        assert_eq!(config.proxy.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT);
+        assert!(config.proxy.mark_faults);
+        assert_eq!(config.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(config.upstreams[0].host_header, "127.0.0.1:9101");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let text = MINIMAL.replace("name = \"edge\"", "name = \"edge\"\nlisten_addr = \"x\"");
+        let errors = messages(&text);
+        assert!(
+            errors[0].contains("unknown field `listen_addr`"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn dangling_references_name_what_exists() {
+        let text = MINIMAL.replace("upstream = \"orders-use1\"", "upstream = \"orders\"");
+        assert_eq!(
+            messages(&text),
+            vec!["route[0].upstream: route 0 names upstream \"orders\", which is not defined (known: orders-use1)"]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = r#"
+[proxy]
+upstream_timeout = "soon"
+workers = 0
+
+[[listener]]
+name = "edge"
+listen = "localhost"
+
+[[upstream]]
+name = "a"
+url = "https://example.com"
+
+[[upstream]]
+name = "a"
+url = "http://127.0.0.1:1/base"
+
+[[route]]
+listener = "edge"
+upstream = "a"
+"#;
+        let errors = messages(text);
+        assert_eq!(errors.len(), 6, "{errors:#?}");
+        assert!(errors[0].starts_with("proxy.upstream_timeout: invalid duration \"soon\""));
+        assert_eq!(errors[1], "proxy.workers: workers must be at least 1");
+        assert!(errors[2].starts_with("listener[0].listen: invalid address \"localhost\""));
+        assert!(errors[3].contains("https upstreams are not supported"));
+        assert!(errors
+            .iter()
+            .any(|e| e.contains("duplicate upstream name \"a\"")));
+    }
+
+    #[test]
+    fn non_loopback_admin_needs_a_token() {
+        let text = format!("[admin]\nlisten = \"0.0.0.0:9000\"\n{MINIMAL}");
+        assert!(messages(&text)[0].contains("is not loopback"));
+        let text = format!("[admin]\nlisten = \"0.0.0.0:9000\"\ntoken = \"s3cret\"\n{MINIMAL}");
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn routes_match_host_globs_and_path_segments() {
+        let route = RouteConfig {
+            listener: 0,
+            host: Some(HostPattern::new("orders.us-east-1.*").unwrap()),
+            path_prefix: Some("/api".into()),
+            upstream: 0,
+        };
+        assert!(route.matches(Some("orders.us-east-1.example"), "/api/x"));
+        assert!(route.matches(Some("ORDERS.us-east-1.example"), "/api"));
+        assert!(!route.matches(Some("orders.us-west-2.example"), "/api"));
+        assert!(!route.matches(Some("orders.us-east-1.example"), "/apix"));
+        assert!(!route.matches(None, "/api"));
+    }
+}

@@ -1,0 +1,212 @@
+//! `faultline demo`: four small upstreams on loopback (`orders` and
+//! `payments` in `us-east-1` and `us-west-2`), the proxy in front of them
+//! with the rules under `rules/`, and a printed list of what to try.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, Running};
+use crate::config::Config;
+use crate::rules::{self, RuleText};
+use crate::server;
+
+/// The demo's upstreams: (name, service, region, zone).
+pub const UPSTREAMS: [(&str, &str, &str, &str); 4] = [
+    ("orders-use1", "orders", "us-east-1", "use1-az1"),
+    ("payments-use1", "payments", "us-east-1", "use1-az2"),
+    ("orders-usw2", "orders", "us-west-2", "usw2-az1"),
+    ("payments-usw2", "payments", "us-west-2", "usw2-az2"),
+];
+
+/// Rule files compiled in, for a demo started outside a checkout.
+const BUILTIN_RULES: [(&str, &str); 1] = [(
+    "rules/us-east-1-brownout.toml",
+    include_str!("../rules/us-east-1-brownout.toml"),
+)];
+
+/// A running demo: its upstreams and the proxy in front of them.
+pub struct Demo {
+    pub proxy: Running,
+    pub proxy_addr: SocketAddr,
+    pub upstreams: Vec<(&'static str, SocketAddr)>,
+    pub rules_from: PathBuf,
+    upstream_shutdown: CancellationToken,
+}
+
+impl Demo {
+    /// Starts the demo upstreams and the proxy on `listen`. Rules come from
+    /// `rules_dir` when it exists, else from the copies built in.
+    pub async fn start(listen: SocketAddr, rules_dir: &Path) -> Result<Demo, String> {
+        let upstream_shutdown = CancellationToken::new();
+        let mut upstreams = Vec::new();
+        for (name, service, region, _) in UPSTREAMS {
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| format!("cannot start demo upstream {name}: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let identity = Arc::new(
+                serde_json::json!({ "service": service, "region": region, "upstream": name }),
+            );
+            tokio::spawn(server::serve(
+                listener,
+                move |_conn| {
+                    let identity = Arc::clone(&identity);
+                    hyper::service::service_fn(move |request| {
+                        answer(Arc::clone(&identity), request)
+                    })
+                },
+                upstream_shutdown.clone(),
+                Duration::from_secs(1),
+            ));
+            upstreams.push((name, addr));
+        }
+
+        let config = Config::parse(&config_text(listen, &upstreams), Path::new("."))
+            .map_err(|e| format!("demo config: {e}"))?;
+        let names: Vec<&str> = UPSTREAMS.iter().map(|u| u.0).collect();
+        let (rules, rules_from) = if rules_dir.is_dir() {
+            let rules =
+                rules::load_dir(rules_dir, &names).map_err(|d| crate::diagnostic::render(&d))?;
+            (rules, rules_dir.to_path_buf())
+        } else {
+            let texts: Vec<RuleText> = BUILTIN_RULES
+                .iter()
+                .map(|(path, text)| RuleText {
+                    path: PathBuf::from(path),
+                    text: (*text).to_owned(),
+                })
+                .collect();
+            let rules =
+                rules::load_sources(&texts, &names).map_err(|d| crate::diagnostic::render(&d))?;
+            (rules, PathBuf::from("(built-in rules)"))
+        };
+        let proxy = App::new(config, rules)
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        let proxy_addr = proxy
+            .listener_addr("edge")
+            .ok_or("the demo's edge listener did not start")?;
+        Ok(Demo {
+            proxy,
+            proxy_addr,
+            upstreams,
+            rules_from,
+            upstream_shutdown,
+        })
+    }
+
+    /// What to try next, printed when the demo starts.
+    pub fn instructions(&self) -> String {
+        let proxy = format!("http://{}", self.proxy_addr);
+        let mut text = String::new();
+        text.push_str("faultline demo is running.\n\n");
+        text.push_str(&format!("  proxy      {proxy}\n"));
+        for (name, addr) in &self.upstreams {
+            text.push_str(&format!("  upstream   {name:<14} http://{addr}\n"));
+        }
+        let rules = self.proxy.proxy().rules();
+        text.push_str(&format!(
+            "  rules      {} rules from {}\n",
+            rules.rules().len(),
+            self.rules_from.display()
+        ));
+        for rule in rules.rules() {
+            let state = if rule.enabled() {
+                "enabled"
+            } else {
+                "disabled"
+            };
+            text.push_str(&format!(
+                "             {} ({state}, p={}): {}\n",
+                rule.name(),
+                rule.probability(),
+                rule.spec
+                    .description
+                    .as_deref()
+                    .unwrap_or(rule.fault.kind())
+            ));
+        }
+        text.push_str(&format!("  seed       {}\n\n", self.proxy.seed()));
+        text.push_str(
+            "Routes: /<region>/<service>/... by path, or Host: <service>.<region>.demo\n\n",
+        );
+        text.push_str("Try:\n");
+        text.push_str(&format!(
+            "  curl -si {proxy}/us-east-1/orders/42      # us-east-1 browns out: slow, sometimes 503\n"
+        ));
+        text.push_str(&format!(
+            "  curl -si {proxy}/us-west-2/orders/42      # us-west-2 stays healthy\n"
+        ));
+        text.push_str(&format!(
+            "  curl -si -H 'Host: payments.us-east-1.demo' {proxy}/charge\n"
+        ));
+        text.push_str(&format!(
+            "  for i in $(seq 20); do curl -s -o /dev/null -w '%{{http_code}} %{{time_total}}s\\n' {proxy}/us-east-1/orders; done\n\n"
+        ));
+        text.push_str("Injected responses carry x-faultline-rule; errors the proxy makes itself carry x-faultline-error.\n");
+        text.push_str("Press Ctrl-C to stop.\n");
+        text
+    }
+
+    pub async fn shutdown(self) {
+        self.proxy.shutdown().await;
+        self.upstream_shutdown.cancel();
+    }
+
+    /// Serves until SIGINT or SIGTERM.
+    pub async fn run_until_signal(self) {
+        let upstreams = self.upstream_shutdown.clone();
+        self.proxy.run_until_signal().await;
+        upstreams.cancel();
+    }
+}
+
+/// The demo's config: host and path routes on one edge listener.
+fn config_text(listen: SocketAddr, upstreams: &[(&str, SocketAddr)]) -> String {
+    let mut text = format!(
+        "[proxy]\nshutdown_grace = \"2s\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"{listen}\"\n"
+    );
+    for ((name, service, region, zone), (_, addr)) in UPSTREAMS.iter().zip(upstreams) {
+        text.push_str(&format!(
+            "\n[[upstream]]\nname = \"{name}\"\nurl = \"http://{addr}\"\nlabels = {{ region = \"{region}\", zone = \"{zone}\", service = \"{service}\" }}\n"
+        ));
+        text.push_str(&format!(
+            "\n[[route]]\nlistener = \"edge\"\npath_prefix = \"/{region}/{service}\"\nupstream = \"{name}\"\n"
+        ));
+        text.push_str(&format!(
+            "\n[[route]]\nlistener = \"edge\"\nhost = \"{service}.{region}.*\"\nupstream = \"{name}\"\n"
+        ));
+    }
+    text
+}
+
+/// A demo upstream's answer: who it is and what it was asked.
+async fn answer(
+    identity: Arc<serde_json::Value>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = serde_json::json!({
+        "service": identity["service"],
+        "region": identity["region"],
+        "upstream": identity["upstream"],
+        "method": request.method().as_str(),
+        "path": request.uri().path(),
+    });
+    let mut response = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}

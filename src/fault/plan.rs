@@ -1,0 +1,248 @@
+//! Decide, then do: turning the rules that match a request into one [`Plan`].
+//!
+//! Planning is pure but for one counter per rule: a rule's n-th matching
+//! request draws from a random stream seeded by (seed, rule name, n), so with
+//! a fixed seed the same sequence of requests gets the same decisions, and
+//! adding or removing one rule does not reshuffle the others.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::{AbortMode, Fault, SyntheticResponse};
+use crate::rules::{Rule, RuleSet};
+
+/// What the request path must do for one request.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Injected latency before the action (latency faults add up).
+    pub delay: Duration,
+    /// The rules that injected something, in evaluation order.
+    pub rules: Vec<Arc<Rule>>,
+    pub action: Action,
+}
+
+/// The step after the delay: forward, or the first terminal fault.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Forward,
+    Respond(Arc<SyntheticResponse>),
+    Abort(AbortMode),
+    Blackhole { max_hold: Duration },
+}
+
+/// Plans one request; `None` when no rule injects anything (the fast path).
+pub fn plan(
+    rules: &RuleSet,
+    upstream: usize,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<Plan> {
+    let mut planned: Option<Plan> = None;
+    for rule in rules.candidates(upstream) {
+        if !rule.matcher.matches_request(method, path, headers) {
+            continue;
+        }
+        let draw = rule.draws.fetch_add(1, Ordering::Relaxed);
+        let mut rng = stream(rules.seed(), rule.salt, draw);
+        if !hits(rule.probability(), &mut rng) {
+            continue;
+        }
+        let plan = planned.get_or_insert_with(|| Plan {
+            delay: Duration::ZERO,
+            rules: Vec::new(),
+            action: Action::Forward,
+        });
+        plan.rules.push(Arc::clone(rule));
+        let action = match &rule.fault {
+            Fault::Latency { delay, jitter } => {
+                plan.delay += jittered(*delay, *jitter, &mut rng);
+                continue;
+            }
+            Fault::Respond(response) => Action::Respond(Arc::clone(response)),
+            Fault::Abort(mode) => Action::Abort(*mode),
+            Fault::Blackhole { max_hold } => Action::Blackhole {
+                max_hold: *max_hold,
+            },
+        };
+        // The first terminal fault ends the evaluation.
+        plan.action = action;
+        break;
+    }
+    planned
+}
+
+/// The random stream of a rule's n-th draw.
+pub fn stream(seed: u64, salt: u64, draw: u64) -> SmallRng {
+    SmallRng::seed_from_u64(splitmix64(
+        seed ^ splitmix64(salt ^ draw.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+    ))
+}
+
+/// Whether a draw with this probability injects.
+pub fn hits(probability: f64, rng: &mut SmallRng) -> bool {
+    if probability >= 1.0 {
+        true
+    } else if probability <= 0.0 {
+        false
+    } else {
+        rng.random::<f64>() < probability
+    }
+}
+
+/// `delay` moved uniformly within ±`jitter`, never below zero.
+pub fn jittered(delay: Duration, jitter: Duration, rng: &mut SmallRng) -> Duration {
+    if jitter.is_zero() {
+        return delay;
+    }
+    let offset = rng.random_range(-jitter.as_secs_f64()..=jitter.as_secs_f64());
+    Duration::from_secs_f64((delay.as_secs_f64() + offset).max(0.0))
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::UpstreamConfig;
+    use crate::diagnostic::FieldPath;
+    use crate::rules::{RuleFile, RuleSource};
+
+    fn upstreams() -> Vec<UpstreamConfig> {
+        ["orders-use1", "orders-usw2"]
+            .iter()
+            .zip(["us-east-1", "us-west-2"])
+            .map(|(name, region)| UpstreamConfig {
+                name: (*name).into(),
+                scheme: http::uri::Scheme::HTTP,
+                authority: "127.0.0.1:1".parse().unwrap(),
+                host_header: http::HeaderValue::from_static("127.0.0.1:1"),
+                labels: [("region".to_owned(), region.to_owned())].into(),
+                listen: None,
+            })
+            .collect()
+    }
+
+    fn rule_set(text: &str, seed: u64) -> RuleSet {
+        let upstreams = upstreams();
+        let file: RuleFile = toml::from_str(text).unwrap();
+        let rules = file
+            .rule
+            .into_iter()
+            .map(|spec| {
+                Arc::new(
+                    spec.validate(RuleSource::Api, Path::new("."), &[], &FieldPath::root())
+                        .unwrap(),
+                )
+            })
+            .collect();
+        RuleSet::new(rules, &upstreams, seed)
+    }
+
+    fn plan_get(rules: &RuleSet, upstream: usize) -> Option<Plan> {
+        plan(rules, upstream, &Method::GET, "/", &HeaderMap::new())
+    }
+
+    const MIXED: &str = r#"
+[[rule]]
+name = "slow"
+[rule.match]
+labels = { region = "us-east-1" }
+[rule.fault]
+kind = "latency"
+delay = "100ms"
+
+[[rule]]
+name = "slower"
+[rule.fault]
+kind = "latency"
+delay = "50ms"
+
+[[rule]]
+name = "fail"
+[rule.match]
+labels = { region = "us-east-1" }
+[rule.fault]
+kind = "error"
+status = 503
+
+[[rule]]
+name = "never-reached"
+[rule.fault]
+kind = "abort"
+mode = "reset"
+"#;
+
+    #[test]
+    fn latencies_add_up_and_the_first_terminal_fault_wins() {
+        let rules = rule_set(MIXED, 1);
+        let plan = plan_get(&rules, 0).unwrap();
+        assert_eq!(plan.delay, Duration::from_millis(150));
+        let names: Vec<&str> = plan.rules.iter().map(|r| r.name()).collect();
+        assert_eq!(names, ["slow", "slower", "fail"]);
+        assert!(matches!(plan.action, Action::Respond(ref r) if r.status == 503));
+    }
+
+    #[test]
+    fn rules_apply_only_to_their_upstreams() {
+        let rules = rule_set(MIXED, 1);
+        let plan = plan_get(&rules, 1).unwrap();
+        assert_eq!(plan.delay, Duration::from_millis(50));
+        assert!(matches!(plan.action, Action::Abort(AbortMode::Reset)));
+    }
+
+    #[test]
+    fn disabled_and_zero_probability_rules_never_inject() {
+        let rules = rule_set(
+            "[[rule]]\nname = \"off\"\nenabled = false\n[rule.fault]\nkind = \"abort\"\nmode = \"close\"\n\
+             [[rule]]\nname = \"zero\"\nprobability = 0.0\n[rule.fault]\nkind = \"abort\"\nmode = \"close\"\n",
+            1,
+        );
+        assert!((0..1000).all(|_| plan_get(&rules, 0).is_none()));
+    }
+
+    const THIRTY: &str = "[[rule]]\nname = \"thirty\"\nprobability = 0.3\n[rule.fault]\nkind = \"error\"\nstatus = 500\n";
+
+    fn decisions(seed: u64, n: usize) -> Vec<bool> {
+        let rules = rule_set(THIRTY, seed);
+        (0..n).map(|_| plan_get(&rules, 0).is_some()).collect()
+    }
+
+    #[test]
+    fn a_fixed_seed_gives_the_same_decisions() {
+        assert_eq!(decisions(42, 200), decisions(42, 200));
+        assert_ne!(decisions(42, 200), decisions(43, 200));
+    }
+
+    #[test]
+    fn the_share_follows_the_probability() {
+        // 10,000 draws at p = 0.3: sd ≈ 46, so ±5 sd is 2,770..3,230.
+        let hits = decisions(7, 10_000).iter().filter(|hit| **hit).count();
+        assert!((2770..=3230).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        let (delay, jitter) = (Duration::from_millis(100), Duration::from_millis(20));
+        let samples: Vec<Duration> = (0..1000)
+            .map(|n| jittered(delay, jitter, &mut stream(1, 2, n)))
+            .collect();
+        assert!(samples
+            .iter()
+            .all(|d| *d >= Duration::from_millis(80) && *d <= Duration::from_millis(120)));
+        let below = samples.iter().filter(|d| **d < delay).count();
+        assert!((400..=600).contains(&below), "{below}");
+    }
+}

@@ -1,0 +1,23 @@
+//! faultline: a chaos-engineering reverse proxy that injects latency, errors
+//! and unavailability into HTTP traffic according to rule files.
+//!
+//! # Layout
+//! - [`config`]: how the process runs (listeners, upstreams, routes, settings).
+//! - [`rules`]: which requests are affected (rule schema, validation, matching, snapshots).
+//! - [`fault`]: what happens to them (fault kinds and the pure planning step).
+//! - [`proxy`]: doing it (the request pipeline, the upstream client, synthetic responses).
+//! - [`server`]: the one accept loop every listener uses, and per-connection aborts.
+//! - [`app`]: the only place where the pieces are wired together.
+//! - [`demo`]: the self-contained demo of `faultline demo`.
+//! - [`diagnostic`]: problems in users' files, with line and column.
+//! - [`duration`]: human durations in documents.
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod diagnostic;
+pub mod duration;
+pub mod fault;
+pub mod proxy;
+pub mod rules;
+pub mod server;

@@ -1,0 +1,136 @@
+//! The `faultline` command: parses the command line and calls into the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use faultline::app::{self, App};
+use faultline::demo::Demo;
+use faultline::diagnostic::Diagnostic;
+
+#[derive(Parser)]
+#[command(
+    name = "faultline",
+    version,
+    about = "A chaos-engineering fault-injection reverse proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(short, long, default_value = "faultline.toml")]
+        config: PathBuf,
+    },
+    /// Validate the config and every rule file; exit 0 when all is well, 1 otherwise.
+    Check {
+        #[arg(short, long, default_value = "faultline.toml")]
+        config: PathBuf,
+    },
+    /// A self-contained demo: four upstreams in two regions behind the proxy.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Rule files for the demo; the built-in copies when the folder is missing.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Demo { listen, rules } => demo(listen, &rules),
+    }
+}
+
+fn run(config_path: &Path) -> ExitCode {
+    let app = match App::load(config_path) {
+        Ok(app) => app,
+        Err(problems) => return report(&problems),
+    };
+    let runtime = match app::runtime(app.config().proxy.workers) {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async {
+        match app.start().await {
+            Ok(running) => {
+                running.run_until_signal().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        }
+    })
+}
+
+fn check(config_path: &Path) -> ExitCode {
+    match App::load(config_path) {
+        Ok(app) => {
+            let config = app.config();
+            println!(
+                "{}: ok ({} listeners, {} upstreams, {} routes, {} rules)",
+                config_path.display(),
+                config.listeners.len(),
+                config.upstreams.len(),
+                config.routes.len(),
+                app.rules().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for problem in &problems {
+                println!("{problem}");
+            }
+            eprintln!("{} problem(s) found", problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(listen: SocketAddr, rules: &Path) -> ExitCode {
+    let runtime = match app::runtime(None) {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async {
+        match Demo::start(listen, rules).await {
+            Ok(demo) => {
+                print!("{}", demo.instructions());
+                demo.run_until_signal().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+fn report(problems: &[Diagnostic]) -> ExitCode {
+    for problem in problems {
+        eprintln!("{problem}");
+    }
+    ExitCode::FAILURE
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FAULTLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,161 @@
+//! Forwarding to the upstream: the one pooled client, and the header
+//! rewriting of a reverse proxy (hop-by-hop headers out, `x-forwarded-*` in,
+//! `Host` set to the upstream).
+
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HOST};
+use http::uri::{Parts, PathAndQuery};
+use http::{HeaderMap, HeaderValue, Request, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamConfig;
+
+pub type UpstreamClient = Client<HttpConnector, Incoming>;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The one pooled client every request to every upstream goes through.
+pub fn client(connect_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        // Without a timer, idle connections only expire when next touched.
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
+}
+
+/// Rewrites a client request into the request sent to `upstream`.
+pub fn upstream_request(
+    upstream: &UpstreamConfig,
+    client_ip: &HeaderValue,
+    request: Request<Incoming>,
+) -> Request<Incoming> {
+    let (mut parts, body) = request.into_parts();
+    let original_host = parts.headers.remove(HOST).or_else(|| {
+        // HTTP/2 carries the host in the :authority pseudo-header.
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    remove_hop_by_hop(&mut parts.headers);
+
+    let forwarded_for = match parts.headers.get(&X_FORWARDED_FOR) {
+        Some(existing) => append_to_list(existing, client_ip),
+        None => client_ip.clone(),
+    };
+    parts.headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    // An earlier proxy's values are closer to the client: keep them.
+    if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
+        parts
+            .headers
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if let Some(host) = original_host {
+        if !parts.headers.contains_key(&X_FORWARDED_HOST) {
+            parts.headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+    parts.headers.insert(HOST, upstream.host_header.clone());
+
+    let mut uri = Parts::default();
+    uri.scheme = Some(upstream.scheme.clone());
+    uri.authority = Some(upstream.authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    // Scheme, authority and path are all set, so this cannot fail.
+    parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    // Upstreams are spoken to over HTTP/1.1 whatever the client used.
+    parts.version = Version::HTTP_11;
+    Request::from_parts(parts, body)
+}
+
+/// `existing, addition` as one header value.
+fn append_to_list(existing: &HeaderValue, addition: &HeaderValue) -> HeaderValue {
+    let mut bytes = Vec::with_capacity(existing.len() + 2 + addition.len());
+    bytes.extend_from_slice(existing.as_bytes());
+    bytes.extend_from_slice(b", ");
+    bytes.extend_from_slice(addition.as_bytes());
+    HeaderValue::from_bytes(&bytes).unwrap_or_else(|_| addition.clone())
+}
+
+/// Removes the headers that concern one connection only (RFC 9110 §7.6.1),
+/// including any named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        headers.remove(header::CONNECTION);
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_to_an_existing_list() {
+        let value = append_to_list(
+            &HeaderValue::from_static("10.0.0.1"),
+            &HeaderValue::from_static("127.0.0.1"),
+        );
+        assert_eq!(value, "10.0.0.1, 127.0.0.1");
+    }
+}

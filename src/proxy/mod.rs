@@ -1,0 +1,296 @@
+//! Doing it: the request pipeline. For each request, in order:
+//! route (which upstream), plan (which faults, decided up front by
+//! [`crate::fault::plan`]), apply before upstream (delay, answer, abort or
+//! hold), forward (the pooled client), and mark the response.
+
+mod body;
+mod forward;
+pub mod synthetic;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tracing::debug;
+
+pub use body::ResponseBody;
+pub use forward::remove_hop_by_hop;
+
+use crate::config::{Config, RouteConfig, UpstreamConfig};
+use crate::fault::{self, AbortMode, Action, Plan};
+use crate::rules::RuleSet;
+use crate::server::ConnInfo;
+use forward::UpstreamClient;
+use synthetic::{ProxyError, X_FAULTLINE_RULE};
+
+/// How much of a request body an abort in `close` mode reads before closing,
+/// so the close is a clean FIN rather than an RST for unread data.
+const CLOSE_DRAIN_LIMIT: usize = 1 << 20;
+const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Where a connection came in: a shared listener with routes, or an
+/// upstream's dedicated port.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry {
+    Listener(usize),
+    Upstream(usize),
+}
+
+/// The state every request shares: upstreams, routes, the current rule
+/// snapshot and the upstream client.
+pub struct Proxy {
+    upstreams: Vec<UpstreamConfig>,
+    /// Per listener index, its routes in file order.
+    routes: Vec<Vec<RouteConfig>>,
+    rules: ArcSwap<RuleSet>,
+    client: UpstreamClient,
+    upstream_timeout: Duration,
+    mark_faults: bool,
+    active_faults: AtomicUsize,
+    max_active_faults: usize,
+}
+
+impl Proxy {
+    pub fn new(config: &Config, rules: RuleSet) -> Self {
+        let mut routes = vec![Vec::new(); config.listeners.len()];
+        for route in &config.routes {
+            routes[route.listener].push(route.clone());
+        }
+        Self {
+            upstreams: config.upstreams.clone(),
+            routes,
+            rules: ArcSwap::from_pointee(rules),
+            client: forward::client(config.proxy.connect_timeout),
+            upstream_timeout: config.proxy.upstream_timeout,
+            mark_faults: config.proxy.mark_faults,
+            active_faults: AtomicUsize::new(0),
+            max_active_faults: config.proxy.max_active_faults,
+        }
+    }
+
+    /// The rule snapshot new requests will use.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.load_full()
+    }
+
+    /// Replaces the rule snapshot; requests in flight keep theirs.
+    pub fn set_rules(&self, rules: RuleSet) {
+        self.rules.store(Arc::new(rules));
+    }
+
+    pub fn upstreams(&self) -> &[UpstreamConfig] {
+        &self.upstreams
+    }
+
+    /// The hyper service for one connection.
+    pub fn service(
+        self: &Arc<Self>,
+        entry: Entry,
+        conn: ConnInfo,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<ResponseBody>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send,
+    > + Send
+           + 'static {
+        let proxy = Arc::clone(self);
+        // Formatted once per connection, not per request.
+        let client_ip = HeaderValue::from_str(&conn.peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let conn = Arc::new(Connection {
+            entry,
+            client_ip,
+            info: conn,
+        });
+        hyper::service::service_fn(move |request| {
+            let proxy = Arc::clone(&proxy);
+            let conn = Arc::clone(&conn);
+            async move { Ok(proxy.handle(&conn, request).await) }
+        })
+    }
+
+    async fn handle(
+        &self,
+        conn: &Connection,
+        request: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        let Some(upstream) = self.route(conn.entry, &request) else {
+            return synthetic::rescue(&ProxyError::NoRoute);
+        };
+        let plan = {
+            let rules = self.rules.load();
+            fault::plan(
+                &rules,
+                upstream,
+                request.method(),
+                request.uri().path(),
+                request.headers(),
+            )
+        };
+        match plan {
+            None => self.forward(upstream, conn, request).await,
+            Some(plan) => self.inject(plan, upstream, conn, request).await,
+        }
+    }
+
+    /// The upstream for a request: the dedicated one, or the first matching route.
+    fn route(&self, entry: Entry, request: &Request<Incoming>) -> Option<usize> {
+        match entry {
+            Entry::Upstream(upstream) => Some(upstream),
+            Entry::Listener(listener) => {
+                let host = request_host(request);
+                let path = request.uri().path();
+                self.routes
+                    .get(listener)?
+                    .iter()
+                    .find(|route| route.matches(host, path))
+                    .map(|route| route.upstream)
+            }
+        }
+    }
+
+    async fn inject(
+        &self,
+        plan: Plan,
+        upstream: usize,
+        conn: &Connection,
+        request: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        let Some(_active) = ActiveFault::enter(&self.active_faults, self.max_active_faults) else {
+            debug!("max_active_faults reached; request passes unharmed");
+            return self.forward(upstream, conn, request).await;
+        };
+        if !plan.delay.is_zero() {
+            tokio::time::sleep(plan.delay).await;
+        }
+        let mut response = match plan.action {
+            Action::Forward => self.forward(upstream, conn, request).await,
+            Action::Respond(response) => synthetic::injected(&response),
+            Action::Abort(mode) => {
+                if mode == AbortMode::Close {
+                    drain(request.into_body()).await;
+                }
+                conn.info.control.abort(mode);
+                // The connection task drops this request with its connection.
+                return std::future::pending().await;
+            }
+            Action::Blackhole { max_hold } => {
+                drain(request.into_body()).await;
+                tokio::time::sleep(max_hold).await;
+                conn.info.control.abort(AbortMode::Close);
+                return std::future::pending().await;
+            }
+        };
+        if self.mark_faults {
+            for rule in &plan.rules {
+                response
+                    .headers_mut()
+                    .append(X_FAULTLINE_RULE.clone(), rule.name_header.clone());
+            }
+        }
+        response
+    }
+
+    async fn forward(
+        &self,
+        upstream: usize,
+        conn: &Connection,
+        request: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        let target = &self.upstreams[upstream];
+        let request = forward::upstream_request(target, &conn.client_ip, request);
+        let response =
+            match tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => return synthetic::rescue(&ProxyError::from_client(&target.name, e)),
+                Err(_) => {
+                    return synthetic::rescue(&ProxyError::UpstreamTimeout {
+                        upstream: target.name.clone(),
+                    })
+                }
+            };
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        Response::from_parts(parts, ResponseBody::Upstream(body))
+    }
+}
+
+/// Per connection: where it came in and who the client is.
+struct Connection {
+    entry: Entry,
+    client_ip: HeaderValue,
+    info: ConnInfo,
+}
+
+/// The request's host name, port removed: `Host`, else the URI authority (HTTP/2).
+fn request_host(request: &Request<Incoming>) -> Option<&str> {
+    let host = match request.headers().get(http::header::HOST) {
+        Some(value) => value.to_str().ok()?,
+        None => request.uri().authority()?.as_str(),
+    };
+    Some(strip_port(host))
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// Reads and discards a request body, within limits.
+async fn drain(mut body: Incoming) {
+    let mut read = 0;
+    let _ = tokio::time::timeout(CLOSE_DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > CLOSE_DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// A request inside an injected fault, counted against `max_active_faults`.
+struct ActiveFault<'a>(&'a AtomicUsize);
+
+impl<'a> ActiveFault<'a> {
+    fn enter(active: &'a AtomicUsize, max: usize) -> Option<Self> {
+        if active.fetch_add(1, Ordering::AcqRel) >= max {
+            active.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(active))
+    }
+}
+
+impl Drop for ActiveFault<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_removed_from_hosts() {
+        assert_eq!(
+            strip_port("orders.us-east-1.example:8080"),
+            "orders.us-east-1.example"
+        );
+        assert_eq!(strip_port("orders"), "orders");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}

@@ -1,0 +1,184 @@
+//! Reading rule files: every `*.toml` below the rules directory, sorted by
+//! path, each parsed and validated, with every problem reported.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{Rule, RuleFile, RuleSource};
+use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
+
+/// The contents of one rule file.
+#[derive(Debug, Clone)]
+pub struct RuleText {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// Reads and validates every rule file below `dir`.
+pub fn load_dir(dir: &Path, upstream_names: &[&str]) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
+    let mut paths = Vec::new();
+    let mut seen_dirs = HashSet::new();
+    collect_toml_files(dir, &mut paths, &mut seen_dirs).map_err(|e| {
+        vec![Diagnostic::whole_file(
+            dir,
+            format!("cannot read rules directory: {e}"),
+        )]
+    })?;
+    paths.sort();
+    let mut sources = Vec::new();
+    let mut diagnostics = Vec::new();
+    for path in paths {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => sources.push(RuleText { path, text }),
+            Err(e) => diagnostics.push(Diagnostic::whole_file(
+                &path,
+                format!("cannot read rule file: {e}"),
+            )),
+        }
+    }
+    match load_sources(&sources, upstream_names) {
+        Ok(rules) if diagnostics.is_empty() => Ok(rules),
+        Ok(_) => Err(diagnostics),
+        Err(more) => {
+            diagnostics.extend(more);
+            Err(diagnostics)
+        }
+    }
+}
+
+/// Validates rule files already read, in the order given.
+pub fn load_sources(
+    sources: &[RuleText],
+    upstream_names: &[&str],
+) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
+    let mut rules = Vec::new();
+    let mut diagnostics = Vec::new();
+    // Where each name was first defined, to point at both places of a duplicate.
+    let mut first_defined: HashMap<String, String> = HashMap::new();
+    for source in sources {
+        let file: RuleFile = match toml::from_str(&source.text) {
+            Ok(file) => file,
+            Err(e) => {
+                diagnostics.push(Diagnostic::from_toml(&source.path, &source.text, &e));
+                continue;
+            }
+        };
+        let base_dir = source.path.parent().unwrap_or(Path::new("."));
+        for (i, spec) in file.rule.into_iter().enumerate() {
+            let at = FieldPath::root().key("rule").index(i);
+            let place = |field: &FieldPath| {
+                Diagnostic::from_field(
+                    &source.path,
+                    &source.text,
+                    &FieldError::new(field.clone(), ""),
+                )
+            };
+            if let Some(first) = first_defined.get(&spec.name) {
+                let here = place(&at.key("name"));
+                diagnostics.push(Diagnostic {
+                    message: format!("rule {:?} is defined twice; first at {first}", spec.name),
+                    ..here
+                });
+                continue;
+            }
+            let there = place(&at.key("name"));
+            first_defined.insert(
+                spec.name.clone(),
+                format!("{}:{}:{}", there.path.display(), there.line, there.column),
+            );
+            match spec.validate(
+                RuleSource::File(source.path.clone()),
+                base_dir,
+                upstream_names,
+                &at,
+            ) {
+                Ok(rule) => rules.push(Arc::new(rule)),
+                Err(errors) => diagnostics.extend(
+                    errors
+                        .iter()
+                        .map(|e| Diagnostic::from_field(&source.path, &source.text, e)),
+                ),
+            }
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(rules)
+    } else {
+        Err(diagnostics)
+    }
+}
+
+/// Every `*.toml` below `dir`, following symlinks (ConfigMap mounts are
+/// symlinks) but skipping hidden entries (a ConfigMap's `..data` copies).
+fn collect_toml_files(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen_dirs: &mut HashSet<PathBuf>,
+) -> std::io::Result<()> {
+    if !seen_dirs.insert(dir.canonicalize()?) {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let Ok(metadata) = std::fs::metadata(&path) else {
+            continue; // a dangling symlink, mid-swap
+        };
+        if metadata.is_dir() {
+            collect_toml_files(&path, out, seen_dirs)?;
+        } else if path.extension().is_some_and(|ext| ext == "toml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(path: &str, text: &str) -> RuleText {
+        RuleText {
+            path: PathBuf::from(path),
+            text: text.to_owned(),
+        }
+    }
+
+    const SLOW: &str =
+        "[[rule]]\nname = \"slow\"\n[rule.fault]\nkind = \"latency\"\ndelay = \"100ms\"\n";
+
+    #[test]
+    fn duplicate_names_point_at_the_first_definition() {
+        let errors = load_sources(&[text("a.toml", SLOW), text("b.toml", SLOW)], &[]).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].to_string(),
+            "b.toml:2:1: error: rule \"slow\" is defined twice; first at a.toml:2:1"
+        );
+    }
+
+    #[test]
+    fn validation_errors_carry_line_and_column() {
+        let broken = "[[rule]]\nname = \"x\"\n[rule.match]\nupstreams = [\"nope\"]\n[rule.fault]\nkind = \"latency\"\ndelay = \"1s\"\n";
+        let errors = load_sources(&[text("r.toml", broken)], &["orders"]).unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "r.toml:4:14: error: rule[0].match.upstreams[0]: rule \"x\": no upstream is named \"nope\""
+        );
+    }
+
+    #[test]
+    fn schema_errors_carry_line_and_column() {
+        let broken = "[[rule]]\nname = \"x\"\nprobabilty = 0.5\n";
+        let errors = load_sources(&[text("r.toml", broken)], &[]).unwrap_err();
+        let message = errors[0].to_string();
+        assert!(
+            message.starts_with("r.toml:3:1: error: unknown field `probabilty`"),
+            "{message}"
+        );
+    }
+}

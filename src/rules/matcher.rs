@@ -1,0 +1,306 @@
+//! The `[rule.match]` conditions, compiled.
+//!
+//! Upstream names and labels depend only on the upstream, so they are decided
+//! once per rule snapshot ([`Matcher::applies_to_upstream`]); methods, path
+//! and headers are checked per request ([`Matcher::matches_request`]).
+
+use std::collections::BTreeMap;
+
+use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde::{Deserialize, Serialize};
+
+use crate::config::UpstreamConfig;
+use crate::diagnostic::{FieldError, FieldPath};
+
+/// `[rule.match]` as written. Every condition given must hold; none matches all.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// Upstream names; globs allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<String>,
+    /// Upstream labels; glob values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Glob on the path: `*` stays within a segment, `**` crosses segments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Exact values; `"*"` means the header is present.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    upstreams: Option<GlobSet>,
+    labels: Vec<(String, GlobMatcher)>,
+    methods: Vec<Method>,
+    path: Option<GlobMatcher>,
+    headers: Vec<(HeaderName, HeaderCondition)>,
+}
+
+#[derive(Debug, Clone)]
+enum HeaderCondition {
+    Present,
+    Equals(HeaderValue),
+}
+
+impl MatchSpec {
+    /// Compiles the conditions; `upstream_names` catches references to
+    /// upstreams that do not exist (plain names only: a glob may match later).
+    pub fn compile(
+        &self,
+        upstream_names: &[&str],
+        at: &FieldPath,
+    ) -> Result<Matcher, Vec<FieldError>> {
+        let mut errors = Vec::new();
+
+        let upstreams = if self.upstreams.is_empty() {
+            None
+        } else {
+            let mut set = GlobSetBuilder::new();
+            for (i, pattern) in self.upstreams.iter().enumerate() {
+                let is_glob = pattern.contains(['*', '?', '[', '{']);
+                if !is_glob && !upstream_names.contains(&pattern.as_str()) {
+                    errors.push(FieldError::new(
+                        at.key("upstreams").index(i),
+                        format!("no upstream is named {pattern:?}"),
+                    ));
+                }
+                match Glob::new(pattern) {
+                    Ok(glob) => {
+                        set.add(glob);
+                    }
+                    Err(e) => errors.push(FieldError::new(
+                        at.key("upstreams").index(i),
+                        format!("invalid glob {pattern:?}: {}", e.kind()),
+                    )),
+                }
+            }
+            set.build().ok()
+        };
+
+        let mut labels = Vec::new();
+        for (key, pattern) in &self.labels {
+            match Glob::new(pattern) {
+                Ok(glob) => labels.push((key.clone(), glob.compile_matcher())),
+                Err(e) => errors.push(FieldError::new(
+                    at.key("labels").key(key.as_str()),
+                    format!("invalid glob {pattern:?}: {}", e.kind()),
+                )),
+            }
+        }
+
+        let mut methods = Vec::new();
+        for (i, method) in self.methods.iter().enumerate() {
+            match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => methods.push(m),
+                Err(_) => errors.push(FieldError::new(
+                    at.key("methods").index(i),
+                    format!("invalid method {method:?}"),
+                )),
+            }
+        }
+
+        let path = self.path.as_deref().and_then(|pattern| {
+            if !pattern.starts_with('/') && !pattern.starts_with('*') {
+                errors.push(FieldError::new(
+                    at.key("path"),
+                    format!("path glob {pattern:?} must start with '/'"),
+                ));
+                return None;
+            }
+            GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map(|g| g.compile_matcher())
+                .map_err(|e| {
+                    errors.push(FieldError::new(
+                        at.key("path"),
+                        format!("invalid path glob {pattern:?}: {}", e.kind()),
+                    ))
+                })
+                .ok()
+        });
+
+        let mut headers = Vec::new();
+        for (name, value) in &self.headers {
+            let field = at.key("headers").key(name.as_str());
+            let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+                errors.push(FieldError::new(
+                    field,
+                    format!("invalid header name {name:?}"),
+                ));
+                continue;
+            };
+            let condition = if value == "*" {
+                HeaderCondition::Present
+            } else {
+                match HeaderValue::from_str(value) {
+                    Ok(v) => HeaderCondition::Equals(v),
+                    Err(_) => {
+                        errors.push(FieldError::new(
+                            field,
+                            format!("invalid value for header {name:?}"),
+                        ));
+                        continue;
+                    }
+                }
+            };
+            headers.push((header, condition));
+        }
+
+        if errors.is_empty() {
+            Ok(Matcher {
+                upstreams,
+                labels,
+                methods,
+                path,
+                headers,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+impl Matcher {
+    /// The conditions that depend on the upstream alone.
+    pub fn applies_to_upstream(&self, upstream: &UpstreamConfig) -> bool {
+        if let Some(set) = &self.upstreams {
+            if !set.is_match(&upstream.name) {
+                return false;
+            }
+        }
+        self.labels.iter().all(|(key, glob)| {
+            upstream
+                .labels
+                .get(key)
+                .is_some_and(|value| glob.is_match(value))
+        })
+    }
+
+    /// The conditions that depend on the request.
+    pub fn matches_request(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        if !self.methods.is_empty() && !self.methods.contains(method) {
+            return false;
+        }
+        if let Some(glob) = &self.path {
+            if !glob.is_match(path) {
+                return false;
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(name, condition)| match condition {
+                HeaderCondition::Present => headers.contains_key(name),
+                HeaderCondition::Equals(expected) => {
+                    headers.get_all(name).iter().any(|v| v == expected)
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(spec: MatchSpec) -> Matcher {
+        spec.compile(&["lambda-use1", "lambda-usw2"], &FieldPath::root())
+            .unwrap()
+    }
+
+    fn upstream(name: &str, region: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.into(),
+            scheme: http::uri::Scheme::HTTP,
+            authority: "127.0.0.1:1".parse().unwrap(),
+            host_header: HeaderValue::from_static("127.0.0.1:1"),
+            labels: [("region".to_owned(), region.to_owned())].into(),
+            listen: None,
+        }
+    }
+
+    #[test]
+    fn upstream_names_and_label_globs() {
+        let m = compile(MatchSpec {
+            upstreams: vec!["lambda-*".into()],
+            labels: [("region".to_owned(), "us-east-*".to_owned())].into(),
+            ..Default::default()
+        });
+        assert!(m.applies_to_upstream(&upstream("lambda-use1", "us-east-1")));
+        assert!(!m.applies_to_upstream(&upstream("lambda-usw2", "us-west-2")));
+        assert!(!m.applies_to_upstream(&upstream("orders-use1", "us-east-1")));
+    }
+
+    #[test]
+    fn a_single_star_stays_in_one_segment() {
+        let m = compile(MatchSpec {
+            path: Some("/2015-03-31/functions/*".into()),
+            ..Default::default()
+        });
+        let headers = HeaderMap::new();
+        assert!(m.matches_request(&Method::GET, "/2015-03-31/functions/f", &headers));
+        assert!(!m.matches_request(
+            &Method::GET,
+            "/2015-03-31/functions/f/invocations",
+            &headers
+        ));
+        let m = compile(MatchSpec {
+            path: Some("/2015-03-31/**".into()),
+            ..Default::default()
+        });
+        assert!(m.matches_request(
+            &Method::GET,
+            "/2015-03-31/functions/f/invocations",
+            &headers
+        ));
+    }
+
+    #[test]
+    fn methods_and_headers() {
+        let m = compile(MatchSpec {
+            methods: vec!["post".into()],
+            headers: [
+                ("x-tenant".to_owned(), "blue".to_owned()),
+                ("x-trace".to_owned(), "*".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert("x-tenant", HeaderValue::from_static("blue"));
+        assert!(
+            !m.matches_request(&Method::POST, "/", &headers),
+            "x-trace missing"
+        );
+        headers.insert("x-trace", HeaderValue::from_static("anything"));
+        assert!(m.matches_request(&Method::POST, "/", &headers));
+        assert!(!m.matches_request(&Method::GET, "/", &headers));
+        headers.insert("x-tenant", HeaderValue::from_static("green"));
+        assert!(!m.matches_request(&Method::POST, "/", &headers));
+    }
+
+    #[test]
+    fn unknown_upstreams_and_bad_globs_are_reported() {
+        let errors = MatchSpec {
+            upstreams: vec!["lambda".into()],
+            path: Some("/a/[".into()),
+            methods: vec!["GE T".into()],
+            ..Default::default()
+        }
+        .compile(&["lambda-use1"], &FieldPath::root().key("match"))
+        .unwrap_err();
+        let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert_eq!(
+            messages[0],
+            "match.upstreams[0]: no upstream is named \"lambda\""
+        );
+        assert!(messages[1].starts_with("match.methods[0]: invalid method"));
+        assert!(messages[2].starts_with("match.path: invalid path glob \"/a/[\""));
+    }
+}

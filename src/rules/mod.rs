@@ -1,0 +1,262 @@
+//! Which requests are affected: the rule schema of SPEC §3, its validation,
+//! and the immutable [`RuleSet`] snapshot the request path reads.
+//!
+//! A snapshot resolves, once, which enabled rules can apply to each upstream
+//! (upstream names and labels are static), so a request only checks the
+//! rules of its own upstream, in evaluation order.
+
+mod load;
+mod matcher;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{is_valid_name, UpstreamConfig};
+use crate::diagnostic::{FieldError, FieldPath};
+use crate::fault::{Fault, FaultSpec};
+
+pub use load::{load_dir, load_sources, RuleText};
+pub use matcher::{MatchSpec, Matcher};
+
+/// A rule file: `[[rule]]` tables.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    #[serde(default)]
+    pub rule: Vec<RuleSpec>,
+}
+
+/// One rule as written, in a file or (later) an API body.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    /// Decided per request.
+    #[serde(default = "default_probability")]
+    pub probability: f64,
+    #[serde(rename = "match", default)]
+    pub matcher: MatchSpec,
+    pub fault: FaultSpec,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+fn default_probability() -> f64 {
+    1.0
+}
+
+/// Where a rule came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleSource {
+    File(PathBuf),
+    Api,
+}
+
+/// A validated rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub spec: RuleSpec,
+    pub source: RuleSource,
+    pub matcher: Matcher,
+    pub fault: Fault,
+    /// The rule's name as a header value, for `x-faultline-rule`.
+    pub(crate) name_header: HeaderValue,
+    /// Keeps each rule's random stream apart and stable across edits of other rules.
+    pub(crate) salt: u64,
+    /// How many probability draws this rule has made: the position in its stream.
+    pub(crate) draws: AtomicU64,
+}
+
+impl Rule {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.spec.enabled
+    }
+
+    pub fn probability(&self) -> f64 {
+        self.spec.probability
+    }
+}
+
+impl RuleSpec {
+    /// Validates the rule. `base_dir` resolves `body_file`; `upstream_names`
+    /// catches references to upstreams that do not exist.
+    pub fn validate(
+        self,
+        source: RuleSource,
+        base_dir: &Path,
+        upstream_names: &[&str],
+        at: &FieldPath,
+    ) -> Result<Rule, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let label = format!("rule {:?}", self.name);
+        if self.name.is_empty()
+            || !is_valid_name(&self.name)
+            || self.name.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            errors.push(FieldError::new(
+                at.key("name"),
+                format!(
+                    "invalid rule name {:?}: use a-z, 0-9, '.', '_' and '-'",
+                    self.name
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.probability) {
+            errors.push(FieldError::new(
+                at.key("probability"),
+                format!(
+                    "{label}: probability {} is not between 0 and 1",
+                    self.probability
+                ),
+            ));
+        }
+        let matcher = self.matcher.compile(upstream_names, &at.key("match"));
+        let fault = self.fault.validate(base_dir, &at.key("fault"));
+        // Name the rule in every message: a reader of `check` output looks for it.
+        let mut named = |result_errors: Vec<FieldError>| {
+            errors.extend(
+                result_errors
+                    .into_iter()
+                    .map(|e| FieldError::new(e.field, format!("{label}: {}", e.message))),
+            );
+        };
+        let (matcher, fault) = match (matcher, fault) {
+            (Ok(m), Ok(f)) => (Some(m), Some(f)),
+            (m, f) => {
+                if let Err(e) = &m {
+                    named(e.clone());
+                }
+                if let Err(e) = &f {
+                    named(e.clone());
+                }
+                (m.ok(), f.ok())
+            }
+        };
+        match (matcher, fault) {
+            (Some(matcher), Some(fault)) if errors.is_empty() => Ok(Rule {
+                name_header: HeaderValue::from_str(&self.name)
+                    .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+                salt: stable_hash(&self.name),
+                draws: AtomicU64::new(0),
+                spec: self,
+                source,
+                matcher,
+                fault,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// FNV-1a: stable across runs and builds, unlike the std hasher.
+fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The immutable rule snapshot one request reads.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<Arc<Rule>>,
+    /// Per upstream index: the enabled rules that can apply to it, in evaluation order.
+    by_upstream: Vec<Box<[Arc<Rule>]>>,
+    seed: u64,
+}
+
+impl RuleSet {
+    /// `rules` in evaluation order: files sorted by path, rules in file order.
+    pub fn new(rules: Vec<Arc<Rule>>, upstreams: &[UpstreamConfig], seed: u64) -> Self {
+        let by_upstream = upstreams
+            .iter()
+            .map(|upstream| {
+                rules
+                    .iter()
+                    .filter(|rule| rule.enabled() && rule.matcher.applies_to_upstream(upstream))
+                    .cloned()
+                    .collect()
+            })
+            .collect();
+        Self {
+            rules,
+            by_upstream,
+            seed,
+        }
+    }
+
+    pub fn empty(upstreams: &[UpstreamConfig], seed: u64) -> Self {
+        Self::new(Vec::new(), upstreams, seed)
+    }
+
+    /// Every rule, enabled or not, in evaluation order.
+    pub fn rules(&self) -> &[Arc<Rule>] {
+        &self.rules
+    }
+
+    /// The enabled rules that can apply to requests for this upstream.
+    pub fn candidates(&self, upstream: usize) -> &[Arc<Rule>] {
+        self.by_upstream.get(upstream).map_or(&[], |rules| rules)
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_names_are_lowercase_slugs() {
+        let spec: RuleSpec =
+            toml::from_str("name = \"Bad Name\"\n[fault]\nkind = \"abort\"\nmode = \"reset\"")
+                .unwrap();
+        let errors = spec
+            .validate(RuleSource::Api, Path::new("."), &[], &FieldPath::root())
+            .unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "name: invalid rule name \"Bad Name\": use a-z, 0-9, '.', '_' and '-'"
+        );
+    }
+
+    #[test]
+    fn messages_name_the_rule() {
+        let spec: RuleSpec = toml::from_str(
+            "name = \"slow\"\nprobability = 1.5\n[fault]\nkind = \"error\"\nstatus = 1000",
+        )
+        .unwrap();
+        let errors = spec
+            .validate(RuleSource::Api, Path::new("."), &[], &FieldPath::root())
+            .unwrap_err();
+        let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            messages,
+            vec![
+                "probability: rule \"slow\": probability 1.5 is not between 0 and 1",
+                "fault.status: rule \"slow\": status 1000 is not an HTTP status from 200 to 599",
+            ]
+        );
+    }
+
+    #[test]
+    fn hashes_are_stable() {
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_ne!(stable_hash("a"), stable_hash("b"));
+    }
+}

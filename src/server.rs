@@ -1,0 +1,206 @@
+//! The one accept loop every listener runs, and the per-connection control
+//! that lets the request path fail a connection on purpose.
+//!
+//! Each connection is served by hyper-util's auto builder (HTTP/1.1 and h2c)
+//! under a [`GracefulShutdown`] watcher. A [`ConnControl`] rides along: when
+//! the request path asks for an abort, the connection task drops the
+//! connection, and [`AbortableStream`] decides on drop whether the socket
+//! ends with a FIN or, with zero linger, an RST.
+
+use std::error::Error as StdError;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::fault::AbortMode;
+
+/// How long the accept loop waits after an error such as running out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Lets the request path end its connection on purpose.
+#[derive(Debug, Default)]
+pub struct ConnControl {
+    /// 0: none, else an [`AbortMode`] code.
+    abort: AtomicU8,
+    notify: Notify,
+}
+
+impl ConnControl {
+    /// Ends the connection with no response: RST for `Reset`, FIN for `Close`.
+    pub fn abort(&self, mode: AbortMode) {
+        let code = match mode {
+            AbortMode::Reset => 1,
+            AbortMode::Close => 2,
+        };
+        self.abort.store(code, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    fn wants_reset(&self) -> bool {
+        self.abort.load(Ordering::Acquire) == 1
+    }
+
+    async fn aborted(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// What the request path knows of the connection a request came in on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub control: Arc<ConnControl>,
+}
+
+/// Accepts connections until `shutdown`, then lets in-flight requests finish
+/// for at most `grace` before the remaining connections are dropped.
+pub async fn serve<M, S, B>(
+    listener: TcpListener,
+    make_service: M,
+    shutdown: CancellationToken,
+    grace: Duration,
+) where
+    M: Fn(ConnInfo) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A timer makes hyper enforce its header read timeout (slow-loris clients).
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let local = listener.local_addr().ok();
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_per_connection_error(&e) => continue,
+                Err(e) => {
+                    warn!(error = %e, listener = ?local, "accept failed; backing off");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // Small requests and responses must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let control = Arc::new(ConnControl::default());
+        let service = make_service(ConnInfo {
+            peer,
+            control: Arc::clone(&control),
+        });
+        let io = TokioIo::new(AbortableStream {
+            stream,
+            control: Arc::clone(&control),
+        });
+        let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                }
+                // Dropping the connection closes the socket, as the abort asked.
+                () = control.aborted() => {}
+            }
+        });
+    }
+
+    // Stop accepting at once: the listening socket closes here.
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(listener = ?local, ?grace, "grace period over; dropping the connections still open");
+    }
+}
+
+/// Accept errors that concern one connection, not the listener.
+fn is_per_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// A client socket that ends with an RST instead of a FIN when its
+/// connection was aborted in `reset` mode.
+struct AbortableStream {
+    stream: TcpStream,
+    control: Arc<ConnControl>,
+}
+
+impl Drop for AbortableStream {
+    fn drop(&mut self) {
+        if self.control.wants_reset() {
+            // Zero linger: close() sends RST and discards unsent data.
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+}
+
+impl AsyncRead for AbortableStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AbortableStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
