@@ -1,0 +1,373 @@
+//! Fixtures that read like sentences: a test upstream, a proxy started from
+//! TOML text, and a client. Everything binds `127.0.0.1:0`.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use faultline::app::{App, Running};
+use faultline::config::Config;
+use faultline::rules::{self, RuleText};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub type TestBody = BoxBody<Bytes, Infallible>;
+
+// ---------------------------------------------------------------------------
+// The test upstream.
+
+/// What the test upstream saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+}
+
+/// An upstream on loopback that answers by path:
+/// - `/bytes/N`: N bytes, streamed in 64 KiB chunks, with content-length;
+/// - `/chunked/N`: N bytes, streamed, without content-length;
+/// - `/count`: reads the request body and answers how many bytes it had;
+/// - `/sleep/MS`: answers after MS milliseconds;
+/// - `/status/CODE`: answers with that status;
+/// - anything else: 200 with the request's body echoed back and
+///   `x-upstream` naming the upstream.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    requests: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestUpstream {
+    pub async fn start(name: &str) -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (r, s, n) = (requests.clone(), seen.clone(), name.to_owned());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (r, s, n) = (r.clone(), s.clone(), n.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        upstream_answer(n.clone(), r.clone(), s.clone(), req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TestUpstream {
+            addr,
+            name: name.to_owned(),
+            requests,
+            seen,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many requests reached this upstream (counted on arrival).
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn last_seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("no request seen")
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn upstream_answer(
+    name: String,
+    requests: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    requests.fetch_add(1, Ordering::SeqCst);
+    seen.lock().unwrap().push(Seen {
+        method: req.method().clone(),
+        uri: req.uri().to_string(),
+        version: req.version(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_owned();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (head, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let response = match head {
+        "bytes" => {
+            let n: u64 = arg.parse().unwrap_or(0);
+            Response::builder()
+                .header("content-length", n)
+                .body(RepeatBody::new(n, true).boxed())
+                .unwrap()
+        }
+        "chunked" => {
+            let n: u64 = arg.parse().unwrap_or(0);
+            Response::new(RepeatBody::new(n, false).boxed())
+        }
+        "count" => {
+            let mut body = req.into_body();
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) => total += frame.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(_) => break,
+                }
+            }
+            Response::new(Full::from(total.to_string()).boxed())
+        }
+        "sleep" => {
+            let ms: u64 = arg.parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(Full::from("slept").boxed())
+        }
+        "status" => {
+            let code: u16 = arg.parse().unwrap_or(500);
+            Response::builder()
+                .status(code)
+                .header("x-upstream", name.as_str())
+                .body(Full::from(format!("status {code}")).boxed())
+                .unwrap()
+        }
+        _ => {
+            let content_type = req.headers().get("content-type").cloned();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let mut builder = Response::builder()
+                .header("x-upstream", name.as_str())
+                .header("set-cookie", "a=1")
+                .header("set-cookie", "b=2");
+            if let Some(ct) = content_type {
+                builder = builder.header("content-type", ct);
+            }
+            builder.body(Full::from(body).boxed()).unwrap()
+        }
+    };
+    Ok(response)
+}
+
+/// A body of `len` zero bytes produced on the fly, in 64 KiB chunks.
+pub struct RepeatBody {
+    remaining: u64,
+    exact: bool,
+    chunk: Bytes,
+}
+
+impl RepeatBody {
+    pub fn new(len: u64, exact: bool) -> Self {
+        Self {
+            remaining: len,
+            exact,
+            chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+        }
+    }
+}
+
+impl Body for RepeatBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.chunk.len() as u64) as usize;
+        self.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.exact {
+            SizeHint::with_exact(self.remaining)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The proxy.
+
+/// A proxy started in this process from config text and rule files.
+pub struct TestProxy {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestProxy {
+    /// Starts a proxy; `config` is a faultline.toml, `rules` the text of one rule file.
+    pub async fn start(config: &str, rules: &str) -> TestProxy {
+        Self::try_start(config, rules).await.unwrap()
+    }
+
+    pub async fn try_start(config: &str, rules: &str) -> Result<TestProxy, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(config, dir.path()).map_err(|e| e.to_string())?;
+        let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let texts = [RuleText {
+            path: PathBuf::from("rules/test.toml"),
+            text: rules.to_owned(),
+        }];
+        let rules =
+            rules::load_sources(&texts, &names).map_err(|d| faultline::diagnostic::render(&d))?;
+        let running = App::new(config, rules)
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(TestProxy {
+            running: Some(running),
+            dir,
+        })
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    /// `http://ADDR` of a `[[listener]]`.
+    pub fn url(&self, listener: &str) -> String {
+        format!("http://{}", self.running().listener_addr(listener).unwrap())
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.running().listener_addr(listener).unwrap()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+}
+
+/// A config with one `edge` listener routing everything to each upstream
+/// given, by path prefix `/<name>`, and the first upstream as a fallback.
+pub fn edge_config(upstreams: &[&TestUpstream], extra_proxy: &str) -> String {
+    let mut text = format!(
+        "[proxy]\nseed = 42\nshutdown_grace = \"5s\"\n{extra_proxy}\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n"
+    );
+    for upstream in upstreams {
+        let region = if upstream.name.ends_with("use1") {
+            "us-east-1"
+        } else {
+            "us-west-2"
+        };
+        text.push_str(&format!(
+            "\n[[upstream]]\nname = \"{}\"\nurl = \"{}\"\nlabels = {{ region = \"{region}\" }}\n",
+            upstream.name,
+            upstream.url()
+        ));
+    }
+    for upstream in upstreams {
+        text.push_str(&format!(
+            "\n[[route]]\nlistener = \"edge\"\npath_prefix = \"/{0}\"\nupstream = \"{0}\"\n",
+            upstream.name
+        ));
+    }
+    text.push_str(&format!(
+        "\n[[route]]\nlistener = \"edge\"\nupstream = \"{}\"\n",
+        upstreams[0].name
+    ));
+    text
+}
+
+// ---------------------------------------------------------------------------
+// The client.
+
+/// A plain HTTP/1.1 client with its own connection pool.
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// An h2c (HTTP/2 without TLS) client.
+pub fn h2_client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+/// A finished exchange.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn empty() -> TestBody {
+    Empty::new().boxed()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into()).boxed()
+}
+
+pub async fn send(client: &Client<HttpConnector, TestBody>, request: Request<TestBody>) -> Reply {
+    let response = client.request(request).await.expect("request failed");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body failed").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str) -> Reply {
+    send(&client(), Request::get(url).body(empty()).unwrap()).await
+}
