@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serializer};
-
 /// Parses a human duration, with a message that shows what is expected.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
@@ -37,43 +35,6 @@ fn parse_fractional(text: &str) -> Option<Duration> {
 /// Formats a duration the way users write it.
 pub fn format(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
-}
-
-/// `#[serde(with = "crate::duration::serde_human")]` for `Duration` fields.
-pub mod serde_human {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format(*value))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// `#[serde(with = "crate::duration::serde_human_opt", default)]` for `Option<Duration>`.
-pub mod serde_human_opt {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(
-        value: &Option<Duration>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(duration) => serializer.serialize_str(&format(*duration)),
-            None => serializer.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let text = Option::<String>::deserialize(deserializer)?;
-        text.map(|t| parse(&t).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostic::{FieldError, FieldPath};
-use crate::duration::{serde_human, serde_human_opt};
 
 pub use plan::{plan, Action, Plan};
 
@@ -24,73 +23,49 @@ pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(300);
 /// `retry-after` of an `unavailable` `status` fault when the rule does not say.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// A fault as written in a rule file or an API body.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum FaultSpec {
-    /// The request waits before it is forwarded.
-    Latency {
-        #[serde(with = "serde_human")]
-        delay: Duration,
-        /// Uniform ± around `delay`.
-        #[serde(
-            default,
-            with = "serde_human_opt",
-            skip_serializing_if = "Option::is_none"
-        )]
-        jitter: Option<Duration>,
-    },
-    /// The proxy answers instead of the upstream.
-    Error {
-        status: u16,
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        headers: BTreeMap<String, String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        body: Option<String>,
-        /// Read once when the rule is loaded; relative to the rule file.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        body_file: Option<String>,
-    },
-    /// The connection fails.
-    Abort { mode: AbortMode },
-    /// The upstream looks gone.
-    Unavailable {
-        #[serde(default)]
-        mode: UnavailableMode,
-        /// `blackhole`: how long a request is held before its connection closes.
-        #[serde(
-            default,
-            with = "serde_human_opt",
-            skip_serializing_if = "Option::is_none"
-        )]
-        max_hold: Option<Duration>,
-        /// `status`: the `retry-after` the 503 carries.
-        #[serde(
-            default,
-            with = "serde_human_opt",
-            skip_serializing_if = "Option::is_none"
-        )]
-        retry_after: Option<Duration>,
-    },
+/// A fault as written in a rule file or an API body: `kind` and the fields
+/// of that kind (SPEC §3.1). Flat rather than a tagged enum so that every
+/// problem can be reported at its own field.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// `latency`, `error`, `abort` or `unavailable`.
+    pub kind: String,
+    /// `latency`: how long the request waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+    /// `latency`: uniform ± around `delay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<String>,
+    /// `error`: the status of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// `error`: headers of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// `error`: the body of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// `error`: a file holding the body, read when the rule loads; relative to the rule file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_file: Option<String>,
+    /// `abort`: `reset` or `close`; `unavailable`: `status` or `blackhole`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// `unavailable` `blackhole`: how long a request is held before its connection closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hold: Option<String>,
+    /// `unavailable` `status`: the `retry-after` the 503 carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AbortMode {
     /// TCP RST: the client sees "connection reset by peer".
     Reset,
     /// FIN with no response: the client sees the connection closed.
     Close,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnavailableMode {
-    /// `503` with `retry-after`.
-    #[default]
-    Status,
-    /// Accept and never answer, up to `max_hold`, then close.
-    Blackhole,
 }
 
 /// A validated fault, ready for the request path.
@@ -125,68 +100,96 @@ pub struct SyntheticResponse {
     pub unavailable: bool,
 }
 
+/// The fields each kind takes; any other field given is an error.
+const FIELDS_OF_KIND: [(&str, &[&str]); 4] = [
+    ("latency", &["delay", "jitter"]),
+    ("error", &["status", "headers", "body", "body_file"]),
+    ("abort", &["mode"]),
+    ("unavailable", &["mode", "max_hold", "retry_after"]),
+];
+
 impl FaultSpec {
+    /// The fields given, by name.
+    fn given(&self) -> Vec<&'static str> {
+        let fields: [(&'static str, bool); 9] = [
+            ("delay", self.delay.is_some()),
+            ("jitter", self.jitter.is_some()),
+            ("status", self.status.is_some()),
+            ("headers", self.headers.is_some()),
+            ("body", self.body.is_some()),
+            ("body_file", self.body_file.is_some()),
+            ("mode", self.mode.is_some()),
+            ("max_hold", self.max_hold.is_some()),
+            ("retry_after", self.retry_after.is_some()),
+        ];
+        fields
+            .iter()
+            .filter(|(_, given)| *given)
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
     /// Validates the fault; `base_dir` resolves `body_file`.
     pub fn validate(&self, base_dir: &Path, at: &FieldPath) -> Result<Fault, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let fault = match self {
-            FaultSpec::Latency { delay, jitter } => Fault::Latency {
-                delay: *delay,
-                jitter: jitter.unwrap_or_default(),
-            },
-            FaultSpec::Error {
-                status,
-                headers,
-                body,
-                body_file,
-            } => {
-                let status = match StatusCode::from_u16(*status) {
-                    Ok(s) if (200..=599).contains(status) => s,
-                    _ => {
-                        errors.push(FieldError::new(
-                            at.key("status"),
-                            format!("status {status} is not an HTTP status from 200 to 599"),
-                        ));
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    }
-                };
-                let headers = header_map(headers, &at.key("headers"), &mut errors);
-                let body = match (body, body_file) {
-                    (Some(_), Some(_)) => {
-                        errors.push(FieldError::new(
-                            at.key("body_file"),
-                            "give either `body` or `body_file`, not both",
-                        ));
-                        Bytes::new()
-                    }
-                    (Some(body), None) => Bytes::from(body.clone()),
-                    (None, Some(file)) => match std::fs::read(base_dir.join(file)) {
-                        Ok(bytes) => Bytes::from(bytes),
-                        Err(e) => {
-                            errors.push(FieldError::new(
-                                at.key("body_file"),
-                                format!("cannot read body_file {:?}: {e}", base_dir.join(file)),
-                            ));
-                            Bytes::new()
-                        }
-                    },
-                    (None, None) => Bytes::new(),
-                };
-                Fault::Respond(Arc::new(SyntheticResponse {
-                    status,
-                    headers,
-                    body,
-                    unavailable: false,
-                }))
+        let Some((kind, allowed)) = FIELDS_OF_KIND.iter().find(|(kind, _)| *kind == self.kind)
+        else {
+            return Err(vec![FieldError::new(
+                at.key("kind"),
+                format!(
+                    "unknown fault kind {:?}; expected one of latency, error, abort, unavailable",
+                    self.kind
+                ),
+            )]);
+        };
+        for field in self.given() {
+            if !allowed.contains(&field) {
+                errors.push(FieldError::new(
+                    at.key(field),
+                    format!(
+                        "`{field}` does not apply to kind = \"{kind}\" (it takes {})",
+                        allowed.join(", ")
+                    ),
+                ));
             }
-            FaultSpec::Abort { mode } => Fault::Abort(*mode),
-            FaultSpec::Unavailable {
-                mode,
-                max_hold,
-                retry_after,
-            } => match mode {
-                UnavailableMode::Status => {
-                    if max_hold.is_some() {
+        }
+        let mut duration = |value: &Option<String>, field: &str| -> Option<Duration> {
+            let text = value.as_ref()?;
+            crate::duration::parse(text)
+                .map_err(|e| errors.push(FieldError::new(at.key(field), e)))
+                .ok()
+        };
+        let delay = duration(&self.delay, "delay");
+        let jitter = duration(&self.jitter, "jitter");
+        let max_hold = duration(&self.max_hold, "max_hold");
+        let retry_after = duration(&self.retry_after, "retry_after");
+        let mode = self.mode.as_deref();
+
+        let fault = match *kind {
+            "latency" => {
+                if self.delay.is_none() {
+                    errors.push(FieldError::new(
+                        at.key("kind"),
+                        "kind = \"latency\" needs `delay`",
+                    ));
+                }
+                Fault::Latency {
+                    delay: delay.unwrap_or_default(),
+                    jitter: jitter.unwrap_or_default(),
+                }
+            }
+            "error" => Fault::Respond(Arc::new(self.error_response(base_dir, at, &mut errors))),
+            "abort" => match mode {
+                Some("reset") => Fault::Abort(AbortMode::Reset),
+                Some("close") => Fault::Abort(AbortMode::Close),
+                _ => {
+                    errors.push(bad_mode(at, "abort", mode, "reset, close"));
+                    Fault::Abort(AbortMode::Reset)
+                }
+            },
+            _ => match mode {
+                None | Some("status") => {
+                    if self.max_hold.is_some() {
                         errors.push(FieldError::new(
                             at.key("max_hold"),
                             "max_hold applies to mode = \"blackhole\" only",
@@ -196,8 +199,8 @@ impl FaultSpec {
                         retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
                     )))
                 }
-                UnavailableMode::Blackhole => {
-                    if retry_after.is_some() {
+                Some("blackhole") => {
+                    if self.retry_after.is_some() {
                         errors.push(FieldError::new(
                             at.key("retry_after"),
                             "retry_after applies to mode = \"status\" only",
@@ -212,6 +215,12 @@ impl FaultSpec {
                     }
                     Fault::Blackhole { max_hold }
                 }
+                _ => {
+                    errors.push(bad_mode(at, "unavailable", mode, "status, blackhole"));
+                    Fault::Blackhole {
+                        max_hold: DEFAULT_MAX_HOLD,
+                    }
+                }
             },
         };
         if errors.is_empty() {
@@ -219,6 +228,73 @@ impl FaultSpec {
         } else {
             Err(errors)
         }
+    }
+
+    /// The answer of an `error` fault, built once.
+    fn error_response(
+        &self,
+        base_dir: &Path,
+        at: &FieldPath,
+        errors: &mut Vec<FieldError>,
+    ) -> SyntheticResponse {
+        let status = match self.status.map(|s| (s, StatusCode::from_u16(s))) {
+            Some((code, Ok(status))) if (200..=599).contains(&code) => status,
+            Some((code, _)) => {
+                errors.push(FieldError::new(
+                    at.key("status"),
+                    format!("status {code} is not an HTTP status from 200 to 599"),
+                ));
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            None => {
+                errors.push(FieldError::new(
+                    at.key("kind"),
+                    "kind = \"error\" needs `status`",
+                ));
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let headers = header_map(self.headers.as_ref(), &at.key("headers"), errors);
+        let body = match (&self.body, &self.body_file) {
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    at.key("body_file"),
+                    "give either `body` or `body_file`, not both",
+                ));
+                Bytes::new()
+            }
+            (Some(body), None) => Bytes::from(body.clone()),
+            (None, Some(file)) => match std::fs::read(base_dir.join(file)) {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(e) => {
+                    errors.push(FieldError::new(
+                        at.key("body_file"),
+                        format!("cannot read body_file {:?}: {e}", base_dir.join(file)),
+                    ));
+                    Bytes::new()
+                }
+            },
+            (None, None) => Bytes::new(),
+        };
+        SyntheticResponse {
+            status,
+            headers,
+            body,
+            unavailable: false,
+        }
+    }
+}
+
+fn bad_mode(at: &FieldPath, kind: &str, mode: Option<&str>, expected: &str) -> FieldError {
+    match mode {
+        Some(mode) => FieldError::new(
+            at.key("mode"),
+            format!("unknown mode {mode:?} for kind = \"{kind}\"; expected one of {expected}"),
+        ),
+        None => FieldError::new(
+            at.key("kind"),
+            format!("kind = \"{kind}\" needs `mode` ({expected})"),
+        ),
     }
 }
 
@@ -240,12 +316,12 @@ fn service_unavailable(retry_after: Duration) -> SyntheticResponse {
 }
 
 fn header_map(
-    headers: &BTreeMap<String, String>,
+    headers: Option<&BTreeMap<String, String>>,
     at: &FieldPath,
     errors: &mut Vec<FieldError>,
 ) -> HeaderMap {
     let mut map = HeaderMap::new();
-    for (name, value) in headers {
+    for (name, value) in headers.into_iter().flatten() {
         let parsed_name = HeaderName::from_bytes(name.as_bytes());
         let parsed_value = HeaderValue::from_str(value);
         match (parsed_name, parsed_value) {
@@ -291,11 +367,35 @@ mod tests {
     #[test]
     fn unknown_fields_and_kinds_are_rejected() {
         let errors = fault("kind = \"latency\"\ndelay = \"1s\"\nstatus = 500").unwrap_err();
-        assert!(errors[0].contains("unknown field `status`"), "{errors:?}");
+        assert_eq!(
+            errors,
+            vec!["fault.status: `status` does not apply to kind = \"latency\" (it takes delay, jitter)"]
+        );
         let errors = fault("kind = \"explode\"").unwrap_err();
+        assert_eq!(
+            errors,
+            vec!["fault.kind: unknown fault kind \"explode\"; expected one of latency, error, abort, unavailable"]
+        );
+        let errors = fault("kind = \"latency\"\nlatency = \"1s\"").unwrap_err();
         assert!(
-            errors[0].contains("unknown variant `explode`"),
+            errors[0].starts_with("unknown field `latency`"),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn missing_fields_and_modes_are_named() {
+        assert_eq!(
+            fault("kind = \"latency\"").unwrap_err(),
+            vec!["fault.kind: kind = \"latency\" needs `delay`"]
+        );
+        assert_eq!(
+            fault("kind = \"abort\"\nmode = \"explode\"").unwrap_err(),
+            vec!["fault.mode: unknown mode \"explode\" for kind = \"abort\"; expected one of reset, close"]
+        );
+        assert!(
+            fault("kind = \"latency\"\ndelay = \"soon\"").unwrap_err()[0]
+                .starts_with("fault.delay: invalid duration \"soon\"")
         );
     }
 

@@ -5,6 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use toml::de::{DeTable, DeValue};
+
 use super::{Rule, RuleFile, RuleSource};
 use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
 
@@ -60,7 +62,14 @@ pub fn load_sources(
         let file: RuleFile = match toml::from_str(&source.text) {
             Ok(file) => file,
             Err(e) => {
-                diagnostics.push(Diagnostic::from_toml(&source.path, &source.text, &e));
+                let mut diagnostic = Diagnostic::from_toml(&source.path, &source.text, &e);
+                if let Some(name) = e
+                    .span()
+                    .and_then(|span| rule_name_at(&source.text, span.start))
+                {
+                    diagnostic.message = format!("rule {name:?}: {}", diagnostic.message);
+                }
+                diagnostics.push(diagnostic);
                 continue;
             }
         };
@@ -106,6 +115,27 @@ pub fn load_sources(
         Ok(rules)
     } else {
         Err(diagnostics)
+    }
+}
+
+/// The name of the `[[rule]]` whose text holds `offset`, for messages that
+/// the schema parser gives without naming the rule.
+fn rule_name_at(text: &str, offset: usize) -> Option<String> {
+    let document = DeTable::parse(text).ok()?;
+    let rules = document.get_ref().get("rule")?;
+    let DeValue::Array(rules) = rules.get_ref() else {
+        return None;
+    };
+    let rule = rules
+        .iter()
+        .rev()
+        .find(|rule| rule.span().start <= offset)?;
+    let DeValue::Table(table) = rule.get_ref() else {
+        return None;
+    };
+    match table.get("name")?.get_ref() {
+        DeValue::String(name) => Some(name.to_string()),
+        _ => None,
     }
 }
 
@@ -177,7 +207,7 @@ mod tests {
         let errors = load_sources(&[text("r.toml", broken)], &[]).unwrap_err();
         let message = errors[0].to_string();
         assert!(
-            message.starts_with("r.toml:3:1: error: unknown field `probabilty`"),
+            message.starts_with("r.toml:3:1: error: rule \"x\": unknown field `probabilty`"),
             "{message}"
         );
     }

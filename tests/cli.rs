@@ -1,0 +1,310 @@
+//! The `faultline` binary: `check` output, `run` start-up errors, shutdown
+//! draining, the demo, and memory that stays flat while 1 GiB streams through.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_faultline");
+
+fn faultline(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn write(dir: &Path, path: &str, text: &str) {
+    let path = dir.join(path);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+const CONFIG: &str = r#"[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+
+[[upstream]]
+name = "orders-use1"
+url = "http://127.0.0.1:9"
+labels = { region = "us-east-1" }
+
+[[route]]
+listener = "edge"
+upstream = "orders-use1"
+"#;
+
+#[test]
+fn check_accepts_a_good_config_and_its_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "faultline.toml", CONFIG);
+    write(
+        dir.path(),
+        "rules/east/slow.toml",
+        "[[rule]]\nname = \"slow\"\n[rule.match]\nlabels = { region = \"us-east-1\" }\n[rule.fault]\nkind = \"latency\"\ndelay = \"100ms\"\n",
+    );
+    let out = faultline(&["check"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "faultline.toml: ok (1 listeners, 1 upstreams, 1 routes, 1 rules)\n"
+    );
+}
+
+#[test]
+fn check_prints_every_problem_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "faultline.toml", CONFIG);
+    write(
+        dir.path(),
+        "rules/a.toml",
+        "[[rule]]\nname = \"throttle\"\nprobability = 2.0\n[rule.match]\nupstreams = [\"lambda-use1\"]\n[rule.fault]\nkind = \"error\"\nstatus = 429\n",
+    );
+    write(
+        dir.path(),
+        "rules/b.toml",
+        "[[rule]]\nname = \"throttle\"\n[rule.fault]\nkind = \"abort\"\nmode = \"reset\"\n\n[[rule]]\nname = \"slow\"\n[rule.fault]\nkind = \"latency\"\ndelay = \"soon\"\n",
+    );
+    write(
+        dir.path(),
+        "rules/c.toml",
+        "[[rule]]\nname = \"typo\"\nenabeld = true\n",
+    );
+    let out = faultline(&["check", "-c", "faultline.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "rules/a.toml:3:1: error: rule[0].probability: rule \"throttle\": probability 2 is not between 0 and 1",
+            "rules/a.toml:5:14: error: rule[0].match.upstreams[0]: rule \"throttle\": no upstream is named \"lambda-use1\"",
+            "rules/b.toml:2:1: error: rule \"throttle\" is defined twice; first at rules/a.toml:2:1",
+            "rules/b.toml:11:1: error: rule[1].fault.delay: rule \"slow\": invalid duration \"soon\" (expected number at 0); expected a value like \"250ms\", \"1.5s\" or \"3h45m\"",
+            "rules/c.toml:3:1: error: rule \"typo\": unknown field `enabeld`, expected one of `name`, `description`, `enabled`, `probability`, `match`, `fault`",
+        ],
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_reports_config_problems_at_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = CONFIG.replace("upstream = \"orders-use1\"", "upstream = \"orders\"");
+    write(dir.path(), "faultline.toml", &broken);
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    let out = faultline(&["check"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "faultline.toml:12:1: error: route[0].upstream: route 0 names upstream \"orders\", which is not defined (known: orders-use1)\n"
+    );
+}
+
+#[test]
+fn run_without_a_config_fails_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = faultline(&["run", "-c", "missing.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("missing.toml: error: cannot read config file:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits until something accepts connections on `port`.
+async fn wait_for_port(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("faultline exited early: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "faultline never listened on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts `faultline run` in front of `upstream`; returns the child and its port.
+async fn run_binary(upstream: &TestUpstream, dir: &Path) -> (Child, u16) {
+    let port = free_port();
+    let config = format!(
+        "[proxy]\nshutdown_grace = \"5s\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:{port}\"\n\n[[upstream]]\nname = \"orders-use1\"\nurl = \"{}\"\n\n[[route]]\nlistener = \"edge\"\nupstream = \"orders-use1\"\n",
+        upstream.url()
+    );
+    write(dir, "faultline.toml", &config);
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "-c", "faultline.toml"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child).await;
+    (child, port)
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_drains_in_flight_requests() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = run_binary(&upstream, dir.path()).await;
+
+    let in_flight = tokio::spawn(get_owned(format!("http://127.0.0.1:{port}/sleep/1500")));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    terminate(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "new connections must be refused once shutdown starts"
+    );
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200, "the in-flight request must finish");
+    assert_eq!(reply.text(), "slept");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+async fn get_owned(url: String) -> Reply {
+    get(&url).await
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_gibibyte_streams_both_ways_in_flat_memory() {
+    const GIB: u64 = 1 << 30;
+    let upstream = TestUpstream::start("orders-use1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = run_binary(&upstream, dir.path()).await;
+    let before = vm_hwm_kib(child.id());
+
+    // Download: count the bytes as they arrive, never holding the body.
+    let response = client()
+        .request(
+            Request::get(format!("http://127.0.0.1:{port}/bytes/{GIB}"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(received, GIB);
+
+    // Upload: a body generated on the fly; the upstream counts what it got.
+    let upload = Request::post(format!("http://127.0.0.1:{port}/count"))
+        .body(http_body_util::BodyExt::boxed(RepeatBody::new(GIB, true)))
+        .unwrap();
+    let reply = send(&client(), upload).await;
+    assert_eq!(reply.text(), GIB.to_string());
+
+    let after = vm_hwm_kib(child.id());
+    terminate(&child);
+    child.wait().unwrap();
+    // Buffering would show as hundreds of MiB; streaming stays within a few.
+    assert!(
+        after < before + 64 * 1024,
+        "peak memory grew from {before} KiB to {after} KiB"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_starts_and_shows_one_region_browning_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--rules", "no-such-dir"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let proxy = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                line.trim()
+                    .strip_prefix("proxy")
+                    .map(|rest| rest.trim().to_owned())
+            })
+    })
+    .await
+    .unwrap()
+    .expect("the demo printed no proxy address");
+
+    let west = get(&format!("{proxy}/us-west-2/orders/42")).await;
+    assert_eq!(west.status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&west.body).unwrap();
+    assert_eq!(body["region"], "us-west-2");
+    assert_eq!(west.header("x-faultline-rule"), None);
+
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let start = Instant::now();
+        let east = get(&format!("{proxy}/us-east-1/orders/42")).await;
+        assert!(
+            start.elapsed() >= Duration::from_millis(250),
+            "us-east-1 must be slow"
+        );
+        statuses.push(east.status.as_u16());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    terminate(&child);
+    assert!(child.wait().unwrap().success());
+}
