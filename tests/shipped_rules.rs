@@ -1,5 +1,5 @@
-//! Every rule file shipped under `rules/` parses and validates against the
-//! demo's upstreams, so the examples cannot rot.
+//! Every rule file under `rules/` and every config under `examples/`
+//! parses and validates, so the examples cannot rot.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -11,4 +11,13 @@ fn every_shipped_rule_file_is_valid() {
     let rules = faultline::rules::load_dir(&dir, &names)
         .unwrap_or_else(|problems| panic!("{}", faultline::diagnostic::render(&problems)));
     assert!(!rules.is_empty(), "rules/ ships no rule");
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/faultline.toml");
+    let app = faultline::app::App::load(&path)
+        .unwrap_or_else(|problems| panic!("{}", faultline::diagnostic::render(&problems)));
+    assert_eq!(app.config().upstreams.len(), 4);
+    assert!(!app.rules().is_empty());
 }
