@@ -43,9 +43,10 @@ pub fn plan(
     path: &str,
     headers: &HeaderMap,
 ) -> Option<Plan> {
+    let candidates = rules.candidates(upstream)?;
     let mut planned: Option<Plan> = None;
-    for rule in rules.candidates(upstream) {
-        if !rule.matcher.matches_request(method, path, headers) {
+    for rule in candidates.for_path(path) {
+        if !rule.matcher.matches_method_and_headers(method, headers) {
             continue;
         }
         let draw = rule.draws.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +194,26 @@ mode = "reset"
         let names: Vec<&str> = plan.rules.iter().map(|r| r.name()).collect();
         assert_eq!(names, ["slow", "slower", "fail"]);
         assert!(matches!(plan.action, Action::Respond(ref r) if r.status == 503));
+    }
+
+    #[test]
+    fn path_rules_keep_their_place_in_the_evaluation_order() {
+        let rules = rule_set(
+            "[[rule]]\nname = \"a\"\n[rule.match]\npath = \"/x/**\"\n[rule.fault]\nkind = \"latency\"\ndelay = \"1ms\"\n\
+             [[rule]]\nname = \"b\"\n[rule.fault]\nkind = \"latency\"\ndelay = \"1ms\"\n\
+             [[rule]]\nname = \"c\"\n[rule.match]\npath = \"/x/*\"\n[rule.fault]\nkind = \"latency\"\ndelay = \"1ms\"\n\
+             [[rule]]\nname = \"d\"\n[rule.match]\npath = \"/y\"\n[rule.fault]\nkind = \"latency\"\ndelay = \"1ms\"\n",
+            1,
+        );
+        let names = |path: &str| -> Vec<String> {
+            plan(&rules, 0, &Method::GET, path, &HeaderMap::new())
+                .map(|p| p.rules.iter().map(|r| r.name().to_owned()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(names("/x/1"), ["a", "b", "c"]);
+        assert_eq!(names("/x/1/2"), ["a", "b"]);
+        assert_eq!(names("/y"), ["b", "d"]);
+        assert_eq!(names("/z"), ["b"]);
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub struct Matcher {
     upstreams: Option<GlobSet>,
     labels: Vec<(String, GlobMatcher)>,
     methods: Vec<Method>,
-    path: Option<GlobMatcher>,
+    /// Kept as a glob so a snapshot can join every rule's path into one set.
+    path: Option<Glob>,
     headers: Vec<(HeaderName, HeaderCondition)>,
 }
 
@@ -116,7 +117,6 @@ impl MatchSpec {
             GlobBuilder::new(pattern)
                 .literal_separator(true)
                 .build()
-                .map(|g| g.compile_matcher())
                 .map_err(|e| {
                     errors.push(FieldError::new(
                         at.key("path"),
@@ -183,15 +183,17 @@ impl Matcher {
         })
     }
 
-    /// The conditions that depend on the request.
-    pub fn matches_request(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    /// The path glob, which [`crate::rules::RuleSet`] matches for all of an
+    /// upstream's rules in one pass.
+    pub fn path_glob(&self) -> Option<&Glob> {
+        self.path.as_ref()
+    }
+
+    /// The conditions that depend on the request, but the path: the caller
+    /// has matched [`Matcher::path_glob`] already.
+    pub fn matches_method_and_headers(&self, method: &Method, headers: &HeaderMap) -> bool {
         if !self.methods.is_empty() && !self.methods.contains(method) {
             return false;
-        }
-        if let Some(glob) = &self.path {
-            if !glob.is_match(path) {
-                return false;
-            }
         }
         self.headers
             .iter()
@@ -211,6 +213,14 @@ mod tests {
     fn compile(spec: MatchSpec) -> Matcher {
         spec.compile(&["lambda-use1", "lambda-usw2"], &FieldPath::root())
             .unwrap()
+    }
+
+    impl Matcher {
+        fn matches_request(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+            self.path_glob()
+                .is_none_or(|g| g.compile_matcher().is_match(path))
+                && self.matches_method_and_headers(method, headers)
+        }
     }
 
     fn upstream(name: &str, region: &str) -> UpstreamConfig {

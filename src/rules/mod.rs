@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use globset::GlobSet;
+use globset::GlobSetBuilder;
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
@@ -173,9 +175,94 @@ fn stable_hash(text: &str) -> u64 {
 #[derive(Debug)]
 pub struct RuleSet {
     rules: Vec<Arc<Rule>>,
-    /// Per upstream index: the enabled rules that can apply to it, in evaluation order.
-    by_upstream: Vec<Box<[Arc<Rule>]>>,
+    /// Per upstream index: the enabled rules that can apply to it.
+    by_upstream: Vec<UpstreamRules>,
     seed: u64,
+}
+
+/// The enabled rules that can apply to one upstream, in evaluation order,
+/// with their path globs joined into one set: a request's path is matched
+/// once, however many rules there are.
+#[derive(Debug, Default)]
+pub struct UpstreamRules {
+    rules: Box<[Arc<Rule>]>,
+    /// Glob `i` of the set is the path of `rules[path_owner[i]]`.
+    paths: Option<GlobSet>,
+    path_owner: Box<[usize]>,
+    /// Indices of the rules with no path condition.
+    pathless: Box<[usize]>,
+}
+
+impl UpstreamRules {
+    fn new(rules: Vec<Arc<Rule>>) -> Self {
+        let mut set = GlobSetBuilder::new();
+        let mut path_owner = Vec::new();
+        let mut pathless = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            match rule.matcher.path_glob() {
+                Some(glob) => {
+                    set.add(glob.clone());
+                    path_owner.push(i);
+                }
+                None => pathless.push(i),
+            }
+        }
+        // Each glob compiled on its own already, so the set builds.
+        let paths = (!path_owner.is_empty()).then(|| set.build().ok()).flatten();
+        Self {
+            rules: rules.into(),
+            paths,
+            path_owner: path_owner.into(),
+            pathless: pathless.into(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rules whose path condition holds for `path`, or that have none,
+    /// in evaluation order.
+    pub fn for_path(&self, path: &str) -> impl Iterator<Item = &Arc<Rule>> {
+        // The common case, no path glob matching, walks the pathless rules
+        // without allocating; a match means a fault is likely anyway.
+        let matched: Vec<usize> = match &self.paths {
+            Some(paths) if paths.is_match(path) => {
+                let mut owners: Vec<usize> = paths
+                    .matches(path)
+                    .into_iter()
+                    .map(|glob| self.path_owner[glob])
+                    .chain(self.pathless.iter().copied())
+                    .collect();
+                owners.sort_unstable();
+                owners
+            }
+            _ => Vec::new(),
+        };
+        let indices = if matched.is_empty() {
+            Indices::Pathless(self.pathless.iter())
+        } else {
+            Indices::Matched(matched.into_iter())
+        };
+        indices.map(|i| &self.rules[i])
+    }
+}
+
+/// Rule indices to walk, without boxing an iterator per request.
+enum Indices<'a> {
+    Pathless(std::slice::Iter<'a, usize>),
+    Matched(std::vec::IntoIter<usize>),
+}
+
+impl Iterator for Indices<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Indices::Pathless(indices) => indices.next().copied(),
+            Indices::Matched(indices) => indices.next(),
+        }
+    }
 }
 
 impl RuleSet {
@@ -184,11 +271,13 @@ impl RuleSet {
         let by_upstream = upstreams
             .iter()
             .map(|upstream| {
-                rules
-                    .iter()
-                    .filter(|rule| rule.enabled() && rule.matcher.applies_to_upstream(upstream))
-                    .cloned()
-                    .collect()
+                UpstreamRules::new(
+                    rules
+                        .iter()
+                        .filter(|rule| rule.enabled() && rule.matcher.applies_to_upstream(upstream))
+                        .cloned()
+                        .collect(),
+                )
             })
             .collect();
         Self {
@@ -208,8 +297,10 @@ impl RuleSet {
     }
 
     /// The enabled rules that can apply to requests for this upstream.
-    pub fn candidates(&self, upstream: usize) -> &[Arc<Rule>] {
-        self.by_upstream.get(upstream).map_or(&[], |rules| rules)
+    pub fn candidates(&self, upstream: usize) -> Option<&UpstreamRules> {
+        self.by_upstream
+            .get(upstream)
+            .filter(|rules| !rules.is_empty())
     }
 
     pub fn seed(&self) -> u64 {
