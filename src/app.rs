@@ -229,11 +229,20 @@ async fn shutdown_signal() {
 }
 
 /// Builds the runtime: `workers` threads, or one per core.
+///
+/// One worker runs everything on the calling thread: with no second thread
+/// to hand work to, the multi-thread scheduler only adds cross-thread
+/// wake-ups to every request.
 pub fn runtime(workers: Option<usize>) -> io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        builder.worker_threads(workers);
-    }
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all().build()
 }
 
