@@ -100,6 +100,11 @@ fn append_to_list(existing: &HeaderValue, addition: &HeaderValue) -> HeaderValue
 /// Removes the headers that concern one connection only (RFC 9110 §7.6.1),
 /// including any named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than a
+    // hashed removal per hop-by-hop header.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -108,24 +113,27 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|value| value.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
             .collect();
-        headers.remove(header::CONNECTION);
         for name in named {
             headers.remove(name);
         }
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
+
+/// Headers that concern one connection only.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+];
 
 #[cfg(test)]
 mod tests {
