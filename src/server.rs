@@ -89,6 +89,8 @@ pub async fn serve<M, S, B>(
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    // Cancelled when the grace period is over: connections still open are dropped.
+    let force_close = CancellationToken::new();
     let local = listener.local_addr().ok();
 
     loop {
@@ -116,6 +118,7 @@ pub async fn serve<M, S, B>(
             control: Arc::clone(&control),
         });
         let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+        let force_close = force_close.clone();
         tokio::spawn(async move {
             tokio::select! {
                 result = connection => {
@@ -125,6 +128,7 @@ pub async fn serve<M, S, B>(
                 }
                 // Dropping the connection closes the socket, as the abort asked.
                 () = control.aborted() => {}
+                () = force_close.cancelled() => {}
             }
         });
     }
@@ -136,6 +140,7 @@ pub async fn serve<M, S, B>(
         .is_err()
     {
         warn!(listener = ?local, ?grace, "grace period over; dropping the connections still open");
+        force_close.cancel();
     }
 }
 

@@ -169,11 +169,12 @@ async fn run_binary(upstream: &TestUpstream, dir: &Path) -> (Child, u16) {
     );
     write(dir, "faultline.toml", &config);
     std::fs::create_dir_all(dir.join("rules")).unwrap();
+    let log = std::fs::File::create(dir.join("faultline.log")).unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "-c", "faultline.toml"])
         .current_dir(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     wait_for_port(port, &mut child).await;
@@ -258,6 +259,42 @@ async fn a_gibibyte_streams_both_ways_in_flat_memory() {
         after < before + 64 * 1024,
         "peak memory grew from {before} KiB to {after} KiB"
     );
+}
+
+#[tokio::test]
+async fn random_bytes_never_make_the_proxy_panic() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = TestUpstream::start("orders-use1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = run_binary(&upstream, dir.path()).await;
+    let mut rng = SmallRng::seed_from_u64(1);
+    let prefixes: [&[u8]; 4] = [
+        b"",
+        b"GET / HTTP/1.1\r\n",
+        b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ];
+    for _ in 0..200 {
+        let mut input = prefixes[rng.random_range(0..prefixes.len())].to_vec();
+        let len = rng.random_range(0..512);
+        input.extend((0..len).map(|_| rng.random::<u8>()));
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let _ = stream.write_all(&input).await;
+        let _ = stream.shutdown().await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut sink)).await;
+    }
+    let reply = get(&format!("http://127.0.0.1:{port}/")).await;
+    assert_eq!(reply.status, 200, "the proxy must still serve");
+    terminate(&child);
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("faultline.log")).unwrap();
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[tokio::test]

@@ -293,6 +293,116 @@ async fn a_client_leaving_a_blackhole_frees_everything() {
 }
 
 #[tokio::test]
+async fn a_client_leaving_a_blackhole_mid_upload_frees_everything() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = format!(
+        "{}{}",
+        rule(
+            "hole",
+            "path = \"/hole\"",
+            "kind = \"unavailable\"\nmode = \"blackhole\"\nmax_hold = \"1h\""
+        ),
+        rule("cap", "", "kind = \"latency\"\ndelay = \"1ms\"")
+    );
+    let proxy = TestProxy::start(&edge_config(&[&upstream], "max_active_faults = 1"), &rules).await;
+    let mut stream = TcpStream::connect(proxy.addr("edge")).await.unwrap();
+    // Two of the announced 4 MiB arrive, then the client gives up.
+    stream
+        .write_all(b"POST /hole HTTP/1.1\r\nhost: test\r\ncontent-length: 4194304\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&vec![b'x'; 2 << 20]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = get(&format!("{}/other", proxy.url("edge"))).await;
+    assert_eq!(
+        reply.header("x-faultline-rule"),
+        Some("cap"),
+        "the abandoned upload still holds its slot"
+    );
+}
+
+#[tokio::test]
+async fn on_http2_an_abort_fails_only_its_own_stream() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = format!(
+        "{}{}",
+        rule(
+            "rst",
+            "path = \"/rst\"",
+            "kind = \"abort\"\nmode = \"reset\""
+        ),
+        rule(
+            "hole",
+            "path = \"/hole\"",
+            "kind = \"unavailable\"\nmode = \"blackhole\"\nmax_hold = \"300ms\""
+        )
+    );
+    let proxy = proxy_with(&upstream, &rules).await;
+    let client = h2_client();
+    let url = proxy.url("edge");
+    let slow_ok = tokio::spawn({
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            send(
+                &client,
+                Request::get(format!("{url}/sleep/600"))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for path in ["/rst", "/hole"] {
+        let result = client
+            .request(Request::get(format!("{url}{path}")).body(empty()).unwrap())
+            .await;
+        assert!(
+            result.is_err(),
+            "{path}: the stream must fail, got {result:?}"
+        );
+    }
+    let reply = slow_ok.await.unwrap();
+    assert_eq!(
+        reply.status, 200,
+        "the other stream on the connection must survive"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_drops_what_the_grace_period_did_not_finish() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let config = edge_config(&[&upstream], "")
+        .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"200ms\"");
+    let proxy = TestProxy::start(
+        &config,
+        &rule(
+            "hole",
+            "",
+            "kind = \"unavailable\"\nmode = \"blackhole\"\nmax_hold = \"1h\"",
+        ),
+    )
+    .await;
+    let held = tokio::spawn(raw_get(proxy.addr("edge"), "/"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    proxy.shutdown().await;
+    let (_, received) = tokio::time::timeout(Duration::from_secs(3), held)
+        .await
+        .expect("the held connection must be closed after the grace period")
+        .unwrap();
+    assert!(received.is_empty());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn probability_zero_never_and_one_always() {
     let upstream = TestUpstream::start("orders-use1").await;
     let rules = format!(

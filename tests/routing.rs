@@ -180,38 +180,3 @@ async fn a_port_in_use_is_a_clear_start_error() {
         "{error}"
     );
 }
-
-#[tokio::test]
-async fn random_bytes_never_take_the_proxy_down() {
-    use rand::rngs::SmallRng;
-    use rand::{Rng, SeedableRng};
-
-    let east = TestUpstream::start("orders-use1").await;
-    let proxy = TestProxy::start(&edge_config(&[&east], ""), "").await;
-    let mut rng = SmallRng::seed_from_u64(1);
-    let prefixes: [&[u8]; 4] = [
-        b"",
-        b"GET / HTTP/1.1\r\n",
-        b"POST /x HTTP/1.1\r\nhost: a\r\n",
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-    ];
-    for _ in 0..200 {
-        let mut input = prefixes[rng.random_range(0..prefixes.len())].to_vec();
-        let len = rng.random_range(0..512);
-        input.extend((0..len).map(|_| rng.random::<u8>()));
-        let mut stream = TcpStream::connect(proxy.addr("edge")).await.unwrap();
-        let _ = stream.write_all(&input).await;
-        let _ = stream.shutdown().await;
-        let mut sink = Vec::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            stream.read_to_end(&mut sink),
-        )
-        .await;
-    }
-    assert_eq!(
-        get(&proxy.url("edge")).await.status,
-        200,
-        "the proxy must still serve"
-    );
-}

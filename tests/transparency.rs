@@ -177,6 +177,7 @@ async fn the_upstream_sees_forwarding_headers_and_its_own_host() {
         .header("x-hop", "secret")
         .header("proxy-authorization", "Basic Zm9vOmJhcg==")
         .header("x-forwarded-for", "10.1.2.3")
+        .header("x-forwarded-for", "10.4.5.6")
         .body(empty())
         .unwrap();
     let reply = send(&client(), request).await;
@@ -184,7 +185,10 @@ async fn the_upstream_sees_forwarding_headers_and_its_own_host() {
     let seen = upstream.last_seen();
     assert_eq!(seen.uri, "/who?x=1");
     assert_eq!(seen.headers["host"], upstream.addr.to_string());
-    assert_eq!(seen.headers["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(
+        seen.headers["x-forwarded-for"],
+        "10.1.2.3, 10.4.5.6, 127.0.0.1"
+    );
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["x-forwarded-host"], "orders.example:8080");
     for hop in ["x-hop", "proxy-authorization", "keep-alive"] {

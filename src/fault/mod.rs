@@ -22,6 +22,18 @@ pub use plan::{plan, Action, Plan};
 pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(300);
 /// `retry-after` of an `unavailable` `status` fault when the rule does not say.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The longest delay, jitter, hold or retry-after a fault may ask for:
+/// longer than any rehearsal, short enough that sums never overflow.
+pub const MAX_FAULT_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Headers that frame the message: the proxy sets them, a rule may not.
+const FRAMING_HEADERS: [&str; 5] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+];
 
 /// A fault as written in a rule file or an API body: `kind` and the fields
 /// of that kind (SPEC §3.1). Flat rather than a tagged enum so that every
@@ -155,9 +167,20 @@ impl FaultSpec {
         }
         let mut duration = |value: &Option<String>, field: &str| -> Option<Duration> {
             let text = value.as_ref()?;
-            crate::duration::parse(text)
-                .map_err(|e| errors.push(FieldError::new(at.key(field), e)))
-                .ok()
+            match crate::duration::parse(text) {
+                Ok(d) if d <= MAX_FAULT_DURATION => Some(d),
+                Ok(_) => {
+                    errors.push(FieldError::new(
+                        at.key(field),
+                        format!("{field} {text:?} is longer than the 24h a fault may last"),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errors.push(FieldError::new(at.key(field), e));
+                    None
+                }
+            }
         };
         let delay = duration(&self.delay, "delay");
         let jitter = duration(&self.jitter, "jitter");
@@ -322,6 +345,13 @@ fn header_map(
 ) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in headers.into_iter().flatten() {
+        if FRAMING_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            errors.push(FieldError::new(
+                at.key(name.as_str()),
+                format!("header {name:?} frames the message; the proxy sets it"),
+            ));
+            continue;
+        }
         let parsed_name = HeaderName::from_bytes(name.as_bytes());
         let parsed_value = HeaderValue::from_str(value);
         match (parsed_name, parsed_value) {
@@ -411,6 +441,18 @@ mod tests {
         assert_eq!(
             errors,
             vec!["fault.max_hold: max_hold applies to mode = \"blackhole\" only"]
+        );
+    }
+
+    #[test]
+    fn durations_are_capped_and_framing_headers_refused() {
+        assert_eq!(
+            fault("kind = \"latency\"\ndelay = \"400000000000y\"").unwrap_err(),
+            vec!["fault.delay: delay \"400000000000y\" is longer than the 24h a fault may last"]
+        );
+        assert_eq!(
+            fault("kind = \"error\"\nstatus = 500\nheaders = { \"Content-Length\" = \"9\" }").unwrap_err(),
+            vec!["fault.headers.Content-Length: header \"Content-Length\" frames the message; the proxy sets it"]
         );
     }
 

@@ -49,9 +49,13 @@ pub fn plan(
         if !rule.matcher.matches_method_and_headers(method, headers) {
             continue;
         }
-        let draw = rule.draws.fetch_add(1, Ordering::Relaxed);
-        let mut rng = stream(rules.seed(), rule.salt, draw);
-        if !hits(rule.probability(), &mut rng) {
+        let mut rng = needs_randomness(rule).then(|| {
+            let draw = rule.draws.fetch_add(1, Ordering::Relaxed);
+            stream(rules.seed(), rule.salt, draw)
+        });
+        if !rng.as_mut().map_or(rule.probability() >= 1.0, |rng| {
+            hits(rule.probability(), rng)
+        }) {
             continue;
         }
         let plan = planned.get_or_insert_with(|| Plan {
@@ -62,7 +66,11 @@ pub fn plan(
         plan.rules.push(Arc::clone(rule));
         let action = match &rule.fault {
             Fault::Latency { delay, jitter } => {
-                plan.delay += jittered(*delay, *jitter, &mut rng);
+                let delay = match rng.as_mut() {
+                    Some(rng) => jittered(*delay, *jitter, rng),
+                    None => *delay,
+                };
+                plan.delay = plan.delay.saturating_add(delay);
                 continue;
             }
             Fault::Respond(response) => Action::Respond(Arc::clone(response)),
@@ -76,6 +84,14 @@ pub fn plan(
         break;
     }
     planned
+}
+
+/// Whether deciding for this rule takes a random number: not for a sure
+/// hit without jitter, the common case, which then touches no shared counter.
+fn needs_randomness(rule: &Rule) -> bool {
+    let p = rule.probability();
+    let jitter = matches!(rule.fault, Fault::Latency { jitter, .. } if !jitter.is_zero());
+    (p > 0.0 && p < 1.0) || (p >= 1.0 && jitter)
 }
 
 /// The random stream of a rule's n-th draw.
@@ -102,7 +118,7 @@ pub fn jittered(delay: Duration, jitter: Duration, rng: &mut SmallRng) -> Durati
         return delay;
     }
     let offset = rng.random_range(-jitter.as_secs_f64()..=jitter.as_secs_f64());
-    Duration::from_secs_f64((delay.as_secs_f64() + offset).max(0.0))
+    Duration::try_from_secs_f64((delay.as_secs_f64() + offset).max(0.0)).unwrap_or(delay)
 }
 
 fn splitmix64(mut x: u64) -> u64 {

@@ -53,10 +53,15 @@ pub fn upstream_request(
     });
     remove_hop_by_hop(&mut parts.headers);
 
-    let forwarded_for = match parts.headers.get(&X_FORWARDED_FOR) {
-        Some(existing) => append_to_list(existing, client_ip),
-        None => client_ip.clone(),
-    };
+    // Several lines are one list: join them all, then add this hop.
+    let forwarded_for = parts
+        .headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .chain(std::iter::once(client_ip))
+        .cloned()
+        .reduce(|list, hop| append_to_list(&list, &hop))
+        .unwrap_or_else(|| client_ip.clone());
     parts.headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     // An earlier proxy's values are closer to the client: keep them.
     if !parts.headers.contains_key(&X_FORWARDED_PROTO) {

@@ -7,14 +7,13 @@ mod body;
 mod forward;
 pub mod synthetic;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::debug;
@@ -96,23 +95,23 @@ impl Proxy {
     ) -> impl hyper::service::Service<
         Request<Incoming>,
         Response = Response<ResponseBody>,
-        Error = Infallible,
-        Future = impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send,
+        Error = StreamAborted,
+        Future = impl Future<Output = Result<Response<ResponseBody>, StreamAborted>> + Send,
     > + Send
            + 'static {
-        let proxy = Arc::clone(self);
         // Formatted once per connection, not per request.
         let client_ip = HeaderValue::from_str(&conn.peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let conn = Arc::new(Connection {
+            proxy: Arc::clone(self),
             entry,
             client_ip,
             info: conn,
         });
+        // One per-connection Arc per request: no counter shared by every worker.
         hyper::service::service_fn(move |request| {
-            let proxy = Arc::clone(&proxy);
             let conn = Arc::clone(&conn);
-            async move { Ok(proxy.handle(&conn, request).await) }
+            async move { conn.proxy.handle(&conn, request).await }
         })
     }
 
@@ -120,9 +119,9 @@ impl Proxy {
         &self,
         conn: &Connection,
         request: Request<Incoming>,
-    ) -> Response<ResponseBody> {
+    ) -> Result<Response<ResponseBody>, StreamAborted> {
         let Some(upstream) = self.route(conn.entry, &request) else {
-            return synthetic::rescue(&ProxyError::NoRoute);
+            return Ok(synthetic::rescue(&ProxyError::NoRoute));
         };
         let plan = {
             let rules = self.rules.load();
@@ -135,7 +134,7 @@ impl Proxy {
             )
         };
         match plan {
-            None => self.forward(upstream, conn, request).await,
+            None => Ok(self.forward(upstream, conn, request).await),
             Some(plan) => self.inject(plan, upstream, conn, request).await,
         }
     }
@@ -162,17 +161,20 @@ impl Proxy {
         upstream: usize,
         conn: &Connection,
         request: Request<Incoming>,
-    ) -> Response<ResponseBody> {
+    ) -> Result<Response<ResponseBody>, StreamAborted> {
         let Some(_active) = ActiveFault::enter(&self.active_faults, self.max_active_faults) else {
             debug!("max_active_faults reached; request passes unharmed");
-            return self.forward(upstream, conn, request).await;
+            return Ok(self.forward(upstream, conn, request).await);
         };
         if !plan.delay.is_zero() {
             tokio::time::sleep(plan.delay).await;
         }
+        // HTTP/2 carries other requests on the same connection: fail only this stream.
+        let multiplexed = request.version() == Version::HTTP_2;
         let mut response = match plan.action {
             Action::Forward => self.forward(upstream, conn, request).await,
             Action::Respond(response) => synthetic::injected(&response),
+            Action::Abort(_) if multiplexed => return Err(StreamAborted),
             Action::Abort(mode) => {
                 if mode == AbortMode::Close {
                     drain(request.into_body()).await;
@@ -182,20 +184,27 @@ impl Proxy {
                 return std::future::pending().await;
             }
             Action::Blackhole { max_hold } => {
-                drain(request.into_body()).await;
-                tokio::time::sleep(max_hold).await;
+                hold(request.into_body(), max_hold).await;
+                if multiplexed {
+                    return Err(StreamAborted);
+                }
                 conn.info.control.abort(AbortMode::Close);
                 return std::future::pending().await;
             }
         };
-        if self.mark_faults {
+        // A 502 or 504 after an injected delay is the proxy's own error, not an injected one.
+        if self.mark_faults
+            && !response
+                .headers()
+                .contains_key(&synthetic::X_FAULTLINE_ERROR)
+        {
             for rule in &plan.rules {
                 response
                     .headers_mut()
                     .append(X_FAULTLINE_RULE.clone(), rule.name_header.clone());
             }
         }
-        response
+        Ok(response)
     }
 
     async fn forward(
@@ -222,8 +231,15 @@ impl Proxy {
     }
 }
 
+/// An injected abort or blackhole on an HTTP/2 stream: returned as the
+/// service's error, it makes hyper reset that stream alone.
+#[derive(Debug, thiserror::Error)]
+#[error("stream aborted by an injected fault")]
+pub struct StreamAborted;
+
 /// Per connection: where it came in and who the client is.
 struct Connection {
+    proxy: Arc<Proxy>,
     entry: Entry,
     client_ip: HeaderValue,
     info: ConnInfo,
@@ -254,6 +270,22 @@ async fn drain(mut body: Incoming) {
             read += frame.data_ref().map_or(0, |d| d.len());
             if read > CLOSE_DRAIN_LIMIT {
                 break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Holds a blackholed request for `max_hold`, reading and discarding its
+/// body all the while, so that hyper notices a client that leaves. Returns
+/// early when the body breaks off: the client is gone.
+async fn hold(mut body: Incoming, max_hold: Duration) {
+    let _ = tokio::time::timeout(max_hold, async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => return,
+                None => std::future::pending::<()>().await,
             }
         }
     })

@@ -41,13 +41,15 @@ impl ProxyError {
     /// Classifies an error of the upstream client.
     pub fn from_client(upstream: &str, error: hyper_util::client::legacy::Error) -> Self {
         let upstream = upstream.to_owned();
-        if is_timeout(&error) {
-            ProxyError::UpstreamTimeout { upstream }
-        } else if error.is_connect() {
+        // A connect that timed out is still a failure to connect: the
+        // upstream is unreachable, not slow.
+        if error.is_connect() {
             ProxyError::UpstreamConnect {
                 upstream,
                 source: error,
             }
+        } else if is_timeout(&error) {
+            ProxyError::UpstreamTimeout { upstream }
         } else {
             ProxyError::UpstreamProtocol {
                 upstream,

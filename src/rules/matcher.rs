@@ -81,7 +81,19 @@ impl MatchSpec {
                     )),
                 }
             }
-            set.build().ok()
+            match set.build() {
+                Ok(set) => Some(set),
+                Err(e) => {
+                    errors.push(FieldError::new(
+                        at.key("upstreams"),
+                        format!(
+                            "these upstream globs are too complex together: {}",
+                            e.kind()
+                        ),
+                    ));
+                    None
+                }
+            }
         };
 
         let mut labels = Vec::new();
