@@ -14,8 +14,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::admin;
 use crate::config::Config;
 use crate::diagnostic::Diagnostic;
+use crate::metrics::Metrics;
 use crate::proxy::{Entry, Proxy};
 use crate::rules::{self, Rule, RuleSet};
 use crate::server;
@@ -64,9 +66,11 @@ impl App {
     pub async fn start(self) -> Result<Running, StartError> {
         let config = self.config;
         let seed = config.proxy.seed.unwrap_or_else(random_seed);
-        let rule_set = RuleSet::new(self.rules, &config.upstreams, seed);
-        let proxy = Arc::new(Proxy::new(&config, rule_set));
+        let metrics = Metrics::new();
+        let rule_set = RuleSet::new(self.rules, &config.upstreams, seed, &metrics);
+        let proxy = Arc::new(Proxy::new(&config, rule_set, metrics.clone()));
 
+        let admin = bind(config.admin.listen, "the admin API").await?;
         let mut bound = Vec::new();
         for (i, listener) in config.listeners.iter().enumerate() {
             let what = format!("listener {:?}", listener.name);
@@ -107,6 +111,21 @@ impl App {
                 grace,
             )));
         }
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+            addr: config.admin.listen,
+            what: "the admin API".to_owned(),
+            source,
+        })?;
+        info!(addr = %admin_addr, "admin API and /metrics listening");
+        tasks.push(tokio::spawn(server::serve(
+            admin,
+            move |_conn| {
+                let metrics = metrics.clone();
+                hyper::service::service_fn(move |request| admin::handle(metrics.clone(), request))
+            },
+            shutdown.clone(),
+            grace,
+        )));
         info!(
             seed,
             rules = proxy.rules().rules().len(),
@@ -115,6 +134,7 @@ impl App {
         Ok(Running {
             proxy,
             listeners,
+            admin_addr,
             shutdown,
             tasks,
             seed,
@@ -155,6 +175,7 @@ struct BoundListener {
 pub struct Running {
     proxy: Arc<Proxy>,
     listeners: Vec<BoundListener>,
+    admin_addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     seed: u64,
@@ -176,6 +197,11 @@ impl Running {
             .iter()
             .find(|l| l.name == name && kind(l.entry))
             .map(|l| l.addr)
+    }
+
+    /// The bound address of the admin API and `/metrics`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     pub fn proxy(&self) -> &Arc<Proxy> {

@@ -46,7 +46,11 @@ pub struct Demo {
 impl Demo {
     /// Starts the demo upstreams and the proxy on `listen`. Rules come from
     /// `rules_dir` when it exists, else from the copies built in.
-    pub async fn start(listen: SocketAddr, rules_dir: &Path) -> Result<Demo, String> {
+    pub async fn start(
+        listen: SocketAddr,
+        admin: SocketAddr,
+        rules_dir: &Path,
+    ) -> Result<Demo, String> {
         let upstream_shutdown = CancellationToken::new();
         let mut upstreams = Vec::new();
         for (name, service, region, _) in UPSTREAMS {
@@ -71,7 +75,7 @@ impl Demo {
             upstreams.push((name, addr));
         }
 
-        let config = Config::parse(&config_text(listen, &upstreams), Path::new("."))
+        let config = Config::parse(&config_text(listen, admin, &upstreams), Path::new("."))
             .map_err(|e| format!("demo config: {e}"))?;
         let names: Vec<&str> = UPSTREAMS.iter().map(|u| u.0).collect();
         let (rules, rules_from) = if rules_dir.is_dir() {
@@ -112,6 +116,8 @@ impl Demo {
         let mut text = String::new();
         text.push_str("faultline demo is running.\n\n");
         text.push_str(&format!("  proxy      {proxy}\n"));
+        let admin = format!("http://{}", self.proxy.admin_addr());
+        text.push_str(&format!("  metrics    {admin}/metrics\n"));
         for (name, addr) in &self.upstreams {
             text.push_str(&format!("  upstream   {name:<14} http://{addr}\n"));
         }
@@ -154,6 +160,9 @@ impl Demo {
         text.push_str(&format!(
             "  for i in $(seq 20); do curl -s -o /dev/null -w '%{{http_code}} %{{time_total}}s\\n' {proxy}/us-east-1/orders; done\n\n"
         ));
+        text.push_str(&format!(
+            "  curl -s {admin}/metrics | grep -E '^faultline_(requests|faults_injected)_total'\n\n"
+        ));
         text.push_str("Injected responses carry x-faultline-rule; errors the proxy makes itself carry x-faultline-error.\n");
         text.push_str("Press Ctrl-C to stop.\n");
         text
@@ -173,9 +182,9 @@ impl Demo {
 }
 
 /// The demo's config: host and path routes on one edge listener.
-fn config_text(listen: SocketAddr, upstreams: &[(&str, SocketAddr)]) -> String {
+fn config_text(listen: SocketAddr, admin: SocketAddr, upstreams: &[(&str, SocketAddr)]) -> String {
     let mut text = format!(
-        "[proxy]\nshutdown_grace = \"2s\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"{listen}\"\n"
+        "[admin]\nlisten = \"{admin}\"\n\n[proxy]\nshutdown_grace = \"2s\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"{listen}\"\n"
     );
     for ((name, service, region, zone), (_, addr)) in UPSTREAMS.iter().zip(upstreams) {
         text.push_str(&format!(

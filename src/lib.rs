@@ -7,17 +7,21 @@
 //! - [`fault`]: what happens to them (fault kinds and the pure planning step).
 //! - [`proxy`]: doing it (the request pipeline, the upstream client, synthetic responses).
 //! - [`server`]: the one accept loop every listener uses, and per-connection aborts.
+//! - [`metrics`]: the Prometheus families, one registry per proxy, handles resolved ahead.
+//! - [`admin`]: the admin listener (`/healthz`, `/metrics`).
 //! - [`app`]: the only place where the pieces are wired together.
 //! - [`demo`]: the self-contained demo of `faultline demo`.
 //! - [`diagnostic`]: problems in users' files, with line and column.
 //! - [`duration`]: human durations in documents.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;
 pub mod diagnostic;
 pub mod duration;
 pub mod fault;
+pub mod metrics;
 pub mod proxy;
 pub mod rules;
 pub mod server;

@@ -38,6 +38,9 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the admin API and /metrics listen.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        admin: SocketAddr,
         /// Rule files for the demo; the built-in copies when the folder is missing.
         #[arg(long, default_value = "rules")]
         rules: PathBuf,
@@ -50,7 +53,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Demo { listen, rules } => demo(listen, &rules),
+        Command::Demo {
+            listen,
+            admin,
+            rules,
+        } => demo(listen, admin, &rules),
     }
 }
 
@@ -98,13 +105,13 @@ fn check(config_path: &Path) -> ExitCode {
     }
 }
 
-fn demo(listen: SocketAddr, rules: &Path) -> ExitCode {
+fn demo(listen: SocketAddr, admin: SocketAddr, rules: &Path) -> ExitCode {
     let runtime = match app::runtime(None) {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async {
-        match Demo::start(listen, rules).await {
+        match Demo::start(listen, admin, rules).await {
             Ok(demo) => {
                 print!("{}", demo.instructions());
                 demo.run_until_signal().await;

@@ -164,7 +164,7 @@ async fn wait_for_port(port: u16, child: &mut Child) {
 async fn run_binary(upstream: &TestUpstream, dir: &Path) -> (Child, u16) {
     let port = free_port();
     let config = format!(
-        "[proxy]\nshutdown_grace = \"5s\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:{port}\"\n\n[[upstream]]\nname = \"orders-use1\"\nurl = \"{}\"\n\n[[route]]\nlistener = \"edge\"\nupstream = \"orders-use1\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[proxy]\nshutdown_grace = \"5s\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:{port}\"\n\n[[upstream]]\nname = \"orders-use1\"\nurl = \"{}\"\n\n[[route]]\nlistener = \"edge\"\nupstream = \"orders-use1\"\n",
         upstream.url()
     );
     write(dir, "faultline.toml", &config);
@@ -301,7 +301,15 @@ async fn random_bytes_never_make_the_proxy_panic() {
 async fn the_demo_starts_and_shows_one_region_browning_out() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0", "--rules", "no-such-dir"])
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--rules",
+            "no-such-dir",
+        ])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

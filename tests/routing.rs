@@ -13,6 +13,9 @@ use tokio::net::TcpStream;
 fn routed_config(east: &TestUpstream, west: &TestUpstream) -> String {
     format!(
         r#"
+[admin]
+listen = "127.0.0.1:0"
+
 [[listener]]
 name = "edge"
 listen = "127.0.0.1:0"
@@ -170,7 +173,10 @@ async fn a_port_in_use_is_a_clear_start_error() {
     let east = TestUpstream::start("orders-use1").await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let config = edge_config(&[&east], "").replace("127.0.0.1:0", &addr.to_string());
+    let config = edge_config(&[&east], "").replace(
+        "name = \"edge\"\nlisten = \"127.0.0.1:0\"",
+        &format!("name = \"edge\"\nlisten = \"{addr}\""),
+    );
     let error = TestProxy::try_start(&config, "")
         .await
         .err()

@@ -14,7 +14,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::{AbortMode, Fault, SyntheticResponse};
-use crate::rules::{Rule, RuleSet};
+use crate::rules::{Candidate, Rule, RuleSet};
 
 /// What the request path must do for one request.
 #[derive(Debug, Clone)]
@@ -22,7 +22,7 @@ pub struct Plan {
     /// Injected latency before the action (latency faults add up).
     pub delay: Duration,
     /// The rules that injected something, in evaluation order.
-    pub rules: Vec<Arc<Rule>>,
+    pub rules: Vec<Candidate>,
     pub action: Action,
 }
 
@@ -45,7 +45,8 @@ pub fn plan(
 ) -> Option<Plan> {
     let candidates = rules.candidates(upstream)?;
     let mut planned: Option<Plan> = None;
-    for rule in candidates.for_path(path) {
+    for candidate in candidates.for_path(path) {
+        let rule = &candidate.rule;
         if !rule.matcher.matches_method_and_headers(method, headers) {
             continue;
         }
@@ -63,7 +64,7 @@ pub fn plan(
             rules: Vec::new(),
             action: Action::Forward,
         });
-        plan.rules.push(Arc::clone(rule));
+        plan.rules.push(candidate.clone());
         let action = match &rule.fault {
             Fault::Latency { delay, jitter } => {
                 let delay = match rng.as_mut() {
@@ -165,7 +166,7 @@ mod tests {
                 )
             })
             .collect();
-        RuleSet::new(rules, &upstreams, seed)
+        RuleSet::new(rules, &upstreams, seed, &crate::metrics::Metrics::new())
     }
 
     fn plan_get(rules: &RuleSet, upstream: usize) -> Option<Plan> {
@@ -207,7 +208,7 @@ mode = "reset"
         let rules = rule_set(MIXED, 1);
         let plan = plan_get(&rules, 0).unwrap();
         assert_eq!(plan.delay, Duration::from_millis(150));
-        let names: Vec<&str> = plan.rules.iter().map(|r| r.name()).collect();
+        let names: Vec<&str> = plan.rules.iter().map(|c| c.rule.name()).collect();
         assert_eq!(names, ["slow", "slower", "fail"]);
         assert!(matches!(plan.action, Action::Respond(ref r) if r.status == 503));
     }
@@ -223,7 +224,7 @@ mode = "reset"
         );
         let names = |path: &str| -> Vec<String> {
             plan(&rules, 0, &Method::GET, path, &HeaderMap::new())
-                .map(|p| p.rules.iter().map(|r| r.name().to_owned()).collect())
+                .map(|p| p.rules.iter().map(|c| c.rule.name().to_owned()).collect())
                 .unwrap_or_default()
         };
         assert_eq!(names("/x/1"), ["a", "b", "c"]);

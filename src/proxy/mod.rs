@@ -10,7 +10,7 @@ pub mod synthetic;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, Version};
@@ -23,9 +23,11 @@ pub use forward::remove_hop_by_hop;
 
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::fault::{self, AbortMode, Action, Plan};
+use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::rules::RuleSet;
 use crate::server::ConnInfo;
 use forward::UpstreamClient;
+use prometheus::IntGauge;
 use synthetic::{ProxyError, X_FAULTLINE_RULE};
 
 /// How much of a request body an abort in `close` mode reads before closing,
@@ -53,15 +55,38 @@ pub struct Proxy {
     mark_faults: bool,
     active_faults: AtomicUsize,
     max_active_faults: usize,
+    metrics: Metrics,
+    /// Per upstream index.
+    upstream_metrics: Vec<UpstreamMetrics>,
+    /// `faultline_inflight_requests` per listener index, then per upstream
+    /// index for dedicated ports (labelled with the upstream's name).
+    listener_inflight: Vec<IntGauge>,
+    dedicated_inflight: Vec<IntGauge>,
 }
 
 impl Proxy {
-    pub fn new(config: &Config, rules: RuleSet) -> Self {
+    pub fn new(config: &Config, rules: RuleSet, metrics: Metrics) -> Self {
         let mut routes = vec![Vec::new(); config.listeners.len()];
         for route in &config.routes {
             routes[route.listener].push(route.clone());
         }
         Self {
+            upstream_metrics: config
+                .upstreams
+                .iter()
+                .map(|u| metrics.upstream(u))
+                .collect(),
+            listener_inflight: config
+                .listeners
+                .iter()
+                .map(|l| metrics.inflight(&l.name))
+                .collect(),
+            dedicated_inflight: config
+                .upstreams
+                .iter()
+                .map(|u| metrics.inflight(&u.name))
+                .collect(),
+            metrics,
             upstreams: config.upstreams.clone(),
             routes,
             rules: ArcSwap::from_pointee(rules),
@@ -71,6 +96,10 @@ impl Proxy {
             active_faults: AtomicUsize::new(0),
             max_active_faults: config.proxy.max_active_faults,
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The rule snapshot new requests will use.
@@ -120,9 +149,17 @@ impl Proxy {
         conn: &Connection,
         request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, StreamAborted> {
+        let start = Instant::now();
+        let inflight = match conn.entry {
+            Entry::Listener(i) => &self.listener_inflight[i],
+            Entry::Upstream(i) => &self.dedicated_inflight[i],
+        };
+        let _inflight = Inflight::enter(inflight);
         let Some(upstream) = self.route(conn.entry, &request) else {
             return Ok(synthetic::rescue(&ProxyError::NoRoute));
         };
+        let metrics = &self.upstream_metrics[upstream];
+        let method = request.method().clone();
         let plan = {
             let rules = self.rules.load();
             fault::plan(
@@ -133,10 +170,15 @@ impl Proxy {
                 request.headers(),
             )
         };
-        match plan {
+        let result = match plan {
             None => Ok(self.forward(upstream, conn, request).await),
-            Some(plan) => self.inject(plan, upstream, conn, request).await,
+            Some(plan) => self.inject(plan, upstream, conn, request, start).await,
+        };
+        match &result {
+            Ok(response) => metrics.record_request(&method, response.status(), start.elapsed()),
+            Err(StreamAborted) => metrics.record_unanswered(start.elapsed()),
         }
+        result
     }
 
     /// The upstream for a request: the dedicated one, or the first matching route.
@@ -161,11 +203,18 @@ impl Proxy {
         upstream: usize,
         conn: &Connection,
         request: Request<Incoming>,
+        start: Instant,
     ) -> Result<Response<ResponseBody>, StreamAborted> {
+        let metrics = &self.upstream_metrics[upstream];
         let Some(_active) = ActiveFault::enter(&self.active_faults, self.max_active_faults) else {
             debug!("max_active_faults reached; request passes unharmed");
+            metrics.record_overflow();
             return Ok(self.forward(upstream, conn, request).await);
         };
+        // Counted when decided: a client that leaves mid-fault was still faulted.
+        for candidate in &plan.rules {
+            candidate.injected.inc();
+        }
         if !plan.delay.is_zero() {
             tokio::time::sleep(plan.delay).await;
         }
@@ -179,6 +228,7 @@ impl Proxy {
                 if mode == AbortMode::Close {
                     drain(request.into_body()).await;
                 }
+                metrics.record_unanswered(start.elapsed());
                 conn.info.control.abort(mode);
                 // The connection task drops this request with its connection.
                 return std::future::pending().await;
@@ -188,6 +238,7 @@ impl Proxy {
                 if multiplexed {
                     return Err(StreamAborted);
                 }
+                metrics.record_unanswered(start.elapsed());
                 conn.info.control.abort(AbortMode::Close);
                 return std::future::pending().await;
             }
@@ -198,10 +249,10 @@ impl Proxy {
                 .headers()
                 .contains_key(&synthetic::X_FAULTLINE_ERROR)
         {
-            for rule in &plan.rules {
+            for candidate in &plan.rules {
                 response
                     .headers_mut()
-                    .append(X_FAULTLINE_RULE.clone(), rule.name_header.clone());
+                    .append(X_FAULTLINE_RULE.clone(), candidate.rule.name_header.clone());
             }
         }
         Ok(response)
@@ -214,17 +265,26 @@ impl Proxy {
         request: Request<Incoming>,
     ) -> Response<ResponseBody> {
         let target = &self.upstreams[upstream];
+        let metrics = &self.upstream_metrics[upstream];
         let request = forward::upstream_request(target, &conn.client_ip, request);
-        let response =
-            match tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(e)) => return synthetic::rescue(&ProxyError::from_client(&target.name, e)),
-                Err(_) => {
-                    return synthetic::rescue(&ProxyError::UpstreamTimeout {
-                        upstream: target.name.clone(),
-                    })
-                }
-            };
+        let sent = Instant::now();
+        let outcome =
+            tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await;
+        let response = match outcome {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(ProxyError::from_client(&target.name, e)),
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                upstream: target.name.clone(),
+            }),
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => {
+                metrics.record_upstream_error(error.reason());
+                return synthetic::rescue(&error);
+            }
+        };
+        metrics.record_upstream(sent.elapsed());
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         Response::from_parts(parts, ResponseBody::Upstream(body))
@@ -290,6 +350,22 @@ async fn hold(mut body: Incoming, max_hold: Duration) {
         }
     })
     .await;
+}
+
+/// A request in flight on a listener, for `faultline_inflight_requests`.
+struct Inflight<'a>(&'a IntGauge);
+
+impl<'a> Inflight<'a> {
+    fn enter(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// A request inside an injected fault, counted against `max_active_faults`.

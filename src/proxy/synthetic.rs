@@ -10,6 +10,7 @@ use http::{HeaderValue, Response, StatusCode};
 
 use super::body::ResponseBody;
 use crate::fault::SyntheticResponse;
+use crate::metrics::UpstreamErrorReason;
 
 /// Names the rule that injected a response.
 pub static X_FAULTLINE_RULE: HeaderName = HeaderName::from_static("x-faultline-rule");
@@ -65,6 +66,17 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "upstream_connect",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
+        }
+    }
+
+    /// The `reason` of `faultline_upstream_errors_total`.
+    pub fn reason(&self) -> UpstreamErrorReason {
+        match self {
+            ProxyError::UpstreamTimeout { .. } => UpstreamErrorReason::Timeout,
+            ProxyError::UpstreamConnect { .. } => UpstreamErrorReason::Connect,
+            ProxyError::NoRoute | ProxyError::UpstreamProtocol { .. } => {
+                UpstreamErrorReason::Protocol
+            }
         }
     }
 

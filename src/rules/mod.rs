@@ -12,14 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use globset::GlobSet;
-use globset::GlobSetBuilder;
+use globset::{GlobSet, GlobSetBuilder};
 use http::HeaderValue;
+use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{is_valid_name, UpstreamConfig};
 use crate::diagnostic::{FieldError, FieldPath};
 use crate::fault::{Fault, FaultSpec};
+use crate::metrics::Metrics;
 
 pub use load::{load_dir, load_sources, RuleText};
 pub use matcher::{MatchSpec, Matcher};
@@ -185,7 +186,7 @@ pub struct RuleSet {
 /// once, however many rules there are.
 #[derive(Debug, Default)]
 pub struct UpstreamRules {
-    rules: Box<[Arc<Rule>]>,
+    rules: Box<[Candidate]>,
     /// Glob `i` is the path of `rules[path_owner[i]]`.
     paths: PathIndex,
     path_owner: Box<[usize]>,
@@ -193,13 +194,21 @@ pub struct UpstreamRules {
     pathless: Box<[usize]>,
 }
 
+/// A rule that can apply to an upstream, with its injected-fault counter
+/// for that upstream resolved when the snapshot was built.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub rule: Arc<Rule>,
+    pub injected: IntCounter,
+}
+
 impl UpstreamRules {
-    fn new(rules: Vec<Arc<Rule>>) -> Self {
+    fn new(rules: Vec<Candidate>) -> Self {
         let mut set = GlobSetBuilder::new();
         let mut path_owner = Vec::new();
         let mut pathless = Vec::new();
-        for (i, rule) in rules.iter().enumerate() {
-            match rule.matcher.path_glob() {
+        for (i, candidate) in rules.iter().enumerate() {
+            match candidate.rule.matcher.path_glob() {
                 Some(glob) => {
                     set.add(glob.clone());
                     path_owner.push(i);
@@ -216,7 +225,7 @@ impl UpstreamRules {
                 Err(_) => PathIndex::Each(
                     path_owner
                         .iter()
-                        .filter_map(|&i| rules[i].matcher.path_glob())
+                        .filter_map(|&i| rules[i].rule.matcher.path_glob())
                         .map(|glob| glob.compile_matcher())
                         .collect(),
                 ),
@@ -236,7 +245,7 @@ impl UpstreamRules {
 
     /// The rules whose path condition holds for `path`, or that have none,
     /// in evaluation order.
-    pub fn for_path(&self, path: &str) -> impl Iterator<Item = &Arc<Rule>> {
+    pub fn for_path(&self, path: &str) -> impl Iterator<Item = &Candidate> {
         // The common case, no path glob matching, walks the pathless rules
         // without allocating.
         let globs: Vec<usize> = match &self.paths {
@@ -295,7 +304,16 @@ impl Iterator for Indices<'_> {
 
 impl RuleSet {
     /// `rules` in evaluation order: files sorted by path, rules in file order.
-    pub fn new(rules: Vec<Arc<Rule>>, upstreams: &[UpstreamConfig], seed: u64) -> Self {
+    /// Resolves each rule's metric handles and sets `faultline_rule_enabled`.
+    pub fn new(
+        rules: Vec<Arc<Rule>>,
+        upstreams: &[UpstreamConfig],
+        seed: u64,
+        metrics: &Metrics,
+    ) -> Self {
+        for rule in &rules {
+            metrics.set_rule_enabled(rule.name(), rule.enabled());
+        }
         let by_upstream = upstreams
             .iter()
             .map(|upstream| {
@@ -303,7 +321,14 @@ impl RuleSet {
                     rules
                         .iter()
                         .filter(|rule| rule.enabled() && rule.matcher.applies_to_upstream(upstream))
-                        .cloned()
+                        .map(|rule| Candidate {
+                            injected: metrics.faults_injected(
+                                rule.name(),
+                                rule.fault.kind(),
+                                upstream,
+                            ),
+                            rule: Arc::clone(rule),
+                        })
                         .collect(),
                 )
             })
@@ -315,8 +340,8 @@ impl RuleSet {
         }
     }
 
-    pub fn empty(upstreams: &[UpstreamConfig], seed: u64) -> Self {
-        Self::new(Vec::new(), upstreams, seed)
+    pub fn empty(upstreams: &[UpstreamConfig], seed: u64, metrics: &Metrics) -> Self {
+        Self::new(Vec::new(), upstreams, seed, metrics)
     }
 
     /// Every rule, enabled or not, in evaluation order.

@@ -274,6 +274,11 @@ impl TestProxy {
         format!("http://{}", self.running().listener_addr(listener).unwrap())
     }
 
+    /// `http://ADDR` of the admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.running().admin_addr())
+    }
+
     pub fn addr(&self, listener: &str) -> SocketAddr {
         self.running().listener_addr(listener).unwrap()
     }
@@ -289,7 +294,7 @@ impl TestProxy {
 /// given, by path prefix `/<name>`, and the first upstream as a fallback.
 pub fn edge_config(upstreams: &[&TestUpstream], extra_proxy: &str) -> String {
     let mut text = format!(
-        "[proxy]\nseed = 42\nshutdown_grace = \"5s\"\n{extra_proxy}\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n"
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[proxy]\nseed = 42\nshutdown_grace = \"5s\"\n{extra_proxy}\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n"
     );
     for upstream in upstreams {
         let region = if upstream.name.ends_with("use1") {

@@ -1,0 +1,402 @@
+//! The metrics of SPEC §6: one explicit registry per running proxy (never
+//! the global default, so two proxies in one process keep apart), names in
+//! one place, and label handles resolved ahead of the hot path.
+//!
+//! Per upstream and per rule the handles are resolved when the config or
+//! the rule snapshot is built. The one label pair that varies per request,
+//! method and status code, is resolved on first use into a fixed table
+//! ([`UpstreamMetrics::requests`]), so a request never formats a label or
+//! takes the registry's lock.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::config::UpstreamConfig;
+
+pub const REQUESTS_TOTAL: &str = "faultline_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "faultline_request_duration_seconds";
+pub const UPSTREAM_DURATION_SECONDS: &str = "faultline_upstream_duration_seconds";
+pub const FAULTS_INJECTED_TOTAL: &str = "faultline_faults_injected_total";
+pub const FAULTS_OVERFLOW_TOTAL: &str = "faultline_faults_overflow_total";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "faultline_upstream_errors_total";
+pub const RULE_ENABLED: &str = "faultline_rule_enabled";
+pub const HALTED: &str = "faultline_halted";
+pub const SCENARIO_RUNNING: &str = "faultline_scenario_running";
+pub const SCENARIO_STEP: &str = "faultline_scenario_step";
+pub const RULES_RELOADS_TOTAL: &str = "faultline_rules_reloads_total";
+pub const INFLIGHT_REQUESTS: &str = "faultline_inflight_requests";
+pub const BUILD_INFO: &str = "faultline_build_info";
+
+/// From a 1 ms loopback upstream to a 5-minute blackhole: roughly ×2.5 steps.
+const DURATION_BUCKETS: [f64; 18] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+
+/// Methods with a label of their own; any other is counted as `OTHER`,
+/// so a hostile client cannot create series at will.
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::TRACE,
+];
+const METHOD_SLOTS: usize = METHODS.len() + 1;
+/// Status codes 100 to 599.
+const CODE_SLOTS: usize = 500;
+
+/// Why the proxy could not get an answer from an upstream.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamErrorReason {
+    Connect,
+    Timeout,
+    Protocol,
+}
+
+/// Every family of SPEC §6, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    faults_injected: IntCounterVec,
+    faults_overflow: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    rule_enabled: IntGaugeVec,
+    halted: IntGauge,
+    scenario_running: IntGaugeVec,
+    scenario_step: IntGaugeVec,
+    rules_reloads: IntCounterVec,
+    inflight: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("metric definitions are static")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definitions are static")
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("metric definitions are static")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let metrics = Metrics {
+            registry: Registry::new(),
+            requests: counter_vec(
+                REQUESTS_TOTAL,
+                "Requests answered, by upstream, region, method and status code.",
+                &["upstream", "region", "method", "code"],
+            ),
+            request_duration: histogram_vec(
+                REQUEST_DURATION_SECONDS,
+                "Time until the client got response headers, injected delay included.",
+                &["upstream", "region"],
+            ),
+            upstream_duration: histogram_vec(
+                UPSTREAM_DURATION_SECONDS,
+                "Time waiting on the real upstream for response headers.",
+                &["upstream"],
+            ),
+            faults_injected: counter_vec(
+                FAULTS_INJECTED_TOTAL,
+                "Faults injected, by rule, kind, upstream and region.",
+                &["rule", "kind", "upstream", "region"],
+            ),
+            faults_overflow: counter_vec(
+                FAULTS_OVERFLOW_TOTAL,
+                "Requests a fault matched but max_active_faults let pass unharmed.",
+                &["upstream"],
+            ),
+            upstream_errors: counter_vec(
+                UPSTREAM_ERRORS_TOTAL,
+                "Errors reaching upstreams, made by the proxy and never injected.",
+                &["upstream", "reason"],
+            ),
+            rule_enabled: gauge_vec(RULE_ENABLED, "1 when the rule is enabled.", &["rule"]),
+            halted: IntGauge::new(HALTED, "1 while the kill switch is on.")
+                .expect("metric definitions are static"),
+            scenario_running: gauge_vec(
+                SCENARIO_RUNNING,
+                "1 while the scenario runs.",
+                &["scenario"],
+            ),
+            scenario_step: gauge_vec(
+                SCENARIO_STEP,
+                "Index of the scenario's current step.",
+                &["scenario"],
+            ),
+            rules_reloads: counter_vec(
+                RULES_RELOADS_TOTAL,
+                "Rule reloads, applied or rejected.",
+                &["outcome"],
+            ),
+            inflight: gauge_vec(
+                INFLIGHT_REQUESTS,
+                "Requests in flight, by listener.",
+                &["listener"],
+            ),
+        };
+        let registry = &metrics.registry;
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+            Box::new(metrics.requests.clone()),
+            Box::new(metrics.request_duration.clone()),
+            Box::new(metrics.upstream_duration.clone()),
+            Box::new(metrics.faults_injected.clone()),
+            Box::new(metrics.faults_overflow.clone()),
+            Box::new(metrics.upstream_errors.clone()),
+            Box::new(metrics.rule_enabled.clone()),
+            Box::new(metrics.halted.clone()),
+            Box::new(metrics.scenario_running.clone()),
+            Box::new(metrics.scenario_step.clone()),
+            Box::new(metrics.rules_reloads.clone()),
+            Box::new(metrics.inflight.clone()),
+        ];
+        for collector in collectors {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        for outcome in ["applied", "rejected"] {
+            metrics.rules_reloads.with_label_values(&[outcome]);
+        }
+        let build_info = gauge_vec(
+            BUILD_INFO,
+            "Always 1; the version is a label.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
+            .expect("metric names are unique");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique");
+        metrics
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    /// The handles for one upstream, resolved once.
+    pub fn upstream(&self, upstream: &UpstreamConfig) -> UpstreamMetrics {
+        let region = region_of(upstream);
+        let labels = [upstream.name.as_str(), region];
+        let errors = |reason: &str| {
+            self.upstream_errors
+                .with_label_values(&[upstream.name.as_str(), reason])
+        };
+        UpstreamMetrics {
+            name: upstream.name.clone(),
+            region: region.to_owned(),
+            requests_vec: self.requests.clone(),
+            requests: (0..METHOD_SLOTS * CODE_SLOTS)
+                .map(|_| OnceLock::new())
+                .collect(),
+            request_duration: self.request_duration.with_label_values(&labels),
+            upstream_duration: self
+                .upstream_duration
+                .with_label_values(&[upstream.name.as_str()]),
+            connect_errors: errors("connect"),
+            timeout_errors: errors("timeout"),
+            protocol_errors: errors("protocol"),
+            faults_overflow: self
+                .faults_overflow
+                .with_label_values(&[upstream.name.as_str()]),
+        }
+    }
+
+    /// The injected-fault counter of one rule on one upstream.
+    pub fn faults_injected(&self, rule: &str, kind: &str, upstream: &UpstreamConfig) -> IntCounter {
+        self.faults_injected.with_label_values(&[
+            rule,
+            kind,
+            upstream.name.as_str(),
+            region_of(upstream),
+        ])
+    }
+
+    pub fn set_rule_enabled(&self, rule: &str, enabled: bool) {
+        self.rule_enabled
+            .with_label_values(&[rule])
+            .set(i64::from(enabled));
+    }
+
+    pub fn inflight(&self, listener: &str) -> IntGauge {
+        self.inflight.with_label_values(&[listener])
+    }
+
+    pub fn halted(&self) -> &IntGauge {
+        &self.halted
+    }
+}
+
+fn region_of(upstream: &UpstreamConfig) -> &str {
+    upstream.labels.get("region").map_or("", String::as_str)
+}
+
+/// One upstream's handles.
+pub struct UpstreamMetrics {
+    name: String,
+    region: String,
+    requests_vec: IntCounterVec,
+    /// `faultline_requests_total` by method slot and status code, filled on first use.
+    requests: Box<[OnceLock<IntCounter>]>,
+    request_duration: Histogram,
+    upstream_duration: Histogram,
+    connect_errors: IntCounter,
+    timeout_errors: IntCounter,
+    protocol_errors: IntCounter,
+    faults_overflow: IntCounter,
+}
+
+impl std::fmt::Debug for UpstreamMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamMetrics")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl UpstreamMetrics {
+    /// A request answered: its method, status, and what the client waited.
+    pub fn record_request(&self, method: &Method, status: StatusCode, elapsed: Duration) {
+        self.request_duration.observe(elapsed.as_secs_f64());
+        let method_slot = METHODS
+            .iter()
+            .position(|m| m == method)
+            .unwrap_or(METHODS.len());
+        let code = status.as_u16();
+        let code_slot = usize::from(code.clamp(100, 599) - 100);
+        let Some(slot) = self.requests.get(method_slot * CODE_SLOTS + code_slot) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            let method = METHODS.get(method_slot).map_or("OTHER", Method::as_str);
+            self.requests_vec.with_label_values(&[
+                &self.name,
+                &self.region,
+                method,
+                status.as_str(),
+            ])
+        })
+        .inc();
+    }
+
+    /// A request that ended with no response (an injected abort or blackhole).
+    pub fn record_unanswered(&self, elapsed: Duration) {
+        self.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_upstream(&self, elapsed: Duration) {
+        self.upstream_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_upstream_error(&self, reason: UpstreamErrorReason) {
+        match reason {
+            UpstreamErrorReason::Connect => self.connect_errors.inc(),
+            UpstreamErrorReason::Timeout => self.timeout_errors.inc(),
+            UpstreamErrorReason::Protocol => self.protocol_errors.inc(),
+        }
+    }
+
+    pub fn record_overflow(&self) {
+        self.faults_overflow.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> UpstreamConfig {
+        UpstreamConfig {
+            name: "orders-use1".into(),
+            scheme: http::uri::Scheme::HTTP,
+            authority: "127.0.0.1:1".parse().unwrap(),
+            host_header: http::HeaderValue::from_static("127.0.0.1:1"),
+            labels: [("region".to_owned(), "us-east-1".to_owned())].into(),
+            listen: None,
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_by_method_and_code() {
+        let metrics = Metrics::new();
+        let handles = metrics.upstream(&upstream());
+        for _ in 0..3 {
+            handles.record_request(&Method::GET, StatusCode::OK, Duration::from_millis(2));
+        }
+        handles.record_request(
+            &Method::from_bytes(b"BREW").unwrap(),
+            StatusCode::IM_A_TEAPOT,
+            Duration::ZERO,
+        );
+        let text = metrics.render();
+        assert!(text.contains(r#"faultline_requests_total{code="200",method="GET",region="us-east-1",upstream="orders-use1"} 3"#), "{text}");
+        assert!(text.contains(r#"faultline_requests_total{code="418",method="OTHER",region="us-east-1",upstream="orders-use1"} 1"#), "{text}");
+        assert!(text.contains(r#"faultline_request_duration_seconds_count{region="us-east-1",upstream="orders-use1"} 4"#), "{text}");
+    }
+
+    #[test]
+    fn every_unlabelled_family_is_exposed_from_the_start() {
+        let text = Metrics::new().render();
+        for family in [HALTED, BUILD_INFO, RULES_RELOADS_TOTAL] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family} missing"
+            );
+        }
+        assert!(text.contains(r#"faultline_rules_reloads_total{outcome="rejected"} 0"#));
+        assert!(text.contains("process_resident_memory_bytes"));
+    }
+
+    #[test]
+    fn two_registries_keep_apart() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.upstream(&upstream())
+            .record_request(&Method::GET, StatusCode::OK, Duration::ZERO);
+        assert!(!b.render().contains("faultline_requests_total{"));
+    }
+}
