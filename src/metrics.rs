@@ -307,12 +307,7 @@ impl UpstreamMetrics {
             .iter()
             .position(|m| m == method)
             .unwrap_or(METHODS.len());
-        let code = status.as_u16();
-        let code_slot = usize::from(code.clamp(100, 599) - 100);
-        let Some(slot) = self.requests.get(method_slot * CODE_SLOTS + code_slot) else {
-            return;
-        };
-        slot.get_or_init(|| {
+        let label = || {
             let method = METHODS.get(method_slot).map_or("OTHER", Method::as_str);
             self.requests_vec.with_label_values(&[
                 &self.name,
@@ -320,8 +315,16 @@ impl UpstreamMetrics {
                 method,
                 status.as_str(),
             ])
-        })
-        .inc();
+        };
+        let cached = usize::from(status.as_u16())
+            .checked_sub(100)
+            .filter(|code_slot| *code_slot < CODE_SLOTS)
+            .and_then(|code_slot| self.requests.get(method_slot * CODE_SLOTS + code_slot));
+        match cached {
+            Some(slot) => slot.get_or_init(label).inc(),
+            // A status outside 100..=599 is rare enough to look up each time.
+            None => label().inc(),
+        }
     }
 
     /// A request that ended with no response (an injected abort or blackhole).
@@ -373,10 +376,16 @@ mod tests {
             StatusCode::IM_A_TEAPOT,
             Duration::ZERO,
         );
+        for code in [799, 599] {
+            let status = StatusCode::from_u16(code).unwrap();
+            handles.record_request(&Method::GET, status, Duration::ZERO);
+        }
         let text = metrics.render();
         assert!(text.contains(r#"faultline_requests_total{code="200",method="GET",region="us-east-1",upstream="orders-use1"} 3"#), "{text}");
         assert!(text.contains(r#"faultline_requests_total{code="418",method="OTHER",region="us-east-1",upstream="orders-use1"} 1"#), "{text}");
-        assert!(text.contains(r#"faultline_request_duration_seconds_count{region="us-east-1",upstream="orders-use1"} 4"#), "{text}");
+        assert!(text.contains(r#"faultline_requests_total{code="799",method="GET",region="us-east-1",upstream="orders-use1"} 1"#), "{text}");
+        assert!(text.contains(r#"faultline_requests_total{code="599",method="GET",region="us-east-1",upstream="orders-use1"} 1"#), "{text}");
+        assert!(text.contains(r#"faultline_request_duration_seconds_count{region="us-east-1",upstream="orders-use1"} 6"#), "{text}");
     }
 
     #[test]
