@@ -30,6 +30,15 @@ use tracing::{debug, warn};
 
 use crate::fault::AbortMode;
 
+/// [`ConnControl`] states: 0 is open.
+const RESET: u8 = 1;
+const CLOSE: u8 = 2;
+const GARBAGE: u8 = 3;
+
+/// What an `abort` in `garbage` mode sends: not HTTP by any reading.
+const GARBAGE_BYTES: &[u8] =
+    b"\x00\x17\xfe\xff\x16garbage: faultline injected bytes that are not HTTP\r\n\x00";
+
 /// How long the accept loop waits after an error such as running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -45,15 +54,16 @@ impl ConnControl {
     /// Ends the connection with no response: RST for `Reset`, FIN for `Close`.
     pub fn abort(&self, mode: AbortMode) {
         let code = match mode {
-            AbortMode::Reset => 1,
-            AbortMode::Close => 2,
+            AbortMode::Reset => RESET,
+            AbortMode::Close | AbortMode::Empty => CLOSE,
+            AbortMode::Garbage => GARBAGE,
         };
         self.abort.store(code, Ordering::Release);
         self.notify.notify_one();
     }
 
-    fn wants_reset(&self) -> bool {
-        self.abort.load(Ordering::Acquire) == 1
+    fn mode(&self) -> u8 {
+        self.abort.load(Ordering::Acquire)
     }
 
     async fn aborted(&self) {
@@ -163,9 +173,16 @@ struct AbortableStream {
 
 impl Drop for AbortableStream {
     fn drop(&mut self) {
-        if self.control.wants_reset() {
+        match self.control.mode() {
             // Zero linger: close() sends RST and discards unsent data.
-            let _ = self.stream.set_zero_linger();
+            RESET => {
+                let _ = self.stream.set_zero_linger();
+            }
+            // A few bytes fit the socket buffer: no need to wait for writability.
+            GARBAGE => {
+                let _ = self.stream.try_write(GARBAGE_BYTES);
+            }
+            _ => {}
         }
     }
 }

@@ -93,7 +93,7 @@ fn check_prints_every_problem_with_its_position() {
             "rules/a.toml:5:14: error: rule[0].match.upstreams[0]: rule \"throttle\": no upstream is named \"lambda-use1\"",
             "rules/b.toml:2:1: error: rule \"throttle\" is defined twice; first at rules/a.toml:2:1",
             "rules/b.toml:11:1: error: rule[1].fault.delay: rule \"slow\": invalid duration \"soon\" (expected number at 0); expected a value like \"250ms\", \"1.5s\" or \"3h45m\"",
-            "rules/c.toml:3:1: error: rule \"typo\": unknown field `enabeld`, expected one of `name`, `description`, `enabled`, `probability`, `match`, `fault`",
+            "rules/c.toml:3:1: error: rule \"typo\": unknown field `enabeld`, expected one of `name`, `description`, `enabled`, `probability`, `match`, `fault`, `times`, `every`, `sticky`",
         ],
         "{stdout}"
     );

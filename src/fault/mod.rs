@@ -2,6 +2,7 @@
 //! written ([`FaultSpec`]) and validated ([`Fault`]), and the pure planning
 //! step ([`plan`]) that turns matched rules into one [`Plan`].
 
+pub mod latency;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -16,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::diagnostic::{FieldError, FieldPath};
 
-pub use plan::{plan, Action, Plan};
+pub use latency::{Delay, DistributionSpec, Side};
+pub use plan::{plan, Action, Plan, RequestView};
 
 /// How long a blackhole holds a request when the rule does not say.
 pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(300);
@@ -49,6 +51,12 @@ pub struct FaultSpec {
     /// `latency`: uniform ± around `delay`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter: Option<String>,
+    /// `latency`: a distribution to sample instead of `delay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<DistributionSpec>,
+    /// `latency`: `request` (before forwarding, the default) or `response`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<String>,
     /// `error`: the status of the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -76,14 +84,18 @@ pub struct FaultSpec {
 pub enum AbortMode {
     /// TCP RST: the client sees "connection reset by peer".
     Reset,
-    /// FIN with no response: the client sees the connection closed.
+    /// FIN at once, before the request body is read.
     Close,
+    /// The whole request is read, then FIN with not a byte of response.
+    Empty,
+    /// Bytes that are not HTTP, then FIN.
+    Garbage,
 }
 
 /// A validated fault, ready for the request path.
 #[derive(Debug, Clone)]
 pub enum Fault {
-    Latency { delay: Duration, jitter: Duration },
+    Latency { delay: Delay, side: Side },
     Respond(Arc<SyntheticResponse>),
     Abort(AbortMode),
     Blackhole { max_hold: Duration },
@@ -114,7 +126,7 @@ pub struct SyntheticResponse {
 
 /// The fields each kind takes; any other field given is an error.
 const FIELDS_OF_KIND: [(&str, &[&str]); 4] = [
-    ("latency", &["delay", "jitter"]),
+    ("latency", &["delay", "jitter", "distribution", "side"]),
     ("error", &["status", "headers", "body", "body_file"]),
     ("abort", &["mode"]),
     ("unavailable", &["mode", "max_hold", "retry_after"]),
@@ -123,9 +135,11 @@ const FIELDS_OF_KIND: [(&str, &[&str]); 4] = [
 impl FaultSpec {
     /// The fields given, by name.
     fn given(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 9] = [
+        let fields: [(&'static str, bool); 11] = [
             ("delay", self.delay.is_some()),
             ("jitter", self.jitter.is_some()),
+            ("distribution", self.distribution.is_some()),
+            ("side", self.side.is_some()),
             ("status", self.status.is_some()),
             ("headers", self.headers.is_some()),
             ("body", self.body.is_some()),
@@ -165,48 +179,75 @@ impl FaultSpec {
                 ));
             }
         }
-        let mut duration = |value: &Option<String>, field: &str| -> Option<Duration> {
-            let text = value.as_ref()?;
-            match crate::duration::parse(text) {
-                Ok(d) if d <= MAX_FAULT_DURATION => Some(d),
-                Ok(_) => {
-                    errors.push(FieldError::new(
-                        at.key(field),
-                        format!("{field} {text:?} is longer than the 24h a fault may last"),
-                    ));
-                    None
-                }
-                Err(e) => {
-                    errors.push(FieldError::new(at.key(field), e));
-                    None
-                }
-            }
-        };
-        let delay = duration(&self.delay, "delay");
-        let jitter = duration(&self.jitter, "jitter");
-        let max_hold = duration(&self.max_hold, "max_hold");
-        let retry_after = duration(&self.retry_after, "retry_after");
+        let delay = fault_duration(&self.delay, at, "delay", &mut errors);
+        let jitter = fault_duration(&self.jitter, at, "jitter", &mut errors);
+        let max_hold = fault_duration(&self.max_hold, at, "max_hold", &mut errors);
+        let retry_after = fault_duration(&self.retry_after, at, "retry_after", &mut errors);
         let mode = self.mode.as_deref();
 
         let fault = match *kind {
             "latency" => {
-                if self.delay.is_none() {
-                    errors.push(FieldError::new(
-                        at.key("kind"),
-                        "kind = \"latency\" needs `delay`",
-                    ));
-                }
-                Fault::Latency {
-                    delay: delay.unwrap_or_default(),
-                    jitter: jitter.unwrap_or_default(),
-                }
+                let side = match self.side.as_deref() {
+                    None | Some("request") => Side::Request,
+                    Some("response") => Side::Response,
+                    Some(other) => {
+                        errors.push(FieldError::new(
+                            at.key("side"),
+                            format!("unknown side {other:?}; expected request or response"),
+                        ));
+                        Side::Request
+                    }
+                };
+                let delay = match (&self.delay, &self.distribution) {
+                    (Some(_), None) => Delay::Fixed {
+                        delay: delay.unwrap_or_default(),
+                        jitter: jitter.unwrap_or_default(),
+                    },
+                    (None, Some(distribution)) => {
+                        if self.jitter.is_some() {
+                            errors.push(FieldError::new(
+                                at.key("jitter"),
+                                "jitter goes with `delay`; a distribution has its own spread",
+                            ));
+                        }
+                        distribution
+                            .validate(&at.key("distribution"), &mut errors)
+                            .unwrap_or(Delay::Fixed {
+                                delay: Duration::ZERO,
+                                jitter: Duration::ZERO,
+                            })
+                    }
+                    (Some(_), Some(_)) => {
+                        errors.push(FieldError::new(
+                            at.key("distribution"),
+                            "give either `delay` or `distribution`, not both",
+                        ));
+                        Delay::Fixed {
+                            delay: Duration::ZERO,
+                            jitter: Duration::ZERO,
+                        }
+                    }
+                    (None, None) => {
+                        errors.push(FieldError::new(
+                            at.key("kind"),
+                            "kind = \"latency\" needs `delay` or `distribution`",
+                        ));
+                        Delay::Fixed {
+                            delay: Duration::ZERO,
+                            jitter: Duration::ZERO,
+                        }
+                    }
+                };
+                Fault::Latency { delay, side }
             }
             "error" => Fault::Respond(Arc::new(self.error_response(base_dir, at, &mut errors))),
             "abort" => match mode {
                 Some("reset") => Fault::Abort(AbortMode::Reset),
                 Some("close") => Fault::Abort(AbortMode::Close),
+                Some("empty") => Fault::Abort(AbortMode::Empty),
+                Some("garbage") => Fault::Abort(AbortMode::Garbage),
                 _ => {
-                    errors.push(bad_mode(at, "abort", mode, "reset, close"));
+                    errors.push(bad_mode(at, "abort", mode, "reset, close, empty, garbage"));
                     Fault::Abort(AbortMode::Reset)
                 }
             },
@@ -308,6 +349,30 @@ impl FaultSpec {
     }
 }
 
+/// A fault's duration field: parsed, and capped at [`MAX_FAULT_DURATION`].
+pub(crate) fn fault_duration(
+    value: &Option<String>,
+    at: &FieldPath,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<Duration> {
+    let text = value.as_ref()?;
+    match crate::duration::parse(text) {
+        Ok(d) if d <= MAX_FAULT_DURATION => Some(d),
+        Ok(_) => {
+            errors.push(FieldError::new(
+                at.key(field),
+                format!("{field} {text:?} is longer than the 24h a fault may last"),
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(FieldError::new(at.key(field), e));
+            None
+        }
+    }
+}
+
 fn bad_mode(at: &FieldPath, kind: &str, mode: Option<&str>, expected: &str) -> FieldError {
     match mode {
         Some(mode) => FieldError::new(
@@ -399,7 +464,7 @@ mod tests {
         let errors = fault("kind = \"latency\"\ndelay = \"1s\"\nstatus = 500").unwrap_err();
         assert_eq!(
             errors,
-            vec!["fault.status: `status` does not apply to kind = \"latency\" (it takes delay, jitter)"]
+            vec!["fault.status: `status` does not apply to kind = \"latency\" (it takes delay, jitter, distribution, side)"]
         );
         let errors = fault("kind = \"explode\"").unwrap_err();
         assert_eq!(
@@ -417,11 +482,11 @@ mod tests {
     fn missing_fields_and_modes_are_named() {
         assert_eq!(
             fault("kind = \"latency\"").unwrap_err(),
-            vec!["fault.kind: kind = \"latency\" needs `delay`"]
+            vec!["fault.kind: kind = \"latency\" needs `delay` or `distribution`"]
         );
         assert_eq!(
             fault("kind = \"abort\"\nmode = \"explode\"").unwrap_err(),
-            vec!["fault.mode: unknown mode \"explode\" for kind = \"abort\"; expected one of reset, close"]
+            vec!["fault.mode: unknown mode \"explode\" for kind = \"abort\"; expected one of reset, close, empty, garbage"]
         );
         assert!(
             fault("kind = \"latency\"\ndelay = \"soon\"").unwrap_err()[0]

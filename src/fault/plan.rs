@@ -13,14 +13,26 @@ use http::{HeaderMap, Method};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::{AbortMode, Fault, SyntheticResponse};
-use crate::rules::{Candidate, Rule, RuleSet};
+use super::{AbortMode, Fault, Side, SyntheticResponse};
+use crate::rules::{Candidate, Rule, RuleSet, Sticky};
+
+/// What the planner looks at in a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The client's address as text, for `sticky = "client_ip"`.
+    pub client_ip: &'a [u8],
+}
 
 /// What the request path must do for one request.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Injected latency before the action (latency faults add up).
+    /// Injected latency before the request is forwarded (latencies add up).
     pub delay: Duration,
+    /// Injected latency after the upstream answered, before its headers go back.
+    pub response_delay: Duration,
     /// The rules that injected something, in evaluation order.
     pub rules: Vec<Candidate>,
     pub action: Action,
@@ -36,42 +48,48 @@ pub enum Action {
 }
 
 /// Plans one request; `None` when no rule injects anything (the fast path).
-pub fn plan(
-    rules: &RuleSet,
-    upstream: usize,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-) -> Option<Plan> {
+pub fn plan(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Option<Plan> {
     let candidates = rules.candidates(upstream)?;
     let mut planned: Option<Plan> = None;
-    for candidate in candidates.for_path(path) {
+    for candidate in candidates.for_path(request.path) {
         let rule = &candidate.rule;
-        if !rule.matcher.matches_method_and_headers(method, headers) {
+        if !rule
+            .matcher
+            .matches_method_and_headers(request.method, request.headers)
+        {
+            continue;
+        }
+        if !rule.counters.take_turn(rule.every) {
             continue;
         }
         let mut rng = needs_randomness(rule).then(|| {
-            let draw = rule.draws.fetch_add(1, Ordering::Relaxed);
+            let draw = rule.counters.draws.fetch_add(1, Ordering::Relaxed);
             stream(rules.seed(), rule.salt, draw)
         });
-        if !rng.as_mut().map_or(rule.probability() >= 1.0, |rng| {
-            hits(rule.probability(), rng)
-        }) {
+        let hit = match sticky_key(rule, request) {
+            Some(key) => sticky_hits(rules.seed(), rule.salt, key, rule.probability()),
+            None => rng.as_mut().map_or(rule.probability() >= 1.0, |rng| {
+                hits(rule.probability(), rng)
+            }),
+        };
+        if !hit || !rule.counters.take_one(rule.times) {
             continue;
         }
         let plan = planned.get_or_insert_with(|| Plan {
             delay: Duration::ZERO,
+            response_delay: Duration::ZERO,
             rules: Vec::new(),
             action: Action::Forward,
         });
         plan.rules.push(candidate.clone());
         let action = match &rule.fault {
-            Fault::Latency { delay, jitter } => {
-                let delay = match rng.as_mut() {
-                    Some(rng) => jittered(*delay, *jitter, rng),
-                    None => *delay,
+            Fault::Latency { delay, side } => {
+                let delay = delay.sample(rng.as_mut());
+                let total = match side {
+                    Side::Request => &mut plan.delay,
+                    Side::Response => &mut plan.response_delay,
                 };
-                plan.delay = plan.delay.saturating_add(delay);
+                *total = total.saturating_add(delay);
                 continue;
             }
             Fault::Respond(response) => Action::Respond(Arc::clone(response)),
@@ -88,11 +106,30 @@ pub fn plan(
 }
 
 /// Whether deciding for this rule takes a random number: not for a sure
-/// hit without jitter, the common case, which then touches no shared counter.
+/// hit with a fixed delay, the common case, which then touches no shared counter.
 fn needs_randomness(rule: &Rule) -> bool {
     let p = rule.probability();
-    let jitter = matches!(rule.fault, Fault::Latency { jitter, .. } if !jitter.is_zero());
-    (p > 0.0 && p < 1.0) || (p >= 1.0 && jitter)
+    let random_delay = matches!(&rule.fault, Fault::Latency { delay, .. } if delay.is_random());
+    // A sticky rule decides by its caller's hash, but falls back to a draw
+    // for a request that lacks the sticky header.
+    (p > 0.0 && p < 1.0) || random_delay
+}
+
+/// The value a sticky rule hashes, when the request has it.
+fn sticky_key<'a>(rule: &Rule, request: &RequestView<'a>) -> Option<&'a [u8]> {
+    match rule.sticky.as_ref()? {
+        Sticky::Header(name) => request.headers.get(name).map(|v| v.as_bytes()),
+        Sticky::ClientIp => Some(request.client_ip),
+    }
+}
+
+/// A sticky decision: the same caller, seed and rule always decide the same.
+pub fn sticky_hits(seed: u64, salt: u64, key: &[u8], probability: f64) -> bool {
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let unit = (splitmix64(seed ^ splitmix64(salt ^ hash)) >> 11) as f64 / (1u64 << 53) as f64;
+    unit < probability
 }
 
 /// The random stream of a rule's n-th draw.
@@ -113,15 +150,6 @@ pub fn hits(probability: f64, rng: &mut SmallRng) -> bool {
     }
 }
 
-/// `delay` moved uniformly within ±`jitter`, never below zero.
-pub fn jittered(delay: Duration, jitter: Duration, rng: &mut SmallRng) -> Duration {
-    if jitter.is_zero() {
-        return delay;
-    }
-    let offset = rng.random_range(-jitter.as_secs_f64()..=jitter.as_secs_f64());
-    Duration::try_from_secs_f64((delay.as_secs_f64() + offset).max(0.0)).unwrap_or(delay)
-}
-
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -136,6 +164,7 @@ mod tests {
     use super::*;
     use crate::config::UpstreamConfig;
     use crate::diagnostic::FieldPath;
+    use crate::fault::Delay;
     use crate::rules::{RuleFile, RuleSource};
 
     fn upstreams() -> Vec<UpstreamConfig> {
@@ -169,8 +198,17 @@ mod tests {
         RuleSet::new(rules, &upstreams, seed, &crate::metrics::Metrics::new())
     }
 
+    fn view<'a>(path: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
+        RequestView {
+            method: &Method::GET,
+            path,
+            headers,
+            client_ip: b"127.0.0.1",
+        }
+    }
+
     fn plan_get(rules: &RuleSet, upstream: usize) -> Option<Plan> {
-        plan(rules, upstream, &Method::GET, "/", &HeaderMap::new())
+        plan(rules, upstream, &view("/", &HeaderMap::new()))
     }
 
     const MIXED: &str = r#"
@@ -223,7 +261,7 @@ mode = "reset"
             1,
         );
         let names = |path: &str| -> Vec<String> {
-            plan(&rules, 0, &Method::GET, path, &HeaderMap::new())
+            plan(&rules, 0, &view(path, &HeaderMap::new()))
                 .map(|p| p.rules.iter().map(|c| c.rule.name().to_owned()).collect())
                 .unwrap_or_default()
         };
@@ -275,7 +313,7 @@ mode = "reset"
     fn jitter_stays_within_bounds() {
         let (delay, jitter) = (Duration::from_millis(100), Duration::from_millis(20));
         let samples: Vec<Duration> = (0..1000)
-            .map(|n| jittered(delay, jitter, &mut stream(1, 2, n)))
+            .map(|n| Delay::Fixed { delay, jitter }.sample(Some(&mut stream(1, 2, n))))
             .collect();
         assert!(samples
             .iter()

@@ -22,7 +22,7 @@ pub use body::ResponseBody;
 pub use forward::remove_hop_by_hop;
 
 use crate::config::{Config, RouteConfig, UpstreamConfig};
-use crate::fault::{self, AbortMode, Action, Plan};
+use crate::fault::{self, AbortMode, Action, Plan, RequestView};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::rules::RuleSet;
 use crate::server::ConnInfo;
@@ -162,13 +162,13 @@ impl Proxy {
         let method = request.method().clone();
         let plan = {
             let rules = self.rules.load();
-            fault::plan(
-                &rules,
-                upstream,
-                request.method(),
-                request.uri().path(),
-                request.headers(),
-            )
+            let view = RequestView {
+                method: request.method(),
+                path: request.uri().path(),
+                headers: request.headers(),
+                client_ip: conn.client_ip.as_bytes(),
+            };
+            fault::plan(&rules, upstream, &view)
         };
         let result = match plan {
             None => Ok(self.forward(upstream, conn, request).await),
@@ -221,11 +221,21 @@ impl Proxy {
         // HTTP/2 carries other requests on the same connection: fail only this stream.
         let multiplexed = request.version() == Version::HTTP_2;
         let mut response = match plan.action {
-            Action::Forward => self.forward(upstream, conn, request).await,
+            Action::Forward => {
+                let response = self.forward(upstream, conn, request).await;
+                let proxy_error = response
+                    .headers()
+                    .contains_key(&synthetic::X_FAULTLINE_ERROR);
+                if !plan.response_delay.is_zero() && !proxy_error {
+                    // The upstream answered; its headers wait.
+                    tokio::time::sleep(plan.response_delay).await;
+                }
+                response
+            }
             Action::Respond(response) => synthetic::injected(&response),
             Action::Abort(_) if multiplexed => return Err(StreamAborted),
             Action::Abort(mode) => {
-                if mode == AbortMode::Close {
+                if matches!(mode, AbortMode::Empty | AbortMode::Garbage) {
                     drain(request.into_body()).await;
                 }
                 metrics.record_unanswered(start.elapsed());

@@ -9,11 +9,11 @@ mod load;
 mod matcher;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use globset::{GlobSet, GlobSetBuilder};
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,15 @@ pub struct RuleSpec {
     #[serde(rename = "match", default)]
     pub matcher: MatchSpec,
     pub fault: FaultSpec,
+    /// Inject at most this many times, then go quiet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<u64>,
+    /// Only every Nth matching request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<u64>,
+    /// `"header:NAME"` or `"client_ip"`: the same caller, the same decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<String>,
 }
 
 fn default_enabled() -> bool {
@@ -72,12 +81,63 @@ pub struct Rule {
     pub source: RuleSource,
     pub matcher: Matcher,
     pub fault: Fault,
+    pub times: Option<u64>,
+    pub every: Option<u64>,
+    pub sticky: Option<Sticky>,
     /// The rule's name as a header value, for `x-faultline-rule`.
     pub(crate) name_header: HeaderValue,
     /// Keeps each rule's random stream apart and stable across edits of other rules.
     pub(crate) salt: u64,
-    /// How many probability draws this rule has made: the position in its stream.
+    pub counters: RuleCounters,
+}
+
+/// What a sticky rule hashes to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    Header(HeaderName),
+    ClientIp,
+}
+
+/// A rule's running counts.
+#[derive(Debug, Default)]
+pub struct RuleCounters {
+    /// Probability draws made: the position in the rule's random stream.
     pub(crate) draws: AtomicU64,
+    /// Requests that matched, for `every`.
+    matched: AtomicU64,
+    /// Faults injected, for `times`.
+    fired: AtomicU64,
+}
+
+impl RuleCounters {
+    /// Counts a matching request; whether it is the rule's turn (`every`).
+    pub fn take_turn(&self, every: Option<u64>) -> bool {
+        match every {
+            None => true,
+            Some(every) => (self.matched.fetch_add(1, Ordering::Relaxed) + 1) % every == 0,
+        }
+    }
+
+    /// Counts an injection; `false` once `times` are used up.
+    pub fn take_one(&self, times: Option<u64>) -> bool {
+        match times {
+            None => {
+                self.fired.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Some(times) => self
+                .fired
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < times).then_some(n + 1)
+                })
+                .is_ok(),
+        }
+    }
+
+    /// Faults this rule has injected.
+    pub fn fired(&self) -> u64 {
+        self.fired.load(Ordering::Relaxed)
+    }
 }
 
 impl Rule {
@@ -127,6 +187,33 @@ impl RuleSpec {
                 ),
             ));
         }
+        for (field, value) in [("times", self.times), ("every", self.every)] {
+            if value == Some(0) {
+                errors.push(FieldError::new(
+                    at.key(field),
+                    format!("{label}: {field} must be at least 1"),
+                ));
+            }
+        }
+        let sticky = match self.sticky.as_deref() {
+            None => None,
+            Some("client_ip") => Some(Sticky::ClientIp),
+            Some(text) => match text
+                .strip_prefix("header:")
+                .map(|name| HeaderName::from_bytes(name.as_bytes()))
+            {
+                Some(Ok(name)) => Some(Sticky::Header(name)),
+                _ => {
+                    errors.push(FieldError::new(
+                        at.key("sticky"),
+                        format!(
+                            "{label}: sticky {text:?} must be \"header:NAME\" or \"client_ip\""
+                        ),
+                    ));
+                    None
+                }
+            },
+        };
         let matcher = self.matcher.compile(upstream_names, &at.key("match"));
         let fault = self.fault.validate(base_dir, &at.key("fault"));
         // Name the rule in every message: a reader of `check` output looks for it.
@@ -154,7 +241,10 @@ impl RuleSpec {
                 name_header: HeaderValue::from_str(&self.name)
                     .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
                 salt: stable_hash(&self.name),
-                draws: AtomicU64::new(0),
+                counters: RuleCounters::default(),
+                times: self.times,
+                every: self.every,
+                sticky,
                 spec: self,
                 source,
                 matcher,

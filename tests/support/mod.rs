@@ -36,6 +36,8 @@ pub struct Seen {
     pub uri: String,
     pub version: http::Version,
     pub headers: HeaderMap,
+    /// When the request reached the upstream.
+    pub at: std::time::Instant,
 }
 
 /// An upstream on loopback that answers by path:
@@ -123,6 +125,7 @@ async fn upstream_answer(
         uri: req.uri().to_string(),
         version: req.version(),
         headers: req.headers().clone(),
+        at: std::time::Instant::now(),
     });
     let path = req.uri().path().to_owned();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');

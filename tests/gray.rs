@@ -1,0 +1,188 @@
+//! Gray failures: distributions, response-side latency, broken connections,
+//! counted and sticky faults, through real sockets.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::Request;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn rule(name: &str, top: &str, matcher: &str, fault: &str) -> String {
+    format!("[[rule]]\nname = \"{name}\"\n{top}\n[rule.match]\n{matcher}\n[rule.fault]\n{fault}\n")
+}
+
+async fn statuses(proxy: &TestProxy, n: usize) -> Vec<u16> {
+    let client = client();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let request = Request::get(proxy.url("edge")).body(empty()).unwrap();
+        out.push(send(&client, request).await.status.as_u16());
+    }
+    out
+}
+
+#[tokio::test]
+async fn times_fails_exactly_that_many_requests() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = rule("thrice", "times = 3", "", "kind = \"error\"\nstatus = 500");
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), &rules).await;
+    let seen = statuses(&proxy, 10).await;
+    assert_eq!(seen, [500, 500, 500, 200, 200, 200, 200, 200, 200, 200]);
+}
+
+#[tokio::test]
+async fn every_fails_exactly_one_in_n() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = rule("fourth", "every = 4", "", "kind = \"error\"\nstatus = 500");
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), &rules).await;
+    let seen = statuses(&proxy, 20).await;
+    for (i, status) in seen.iter().enumerate() {
+        let expected = if (i + 1) % 4 == 0 { 500 } else { 200 };
+        assert_eq!(*status, expected, "request {}", i + 1);
+    }
+}
+
+#[tokio::test]
+async fn sticky_sampling_gives_each_caller_one_answer() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = rule(
+        "sticky",
+        "probability = 0.3\nsticky = \"header:x-user-id\"",
+        "",
+        "kind = \"error\"\nstatus = 503",
+    );
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), &rules).await;
+    let client = client();
+    let ask = |user: String| {
+        Request::get(proxy.url("edge"))
+            .header("x-user-id", user)
+            .body(empty())
+            .unwrap()
+    };
+    let first = send(&client, ask("user-7".into())).await.status;
+    for _ in 0..100 {
+        assert_eq!(send(&client, ask("user-7".into())).await.status, first);
+    }
+    // About 30% of callers are affected: Binomial(400, 0.3), mean 120, sd ≈ 9.2.
+    let mut affected = 0;
+    for user in 0..400 {
+        if send(&client, ask(format!("user-{user}"))).await.status == 503 {
+            affected += 1;
+        }
+    }
+    assert!(
+        (83..=157).contains(&affected),
+        "{affected} of 400 callers affected"
+    );
+}
+
+#[tokio::test]
+async fn uniform_distribution_delays_within_its_bounds() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = rule(
+        "spread",
+        "",
+        "",
+        "kind = \"latency\"\ndistribution = { kind = \"uniform\", min = \"60ms\", max = \"120ms\" }",
+    );
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), &rules).await;
+    for _ in 0..5 {
+        let start = Instant::now();
+        assert_eq!(get(&proxy.url("edge")).await.status, 200);
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(60), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+}
+
+#[tokio::test]
+async fn response_side_latency_holds_the_answer_not_the_request() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = rule(
+        "late",
+        "",
+        "",
+        "kind = \"latency\"\ndelay = \"400ms\"\nside = \"response\"",
+    );
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), &rules).await;
+    get(&proxy.url("edge")).await; // warm the pools
+    let start = Instant::now();
+    let reply = get(&proxy.url("edge")).await;
+    let took = start.elapsed();
+    assert_eq!(reply.header("x-faultline-rule"), Some("late"));
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    let reached = upstream.last_seen().at.duration_since(start);
+    assert!(
+        reached < Duration::from_millis(300),
+        "the upstream was reached after {reached:?}"
+    );
+}
+
+/// Sends a raw request and reads until the server closes or errors.
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> (std::io::Result<()>, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut received = Vec::new();
+    let result = stream.read_to_end(&mut received).await.map(|_| ());
+    (result, received)
+}
+
+#[tokio::test]
+async fn abort_garbage_sends_bytes_that_are_not_http() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = rule("junk", "", "", "kind = \"abort\"\nmode = \"garbage\"");
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), &rules).await;
+    let (result, received) = raw(proxy.addr("edge"), b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    assert!(result.is_ok(), "{result:?}");
+    assert!(!received.is_empty());
+    assert!(!received.starts_with(b"HTTP/"));
+    let error = client()
+        .request(Request::get(proxy.url("edge")).body(empty()).unwrap())
+        .await
+        .expect_err("a real client must see an error");
+    assert!(!error.is_connect(), "{error:?}");
+    assert_eq!(upstream.requests(), 0);
+}
+
+#[tokio::test]
+async fn abort_empty_reads_the_request_then_closes_without_a_byte() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = rule("silent", "", "", "kind = \"abort\"\nmode = \"empty\"");
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), &rules).await;
+    let mut request = b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n".to_vec();
+    request.extend(vec![b'x'; 100_000]);
+    let (result, received) = raw(proxy.addr("edge"), &request).await;
+    // The body was read, so the close is a clean FIN, not a reset.
+    assert!(result.is_ok(), "{result:?}");
+    assert!(received.is_empty());
+}
+
+#[tokio::test]
+async fn bad_gray_fields_are_reported_with_their_rule() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = format!(
+        "{}{}",
+        rule("a", "times = 0\nsticky = \"cookie:x\"", "", "kind = \"latency\"\ndelay = \"1s\""),
+        rule("b", "", "", "kind = \"latency\"\ndistribution = { kind = \"lognormal\", median = \"2s\", p99 = \"1s\" }"),
+    );
+    let error = TestProxy::try_start(&edge_config(&[&upstream], ""), &rules)
+        .await
+        .err()
+        .expect("must not start");
+    assert!(
+        error.contains("rule \"a\": times must be at least 1"),
+        "{error}"
+    );
+    assert!(
+        error.contains("rule \"a\": sticky \"cookie:x\" must be"),
+        "{error}"
+    );
+    assert!(
+        error.contains("rule \"b\": a lognormal needs 0 < median < p99"),
+        "{error}"
+    );
+}
