@@ -4,10 +4,15 @@
 # What it measures
 #   The cost of putting faultline in the request path, next to a well-known
 #   reference proxy. One small nginx upstream (fixed 20-byte body, keep-alive)
-#   is loaded with wrk through five targets:
+#   is loaded with wrk through five targets (six with BASELINE_BIN):
 #
 #     direct        wrk -> nginx                       (the ceiling)
 #     faultline     wrk -> faultline, no rules -> nginx (proxy overhead)
+#     faultline-base
+#                   wrk -> $BASELINE_BIN, set up exactly like `faultline` (no
+#                   rules, one worker, its own listen and admin ports) -> nginx
+#                   (A/B comparison of two builds; only when BASELINE_BIN is
+#                   set)
 #     faultline-1k  wrk -> faultline, 1,000 rules that match nothing -> nginx
 #                   (cost of rule evaluation on the hot path)
 #     haproxy       wrk -> HAProxy, 1 thread -> nginx   (the reference proxy)
@@ -22,14 +27,19 @@
 #   just before faultline-100ms. (Selecting faultline-100ms alone still
 #   starts the plain faultline instance for that baseline.)
 #
-#   Every proxy runs with one worker thread. Targets are interleaved
-#   (round 1 runs all of them, then round 2, ...) so drift of the machine
-#   (thermal, noisy neighbours) spreads over all targets alike, and the table
-#   reports the median over rounds of requests/sec, p50 and p99 latency, then
-#   the ratios faultline/haproxy, faultline/direct and
-#   faultline-1k/faultline, then for faultline-100ms the added p50 latency
-#   (median p50 of faultline-100ms minus median p50 of faultline-light) and
-#   its raw p50 and p99.
+#   Every proxy runs with one worker thread, and every faultline instance
+#   gets its own listen port and its own [admin] listen port (the admin
+#   listener is always bound). Targets are interleaved (round 1 runs all of
+#   them, then round 2, ...) so drift of the machine (thermal, noisy
+#   neighbours) spreads over all targets alike. When both faultline and
+#   faultline-base run, their order alternates to cancel position bias: odd
+#   rounds measure faultline first, even rounds faultline-base first (the
+#   other targets keep their slots; use an even ROUNDS for an exact balance).
+#   The table reports the median over rounds of requests/sec, p50 and p99
+#   latency, then the ratios faultline/haproxy, faultline/faultline-base (rps
+#   and p99), faultline/direct and faultline-1k/faultline, then for
+#   faultline-100ms the added p50 latency (median p50 of faultline-100ms minus
+#   median p50 of faultline-light) and its raw p50 and p99.
 #
 #   This is a benchmark, not a test: nothing in the test suite runs it, and it
 #   asserts nothing about speed. It exits non-zero only when something is
@@ -39,12 +49,14 @@
 # How to run
 #   scripts/loadtest.sh                         # builds target/release/faultline
 #   FAULTLINE_BIN=/path/to/faultline scripts/loadtest.sh
+#   BASELINE_BIN=/path/to/old/faultline ROUNDS=4 scripts/loadtest.sh   # A/B
 #   TARGETS="direct haproxy" scripts/loadtest.sh   # subset, no faultline needed
 #   PIN=1 ROUNDS=5 DURATION=20s CONNS=64 scripts/loadtest.sh
 #
 #   Environment (defaults in brackets):
-#     TARGETS        subset of "direct faultline faultline-1k haproxy
-#                    faultline-100ms" [all five]
+#     TARGETS        subset of "direct faultline faultline-base faultline-1k
+#                    haproxy faultline-100ms" [all five, plus faultline-base
+#                    right after faultline when BASELINE_BIN is set]
 #     ROUNDS         interleaved measurement rounds [3]
 #     DURATION       wrk duration of one measured run [10s]
 #     WARMUP         wrk duration of the per-target warm-up run [3s]
@@ -54,6 +66,9 @@
 #     RULES          number of non-matching rules for faultline-1k [1000]
 #     PIN=1          taskset: nginx and wrk on cpu 0, proxies on cpu 1
 #     FAULTLINE_BIN  use this binary instead of `cargo build --release`
+#     BASELINE_BIN   a second faultline binary (e.g. an older build) to run as
+#                    target faultline-base; needed by that target, and adds it
+#                    to the default TARGETS [unset]
 #     KEEP_TMP=1     keep the temp dir (configs, logs, raw wrk output)
 #     READY_TIMEOUT  seconds to wait for each server to answer [30]
 #
@@ -70,8 +85,16 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 
-ALL_TARGETS="direct faultline faultline-1k haproxy faultline-100ms"
-TARGETS="${TARGETS:-$ALL_TARGETS}"
+BASELINE_BIN="${BASELINE_BIN:-}"
+# Every known target, in canonical order; the default list leaves out
+# faultline-base unless BASELINE_BIN is set.
+ALL_TARGETS="direct faultline faultline-base faultline-1k haproxy faultline-100ms"
+if [[ -n "$BASELINE_BIN" ]]; then
+  DEFAULT_TARGETS="$ALL_TARGETS"
+else
+  DEFAULT_TARGETS="direct faultline faultline-1k haproxy faultline-100ms"
+fi
+TARGETS="${TARGETS:-$DEFAULT_TARGETS}"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-3s}"
@@ -104,6 +127,9 @@ for t in $TARGETS; do
   esac
 done
 [[ ${#WANT[@]} -gt 0 ]] || die "TARGETS is empty"
+if [[ -n "${WANT[faultline-base]:-}" && -z "$BASELINE_BIN" ]]; then
+  die "target faultline-base needs BASELINE_BIN (the faultline binary to compare against)"
+fi
 # Keep the canonical order whatever order TARGETS was given in.
 ORDER=()
 for t in $ALL_TARGETS; do
@@ -116,6 +142,15 @@ ROWS=()
 for t in "${ORDER[@]}"; do
   if [[ "$t" == faultline-100ms ]]; then ROWS+=(faultline-light); fi
   ROWS+=("$t")
+done
+# Slots of faultline and faultline-base in ROWS, swapped in even rounds.
+I_FL=-1
+I_BASE=-1
+for i in "${!ROWS[@]}"; do
+  case "${ROWS[$i]}" in
+    faultline) I_FL=$i ;;
+    faultline-base) I_BASE=$i ;;
+  esac
 done
 
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
@@ -194,6 +229,10 @@ if [[ $need_faultline -eq 1 ]]; then
     [[ -x "$FAULTLINE" ]] || die "build succeeded but $FAULTLINE does not exist"
   fi
 fi
+if [[ -n "${WANT[faultline-base]:-}" ]]; then
+  [[ -f "$BASELINE_BIN" && -x "$BASELINE_BIN" ]] ||
+    die "BASELINE_BIN=$BASELINE_BIN is not an executable file"
+fi
 
 # ------------------------------------------------------- temp dir, cleanup
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/faultline-loadtest.XXXXXX")"
@@ -230,10 +269,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # Free loopback ports, all held open at once so they are distinct.
-read -r P_NGINX P_FL P_FL1K P_HAPROXY P_FL100 P_ADMIN1 P_ADMIN2 P_ADMIN3 < <(python3 - <<'EOF'
+read -r P_NGINX P_FL P_FL1K P_HAPROXY P_FL100 P_FLBASE P_ADMIN1 P_ADMIN2 P_ADMIN3 P_ADMIN4 < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(8):
+for _ in range(10):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -242,7 +281,7 @@ EOF
 )
 
 declare -A PORT=([direct]=$P_NGINX [faultline]=$P_FL [faultline-1k]=$P_FL1K [haproxy]=$P_HAPROXY
-  [faultline-100ms]=$P_FL100 [faultline-light]=$P_FL)
+  [faultline-100ms]=$P_FL100 [faultline-light]=$P_FL [faultline-base]=$P_FLBASE)
 # Rows measured on another target's server (for liveness checks and logs).
 declare -A SERVER_OF=([faultline-light]=faultline)
 declare -A LOGF=()
@@ -362,14 +401,14 @@ upstream = "bench"
 EOF
 }
 
-# start_faultline TARGET CONFIG
+# start_faultline TARGET CONFIG [BINARY]: BINARY defaults to $FAULTLINE.
 start_faultline() {
-  local name="$1" cfg="$2"
+  local name="$1" cfg="$2" bin="${3:-$FAULTLINE}"
   LOGF[$name]="$TMP/$name.log"
-  "${CPU1[@]}" "$FAULTLINE" run -c "$cfg" >"${LOGF[$name]}" 2>&1 &
+  "${CPU1[@]}" "$bin" run -c "$cfg" >"${LOGF[$name]}" 2>&1 &
   PIDOF[$name]=$!
   PIDS+=("$!")
-  log "$name: pid ${PIDOF[$name]}, 127.0.0.1:${PORT[$name]} (config $cfg)"
+  log "$name: pid ${PIDOF[$name]}, 127.0.0.1:${PORT[$name]} (binary $bin, config $cfg)"
   wait_ready "$name" "${PORT[$name]}"
   check_target "$name"
 }
@@ -380,6 +419,14 @@ if [[ -n "${WANT[faultline]:-}" || -n "${WANT[faultline-100ms]:-}" ]]; then
   mkdir -p "$TMP/rules-empty"
   write_faultline_config "$TMP/faultline.toml" "$P_FL" "$P_ADMIN1" "$TMP/rules-empty"
   start_faultline faultline "$TMP/faultline.toml"
+fi
+
+# The baseline build, configured exactly like the plain instance (same empty
+# rules dir, one worker) but on its own listen and admin ports.
+if [[ -n "${WANT[faultline-base]:-}" ]]; then
+  mkdir -p "$TMP/rules-empty"
+  write_faultline_config "$TMP/faultline-base.toml" "$P_FLBASE" "$P_ADMIN4" "$TMP/rules-empty"
+  start_faultline faultline-base "$TMP/faultline-base.toml" "$BASELINE_BIN"
 fi
 
 if [[ -n "${WANT[faultline-1k]:-}" ]]; then
@@ -533,6 +580,12 @@ run_wrk() {
 }
 
 log "config: targets='${ORDER[*]}' rows='${ROWS[*]}' rounds=$ROUNDS duration=$DURATION warmup=$WARMUP conns=$CONNS light_conns=$LIGHT_CONNS pin=$PIN cpus=$(nproc)"
+if ((I_FL >= 0 && I_BASE >= 0)); then
+  log "A/B: faultline=$FAULTLINE faultline-base=$BASELINE_BIN; order alternates (odd rounds faultline first, even rounds faultline-base first)"
+  if ((ROUNDS % 2 != 0)); then
+    log "note: ROUNDS=$ROUNDS is odd, so faultline goes first in one round more than faultline-base"
+  fi
+fi
 for t in "${ROWS[@]}"; do
   log "warm-up: $t ($WARMUP)"
   run_wrk "$t" "$WARMUP" "$TMP/wrk/warmup-$t.txt"
@@ -540,7 +593,13 @@ done
 
 errors_seen=0
 for ((r = 1; r <= ROUNDS; r++)); do
-  for t in "${ROWS[@]}"; do
+  round_rows=("${ROWS[@]}")
+  if ((r % 2 == 0 && I_FL >= 0 && I_BASE >= 0)); then
+    # Even round: faultline-base takes the earlier of the two slots.
+    round_rows[I_FL]=faultline-base
+    round_rows[I_BASE]=faultline
+  fi
+  for t in "${round_rows[@]}"; do
     out="$TMP/wrk/round$r-$t.txt"
     run_wrk "$t" "$DURATION" "$out"
     parsed="$(parse_wrk "$out")"
@@ -595,6 +654,8 @@ print()
 print("ratios (of medians):")
 ratio("faultline / haproxy  rps", "faultline", "haproxy", 0)
 ratio("faultline / haproxy  p99", "faultline", "haproxy", 2)
+ratio("faultline / faultline-base  rps", "faultline", "faultline-base", 0)
+ratio("faultline / faultline-base  p99", "faultline", "faultline-base", 2)
 ratio("faultline-1k / faultline  rps", "faultline-1k", "faultline", 0)
 ratio("faultline / direct  rps", "faultline", "direct", 0)
 ratio("haproxy / direct  rps", "haproxy", "direct", 0)
