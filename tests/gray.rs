@@ -186,3 +186,101 @@ async fn bad_gray_fields_are_reported_with_their_rule() {
         "{error}"
     );
 }
+
+/// Downloads `path`, returning (time to the first body byte, total time, body length).
+async fn timed_download(url: &str) -> (Duration, Duration, Result<usize, String>) {
+    let start = Instant::now();
+    let response = client()
+        .request(Request::get(url).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let mut first = None;
+    let mut len = 0;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        match frame {
+            Ok(frame) => {
+                first.get_or_insert_with(|| start.elapsed());
+                len += frame.data_ref().map_or(0, |d| d.len());
+            }
+            Err(e) => {
+                return (
+                    first.unwrap_or_default(),
+                    start.elapsed(),
+                    Err(e.to_string()),
+                )
+            }
+        }
+    }
+    (first.unwrap_or_default(), start.elapsed(), Ok(len))
+}
+
+#[tokio::test]
+async fn bandwidth_paces_a_mebibyte_at_the_given_rate() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = rule(
+        "slow-link",
+        "",
+        "",
+        "kind = \"bandwidth\"\nrate = \"1MiB/s\"",
+    );
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), &rules).await;
+    let (_, took, len) = timed_download(&format!("{}/bytes/1048576", proxy.url("edge"))).await;
+    assert_eq!(len, Ok(1 << 20));
+    // 1 MiB at 1 MiB/s: one second, ±10% (a little more allowed above for a loaded machine).
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(took <= Duration::from_millis(1300), "{took:?}");
+}
+
+#[tokio::test]
+async fn dribble_spreads_the_body_over_the_duration() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = rule(
+        "drip",
+        "",
+        "",
+        "kind = \"dribble\"\nchunks = 4\nover = \"400ms\"",
+    );
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), &rules).await;
+    let (first, took, len) = timed_download(&format!("{}/bytes/4000", proxy.url("edge"))).await;
+    assert_eq!(len, Ok(4000));
+    assert!(
+        first < Duration::from_millis(250),
+        "first byte after {first:?}"
+    );
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+}
+
+#[tokio::test]
+async fn truncate_breaks_the_body_and_keeps_its_length() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = rule(
+        "cut",
+        "",
+        "",
+        "kind = \"truncate\"\nafter_bytes = 1000\nthen = \"reset\"",
+    );
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), &rules).await;
+    let (_, _, result) = timed_download(&format!("{}/bytes/100000", proxy.url("edge"))).await;
+    assert!(
+        result.is_err(),
+        "a real client must see a broken body, got {result:?}"
+    );
+
+    let (read, received) = raw(
+        proxy.addr("edge"),
+        b"GET /bytes/100000 HTTP/1.1\r\nhost: t\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&received);
+    let head_end = text.find("\r\n\r\n").expect("headers arrive") + 4;
+    assert!(
+        text.to_ascii_lowercase().contains("content-length: 100000"),
+        "{text}"
+    );
+    assert_eq!(received.len() - head_end, 1000);
+    assert_eq!(
+        read.expect_err("then = reset").kind(),
+        std::io::ErrorKind::ConnectionReset
+    );
+}

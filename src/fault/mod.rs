@@ -78,6 +78,21 @@ pub struct FaultSpec {
     /// `unavailable` `status`: the `retry-after` the 503 carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<String>,
+    /// `bandwidth`: the body's rate, such as `"64KiB/s"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// `dribble`: how many pieces the body is sent in…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<u64>,
+    /// `dribble`: …spread over this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub over: Option<String>,
+    /// `truncate`: the body is cut after this many bytes…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_bytes: Option<u64>,
+    /// `truncate`: …then the connection is `reset` (default) or `close`d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +111,9 @@ pub enum AbortMode {
 #[derive(Debug, Clone)]
 pub enum Fault {
     Latency { delay: Delay, side: Side },
+    Bandwidth { bytes_per_sec: u64 },
+    Dribble { chunks: u64, over: Duration },
+    Truncate { after_bytes: u64, then: AbortMode },
     Respond(Arc<SyntheticResponse>),
     Abort(AbortMode),
     Blackhole { max_hold: Duration },
@@ -106,6 +124,9 @@ impl Fault {
     pub fn kind(&self) -> &'static str {
         match self {
             Fault::Latency { .. } => "latency",
+            Fault::Bandwidth { .. } => "bandwidth",
+            Fault::Dribble { .. } => "dribble",
+            Fault::Truncate { .. } => "truncate",
             Fault::Respond(response) if response.unavailable => "unavailable",
             Fault::Respond(_) => "error",
             Fault::Abort(_) => "abort",
@@ -125,7 +146,10 @@ pub struct SyntheticResponse {
 }
 
 /// The fields each kind takes; any other field given is an error.
-const FIELDS_OF_KIND: [(&str, &[&str]); 4] = [
+const FIELDS_OF_KIND: [(&str, &[&str]); 7] = [
+    ("bandwidth", &["rate"]),
+    ("dribble", &["chunks", "over"]),
+    ("truncate", &["after_bytes", "then"]),
     ("latency", &["delay", "jitter", "distribution", "side"]),
     ("error", &["status", "headers", "body", "body_file"]),
     ("abort", &["mode"]),
@@ -135,7 +159,12 @@ const FIELDS_OF_KIND: [(&str, &[&str]); 4] = [
 impl FaultSpec {
     /// The fields given, by name.
     fn given(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 11] = [
+        let fields: [(&'static str, bool); 16] = [
+            ("rate", self.rate.is_some()),
+            ("chunks", self.chunks.is_some()),
+            ("over", self.over.is_some()),
+            ("after_bytes", self.after_bytes.is_some()),
+            ("then", self.then.is_some()),
             ("delay", self.delay.is_some()),
             ("jitter", self.jitter.is_some()),
             ("distribution", self.distribution.is_some()),
@@ -163,7 +192,7 @@ impl FaultSpec {
             return Err(vec![FieldError::new(
                 at.key("kind"),
                 format!(
-                    "unknown fault kind {:?}; expected one of latency, error, abort, unavailable",
+                    "unknown fault kind {:?}; expected one of latency, error, abort, unavailable, bandwidth, dribble, truncate",
                     self.kind
                 ),
             )]);
@@ -184,8 +213,65 @@ impl FaultSpec {
         let max_hold = fault_duration(&self.max_hold, at, "max_hold", &mut errors);
         let retry_after = fault_duration(&self.retry_after, at, "retry_after", &mut errors);
         let mode = self.mode.as_deref();
+        let over = fault_duration(&self.over, at, "over", &mut errors);
 
         let fault = match *kind {
+            "bandwidth" => match self.rate.as_deref().map(parse_rate) {
+                Some(Ok(bytes_per_sec)) => Fault::Bandwidth { bytes_per_sec },
+                Some(Err(e)) => {
+                    errors.push(FieldError::new(at.key("rate"), e));
+                    Fault::Bandwidth { bytes_per_sec: 1 }
+                }
+                None => {
+                    errors.push(FieldError::new(
+                        at.key("kind"),
+                        "kind = \"bandwidth\" needs `rate`",
+                    ));
+                    Fault::Bandwidth { bytes_per_sec: 1 }
+                }
+            },
+            "dribble" => {
+                let chunks = self.chunks.unwrap_or(0);
+                if chunks == 0 {
+                    errors.push(FieldError::new(
+                        at.key("chunks"),
+                        "kind = \"dribble\" needs `chunks` of at least 1",
+                    ));
+                }
+                if self.over.is_none() {
+                    errors.push(FieldError::new(
+                        at.key("kind"),
+                        "kind = \"dribble\" needs `over`",
+                    ));
+                }
+                Fault::Dribble {
+                    chunks: chunks.max(1),
+                    over: over.unwrap_or_default(),
+                }
+            }
+            "truncate" => {
+                let then = match self.then.as_deref() {
+                    None | Some("reset") => AbortMode::Reset,
+                    Some("close") => AbortMode::Close,
+                    Some(other) => {
+                        errors.push(FieldError::new(
+                            at.key("then"),
+                            format!("unknown then {other:?}; expected reset or close"),
+                        ));
+                        AbortMode::Reset
+                    }
+                };
+                if self.after_bytes.is_none() {
+                    errors.push(FieldError::new(
+                        at.key("kind"),
+                        "kind = \"truncate\" needs `after_bytes`",
+                    ));
+                }
+                Fault::Truncate {
+                    after_bytes: self.after_bytes.unwrap_or(0),
+                    then,
+                }
+            }
             "latency" => {
                 let side = match self.side.as_deref() {
                     None | Some("request") => Side::Request,
@@ -349,6 +435,68 @@ impl FaultSpec {
     }
 }
 
+/// How the response body is paced or cut; body-shaping faults stack.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Shaping {
+    pub bytes_per_sec: Option<u64>,
+    /// (chunks, over)
+    pub dribble: Option<(u64, Duration)>,
+    /// (after_bytes, then)
+    pub truncate: Option<(u64, AbortMode)>,
+}
+
+impl Shaping {
+    pub fn is_none(&self) -> bool {
+        *self == Shaping::default()
+    }
+
+    /// Adds one shaping fault: the slowest rate and the earliest cut win.
+    pub fn add(&mut self, fault: &Fault) {
+        match *fault {
+            Fault::Bandwidth { bytes_per_sec } => {
+                self.bytes_per_sec = Some(
+                    self.bytes_per_sec
+                        .map_or(bytes_per_sec, |r| r.min(bytes_per_sec)),
+                );
+            }
+            Fault::Dribble { chunks, over } => self.dribble = Some((chunks, over)),
+            Fault::Truncate { after_bytes, then }
+                if self.truncate.is_none_or(|(after, _)| after_bytes < after) =>
+            {
+                self.truncate = Some((after_bytes, then));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `"64KiB/s"`, `"1.5MiB/s"`, `"500B/s"`, `"10KB/s"`: bytes per second.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let invalid =
+        || format!("invalid rate {text:?}; expected a value like \"64KiB/s\" or \"1MB/s\"");
+    let per_second = text.trim().strip_suffix("/s").ok_or_else(invalid)?;
+    let split = per_second
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(invalid)?;
+    let (number, unit) = per_second.split_at(split);
+    let number: f64 = number.parse().map_err(|_| invalid())?;
+    let unit_bytes = match unit.trim() {
+        "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(invalid()),
+    };
+    let rate = (number * unit_bytes).round();
+    if rate < 1.0 || !rate.is_finite() {
+        return Err(format!("rate {text:?} must be at least 1B/s"));
+    }
+    Ok(rate as u64)
+}
+
 /// A fault's duration field: parsed, and capped at [`MAX_FAULT_DURATION`].
 pub(crate) fn fault_duration(
     value: &Option<String>,
@@ -469,7 +617,7 @@ mod tests {
         let errors = fault("kind = \"explode\"").unwrap_err();
         assert_eq!(
             errors,
-            vec!["fault.kind: unknown fault kind \"explode\"; expected one of latency, error, abort, unavailable"]
+            vec!["fault.kind: unknown fault kind \"explode\"; expected one of latency, error, abort, unavailable, bandwidth, dribble, truncate"]
         );
         let errors = fault("kind = \"latency\"\nlatency = \"1s\"").unwrap_err();
         assert!(
@@ -519,6 +667,16 @@ mod tests {
             fault("kind = \"error\"\nstatus = 500\nheaders = { \"Content-Length\" = \"9\" }").unwrap_err(),
             vec!["fault.headers.Content-Length: header \"Content-Length\" frames the message; the proxy sets it"]
         );
+    }
+
+    #[test]
+    fn rates_read_like_users_write_them() {
+        assert_eq!(parse_rate("64KiB/s"), Ok(65_536));
+        assert_eq!(parse_rate("1.5MiB/s"), Ok(1_572_864));
+        assert_eq!(parse_rate("10KB/s"), Ok(10_000));
+        assert_eq!(parse_rate("500B/s"), Ok(500));
+        assert!(parse_rate("fast").unwrap_err().contains("64KiB/s"));
+        assert!(parse_rate("0B/s").is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use http::{HeaderMap, Method};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::{AbortMode, Fault, Side, SyntheticResponse};
+use super::{AbortMode, Fault, Shaping, Side, SyntheticResponse};
 use crate::rules::{Candidate, Rule, RuleSet, Sticky};
 
 /// What the planner looks at in a request.
@@ -33,6 +33,8 @@ pub struct Plan {
     pub delay: Duration,
     /// Injected latency after the upstream answered, before its headers go back.
     pub response_delay: Duration,
+    /// How the response body is paced or cut.
+    pub shaping: Shaping,
     /// The rules that injected something, in evaluation order.
     pub rules: Vec<Candidate>,
     pub action: Action,
@@ -78,6 +80,7 @@ pub fn plan(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Opti
         let plan = planned.get_or_insert_with(|| Plan {
             delay: Duration::ZERO,
             response_delay: Duration::ZERO,
+            shaping: Shaping::default(),
             rules: Vec::new(),
             action: Action::Forward,
         });
@@ -90,6 +93,10 @@ pub fn plan(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Opti
                     Side::Response => &mut plan.response_delay,
                 };
                 *total = total.saturating_add(delay);
+                continue;
+            }
+            Fault::Bandwidth { .. } | Fault::Dribble { .. } | Fault::Truncate { .. } => {
+                plan.shaping.add(&rule.fault);
                 continue;
             }
             Fault::Respond(response) => Action::Respond(Arc::clone(response)),

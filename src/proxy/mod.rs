@@ -5,6 +5,7 @@
 
 mod body;
 mod forward;
+mod shape;
 pub mod synthetic;
 
 use std::future::Future;
@@ -254,11 +255,20 @@ impl Proxy {
             }
         };
         // A 502 or 504 after an injected delay is the proxy's own error, not an injected one.
-        if self.mark_faults
-            && !response
-                .headers()
-                .contains_key(&synthetic::X_FAULTLINE_ERROR)
-        {
+        let proxy_error = response
+            .headers()
+            .contains_key(&synthetic::X_FAULTLINE_ERROR);
+        if !plan.shaping.is_none() && !proxy_error {
+            let control = (!multiplexed).then(|| Arc::clone(&conn.info.control));
+            response = response.map(|body| {
+                ResponseBody::Shaped(Box::new(shape::ShapedBody::new(
+                    body,
+                    plan.shaping,
+                    control,
+                )))
+            });
+        }
+        if self.mark_faults && !proxy_error {
             for candidate in &plan.rules {
                 response
                     .headers_mut()
