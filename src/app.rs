@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin;
 use crate::config::Config;
@@ -20,7 +20,7 @@ use crate::diagnostic::Diagnostic;
 use crate::metrics::Metrics;
 use crate::proxy::{Entry, Proxy};
 use crate::rules::{self, Rule, RuleSet};
-use crate::server;
+use crate::server::{self, Stop};
 
 /// A validated configuration and its rules, not yet bound to any port.
 #[derive(Debug)]
@@ -104,12 +104,21 @@ impl App {
             info!(%addr, name, kind = entry_kind(entry), "listening");
             listeners.push(BoundListener { name, entry, addr });
             let proxy = Arc::clone(&proxy);
-            tasks.push(tokio::spawn(server::serve(
-                listener,
-                move |conn| proxy.service(entry, conn),
-                shutdown.clone(),
-                grace,
-            )));
+            let task = match entry {
+                Entry::Listener(_) => tokio::spawn(server::serve(
+                    listener,
+                    move |conn| proxy.service(entry, conn),
+                    Stop::draining(shutdown.clone(), grace),
+                )),
+                Entry::Upstream(upstream) => tokio::spawn(serve_dedicated(
+                    listener,
+                    addr,
+                    upstream,
+                    proxy,
+                    Stop::draining(shutdown.clone(), grace),
+                )),
+            };
+            tasks.push(task);
         }
         let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
             addr: config.admin.listen,
@@ -123,8 +132,7 @@ impl App {
                 let metrics = metrics.clone();
                 hyper::service::service_fn(move |request| admin::handle(metrics.clone(), request))
             },
-            shutdown.clone(),
-            grace,
+            Stop::draining(shutdown.clone(), grace),
         )));
         info!(
             seed,
@@ -141,6 +149,76 @@ impl App {
         })
     }
 }
+
+/// An upstream's dedicated port, served while no rule refuses it. While one
+/// does, the port is closed, so connections are refused for real, and the
+/// connections already open are reset; it opens again as soon as the rule
+/// snapshot stops refusing (the snapshot's change wakes this task).
+async fn serve_dedicated(
+    listener: TcpListener,
+    addr: SocketAddr,
+    upstream: usize,
+    proxy: Arc<Proxy>,
+    stop: Stop,
+) {
+    let mut changes = proxy.subscribe_rules();
+    let mut listener = Some(listener);
+    loop {
+        if proxy.rules().refuses(upstream) {
+            drop(listener.take());
+            info!(%addr, "refusing connections: an unavailable/refuse rule is on");
+            tokio::select! {
+                _ = stop.drain.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            continue;
+        }
+        let socket = match listener.take() {
+            Some(socket) => socket,
+            None => match TcpListener::bind(addr).await {
+                Ok(socket) => {
+                    info!(%addr, "accepting connections again");
+                    socket
+                }
+                Err(e) => {
+                    warn!(%addr, error = %e, "cannot reopen the dedicated port; retrying");
+                    tokio::select! {
+                        _ = stop.drain.cancelled() => return,
+                        () = tokio::time::sleep(REOPEN_RETRY) => {}
+                    }
+                    continue;
+                }
+            },
+        };
+        let serving = Stop {
+            drain: stop.drain.clone(),
+            reset: CancellationToken::new(),
+            grace: stop.grace,
+        };
+        let reset = serving.reset.clone();
+        let proxy_for_service = Arc::clone(&proxy);
+        let mut task = tokio::spawn(server::serve(
+            socket,
+            move |conn| proxy_for_service.service(Entry::Upstream(upstream), conn),
+            serving,
+        ));
+        loop {
+            tokio::select! {
+                _ = &mut task => return,
+                changed = changes.changed() => {
+                    if changed.is_err() || proxy.rules().refuses(upstream) {
+                        break;
+                    }
+                }
+            }
+        }
+        reset.cancel();
+        let _ = task.await;
+    }
+}
+
+/// How soon a dedicated port that could not be reopened is tried again.
+const REOPEN_RETRY: Duration = Duration::from_millis(20);
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)

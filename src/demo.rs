@@ -69,8 +69,7 @@ impl Demo {
                         answer(Arc::clone(&identity), request)
                     })
                 },
-                upstream_shutdown.clone(),
-                Duration::from_secs(1),
+                server::Stop::draining(upstream_shutdown.clone(), Duration::from_secs(1)),
             ));
             upstreams.push((name, addr));
         }

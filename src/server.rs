@@ -78,14 +78,32 @@ pub struct ConnInfo {
     pub control: Arc<ConnControl>,
 }
 
-/// Accepts connections until `shutdown`, then lets in-flight requests finish
-/// for at most `grace` before the remaining connections are dropped.
-pub async fn serve<M, S, B>(
-    listener: TcpListener,
-    make_service: M,
-    shutdown: CancellationToken,
-    grace: Duration,
-) where
+/// When an accept loop stops, and how its connections end.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    /// Stop accepting; in-flight requests may finish within `grace`.
+    pub drain: CancellationToken,
+    /// Stop accepting and reset every connection at once.
+    pub reset: CancellationToken,
+    pub grace: Duration,
+}
+
+impl Stop {
+    /// Stops by draining when `token` is cancelled.
+    pub fn draining(token: CancellationToken, grace: Duration) -> Self {
+        Self {
+            drain: token,
+            reset: CancellationToken::new(),
+            grace,
+        }
+    }
+}
+
+/// Accepts connections until `stop` says so: then lets in-flight requests
+/// finish for at most the grace period before the remaining connections are
+/// dropped, or resets them all at once.
+pub async fn serve<M, S, B>(listener: TcpListener, make_service: M, stop: Stop)
+where
     M: Fn(ConnInfo) -> S,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -105,7 +123,8 @@ pub async fn serve<M, S, B>(
 
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop.drain.cancelled() => break,
+            _ = stop.reset.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) if is_per_connection_error(&e) => continue,
@@ -129,22 +148,39 @@ pub async fn serve<M, S, B>(
         });
         let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
         let force_close = force_close.clone();
+        let reset = stop.reset.clone();
         tokio::spawn(async move {
             tokio::select! {
+                // Biased, this branch first: when shutdown or a refuse rule
+                // ends the connection, dropping the graceful watcher makes the
+                // connection branch ready too, and the ending must win.
+                biased;
+                // The mode is set inside the branch's future: select! drops the
+                // connection (closing the socket) before it runs a handler.
+                () = async {
+                    force_close.cancelled().await;
+                    if reset.is_cancelled() {
+                        control.abort(AbortMode::Reset);
+                    }
+                } => {}
+                // Dropping the connection closes the socket, as the abort asked.
+                () = control.aborted() => {}
                 result = connection => {
                     if let Err(e) = result {
                         debug!(error = %e, %peer, "connection ended with an error");
                     }
                 }
-                // Dropping the connection closes the socket, as the abort asked.
-                () = control.aborted() => {}
-                () = force_close.cancelled() => {}
             }
         });
     }
 
     // Stop accepting at once: the listening socket closes here.
     drop(listener);
+    if stop.reset.is_cancelled() {
+        force_close.cancel();
+        return;
+    }
+    let grace = stop.grace;
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()

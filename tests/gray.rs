@@ -284,3 +284,80 @@ async fn truncate_breaks_the_body_and_keeps_its_length() {
         std::io::ErrorKind::ConnectionReset
     );
 }
+
+fn refuse_config(upstream: &TestUpstream) -> String {
+    edge_config(&[upstream], "").replace(
+        "labels = { region = \"us-east-1\" }",
+        "labels = { region = \"us-east-1\" }\nlisten = \"127.0.0.1:0\"",
+    )
+}
+
+const REFUSE: &str = "[[rule]]\nname = \"down\"\n[rule.match]\nupstreams = [\"orders-use1\"]\n[rule.fault]\nkind = \"unavailable\"\nmode = \"refuse\"\n";
+
+fn snapshot(proxy: &TestProxy, rules: &str) -> faultline::rules::RuleSet {
+    let p = proxy.running().proxy();
+    let names: Vec<&str> = p.upstreams().iter().map(|u| u.name.as_str()).collect();
+    let texts = [faultline::rules::RuleText {
+        path: "rules/test.toml".into(),
+        text: rules.to_owned(),
+    }];
+    let rules = faultline::rules::load_sources(&texts, &names).unwrap();
+    faultline::rules::RuleSet::new(rules, p.upstreams(), 1, p.metrics())
+}
+
+#[tokio::test]
+async fn refuse_closes_the_dedicated_port_and_reopens_it() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let proxy = TestProxy::start(&refuse_config(&upstream), REFUSE).await;
+    let addr = proxy.running().upstream_addr("orders-use1").unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let error = TcpStream::connect(addr)
+        .await
+        .expect_err("the port must refuse");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+
+    // The rule turns off: the port accepts again within 100 ms.
+    let off = Instant::now();
+    proxy.running().proxy().set_rules(snapshot(&proxy, ""));
+    let mut stream = loop {
+        if let Ok(stream) = TcpStream::connect(addr).await {
+            break stream;
+        }
+        assert!(
+            off.elapsed() < Duration::from_millis(100),
+            "still refusing after {:?}",
+            off.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    // On again: the open keep-alive connection is reset, new ones refused.
+    proxy.running().proxy().set_rules(snapshot(&proxy, REFUSE));
+    let mut rest = Vec::new();
+    let result = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest)).await;
+    let error = result
+        .expect("the open connection must end")
+        .expect_err("with a reset");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn refuse_on_a_shared_listener_resets_instead() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), REFUSE).await;
+    let (result, received) = raw(proxy.addr("edge"), b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    assert_eq!(
+        result.expect_err("a reset").kind(),
+        std::io::ErrorKind::ConnectionReset
+    );
+    assert!(received.is_empty());
+}

@@ -110,13 +110,29 @@ pub enum AbortMode {
 /// A validated fault, ready for the request path.
 #[derive(Debug, Clone)]
 pub enum Fault {
-    Latency { delay: Delay, side: Side },
-    Bandwidth { bytes_per_sec: u64 },
-    Dribble { chunks: u64, over: Duration },
-    Truncate { after_bytes: u64, then: AbortMode },
+    Latency {
+        delay: Delay,
+        side: Side,
+    },
+    Bandwidth {
+        bytes_per_sec: u64,
+    },
+    Dribble {
+        chunks: u64,
+        over: Duration,
+    },
+    Truncate {
+        after_bytes: u64,
+        then: AbortMode,
+    },
     Respond(Arc<SyntheticResponse>),
     Abort(AbortMode),
-    Blackhole { max_hold: Duration },
+    Blackhole {
+        max_hold: Duration,
+    },
+    /// An upstream's dedicated port refuses connections while the rule is
+    /// on; a request that still arrives (a shared listener) is reset.
+    Refuse,
 }
 
 impl Fault {
@@ -130,7 +146,7 @@ impl Fault {
             Fault::Respond(response) if response.unavailable => "unavailable",
             Fault::Respond(_) => "error",
             Fault::Abort(_) => "abort",
-            Fault::Blackhole { .. } => "unavailable",
+            Fault::Blackhole { .. } | Fault::Refuse => "unavailable",
         }
     }
 }
@@ -365,8 +381,27 @@ impl FaultSpec {
                     }
                     Fault::Blackhole { max_hold }
                 }
+                Some("refuse") => {
+                    for (field, given) in [
+                        ("max_hold", self.max_hold.is_some()),
+                        ("retry_after", self.retry_after.is_some()),
+                    ] {
+                        if given {
+                            errors.push(FieldError::new(
+                                at.key(field),
+                                format!("{field} does not apply to mode = \"refuse\""),
+                            ));
+                        }
+                    }
+                    Fault::Refuse
+                }
                 _ => {
-                    errors.push(bad_mode(at, "unavailable", mode, "status, blackhole"));
+                    errors.push(bad_mode(
+                        at,
+                        "unavailable",
+                        mode,
+                        "status, blackhole, refuse",
+                    ));
                     Fault::Blackhole {
                         max_hold: DEFAULT_MAX_HOLD,
                     }

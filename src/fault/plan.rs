@@ -101,6 +101,7 @@ pub fn plan(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Opti
             }
             Fault::Respond(response) => Action::Respond(Arc::clone(response)),
             Fault::Abort(mode) => Action::Abort(*mode),
+            Fault::Refuse => Action::Abort(AbortMode::Reset),
             Fault::Blackhole { max_hold } => Action::Blackhole {
                 max_hold: *max_hold,
             },

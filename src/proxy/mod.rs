@@ -51,6 +51,8 @@ pub struct Proxy {
     /// Per listener index, its routes in file order.
     routes: Vec<Vec<RouteConfig>>,
     rules: ArcSwap<RuleSet>,
+    /// Told whenever the rule snapshot changes (dedicated ports watch it).
+    rules_changed: tokio::sync::watch::Sender<()>,
     client: UpstreamClient,
     upstream_timeout: Duration,
     mark_faults: bool,
@@ -91,6 +93,7 @@ impl Proxy {
             upstreams: config.upstreams.clone(),
             routes,
             rules: ArcSwap::from_pointee(rules),
+            rules_changed: tokio::sync::watch::Sender::new(()),
             client: forward::client(config.proxy.connect_timeout),
             upstream_timeout: config.proxy.upstream_timeout,
             mark_faults: config.proxy.mark_faults,
@@ -111,6 +114,12 @@ impl Proxy {
     /// Replaces the rule snapshot; requests in flight keep theirs.
     pub fn set_rules(&self, rules: RuleSet) {
         self.rules.store(Arc::new(rules));
+        self.rules_changed.send_replace(());
+    }
+
+    /// Wakes on every change of the rule snapshot.
+    pub fn subscribe_rules(&self) -> tokio::sync::watch::Receiver<()> {
+        self.rules_changed.subscribe()
     }
 
     pub fn upstreams(&self) -> &[UpstreamConfig] {

@@ -195,6 +195,11 @@ impl Matcher {
         })
     }
 
+    /// Whether the rule takes every request of the upstreams it applies to.
+    pub fn takes_every_request(&self) -> bool {
+        self.methods.is_empty() && self.path.is_none() && self.headers.is_empty()
+    }
+
     /// The path glob, which [`crate::rules::RuleSet`] matches for all of an
     /// upstream's rules in one pass.
     pub fn path_glob(&self) -> Option<&Glob> {

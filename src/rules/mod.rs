@@ -141,6 +141,18 @@ impl RuleCounters {
 }
 
 impl Rule {
+    /// Whether this rule makes the upstream refuse every connection: an
+    /// enabled `refuse` fault that takes every request, every time.
+    pub fn refuses(&self, upstream: &UpstreamConfig) -> bool {
+        matches!(self.fault, Fault::Refuse)
+            && self.enabled()
+            && self.probability() >= 1.0
+            && self.times.is_none()
+            && self.every.is_none()
+            && self.matcher.takes_every_request()
+            && self.matcher.applies_to_upstream(upstream)
+    }
+
     pub fn name(&self) -> &str {
         &self.spec.name
     }
@@ -268,6 +280,8 @@ pub struct RuleSet {
     rules: Vec<Arc<Rule>>,
     /// Per upstream index: the enabled rules that can apply to it.
     by_upstream: Vec<UpstreamRules>,
+    /// Per upstream index: whether its dedicated port must refuse connections.
+    refused: Vec<bool>,
     seed: u64,
 }
 
@@ -423,9 +437,14 @@ impl RuleSet {
                 )
             })
             .collect();
+        let refused = upstreams
+            .iter()
+            .map(|upstream| rules.iter().any(|rule| rule.refuses(upstream)))
+            .collect();
         Self {
             rules,
             by_upstream,
+            refused,
             seed,
         }
     }
@@ -444,6 +463,11 @@ impl RuleSet {
         self.by_upstream
             .get(upstream)
             .filter(|rules| !rules.is_empty())
+    }
+
+    /// Whether the upstream's dedicated port must refuse connections now.
+    pub fn refuses(&self, upstream: usize) -> bool {
+        self.refused.get(upstream).copied().unwrap_or(false)
     }
 
     pub fn seed(&self) -> u64 {
