@@ -17,9 +17,10 @@ use tracing::{info, warn};
 use crate::admin;
 use crate::config::Config;
 use crate::diagnostic::Diagnostic;
+use crate::fault::Fault;
 use crate::metrics::Metrics;
 use crate::proxy::{Entry, Proxy};
-use crate::rules::{self, Rule, RuleSet};
+use crate::rules::{self, Rule, RuleSet, RuleSource};
 use crate::server::{self, Stop};
 
 /// A validated configuration and its rules, not yet bound to any port.
@@ -60,6 +61,39 @@ impl App {
 
     pub fn rules(&self) -> &[Arc<Rule>] {
         &self.rules
+    }
+
+    /// Things that are valid but may not do what the author meant, one line
+    /// each, as `PATH: warning: MESSAGE`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for rule in &self.rules {
+            if !matches!(rule.fault, Fault::Refuse) {
+                continue;
+            }
+            let path = match &rule.source {
+                RuleSource::File(path) => path.display().to_string(),
+                RuleSource::Api => "api".to_owned(),
+            };
+            for upstream in &self.config.upstreams {
+                if !rule.matcher.applies_to_upstream(upstream) {
+                    continue;
+                }
+                let why = if upstream.listen.is_none() {
+                    "has no dedicated port (`listen`)"
+                } else if !rule.refuses(upstream) {
+                    "is refused only by a rule that takes every request, every time"
+                } else {
+                    continue;
+                };
+                warnings.push(format!(
+                    "{path}: warning: rule {:?}: upstream {:?} {why}, so mode = \"refuse\" resets its connections instead",
+                    rule.name(),
+                    upstream.name
+                ));
+            }
+        }
+        warnings
     }
 
     /// Binds every listener, then starts serving. Nothing serves unless all bind.

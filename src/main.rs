@@ -93,6 +93,9 @@ fn check(config_path: &Path) -> ExitCode {
                 config.routes.len(),
                 app.rules().len()
             );
+            for warning in app.warnings() {
+                println!("{warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(problems) => {

@@ -64,6 +64,24 @@ fn check_accepts_a_good_config_and_its_rules() {
 }
 
 #[test]
+fn check_warns_when_refuse_can_only_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "faultline.toml", CONFIG);
+    write(
+        dir.path(),
+        "rules/down.toml",
+        "[[rule]]\nname = \"down\"\n[rule.fault]\nkind = \"unavailable\"\nmode = \"refuse\"\n",
+    );
+    let out = faultline(&["check"], dir.path());
+    assert!(out.status.success(), "a warning is not an error");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("rules/down.toml: warning: rule \"down\": upstream \"orders-use1\" has no dedicated port (`listen`), so mode = \"refuse\" resets its connections instead"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_prints_every_problem_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "faultline.toml", CONFIG);

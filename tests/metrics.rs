@@ -338,3 +338,38 @@ async fn a_real_prometheus_scrapes_what_was_injected() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[tokio::test]
+async fn the_blast_radius_cap_lets_requests_pass_and_counts_them() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = "[[rule]]\nname = \"hole\"\n[rule.fault]\nkind = \"unavailable\"\nmode = \"blackhole\"\nmax_hold = \"1h\"\n";
+    let proxy = TestProxy::start(&edge_config(&[&upstream], "max_active_faults = 1"), rules).await;
+    // The first request takes the only slot and is held…
+    let mut held = tokio::net::TcpStream::connect(proxy.addr("edge"))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut held, b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // …so the next ones pass unharmed, and are counted.
+    for _ in 0..3 {
+        assert_eq!(get(&proxy.url("edge")).await.status, 200);
+    }
+    let (_, m) = metrics_of(&proxy).await;
+    assert_eq!(
+        value(
+            &m,
+            r#"faultline_faults_overflow_total{upstream="orders-use1"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"faultline_faults_injected_total{kind="unavailable",region="us-east-1",rule="hole",upstream="orders-use1"}"#
+        ),
+        1.0
+    );
+    drop(held);
+}
