@@ -209,19 +209,9 @@ async fn serve_dedicated(
         }
         let socket = match listener.take() {
             Some(socket) => socket,
-            None => match TcpListener::bind(addr).await {
-                Ok(socket) => {
-                    info!(%addr, "accepting connections again");
-                    socket
-                }
-                Err(e) => {
-                    warn!(%addr, error = %e, "cannot reopen the dedicated port; retrying");
-                    tokio::select! {
-                        _ = stop.drain.cancelled() => return,
-                        () = tokio::time::sleep(REOPEN_RETRY) => {}
-                    }
-                    continue;
-                }
+            None => match reopen(addr, &stop).await {
+                Some(socket) => socket,
+                None => return,
             },
         };
         let serving = Stop {
@@ -251,8 +241,34 @@ async fn serve_dedicated(
     }
 }
 
-/// How soon a dedicated port that could not be reopened is tried again.
+/// How soon a dedicated port that could not be reopened is tried again,
+/// doubling up to [`REOPEN_RETRY_MAX`].
 const REOPEN_RETRY: Duration = Duration::from_millis(20);
+const REOPEN_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Binds a dedicated port again, retrying with backoff; `None` on shutdown.
+async fn reopen(addr: SocketAddr, stop: &Stop) -> Option<TcpListener> {
+    let mut wait = REOPEN_RETRY;
+    let mut warned = false;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(socket) => {
+                info!(%addr, "accepting connections again");
+                return Some(socket);
+            }
+            Err(e) if !warned => {
+                warn!(%addr, error = %e, "cannot reopen the dedicated port; retrying");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = stop.drain.cancelled() => return None,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(REOPEN_RETRY_MAX);
+    }
+}
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)

@@ -234,6 +234,7 @@ impl Metrics {
             requests: (0..METHOD_SLOTS * CODE_SLOTS)
                 .map(|_| OnceLock::new())
                 .collect(),
+            unanswered: (0..METHOD_SLOTS).map(|_| OnceLock::new()).collect(),
             request_duration: self.request_duration.with_label_values(&labels),
             upstream_duration: self
                 .upstream_duration
@@ -283,6 +284,8 @@ pub struct UpstreamMetrics {
     requests_vec: IntCounterVec,
     /// `faultline_requests_total` by method slot and status code, filled on first use.
     requests: Box<[OnceLock<IntCounter>]>,
+    /// `faultline_requests_total{code="0"}` by method slot.
+    unanswered: Box<[OnceLock<IntCounter>]>,
     request_duration: Histogram,
     upstream_duration: Histogram,
     connect_errors: IntCounter,
@@ -327,9 +330,23 @@ impl UpstreamMetrics {
         }
     }
 
-    /// A request that ended with no response (an injected abort or blackhole).
-    pub fn record_unanswered(&self, elapsed: Duration) {
+    /// A request that ended with no response (an injected abort or
+    /// blackhole): counted with `code="0"`, as proxies count no response.
+    pub fn record_unanswered(&self, method: &Method, elapsed: Duration) {
         self.request_duration.observe(elapsed.as_secs_f64());
+        let method_slot = METHODS
+            .iter()
+            .position(|m| m == method)
+            .unwrap_or(METHODS.len());
+        let Some(slot) = self.unanswered.get(method_slot) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            let method = METHODS.get(method_slot).map_or("OTHER", Method::as_str);
+            self.requests_vec
+                .with_label_values(&[&self.name, &self.region, method, "0"])
+        })
+        .inc();
     }
 
     pub fn record_upstream(&self, elapsed: Duration) {

@@ -239,16 +239,33 @@ async fn dribble_spreads_the_body_over_the_duration() {
         "drip",
         "",
         "",
-        "kind = \"dribble\"\nchunks = 4\nover = \"400ms\"",
+        "kind = \"dribble\"\nchunks = 8\nover = \"400ms\"",
     );
     let proxy = TestProxy::start(&edge_config(&[&upstream], ""), &rules).await;
-    let (first, took, len) = timed_download(&format!("{}/bytes/4000", proxy.url("edge"))).await;
-    assert_eq!(len, Ok(4000));
+    // 200 kB arrives from the upstream in many frames; the pieces follow byte
+    // boundaries, not frames: 25 kB every 50 ms, so half is there mid-way.
+    let url = format!("{}/bytes/200000", proxy.url("edge"));
+    let start = Instant::now();
+    let response = client()
+        .request(Request::get(&url).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let (mut received, mut half) = (0, None);
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        received += frame.unwrap().data_ref().map_or(0, |d| d.len());
+        if received >= 100_000 {
+            half.get_or_insert_with(|| start.elapsed());
+        }
+    }
+    let took = start.elapsed();
+    assert_eq!(received, 200_000);
+    let half = half.unwrap();
     assert!(
-        first < Duration::from_millis(250),
-        "first byte after {first:?}"
+        half < Duration::from_millis(330),
+        "half the body after {half:?}"
     );
-    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took >= Duration::from_millis(350), "{took:?}");
 }
 
 #[tokio::test]
@@ -360,4 +377,44 @@ async fn refuse_on_a_shared_listener_resets_instead() {
         std::io::ErrorKind::ConnectionReset
     );
     assert!(received.is_empty());
+}
+
+#[tokio::test]
+async fn requests_let_through_by_the_cap_keep_the_times_budget() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = format!(
+        "{}{}",
+        rule(
+            "hole",
+            "",
+            "path = \"/hole\"",
+            "kind = \"unavailable\"\nmode = \"blackhole\"\nmax_hold = \"1h\""
+        ),
+        rule(
+            "twice",
+            "times = 2",
+            "path = \"/t\"",
+            "kind = \"error\"\nstatus = 500"
+        ),
+    );
+    let proxy = TestProxy::start(&edge_config(&[&upstream], "max_active_faults = 1"), &rules).await;
+    let mut held = TcpStream::connect(proxy.addr("edge")).await.unwrap();
+    held.write_all(b"GET /hole HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = format!("{}/t", proxy.url("edge"));
+    for _ in 0..3 {
+        assert_eq!(get(&url).await.status, 200, "the cap lets it pass");
+    }
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen: Vec<u16> = {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(get(&url).await.status.as_u16());
+        }
+        seen
+    };
+    assert_eq!(seen, [500, 500, 200], "both injections are still owed");
 }

@@ -373,3 +373,24 @@ async fn the_blast_radius_cap_lets_requests_pass_and_counts_them() {
     );
     drop(held);
 }
+
+#[tokio::test]
+async fn requests_that_get_no_response_count_with_code_zero() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = "[[rule]]\nname = \"rst\"\n[rule.fault]\nkind = \"abort\"\nmode = \"reset\"\n";
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), rules).await;
+    for _ in 0..2 {
+        let result = client()
+            .request(http::Request::get(proxy.url("edge")).body(empty()).unwrap())
+            .await;
+        assert!(result.is_err());
+    }
+    let (_, m) = metrics_of(&proxy).await;
+    assert_eq!(
+        value(
+            &m,
+            r#"faultline_requests_total{code="0",method="GET",region="us-east-1",upstream="orders-use1"}"#
+        ),
+        2.0
+    );
+}

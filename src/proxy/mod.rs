@@ -35,6 +35,8 @@ use synthetic::{ProxyError, X_FAULTLINE_RULE};
 /// so the close is a clean FIN rather than an RST for unread data.
 const CLOSE_DRAIN_LIMIT: usize = 1 << 20;
 const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
+/// How long `empty` and `garbage` aborts may take to read a whole request.
+const FULL_DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// Where a connection came in: a shared listener with routes, or an
 /// upstream's dedicated port.
@@ -87,7 +89,8 @@ impl Proxy {
             dedicated_inflight: config
                 .upstreams
                 .iter()
-                .map(|u| metrics.inflight(&u.name))
+                // Apart from listener names, which may be the same.
+                .map(|u| metrics.inflight(&format!("upstream:{}", u.name)))
                 .collect(),
             metrics,
             upstreams: config.upstreams.clone(),
@@ -186,7 +189,7 @@ impl Proxy {
         };
         match &result {
             Ok(response) => metrics.record_request(&method, response.status(), start.elapsed()),
-            Err(StreamAborted) => metrics.record_unanswered(start.elapsed()),
+            Err(StreamAborted) => metrics.record_unanswered(&method, start.elapsed()),
         }
         result
     }
@@ -219,6 +222,10 @@ impl Proxy {
         let Some(_active) = ActiveFault::enter(&self.active_faults, self.max_active_faults) else {
             debug!("max_active_faults reached; request passes unharmed");
             metrics.record_overflow();
+            // Not injected: the rules keep their `times` budget.
+            for candidate in &plan.rules {
+                candidate.rule.counters.give_back(candidate.rule.times);
+            }
             return Ok(self.forward(upstream, conn, request).await);
         };
         // Counted when decided: a client that leaves mid-fault was still faulted.
@@ -230,6 +237,7 @@ impl Proxy {
         }
         // HTTP/2 carries other requests on the same connection: fail only this stream.
         let multiplexed = request.version() == Version::HTTP_2;
+        let method = request.method().clone();
         let mut response = match plan.action {
             Action::Forward => {
                 let response = self.forward(upstream, conn, request).await;
@@ -245,10 +253,16 @@ impl Proxy {
             Action::Respond(response) => synthetic::injected(&response),
             Action::Abort(_) if multiplexed => return Err(StreamAborted),
             Action::Abort(mode) => {
-                if matches!(mode, AbortMode::Empty | AbortMode::Garbage) {
-                    drain(request.into_body()).await;
+                if mode != AbortMode::Reset {
+                    let limit =
+                        (mode == AbortMode::Close).then_some((CLOSE_DRAIN_LIMIT, CLOSE_DRAIN_TIME));
+                    drain(
+                        request.into_body(),
+                        limit.unwrap_or((usize::MAX, FULL_DRAIN_TIME)),
+                    )
+                    .await;
                 }
-                metrics.record_unanswered(start.elapsed());
+                metrics.record_unanswered(&method, start.elapsed());
                 conn.info.control.abort(mode);
                 // The connection task drops this request with its connection.
                 return std::future::pending().await;
@@ -258,7 +272,7 @@ impl Proxy {
                 if multiplexed {
                     return Err(StreamAborted);
                 }
-                metrics.record_unanswered(start.elapsed());
+                metrics.record_unanswered(&method, start.elapsed());
                 conn.info.control.abort(AbortMode::Close);
                 return std::future::pending().await;
             }
@@ -352,12 +366,12 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// Reads and discards a request body, within limits.
-async fn drain(mut body: Incoming) {
+async fn drain(mut body: Incoming, (limit, time): (usize, Duration)) {
     let mut read = 0;
-    let _ = tokio::time::timeout(CLOSE_DRAIN_TIME, async {
+    let _ = tokio::time::timeout(time, async {
         while let Some(Ok(frame)) = body.frame().await {
             read += frame.data_ref().map_or(0, |d| d.len());
-            if read > CLOSE_DRAIN_LIMIT {
+            if read > limit {
                 break;
             }
         }

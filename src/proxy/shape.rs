@@ -33,9 +33,9 @@ pub struct ShapedBody {
     pending: Bytes,
     sent: u64,
     started: Option<Instant>,
-    /// Dribble: pieces still to send, and the size of each.
+    /// Dribble: pieces still to send, and the body's length when known.
     pieces_left: u64,
-    piece_len: usize,
+    total: Option<u64>,
     sleep: Option<Pin<Box<Sleep>>>,
     /// Truncate reached: waiting for the bytes before the cut to flush.
     cutting: bool,
@@ -54,16 +54,7 @@ impl std::fmt::Debug for ShapedBody {
 impl ShapedBody {
     pub fn new(inner: ResponseBody, shaping: Shaping, control: Option<Arc<ConnControl>>) -> Self {
         let total = inner.size_hint().exact();
-        let (pieces_left, piece_len) = match (shaping.dribble, total) {
-            (Some((chunks, _)), Some(total)) => (
-                chunks,
-                usize::try_from(total.div_ceil(chunks.max(1)))
-                    .unwrap_or(usize::MAX)
-                    .max(1),
-            ),
-            (Some((chunks, _)), None) => (chunks, 16 * 1024),
-            (None, _) => (0, usize::MAX),
-        };
+        let pieces_left = shaping.dribble.map_or(0, |(chunks, _)| chunks);
         Self {
             inner,
             shaping,
@@ -72,7 +63,7 @@ impl ShapedBody {
             sent: 0,
             started: None,
             pieces_left,
-            piece_len,
+            total,
             sleep: None,
             cutting: false,
             cut: false,
@@ -95,19 +86,35 @@ impl ShapedBody {
                     .min(usize::try_from((ahead - self.sent).min(slice)).unwrap_or(usize::MAX));
             } else {
                 allowed = 0;
-                let due =
-                    Duration::from_secs_f64((self.sent + slice.min(1024)) as f64 / rate as f64);
+                let due = Duration::from_secs_f64((self.sent + slice) as f64 / rate as f64);
                 wake = Some(started + due);
             }
         }
-        if self.shaping.dribble.is_some() && self.pieces_left > 0 {
-            allowed = allowed.min(self.piece_len);
+        if let Some(end) = self.piece_end() {
+            allowed =
+                allowed.min(usize::try_from(end.saturating_sub(self.sent)).unwrap_or(usize::MAX));
         }
         if let Some((after, _)) = self.shaping.truncate {
             allowed =
                 allowed.min(usize::try_from(after.saturating_sub(self.sent)).unwrap_or(usize::MAX));
         }
         (allowed, wake)
+    }
+
+    /// Where the current dribble piece ends: piece k of n ends at
+    /// ⌈k·total/n⌉, or every 16 KiB when the length is unknown.
+    fn piece_end(&self) -> Option<u64> {
+        let (chunks, _) = self.shaping.dribble?;
+        if self.pieces_left == 0 {
+            return None;
+        }
+        let k = chunks - self.pieces_left + 1;
+        Some(match self.total {
+            Some(total) => {
+                (u128::from(k) * u128::from(total)).div_ceil(u128::from(chunks.max(1))) as u64
+            }
+            None => k.saturating_mul(16 * 1024),
+        })
     }
 
     fn dribble_interval(&self) -> Option<Duration> {
@@ -133,6 +140,18 @@ impl Body for ShapedBody {
                 ready!(sleep.as_mut().poll(cx));
                 this.sleep = None;
             }
+            if this.pending.is_empty() {
+                match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => this.pending = data,
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    },
+                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    // A body that ends at or before the cut is whole: nothing to break.
+                    None => return Poll::Ready(None),
+                }
+                continue;
+            }
             if let Some((after, then)) = this.shaping.truncate {
                 if this.sent >= after && !this.cutting {
                     // Pending for a moment lets hyper flush what was sent, so
@@ -150,17 +169,6 @@ impl Body for ShapedBody {
                     return Poll::Ready(Some(Err("body truncated by an injected fault".into())));
                 }
             }
-            if this.pending.is_empty() {
-                match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                    Some(Ok(frame)) => match frame.into_data() {
-                        Ok(data) => this.pending = data,
-                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
-                    },
-                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                    None => return Poll::Ready(None),
-                }
-                continue;
-            }
             let (allowed, wake) = this.allowance();
             if allowed == 0 {
                 let at = wake.unwrap_or_else(|| Instant::now() + Duration::from_millis(1));
@@ -169,7 +177,8 @@ impl Body for ShapedBody {
             }
             let piece = this.pending.split_to(allowed.min(this.pending.len()));
             this.sent += piece.len() as u64;
-            if this.shaping.dribble.is_some() && this.pieces_left > 0 {
+            if this.piece_end() == Some(this.sent) {
+                // A piece is complete: the next one waits its turn.
                 this.pieces_left -= 1;
                 if let Some(interval) = this.dribble_interval() {
                     this.sleep = Some(Box::pin(tokio::time::sleep(interval)));

@@ -134,6 +134,15 @@ impl RuleCounters {
         }
     }
 
+    /// Returns an injection that did not happen (the blast-radius cap).
+    pub fn give_back(&self, times: Option<u64>) {
+        if times.is_some() {
+            let _ = self
+                .fired
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
     /// Faults this rule has injected.
     pub fn fired(&self) -> u64 {
         self.fired.load(Ordering::Relaxed)
