@@ -399,6 +399,3 @@ pub fn runtime(workers: Option<usize>) -> io::Result<tokio::runtime::Runtime> {
     };
     builder.enable_all().build()
 }
-
-/// How long tests and the demo may wait for a drain by default.
-pub const DEFAULT_GRACE: Duration = crate::config::DEFAULT_SHUTDOWN_GRACE;

@@ -391,10 +391,6 @@ impl Config {
             Err(errors)
         }
     }
-
-    pub fn upstream_index(&self, name: &str) -> Option<usize> {
-        self.upstreams.iter().position(|u| u.name == name)
-    }
 }
 
 /// Why config text was not accepted.

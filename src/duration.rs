@@ -32,11 +32,6 @@ fn parse_fractional(text: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(value * unit_seconds).ok()
 }
 
-/// Formats a duration the way users write it.
-pub fn format(duration: Duration) -> String {
-    humantime::format_duration(duration).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,7 +45,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Lets the request path end its connection on purpose.
 #[derive(Debug, Default)]
 pub struct ConnControl {
-    /// 0: none, else an [`AbortMode`] code.
+    /// 0 (open), [`RESET`], [`CLOSE`] or [`GARBAGE`].
     abort: AtomicU8,
     notify: Notify,
 }

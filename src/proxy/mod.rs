@@ -20,7 +20,6 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 pub use body::ResponseBody;
-pub use forward::remove_hop_by_hop;
 
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::fault::{self, AbortMode, Action, Plan, RequestView};
@@ -329,7 +328,7 @@ impl Proxy {
         };
         metrics.record_upstream(sent.elapsed());
         let (mut parts, body) = response.into_parts();
-        remove_hop_by_hop(&mut parts.headers);
+        forward::remove_hop_by_hop(&mut parts.headers);
         Response::from_parts(parts, ResponseBody::Upstream(body))
     }
 }

@@ -458,10 +458,6 @@ impl RuleSet {
         }
     }
 
-    pub fn empty(upstreams: &[UpstreamConfig], seed: u64, metrics: &Metrics) -> Self {
-        Self::new(Vec::new(), upstreams, seed, metrics)
-    }
-
     /// Every rule, enabled or not, in evaluation order.
     pub fn rules(&self) -> &[Arc<Rule>] {
         &self.rules
