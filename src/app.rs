@@ -14,19 +14,22 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin;
+use crate::admin::Admin;
 use crate::config::Config;
+use crate::control::{Control, RuleFiles};
 use crate::diagnostic::Diagnostic;
 use crate::fault::Fault;
 use crate::metrics::Metrics;
 use crate::proxy::{Entry, Proxy};
-use crate::rules::{self, Rule, RuleSet, RuleSource};
+use crate::reload;
+use crate::rules::{self, Rule, RuleSet, RuleSource, RuleText};
 use crate::server::{self, Stop};
 
 /// A validated configuration and its rules, not yet bound to any port.
 #[derive(Debug)]
 pub struct App {
     config: Config,
+    files: RuleFiles,
     rules: Vec<Arc<Rule>>,
 }
 
@@ -48,11 +51,24 @@ impl App {
         let config = Config::load(config_path)?;
         let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
         let rules = rules::load_dir(&config.proxy.rules_dir, &names)?;
-        Ok(App { config, rules })
+        Ok(App::new(config, rules))
     }
 
+    /// `rules` read from the config's `rules_dir`, which reloads read again.
     pub fn new(config: Config, rules: Vec<Arc<Rule>>) -> App {
-        App { config, rules }
+        let files = RuleFiles::Dir(config.proxy.rules_dir.clone());
+        App {
+            config,
+            files,
+            rules,
+        }
+    }
+
+    /// Rules that come from these texts rather than from `rules_dir`:
+    /// reloads read the same texts again, and nothing is watched.
+    pub fn with_fixed_rules(mut self, texts: Vec<RuleText>) -> App {
+        self.files = RuleFiles::Fixed(texts);
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -101,8 +117,10 @@ impl App {
         let config = self.config;
         let seed = config.proxy.seed.unwrap_or_else(random_seed);
         let metrics = Metrics::new();
-        let rule_set = RuleSet::new(self.rules, &config.upstreams, seed, &metrics);
-        let proxy = Arc::new(Proxy::new(&config, rule_set, metrics.clone()));
+        // Empty until the control publishes the rules, before anything binds.
+        let no_rules = RuleSet::new(Vec::new(), &config.upstreams, seed, &metrics);
+        let proxy = Arc::new(Proxy::new(&config, no_rules, metrics.clone()));
+        let control = Control::new(Arc::clone(&proxy), self.files.clone(), self.rules, seed);
 
         let admin = bind(config.admin.listen, "the admin API").await?;
         let mut bound = Vec::new();
@@ -160,14 +178,36 @@ impl App {
             source,
         })?;
         info!(addr = %admin_addr, "admin API and /metrics listening");
+        let api = Arc::new(Admin::new(
+            Arc::clone(&control),
+            metrics,
+            config.admin.token.clone(),
+        ));
         tasks.push(tokio::spawn(server::serve(
             admin,
-            move |_conn| {
-                let metrics = metrics.clone();
-                hyper::service::service_fn(move |request| admin::handle(metrics.clone(), request))
+            move |conn| {
+                let api = Arc::clone(&api);
+                hyper::service::service_fn(move |request| {
+                    Arc::clone(&api).handle(conn.peer, request)
+                })
             },
             Stop::draining(shutdown.clone(), grace),
         )));
+        if let (RuleFiles::Dir(dir), true) = (&self.files, config.proxy.watch_rules) {
+            match reload::watch(dir, Arc::clone(&control), shutdown.clone()) {
+                Ok(task) => tasks.push(task),
+                Err(e) => warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot watch the rule files; reload with SIGHUP or POST /api/reload"
+                ),
+            }
+        }
+        #[cfg(unix)]
+        match reload::on_hangup(Arc::clone(&control), shutdown.clone()) {
+            Ok(task) => tasks.push(task),
+            Err(e) => warn!(error = %e, "cannot listen for SIGHUP"),
+        }
         info!(
             seed,
             rules = proxy.rules().rules().len(),
@@ -175,6 +215,7 @@ impl App {
         );
         Ok(Running {
             proxy,
+            control,
             listeners,
             admin_addr,
             shutdown,
@@ -302,6 +343,7 @@ struct BoundListener {
 /// A proxy that is serving.
 pub struct Running {
     proxy: Arc<Proxy>,
+    control: Arc<Control>,
     listeners: Vec<BoundListener>,
     admin_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -334,6 +376,11 @@ impl Running {
 
     pub fn proxy(&self) -> &Arc<Proxy> {
         &self.proxy
+    }
+
+    /// The rules while the proxy runs: what the admin API drives.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// The seed fault decisions are drawn from.

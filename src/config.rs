@@ -59,6 +59,7 @@ pub struct ProxySection {
     pub upstream_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub mark_faults: Option<bool>,
+    pub watch_rules: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +121,9 @@ pub struct ProxyConfig {
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
     pub mark_faults: bool,
+    /// Reload the rule files when they change (SIGHUP and `POST
+    /// /api/reload` work either way).
+    pub watch_rules: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -528,6 +532,7 @@ fn validate_proxy(
         upstream_timeout,
         shutdown_grace,
         mark_faults: section.mark_faults.unwrap_or(true),
+        watch_rules: section.watch_rules.unwrap_or(true),
     }
 }
 

@@ -74,13 +74,15 @@ impl Demo {
             upstreams.push((name, addr));
         }
 
-        let config = Config::parse(&config_text(listen, admin, &upstreams), Path::new("."))
+        let mut config = Config::parse(&config_text(listen, admin, &upstreams), Path::new("."))
             .map_err(|e| format!("demo config: {e}"))?;
         let names: Vec<&str> = UPSTREAMS.iter().map(|u| u.0).collect();
-        let (rules, rules_from) = if rules_dir.is_dir() {
+        let (app, rules_from) = if rules_dir.is_dir() {
             let rules =
                 rules::load_dir(rules_dir, &names).map_err(|d| crate::diagnostic::render(&d))?;
-            (rules, rules_dir.to_path_buf())
+            // Reloads and the watcher read the same folder.
+            config.proxy.rules_dir = rules_dir.to_path_buf();
+            (App::new(config, rules), rules_dir.to_path_buf())
         } else {
             let texts: Vec<RuleText> = BUILTIN_RULES
                 .iter()
@@ -91,12 +93,10 @@ impl Demo {
                 .collect();
             let rules =
                 rules::load_sources(&texts, &names).map_err(|d| crate::diagnostic::render(&d))?;
-            (rules, PathBuf::from("(built-in rules)"))
+            let app = App::new(config, rules).with_fixed_rules(texts);
+            (app, PathBuf::from("(built-in rules)"))
         };
-        let proxy = App::new(config, rules)
-            .start()
-            .await
-            .map_err(|e| e.to_string())?;
+        let proxy = app.start().await.map_err(|e| e.to_string())?;
         let proxy_addr = proxy
             .listener_addr("edge")
             .ok_or("the demo's edge listener did not start")?;

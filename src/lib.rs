@@ -8,7 +8,10 @@
 //! - [`proxy`]: doing it (the request pipeline, the upstream client, synthetic responses).
 //! - [`server`]: the one accept loop every listener uses, and per-connection aborts.
 //! - [`metrics`]: the Prometheus families, one registry per proxy, handles resolved ahead.
-//! - [`admin`]: the admin listener (`/healthz`, `/metrics`).
+//! - [`control`]: the rules while the proxy runs: runtime switches, TTLs, the kill switch, reloads.
+//! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
+//! - [`admin`]: the admin listener: the JSON API of SPEC §5, `/healthz`, `/metrics`.
+//! - [`ctl`]: `faultline ctl`, the admin API's command-line client.
 //! - [`app`]: the only place where the pieces are wired together.
 //! - [`demo`]: the self-contained demo of `faultline demo`.
 //! - [`diagnostic`]: problems in users' files, with line and column.
@@ -17,11 +20,14 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod demo;
 pub mod diagnostic;
 pub mod duration;
 pub mod fault;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod rules;
 pub mod server;

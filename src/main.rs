@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use faultline::app::{self, App};
+use faultline::ctl;
 use faultline::demo::Demo;
 use faultline::diagnostic::Diagnostic;
 
@@ -45,6 +46,20 @@ enum Command {
         #[arg(long, default_value = "rules")]
         rules: PathBuf,
     },
+    /// Drive a running proxy through its admin API.
+    Ctl {
+        /// The admin API's address.
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        admin: String,
+        /// The admin token, when the proxy has one.
+        #[arg(long, env = "FAULTLINE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        verb: ctl::Verb,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +73,42 @@ fn main() -> ExitCode {
             admin,
             rules,
         } => demo(listen, admin, &rules),
+        Command::Ctl {
+            admin,
+            token,
+            json,
+            verb,
+        } => ctl(
+            &ctl::Target {
+                admin,
+                token: token.filter(|t| !t.is_empty()),
+                json,
+            },
+            &verb,
+        ),
+    }
+}
+
+fn ctl(target: &ctl::Target, verb: &ctl::Verb) -> ExitCode {
+    let runtime = match app::runtime(Some(1)) {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(ctl::run(target, verb)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            if let (true, Some(body)) = (target.json, error.body()) {
+                print!("{body}");
+            }
+            eprintln!("error: {error}");
+            for detail in error.details() {
+                eprintln!("  {detail}");
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 

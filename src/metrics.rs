@@ -264,6 +264,17 @@ impl Metrics {
             .set(i64::from(enabled));
     }
 
+    /// Drops the gauge of a rule that no longer exists.
+    pub fn forget_rule(&self, rule: &str) {
+        let _ = self.rule_enabled.remove_label_values(&[rule]);
+    }
+
+    /// Counts a reload: `applied` or `rejected`.
+    pub fn record_reload(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "rejected" };
+        self.rules_reloads.with_label_values(&[outcome]).inc();
+    }
+
     pub fn inflight(&self, listener: &str) -> IntGauge {
         self.inflight.with_label_values(&[listener])
     }

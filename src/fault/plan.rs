@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::{HeaderMap, Method};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tokio_util::sync::CancellationToken;
 
 use super::{AbortMode, Fault, Shaping, Side, SyntheticResponse};
 use crate::rules::{Candidate, Rule, RuleSet, Sticky};
@@ -38,6 +39,9 @@ pub struct Plan {
     /// The rules that injected something, in evaluation order.
     pub rules: Vec<Candidate>,
     pub action: Action,
+    /// The kill switch: once cancelled, the request stops waiting and is
+    /// forwarded untouched.
+    pub release: CancellationToken,
 }
 
 /// The step after the delay: forward, or the first terminal fault.
@@ -83,6 +87,7 @@ pub fn plan(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Opti
             shaping: Shaping::default(),
             rules: Vec::new(),
             action: Action::Forward,
+            release: rules.release().clone(),
         });
         plan.rules.push(candidate.clone());
         let action = match &rule.fault {

@@ -7,14 +7,14 @@ use std::time::Duration;
 use http::header::{self, HeaderName, HOST};
 use http::uri::{Parts, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Request, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::body::RequestBody;
 use crate::config::UpstreamConfig;
 
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -38,11 +38,11 @@ pub fn client(connect_timeout: Duration) -> UpstreamClient {
 }
 
 /// Rewrites a client request into the request sent to `upstream`.
-pub fn upstream_request(
+pub fn upstream_request<B>(
     upstream: &UpstreamConfig,
     client_ip: &HeaderValue,
-    request: Request<Incoming>,
-) -> Request<Incoming> {
+    request: Request<B>,
+) -> Request<B> {
     let (mut parts, body) = request.into_parts();
     let original_host = parts.headers.remove(HOST).or_else(|| {
         // HTTP/2 carries the host in the :authority pseudo-header.

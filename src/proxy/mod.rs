@@ -17,9 +17,11 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub use body::ResponseBody;
+use body::{ReadAhead, Replayed, RequestBody};
 
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::fault::{self, AbortMode, Action, Plan, RequestView};
@@ -36,6 +38,11 @@ const CLOSE_DRAIN_LIMIT: usize = 1 << 20;
 const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
 /// How long `empty` and `garbage` aborts may take to read a whole request.
 const FULL_DRAIN_TIME: Duration = Duration::from_secs(10);
+/// How much of a blackholed request's body is kept while it is held, to be
+/// forwarded if the kill switch lets it out. Past this the body is still
+/// read, so a client that leaves is noticed, but thrown away: such a
+/// request can only be closed, not forwarded.
+const HOLD_KEEP_LIMIT: u64 = 1 << 20;
 
 /// Where a connection came in: a shared listener with routes, or an
 /// upstream's dedicated port.
@@ -183,7 +190,9 @@ impl Proxy {
             fault::plan(&rules, upstream, &view)
         };
         let result = match plan {
-            None => Ok(self.forward(upstream, conn, request).await),
+            None => Ok(self
+                .forward(upstream, conn, request.map(RequestBody::from))
+                .await),
             Some(plan) => self.inject(plan, upstream, conn, request, start).await,
         };
         match &result {
@@ -225,27 +234,38 @@ impl Proxy {
             for candidate in &plan.rules {
                 candidate.rule.counters.give_back(candidate.rule.times);
             }
-            return Ok(self.forward(upstream, conn, request).await);
+            return Ok(self
+                .forward(upstream, conn, request.map(RequestBody::from))
+                .await);
         };
         // Counted when decided: a client that leaves mid-fault was still faulted.
         for candidate in &plan.rules {
             candidate.injected.inc();
+            candidate.rule.counters.record_injected();
         }
+        let release = &plan.release;
         if !plan.delay.is_zero() {
-            tokio::time::sleep(plan.delay).await;
+            sleep_unless_released(plan.delay, release).await;
+        }
+        if release.is_cancelled() {
+            return Ok(self
+                .forward(upstream, conn, request.map(RequestBody::from))
+                .await);
         }
         // HTTP/2 carries other requests on the same connection: fail only this stream.
         let multiplexed = request.version() == Version::HTTP_2;
         let method = request.method().clone();
         let mut response = match plan.action {
             Action::Forward => {
-                let response = self.forward(upstream, conn, request).await;
+                let response = self
+                    .forward(upstream, conn, request.map(RequestBody::from))
+                    .await;
                 let proxy_error = response
                     .headers()
                     .contains_key(&synthetic::X_FAULTLINE_ERROR);
                 if !plan.response_delay.is_zero() && !proxy_error {
                     // The upstream answered; its headers wait.
-                    tokio::time::sleep(plan.response_delay).await;
+                    sleep_unless_released(plan.response_delay, release).await;
                 }
                 response
             }
@@ -267,7 +287,12 @@ impl Proxy {
                 return std::future::pending().await;
             }
             Action::Blackhole { max_hold } => {
-                hold(request.into_body(), max_hold).await;
+                let (parts, body) = request.into_parts();
+                let mut held = Box::new(Replayed::new(body));
+                if hold(&mut held, max_hold, release).await == Held::Released && held.is_whole() {
+                    let request = Request::from_parts(parts, RequestBody::Replayed(held));
+                    return Ok(self.forward(upstream, conn, request).await);
+                }
                 if multiplexed {
                     return Err(StreamAborted);
                 }
@@ -276,6 +301,10 @@ impl Proxy {
                 return std::future::pending().await;
             }
         };
+        if release.is_cancelled() {
+            // Halted while waiting: the response goes back as it is.
+            return Ok(response);
+        }
         // A 502 or 504 after an injected delay is the proxy's own error, not an injected one.
         let proxy_error = response
             .headers()
@@ -287,6 +316,7 @@ impl Proxy {
                     body,
                     plan.shaping,
                     control,
+                    plan.release.clone(),
                 )))
             });
         }
@@ -304,7 +334,7 @@ impl Proxy {
         &self,
         upstream: usize,
         conn: &Connection,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
     ) -> Response<ResponseBody> {
         let target = &self.upstreams[upstream];
         let metrics = &self.upstream_metrics[upstream];
@@ -378,20 +408,46 @@ async fn drain(mut body: Incoming, (limit, time): (usize, Duration)) {
     .await;
 }
 
-/// Holds a blackholed request for `max_hold`, reading and discarding its
-/// body all the while, so that hyper notices a client that leaves. Returns
-/// early when the body breaks off: the client is gone.
-async fn hold(mut body: Incoming, max_hold: Duration) {
-    let _ = tokio::time::timeout(max_hold, async {
+/// Sleeps for `delay`, or until the kill switch releases the request.
+async fn sleep_unless_released(delay: Duration, release: &CancellationToken) {
+    tokio::select! {
+        biased;
+        () = release.cancelled() => {}
+        () = tokio::time::sleep(delay) => {}
+    }
+}
+
+/// How a blackhole hold ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// `max_hold` passed.
+    Expired,
+    /// The body broke off: the client is gone.
+    ClientLeft,
+    /// The kill switch let the request out.
+    Released,
+}
+
+/// Holds a blackholed request for `max_hold`, reading its body ahead all
+/// the while, so that hyper notices a client that leaves, and so the body
+/// can still be forwarded if the kill switch lets the request out.
+async fn hold(body: &mut Replayed, max_hold: Duration, release: &CancellationToken) -> Held {
+    let read = async {
         loop {
-            match body.frame().await {
-                Some(Ok(_)) => continue,
-                Some(Err(_)) => return,
-                None => std::future::pending::<()>().await,
+            match body.read_ahead().await {
+                ReadAhead::More if body.buffered() > HOLD_KEEP_LIMIT => body.discard(),
+                ReadAhead::More => {}
+                ReadAhead::Failed => return Held::ClientLeft,
+                ReadAhead::Ended => std::future::pending().await,
             }
         }
-    })
-    .await;
+    };
+    tokio::select! {
+        biased;
+        () = release.cancelled() => Held::Released,
+        held = read => held,
+        () = tokio::time::sleep(max_hold) => Held::Expired,
+    }
 }
 
 /// A request in flight on a listener, for `faultline_inflight_requests`.

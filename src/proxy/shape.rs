@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::body::{BoxError, ResponseBody};
 use crate::fault::Shaping;
@@ -41,6 +42,9 @@ pub struct ShapedBody {
     cutting: bool,
     /// Truncated: the connection is failing; nothing more is sent.
     cut: bool,
+    /// The kill switch: once cancelled, the rest of the body goes unshaped.
+    release: CancellationToken,
+    released: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl std::fmt::Debug for ShapedBody {
@@ -52,7 +56,12 @@ impl std::fmt::Debug for ShapedBody {
 }
 
 impl ShapedBody {
-    pub fn new(inner: ResponseBody, shaping: Shaping, control: Option<Arc<ConnControl>>) -> Self {
+    pub fn new(
+        inner: ResponseBody,
+        shaping: Shaping,
+        control: Option<Arc<ConnControl>>,
+        release: CancellationToken,
+    ) -> Self {
         let total = inner.size_hint().exact();
         let pieces_left = shaping.dribble.map_or(0, |(chunks, _)| chunks);
         Self {
@@ -67,6 +76,8 @@ impl ShapedBody {
             sleep: None,
             cutting: false,
             cut: false,
+            released: Box::pin(release.clone().cancelled_owned()),
+            release,
         }
     }
 
@@ -136,8 +147,25 @@ impl Body for ShapedBody {
             if this.cut {
                 return Poll::Pending;
             }
+            if !this.cutting && this.release.is_cancelled() {
+                // Halted: what is left goes as it comes.
+                this.sleep = None;
+                if !this.pending.is_empty() {
+                    let rest = std::mem::take(&mut this.pending);
+                    this.sent += rest.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
+                return Pin::new(&mut this.inner).poll_frame(cx);
+            }
             if let Some(sleep) = this.sleep.as_mut() {
-                ready!(sleep.as_mut().poll(cx));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    if this.cutting {
+                        // Too late to let go: the cut has begun.
+                        return Poll::Pending;
+                    }
+                    ready!(this.released.as_mut().poll(cx));
+                    continue;
+                }
                 this.sleep = None;
             }
             if this.pending.is_empty() {

@@ -16,6 +16,7 @@ use globset::{GlobSet, GlobSetBuilder};
 use http::{HeaderName, HeaderValue};
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{is_valid_name, UpstreamConfig};
 use crate::diagnostic::{FieldError, FieldPath};
@@ -88,7 +89,9 @@ pub struct Rule {
     pub(crate) name_header: HeaderValue,
     /// Keeps each rule's random stream apart and stable across edits of other rules.
     pub(crate) salt: u64,
-    pub counters: RuleCounters,
+    /// Shared by every snapshot's copy of the rule, so a toggle or a reload
+    /// that leaves the rule as it was keeps its counts.
+    pub counters: Arc<RuleCounters>,
 }
 
 /// What a sticky rule hashes to decide.
@@ -105,8 +108,10 @@ pub struct RuleCounters {
     pub(crate) draws: AtomicU64,
     /// Requests that matched, for `every`.
     matched: AtomicU64,
-    /// Faults injected, for `times`.
+    /// Faults injected, for `times`; starts again when the rule is re-enabled.
     fired: AtomicU64,
+    /// Faults injected over the rule's life.
+    injected: AtomicU64,
 }
 
 impl RuleCounters {
@@ -143,9 +148,25 @@ impl RuleCounters {
         }
     }
 
-    /// Faults this rule has injected.
+    /// Counts a fault that was injected.
+    pub fn record_injected(&self) {
+        self.injected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Faults injected since the rule was last enabled (what `times` counts).
     pub fn fired(&self) -> u64 {
         self.fired.load(Ordering::Relaxed)
+    }
+
+    /// Faults injected over the rule's life.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    /// A re-enabled rule starts its `times` and `every` counts afresh.
+    pub fn restart(&self) {
+        self.fired.store(0, Ordering::Relaxed);
+        self.matched.store(0, Ordering::Relaxed);
     }
 }
 
@@ -172,6 +193,27 @@ impl Rule {
 
     pub fn probability(&self) -> f64 {
         self.spec.probability
+    }
+
+    /// The same rule, switched on or off and with another probability;
+    /// it shares this one's counters.
+    pub fn with_switches(&self, enabled: bool, probability: f64) -> Rule {
+        Rule {
+            spec: RuleSpec {
+                enabled,
+                probability,
+                ..self.spec.clone()
+            },
+            source: self.source.clone(),
+            matcher: self.matcher.clone(),
+            fault: self.fault.clone(),
+            times: self.times,
+            every: self.every,
+            sticky: self.sticky.clone(),
+            name_header: self.name_header.clone(),
+            salt: self.salt,
+            counters: Arc::clone(&self.counters),
+        }
     }
 }
 
@@ -262,7 +304,7 @@ impl RuleSpec {
                 name_header: HeaderValue::from_str(&self.name)
                     .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
                 salt: stable_hash(&self.name),
-                counters: RuleCounters::default(),
+                counters: Arc::default(),
                 times: self.times,
                 every: self.every,
                 sticky,
@@ -292,6 +334,9 @@ pub struct RuleSet {
     /// Per upstream index: whether its dedicated port must refuse connections.
     refused: Vec<bool>,
     seed: u64,
+    /// Cancelled by the kill switch: requests inside a fault of this
+    /// snapshot stop waiting and are forwarded.
+    release: CancellationToken,
 }
 
 /// The enabled rules that can apply to one upstream, in evaluation order,
@@ -455,7 +500,19 @@ impl RuleSet {
             by_upstream,
             refused,
             seed,
+            release: CancellationToken::new(),
         }
+    }
+
+    /// The snapshot with the kill switch's token: halting cancels it.
+    pub fn released_by(mut self, release: CancellationToken) -> Self {
+        self.release = release;
+        self
+    }
+
+    /// Cancelled when the requests inside this snapshot's faults must be let go.
+    pub fn release(&self) -> &CancellationToken {
+        &self.release
     }
 
     /// Every rule, enabled or not, in evaluation order.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use faultline::app::{App, Running};
 use faultline::config::Config;
-use faultline::rules::{self, RuleText};
+use faultline::rules;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -239,6 +239,7 @@ impl Body for RepeatBody {
 /// A proxy started in this process from config text and rule files.
 pub struct TestProxy {
     pub running: Option<Running>,
+    rules_dir: PathBuf,
     pub dir: tempfile::TempDir,
 }
 
@@ -252,18 +253,19 @@ impl TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::parse(config, dir.path()).map_err(|e| e.to_string())?;
         let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-        let texts = [RuleText {
-            path: PathBuf::from("rules/test.toml"),
-            text: rules.to_owned(),
-        }];
-        let rules =
-            rules::load_sources(&texts, &names).map_err(|d| faultline::diagnostic::render(&d))?;
+        // A real rules folder, so reloads and the watcher have files to read.
+        std::fs::create_dir_all(&config.proxy.rules_dir).unwrap();
+        std::fs::write(config.proxy.rules_dir.join("test.toml"), rules).unwrap();
+        let rules = rules::load_dir(&config.proxy.rules_dir, &names)
+            .map_err(|d| faultline::diagnostic::render(&d))?;
+        let rules_dir = config.proxy.rules_dir.clone();
         let running = App::new(config, rules)
             .start()
             .await
             .map_err(|e| e.to_string())?;
         Ok(TestProxy {
             running: Some(running),
+            rules_dir,
             dir,
         })
     }
@@ -280,6 +282,35 @@ impl TestProxy {
     /// `http://ADDR` of the admin listener.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.running().admin_addr())
+    }
+
+    /// The folder the proxy reads rule files from; the rules given to
+    /// `start` are its `test.toml`.
+    pub fn rules_dir(&self) -> PathBuf {
+        self.rules_dir.clone()
+    }
+
+    /// Calls the admin API: `path` below the admin URL, a JSON body or none.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        self.admin_as(None, method, path, body).await
+    }
+
+    /// Calls the admin API with a bearer token.
+    pub async fn admin_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut request = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(format!("{}{path}", self.admin_url()));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = body.map_or_else(empty, |b| full(b.to_owned()));
+        send(&client(), request.body(body).unwrap()).await
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {

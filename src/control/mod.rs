@@ -1,0 +1,626 @@
+//! Runtime control: the one owner of the rules while the proxy runs.
+//!
+//! File rules, rules added through the admin API, runtime switches
+//! (`enabled`, `probability`, TTLs), the kill switch and reloads all change
+//! the state kept here, and every change publishes one new immutable
+//! [`RuleSet`] to the proxy. Changes are serialised by one lock that only
+//! the admin side takes, never across an `.await`; the request path never
+//! takes it, it reads the published snapshot.
+//!
+//! Every change is logged under the `faultline::audit` target with what
+//! changed and who asked.
+
+mod view;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
+use crate::proxy::Proxy;
+use crate::reload::Trigger;
+use crate::rules::{self, Rule, RuleSet, RuleSource, RuleSpec, RuleText};
+
+pub use view::{LastReload, ReloadSummary, RuleCounts, RuleView, StatusView};
+
+/// The longest TTL a rule may be given.
+pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Where the file rules come from, read again on every reload.
+#[derive(Debug, Clone)]
+pub enum RuleFiles {
+    /// Every `*.toml` below this directory.
+    Dir(PathBuf),
+    /// Texts fixed at start (the demo's built-in rules).
+    Fixed(Vec<RuleText>),
+}
+
+impl RuleFiles {
+    fn load(&self, upstream_names: &[&str]) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
+        match self {
+            RuleFiles::Dir(dir) => rules::load_dir(dir, upstream_names),
+            RuleFiles::Fixed(texts) => rules::load_sources(texts, upstream_names),
+        }
+    }
+
+    /// Where `body_file` of a rule added through the API is looked up.
+    fn base_dir(&self) -> &Path {
+        match self {
+            RuleFiles::Dir(dir) => dir,
+            RuleFiles::Fixed(_) => Path::new("."),
+        }
+    }
+}
+
+/// Why a change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no rule is named {0:?}")]
+    NotFound(String),
+    #[error("a rule named {0:?} already exists")]
+    NameTaken(String),
+    #[error(
+        "rule {0:?} comes from a rule file; disable it, or remove it from the file and reload"
+    )]
+    FileRule(String),
+    #[error("faultline is halted: nothing can be enabled until POST /api/resume")]
+    Halted,
+    #[error("rule {0:?} is disabled; a TTL counts down only while a rule is enabled")]
+    NotEnabled(String),
+    #[error("{}", first_message(.0))]
+    Invalid(Vec<FieldError>),
+    #[error("the rule files have {} problem(s); the rules in force are unchanged", .0.len())]
+    Rejected(Vec<Diagnostic>),
+}
+
+fn first_message(errors: &[FieldError]) -> String {
+    errors
+        .first()
+        .map_or_else(|| "invalid".to_owned(), ToString::to_string)
+}
+
+/// A change to one rule's runtime switches; `None` leaves a switch as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    pub enabled: Option<bool>,
+    pub probability: Option<f64>,
+    /// `Some(None)` removes a TTL; `Some(Some(ttl))` sets one.
+    pub ttl: Option<Option<Duration>>,
+}
+
+/// The rules while the proxy runs, and the changes made to them.
+pub struct Control {
+    proxy: Arc<Proxy>,
+    files: RuleFiles,
+    seed: u64,
+    started: Instant,
+    state: Mutex<State>,
+    /// For TTL timers, which outlive the call that armed them.
+    me: Weak<Control>,
+}
+
+struct State {
+    /// File rules in evaluation order, then API rules in the order added.
+    entries: Vec<Entry>,
+    halted: bool,
+    /// The kill switch's token for the snapshots published since the last halt.
+    release: CancellationToken,
+    /// Rule names that have a `faultline_rule_enabled` series.
+    published: HashSet<String>,
+    last_reload: Option<LastReload>,
+    next_timer: u64,
+}
+
+/// A rule as defined, with the switches flipped at run time.
+struct Entry {
+    rule: Arc<Rule>,
+    enabled: Option<bool>,
+    probability: Option<f64>,
+    expiry: Option<Expiry>,
+}
+
+/// When an enabled rule turns itself off.
+struct Expiry {
+    at: SystemTime,
+    id: u64,
+    timer: Option<AbortHandle>,
+}
+
+impl Drop for Expiry {
+    fn drop(&mut self) {
+        if let Some(timer) = &self.timer {
+            timer.abort();
+        }
+    }
+}
+
+impl Entry {
+    fn new(rule: Arc<Rule>) -> Entry {
+        Entry {
+            rule,
+            enabled: None,
+            probability: None,
+            expiry: None,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.rule.name()
+    }
+
+    fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(self.rule.enabled())
+    }
+
+    fn probability(&self) -> f64 {
+        self.probability.unwrap_or(self.rule.probability())
+    }
+
+    fn is_api(&self) -> bool {
+        self.rule.source == RuleSource::Api
+    }
+
+    /// The rule the request path sees.
+    fn effective(&self) -> Arc<Rule> {
+        let (enabled, probability) = (self.enabled(), self.probability());
+        if enabled == self.rule.enabled() && probability == self.rule.probability() {
+            Arc::clone(&self.rule)
+        } else {
+            Arc::new(self.rule.with_switches(enabled, probability))
+        }
+    }
+
+    fn switch_off(&mut self) {
+        self.enabled = Some(false);
+        self.expiry = None;
+    }
+}
+
+impl Control {
+    /// Takes over the rules and publishes the first snapshot.
+    pub fn new(proxy: Arc<Proxy>, files: RuleFiles, rules: Vec<Arc<Rule>>, seed: u64) -> Arc<Self> {
+        let control = Arc::new_cyclic(|me| Control {
+            proxy,
+            files,
+            seed,
+            started: Instant::now(),
+            state: Mutex::new(State {
+                entries: rules.into_iter().map(Entry::new).collect(),
+                halted: false,
+                release: CancellationToken::new(),
+                published: HashSet::new(),
+                last_reload: None,
+                next_timer: 0,
+            }),
+            me: me.clone(),
+        });
+        control.publish(&mut control.lock());
+        control
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data behind:
+        // every change is computed before it is stored.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Builds the snapshot of the current state and hands it to the proxy.
+    fn publish(&self, state: &mut State) {
+        let metrics = self.proxy.metrics();
+        let rules: Vec<Arc<Rule>> = state.entries.iter().map(Entry::effective).collect();
+        let names: HashSet<String> = rules.iter().map(|r| r.name().to_owned()).collect();
+        for gone in state.published.difference(&names) {
+            metrics.forget_rule(gone);
+        }
+        state.published = names;
+        let set = RuleSet::new(rules, self.proxy.upstreams(), self.seed, metrics)
+            .released_by(state.release.clone());
+        self.proxy.set_rules(set);
+    }
+
+    fn upstream_names(&self) -> Vec<&str> {
+        self.proxy
+            .upstreams()
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect()
+    }
+
+    /// Every rule, in evaluation order.
+    pub fn rules(&self) -> Vec<RuleView> {
+        let state = self.lock();
+        state.entries.iter().map(RuleView::of).collect()
+    }
+
+    pub fn rule(&self, name: &str) -> Result<RuleView, ControlError> {
+        let state = self.lock();
+        find(&state, name).map(|i| RuleView::of(&state.entries[i]))
+    }
+
+    pub fn status(&self) -> StatusView {
+        let state = self.lock();
+        StatusView::of(&state, self.seed, self.started.elapsed())
+    }
+
+    /// Adds a rule at run time, after every other rule.
+    pub fn add(
+        &self,
+        spec: RuleSpec,
+        ttl: Option<Duration>,
+        caller: &str,
+    ) -> Result<RuleView, ControlError> {
+        let mut state = self.lock();
+        if find(&state, &spec.name).is_ok() {
+            return Err(ControlError::NameTaken(spec.name));
+        }
+        if let Some(ttl) = ttl {
+            check_ttl(ttl, &FieldPath::root().key("ttl"))?;
+            if !spec.enabled {
+                return Err(ControlError::NotEnabled(spec.name));
+            }
+        }
+        if spec.enabled && state.halted {
+            return Err(ControlError::Halted);
+        }
+        let names = self.upstream_names();
+        let rule = spec
+            .validate(
+                RuleSource::Api,
+                self.files.base_dir(),
+                &names,
+                &FieldPath::root(),
+            )
+            .map_err(ControlError::Invalid)?;
+        let mut entry = Entry::new(Arc::new(rule));
+        if let Some(ttl) = ttl {
+            entry.expiry = Some(self.arm(&mut state, entry.name(), ttl));
+        }
+        let view = RuleView::of(&entry);
+        info!(
+            target: "faultline::audit",
+            caller,
+            rule = entry.name(),
+            enabled = entry.enabled(),
+            kind = entry.rule.fault.kind(),
+            ttl = ttl.map(|t| humantime::format_duration(t).to_string()),
+            "rule added"
+        );
+        state.entries.push(entry);
+        self.publish(&mut state);
+        Ok(view)
+    }
+
+    /// Flips a rule's switches: all of the change, or none of it.
+    pub fn change(
+        &self,
+        name: &str,
+        change: Change,
+        caller: &str,
+    ) -> Result<RuleView, ControlError> {
+        let mut state = self.lock();
+        let i = find(&state, name)?;
+        if let Some(p) = change.probability {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(ControlError::Invalid(vec![FieldError::new(
+                    FieldPath::root().key("probability"),
+                    format!("probability {p} is not between 0 and 1"),
+                )]));
+            }
+        }
+        let entry = &state.entries[i];
+        let enabled = change.enabled.unwrap_or(entry.enabled());
+        let ttl = change.ttl.flatten();
+        if let Some(ttl) = ttl {
+            check_ttl(ttl, &FieldPath::root().key("ttl"))?;
+        }
+        if ttl.is_some() && !enabled {
+            return Err(ControlError::NotEnabled(name.to_owned()));
+        }
+        if enabled && !entry.enabled() && state.halted {
+            return Err(ControlError::Halted);
+        }
+        let was_enabled = entry.enabled();
+        let expiry = match (enabled, change.ttl) {
+            (false, _) => None,
+            (true, Some(Some(ttl))) => Some(self.arm(&mut state, name, ttl)),
+            (true, Some(None)) => None,
+            (true, None) => state.entries[i].expiry.take(),
+        };
+        let entry = &mut state.entries[i];
+        if change.enabled.is_some() {
+            entry.enabled = Some(enabled);
+        }
+        if let Some(p) = change.probability {
+            entry.probability = Some(p);
+        }
+        entry.expiry = expiry;
+        if enabled && !was_enabled {
+            entry.rule.counters.restart();
+        }
+        let view = RuleView::of(entry);
+        info!(
+            target: "faultline::audit",
+            caller,
+            rule = name,
+            enabled,
+            probability = entry.probability(),
+            expires_at = view.expires_at.as_deref(),
+            "rule changed"
+        );
+        self.publish(&mut state);
+        Ok(view)
+    }
+
+    /// Removes a rule added through the API.
+    pub fn delete(&self, name: &str, caller: &str) -> Result<(), ControlError> {
+        let mut state = self.lock();
+        let i = find(&state, name)?;
+        if !state.entries[i].is_api() {
+            return Err(ControlError::FileRule(name.to_owned()));
+        }
+        state.entries.remove(i);
+        info!(target: "faultline::audit", caller, rule = name, "rule deleted");
+        self.publish(&mut state);
+        Ok(())
+    }
+
+    /// Turns every fault off and refuses to turn any on until [`Control::resume`].
+    /// Requests waiting inside a fault are let go and forwarded.
+    pub fn halt(&self, caller: &str) -> StatusView {
+        let mut state = self.lock();
+        if !state.halted {
+            state.halted = true;
+            let switched_off: Vec<String> = state
+                .entries
+                .iter_mut()
+                .filter(|entry| entry.enabled())
+                .map(|entry| {
+                    entry.switch_off();
+                    entry.name().to_owned()
+                })
+                .collect();
+            // Let go of everything the older snapshots hold.
+            let release = std::mem::take(&mut state.release);
+            self.publish(&mut state);
+            release.cancel();
+            self.proxy.metrics().halted().set(1);
+            warn!(
+                target: "faultline::audit",
+                caller,
+                switched_off = switched_off.join(","),
+                "HALTED: every fault is off until resumed"
+            );
+        }
+        StatusView::of(&state, self.seed, self.started.elapsed())
+    }
+
+    /// Lifts the halt: rules may be enabled again. Nothing turns on by itself.
+    pub fn resume(&self, caller: &str) -> StatusView {
+        let mut state = self.lock();
+        if state.halted {
+            state.halted = false;
+            self.proxy.metrics().halted().set(0);
+            info!(target: "faultline::audit", caller, "resumed: rules may be enabled again");
+        }
+        StatusView::of(&state, self.seed, self.started.elapsed())
+    }
+
+    pub fn is_halted(&self) -> bool {
+        self.lock().halted
+    }
+
+    /// Reads the rule files again and applies them whole, or not at all.
+    ///
+    /// A rule that is still there keeps its counters and its runtime
+    /// switches, unless the file now says otherwise for that switch (the
+    /// newer word wins). Runtime rules stay after the file rules.
+    pub fn reload(&self, trigger: &Trigger) -> Result<ReloadSummary, ControlError> {
+        let names = self.upstream_names();
+        // Read outside the lock: the admin API stays responsive meanwhile.
+        let loaded = self.files.load(&names);
+        let mut state = self.lock();
+        let defined = loaded.and_then(|rules| check_api_names(&state, rules));
+        let defined = match defined {
+            Ok(rules) => rules,
+            Err(problems) => {
+                self.proxy.metrics().record_reload(false);
+                warn!(
+                    target: "faultline::audit",
+                    caller = %trigger,
+                    problems = problems.len(),
+                    "reload rejected; the rules in force are unchanged"
+                );
+                for problem in &problems {
+                    warn!("{problem}");
+                }
+                state.last_reload = Some(LastReload::rejected(trigger, &problems));
+                return Err(ControlError::Rejected(problems));
+            }
+        };
+        let mut old: HashMap<String, Entry> = HashMap::new();
+        let mut api = Vec::new();
+        for entry in std::mem::take(&mut state.entries) {
+            if entry.is_api() {
+                api.push(entry);
+            } else {
+                old.insert(entry.name().to_owned(), entry);
+            }
+        }
+        let mut summary = ReloadSummary::default();
+        let mut entries = Vec::with_capacity(defined.len() + api.len());
+        for rule in defined {
+            let entry = match old.remove(rule.name()) {
+                Some(entry) if entry.rule.spec == rule.spec && entry.rule.source == rule.source => {
+                    summary.unchanged += 1;
+                    entry
+                }
+                Some(previous) => {
+                    summary.changed.push(rule.name().to_owned());
+                    carry_over(previous, rule)
+                }
+                None => {
+                    summary.added.push(rule.name().to_owned());
+                    Entry::new(rule)
+                }
+            };
+            entries.push(entry);
+        }
+        summary.removed = old.into_keys().collect();
+        summary.removed.sort();
+        entries.extend(api);
+        if state.halted {
+            for entry in entries.iter_mut().filter(|e| e.enabled()) {
+                entry.switch_off();
+            }
+        }
+        state.entries = entries;
+        summary.rules = state.entries.len();
+        self.publish(&mut state);
+        if summary.is_empty() && *trigger == Trigger::Watcher {
+            // A file touched but not changed (an editor's swap file, a
+            // ConfigMap refresh): not worth a count or a log line.
+            debug!(caller = %trigger, "reload: nothing changed");
+            return Ok(summary);
+        }
+        self.proxy.metrics().record_reload(true);
+        state.last_reload = Some(LastReload::applied(trigger));
+        if summary.is_empty() {
+            info!(target: "faultline::audit", caller = %trigger, "reload: nothing changed");
+        } else {
+            info!(
+                target: "faultline::audit",
+                caller = %trigger,
+                added = summary.added.join(","),
+                changed = summary.changed.join(","),
+                removed = summary.removed.join(","),
+                "reload applied"
+            );
+        }
+        Ok(summary)
+    }
+
+    /// Starts the countdown of a TTL.
+    fn arm(&self, state: &mut State, name: &str, ttl: Duration) -> Expiry {
+        state.next_timer += 1;
+        let id = state.next_timer;
+        let timer = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let me = self.me.clone();
+            let name = name.to_owned();
+            runtime
+                .spawn(async move {
+                    tokio::time::sleep(ttl).await;
+                    if let Some(control) = me.upgrade() {
+                        control.expire(&name, id);
+                    }
+                })
+                .abort_handle()
+        });
+        Expiry {
+            at: SystemTime::now() + ttl,
+            id,
+            timer,
+        }
+    }
+
+    /// A TTL ran out: the rule turns off, unless it was changed since.
+    fn expire(&self, name: &str, id: u64) {
+        let mut state = self.lock();
+        let Ok(i) = find(&state, name) else { return };
+        let entry = &mut state.entries[i];
+        if entry.expiry.as_ref().is_none_or(|e| e.id != id) {
+            return;
+        }
+        // Not aborted from inside: the timer is this task.
+        if let Some(mut expiry) = entry.expiry.take() {
+            expiry.timer = None;
+        }
+        entry.enabled = Some(false);
+        info!(target: "faultline::audit", caller = "ttl", rule = name, "rule expired and is now off");
+        self.publish(&mut state);
+    }
+}
+
+fn find(state: &State, name: &str) -> Result<usize, ControlError> {
+    state
+        .entries
+        .iter()
+        .position(|e| e.name() == name)
+        .ok_or_else(|| ControlError::NotFound(name.to_owned()))
+}
+
+fn check_ttl(ttl: Duration, field: &FieldPath) -> Result<(), ControlError> {
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(ControlError::Invalid(vec![FieldError::new(
+            field.clone(),
+            format!(
+                "ttl {} must be more than 0 and at most {}",
+                humantime::format_duration(ttl),
+                humantime::format_duration(MAX_TTL)
+            ),
+        )]));
+    }
+    Ok(())
+}
+
+/// A file rule may not take the name of a rule added through the API.
+fn check_api_names(
+    state: &State,
+    rules: Vec<Arc<Rule>>,
+) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
+    let taken: Vec<Diagnostic> = rules
+        .iter()
+        .filter(|rule| {
+            state
+                .entries
+                .iter()
+                .any(|e| e.is_api() && e.name() == rule.name())
+        })
+        .map(|rule| {
+            let path = match &rule.source {
+                RuleSource::File(path) => path.as_path(),
+                RuleSource::Api => Path::new("api"),
+            };
+            Diagnostic::whole_file(
+                path,
+                format!(
+                    "rule {:?}: a rule added through the admin API has this name; delete it first",
+                    rule.name()
+                ),
+            )
+        })
+        .collect();
+    if taken.is_empty() {
+        Ok(rules)
+    } else {
+        Err(taken)
+    }
+}
+
+/// A file rule whose definition changed: it keeps its counters, and each
+/// runtime switch the file did not change.
+fn carry_over(previous: Entry, rule: Arc<Rule>) -> Entry {
+    let mut rule = match Arc::try_unwrap(rule) {
+        Ok(rule) => rule,
+        Err(shared) => shared.with_switches(shared.enabled(), shared.probability()),
+    };
+    rule.counters = Arc::clone(&previous.rule.counters);
+    let rule = Arc::new(rule);
+    let keep_enabled = previous.rule.enabled() == rule.enabled();
+    let keep_probability = previous.rule.probability() == rule.probability();
+    let mut entry = Entry::new(rule);
+    if keep_enabled {
+        entry.enabled = previous.enabled;
+        entry.expiry = previous.expiry;
+    }
+    if keep_probability {
+        entry.probability = previous.probability;
+    }
+    entry
+}

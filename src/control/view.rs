@@ -1,0 +1,172 @@
+//! What the admin API shows of the runtime state, as JSON; `faultline ctl`
+//! reads the same types back.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Entry, State};
+use crate::diagnostic::Diagnostic;
+use crate::fault::FaultSpec;
+use crate::reload::Trigger;
+use crate::rules::{MatchSpec, RuleSource};
+
+/// One rule: its definition, its switches as they are now, and its counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleView {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `file` or `api`.
+    pub source: String,
+    /// The rule file, for a file rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    pub enabled: bool,
+    pub probability: f64,
+    #[serde(rename = "match")]
+    pub matcher: MatchSpec,
+    pub fault: FaultSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<String>,
+    /// RFC 3339, when a TTL is counting down; `null` otherwise.
+    pub expires_at: Option<String>,
+    /// Faults injected over the rule's life.
+    pub injected: u64,
+    /// What is left of `times` since the rule was last enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times_left: Option<u64>,
+}
+
+impl RuleView {
+    pub(super) fn of(entry: &Entry) -> RuleView {
+        let rule = &entry.rule;
+        let spec = &rule.spec;
+        RuleView {
+            name: spec.name.clone(),
+            description: spec.description.clone(),
+            source: match rule.source {
+                RuleSource::File(_) => "file",
+                RuleSource::Api => "api",
+            }
+            .to_owned(),
+            file: match &rule.source {
+                RuleSource::File(path) => Some(path.display().to_string()),
+                RuleSource::Api => None,
+            },
+            enabled: entry.enabled(),
+            probability: entry.probability(),
+            matcher: spec.matcher.clone(),
+            fault: spec.fault.clone(),
+            times: spec.times,
+            every: spec.every,
+            sticky: spec.sticky.clone(),
+            expires_at: entry.expiry.as_ref().map(|e| rfc3339(e.at)),
+            injected: rule.counters.injected(),
+            times_left: rule
+                .times
+                .map(|times| times.saturating_sub(rule.counters.fired())),
+        }
+    }
+}
+
+/// `GET /api/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub halted: bool,
+    /// The seed fault decisions are drawn from: replay a run with it.
+    pub seed: u64,
+    pub rules: RuleCounts,
+    /// Names of the scenarios running now.
+    pub scenarios_running: Vec<String>,
+    #[serde(default)]
+    pub last_reload: Option<LastReload>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleCounts {
+    pub total: usize,
+    pub enabled: usize,
+    pub file: usize,
+    pub api: usize,
+}
+
+impl StatusView {
+    pub(super) fn of(state: &State, seed: u64, uptime: Duration) -> StatusView {
+        let api = state.entries.iter().filter(|e| e.is_api()).count();
+        StatusView {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: uptime.as_secs(),
+            halted: state.halted,
+            seed,
+            rules: RuleCounts {
+                total: state.entries.len(),
+                enabled: state.entries.iter().filter(|e| e.enabled()).count(),
+                file: state.entries.len() - api,
+                api,
+            },
+            scenarios_running: Vec::new(),
+            last_reload: state.last_reload.clone(),
+        }
+    }
+}
+
+/// The last reload, applied or rejected, and by what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastReload {
+    pub at: String,
+    /// `applied` or `rejected`.
+    pub outcome: String,
+    /// `api`, `watcher`, `SIGHUP`, …
+    pub trigger: String,
+    /// `PATH:LINE:COL: error: MESSAGE`, one per problem.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+impl LastReload {
+    pub(super) fn applied(trigger: &Trigger) -> LastReload {
+        LastReload {
+            at: rfc3339(SystemTime::now()),
+            outcome: "applied".to_owned(),
+            trigger: trigger.to_string(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub(super) fn rejected(trigger: &Trigger, problems: &[Diagnostic]) -> LastReload {
+        LastReload {
+            at: rfc3339(SystemTime::now()),
+            outcome: "rejected".to_owned(),
+            trigger: trigger.to_string(),
+            errors: problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+    /// Rules in force afterwards, file and API.
+    pub rules: usize,
+}
+
+impl ReloadSummary {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
