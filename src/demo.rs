@@ -162,6 +162,32 @@ impl Demo {
         text.push_str(&format!(
             "  curl -s {admin}/metrics | grep -E '^faultline_(requests|faults_injected)_total'\n\n"
         ));
+        // `ctl` needs --admin only when the demo's admin address is not the default.
+        let admin_flag = if self.proxy.admin_addr().to_string() == "127.0.0.1:9000" {
+            String::new()
+        } else {
+            format!(" --admin {admin}")
+        };
+        let ctl = format!("cargo run --release -q -- ctl{admin_flag}");
+        let toggled = rules
+            .rules()
+            .iter()
+            .find(|rule| rule.enabled())
+            .map_or("RULE", |rule| rule.name());
+        text.push_str("Drive it live from another terminal:\n");
+        text.push_str(&format!(
+            "  {ctl} rules                          # every rule: switch, probability, injected count\n"
+        ));
+        text.push_str(&format!("  {ctl} disable {toggled}\n"));
+        text.push_str(&format!(
+            "  {ctl} enable {toggled} --ttl 5m     # turns itself off after 5 minutes\n"
+        ));
+        text.push_str(&format!(
+            "  {ctl} halt                           # the kill switch; `ctl resume` lifts it\n"
+        ));
+        text.push_str(&format!(
+            "  edit rules/*.toml: saved changes apply at once (or `{ctl} reload`)\n\n"
+        ));
         text.push_str("Injected responses carry x-faultline-rule; errors the proxy makes itself carry x-faultline-error.\n");
         text.push_str("Press Ctrl-C to stop.\n");
         text

@@ -1,5 +1,6 @@
 //! The admin API of SPEC §5 through a real socket: the rule routes, their
 //! errors, the token, the kill switch, TTLs and a toggle storm under load.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

@@ -311,17 +311,6 @@ fn refuse_config(upstream: &TestUpstream) -> String {
 
 const REFUSE: &str = "[[rule]]\nname = \"down\"\n[rule.match]\nupstreams = [\"orders-use1\"]\n[rule.fault]\nkind = \"unavailable\"\nmode = \"refuse\"\n";
 
-fn snapshot(proxy: &TestProxy, rules: &str) -> faultline::rules::RuleSet {
-    let p = proxy.running().proxy();
-    let names: Vec<&str> = p.upstreams().iter().map(|u| u.name.as_str()).collect();
-    let texts = [faultline::rules::RuleText {
-        path: "rules/test.toml".into(),
-        text: rules.to_owned(),
-    }];
-    let rules = faultline::rules::load_sources(&texts, &names).unwrap();
-    faultline::rules::RuleSet::new(rules, p.upstreams(), 1, p.metrics())
-}
-
 #[tokio::test]
 async fn refuse_closes_the_dedicated_port_and_reopens_it() {
     let upstream = TestUpstream::start("orders-use1").await;
@@ -335,7 +324,7 @@ async fn refuse_closes_the_dedicated_port_and_reopens_it() {
 
     // The rule turns off: the port accepts again within 100 ms.
     let off = Instant::now();
-    proxy.running().proxy().set_rules(snapshot(&proxy, ""));
+    proxy.admin("POST", "/api/rules/down/disable", None).await;
     let mut stream = loop {
         if let Ok(stream) = TcpStream::connect(addr).await {
             break stream;
@@ -356,7 +345,7 @@ async fn refuse_closes_the_dedicated_port_and_reopens_it() {
     assert_eq!(&head, b"HTTP/1.1 200");
 
     // On again: the open keep-alive connection is reset, new ones refused.
-    proxy.running().proxy().set_rules(snapshot(&proxy, REFUSE));
+    proxy.admin("POST", "/api/rules/down/enable", None).await;
     let mut rest = Vec::new();
     let result = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest)).await;
     let error = result

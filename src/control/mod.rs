@@ -624,3 +624,112 @@ fn carry_over(previous: Entry, rule: Arc<Rule>) -> Entry {
     }
     entry
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+
+    const CONFIG: &str = "[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nname = \"orders\"\nurl = \"http://127.0.0.1:9\"\n[[route]]\nlistener = \"edge\"\nupstream = \"orders\"\n";
+
+    fn rule(name: &str, extra: &str) -> String {
+        format!(
+            "[[rule]]\nname = \"{name}\"\n{extra}\n[rule.fault]\nkind = \"error\"\nstatus = 503\n"
+        )
+    }
+
+    /// A control over the rule files of a temporary folder.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        control: Arc<Control>,
+    }
+
+    impl Fixture {
+        fn new(rules: &str) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+            let config = Config::parse(CONFIG, dir.path()).unwrap();
+            let metrics = Metrics::new();
+            let empty = RuleSet::new(Vec::new(), &config.upstreams, 1, &metrics);
+            let proxy = Arc::new(Proxy::new(&config, empty, metrics));
+            let files = RuleFiles::Dir(dir.path().to_path_buf());
+            let rules = files.load(&["orders"]).unwrap();
+            let control = Control::new(proxy, files, rules, 1);
+            Fixture { dir, control }
+        }
+
+        fn edit(&self, rules: &str) -> ReloadSummary {
+            std::fs::write(self.dir.path().join("rules.toml"), rules).unwrap();
+            self.control.reload(&Trigger::Signal).unwrap()
+        }
+
+        fn view(&self, name: &str) -> RuleView {
+            self.control.rule(name).unwrap()
+        }
+
+        /// What the request path sees of a rule.
+        fn published(&self, name: &str) -> Arc<Rule> {
+            let rules = self.control.proxy.rules();
+            let rule = rules.rules().iter().find(|r| r.name() == name).cloned();
+            rule.unwrap()
+        }
+    }
+
+    fn set(probability: f64) -> Change {
+        Change {
+            probability: Some(probability),
+            ..Change::default()
+        }
+    }
+
+    #[test]
+    fn a_runtime_switch_survives_until_the_file_changes_that_switch() {
+        let fixture = Fixture::new(&rule("flaky", "probability = 0.5"));
+        fixture.control.change("flaky", set(0.1), "test").unwrap();
+
+        let summary = fixture.edit(&rule("flaky", "probability = 0.5\ndescription = \"x\""));
+        assert_eq!(summary.changed, ["flaky"]);
+        assert_eq!(fixture.view("flaky").probability, 0.1);
+        assert_eq!(fixture.published("flaky").probability(), 0.1);
+
+        // The file's newer word on the same switch wins.
+        fixture.edit(&rule("flaky", "probability = 0.9"));
+        assert_eq!(fixture.view("flaky").probability, 0.9);
+        assert_eq!(fixture.published("flaky").probability(), 0.9);
+    }
+
+    #[test]
+    fn a_changed_rule_keeps_its_counts() {
+        let fixture = Fixture::new(&rule("flaky", ""));
+        fixture.published("flaky").counters.record_injected();
+        fixture.edit(&rule("flaky", "probability = 0.5"));
+        assert_eq!(fixture.view("flaky").injected, 1);
+    }
+
+    #[test]
+    fn while_halted_a_reload_turns_nothing_on() {
+        let fixture = Fixture::new(&rule("first", ""));
+        let status = fixture.control.halt("test");
+        assert!(status.halted);
+        assert!(!fixture.view("first").enabled);
+        assert!(fixture.control.proxy.rules().candidates(0).is_none());
+
+        let summary = fixture.edit(&format!("{}{}", rule("first", ""), rule("second", "")));
+        assert_eq!(summary.added, ["second"]);
+        assert!(!fixture.view("second").enabled);
+        fixture.control.resume("test");
+        assert!(!fixture.view("second").enabled, "resume turned a rule on");
+        assert!(fixture.control.proxy.rules().candidates(0).is_none());
+    }
+
+    #[test]
+    fn halting_releases_what_older_snapshots_hold() {
+        let fixture = Fixture::new(&rule("first", ""));
+        let before = fixture.control.proxy.rules();
+        assert!(!before.release().is_cancelled());
+        fixture.control.halt("test");
+        assert!(before.release().is_cancelled());
+        assert!(!fixture.control.proxy.rules().release().is_cancelled());
+    }
+}
