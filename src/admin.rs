@@ -42,8 +42,9 @@ use subtle::ConstantTimeEq;
 use crate::control::{Change, Control, ControlError};
 use crate::diagnostic::FieldError;
 use crate::metrics::Metrics;
-use crate::reload::Trigger;
+use crate::reload::{self, Trigger};
 use crate::rules::RuleSpec;
+use tracing::warn;
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The largest admin request body: a rule with an inline error body fits.
@@ -174,7 +175,7 @@ impl Admin {
     ) -> Result<AdminResponse, Infallible> {
         let path = request.uri().path().to_owned();
         let response = if let Some(api) = path.strip_prefix("/api/") {
-            match self.authorize(&request) {
+            match self.authorize(&request, peer) {
                 Ok(()) => self.api(api, peer, request).await,
                 Err(failure) => Err(failure),
             }
@@ -197,15 +198,15 @@ impl Admin {
         result.unwrap_or_else(Failure::into_response)
     }
 
-    fn authorize(&self, request: &Request<Incoming>) -> Result<(), Failure> {
+    fn authorize(&self, request: &Request<Incoming>, peer: SocketAddr) -> Result<(), Failure> {
         let Some(token) = &self.token else {
             return Ok(());
         };
         let given = request
             .headers()
             .get(AUTHORIZATION)
-            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
-        match given {
+            .and_then(|value| bearer_token(value.as_bytes()));
+        let verdict = match given {
             None => Err(Failure::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -217,7 +218,16 @@ impl Admin {
                 "unauthorized",
                 "the bearer token is wrong",
             )),
+        };
+        if verdict.is_err() {
+            warn!(
+                target: "faultline::audit",
+                caller = %peer,
+                path = request.uri().path(),
+                "admin call refused: no or wrong token"
+            );
         }
+        verdict
     }
 
     async fn api(
@@ -260,15 +270,16 @@ impl Admin {
             (["rules", _], _) => Err(method_not_allowed("GET, PATCH, DELETE")),
             (["rules", name, "enable"], &Method::POST) => {
                 let body = read_optional_json_object(request).await?;
-                let ttl = take_fields(body, &["ttl"])?.remove("ttl");
-                let ttl = match ttl {
-                    None | Some(Value::Null) => None,
-                    Some(value) => Some(parse_ttl(&value)?),
+                // No `ttl`: a TTL already counting down stays; `null` removes it.
+                let ttl = match take_fields(body, &["ttl"])?.remove("ttl") {
+                    None => None,
+                    Some(Value::Null) => Some(None),
+                    Some(value) => Some(Some(parse_ttl(&value)?)),
                 };
                 let change = Change {
                     enabled: Some(true),
                     probability: None,
-                    ttl: Some(ttl),
+                    ttl,
                 };
                 ok(&control.change(name, change, &caller)?)
             }
@@ -282,7 +293,7 @@ impl Admin {
             }
             (["rules", _, "enable" | "disable"], _) => Err(method_not_allowed("POST")),
             (["reload"], &Method::POST) => {
-                let summary = control.reload(&Trigger::Api(caller))?;
+                let summary = reload::in_background(control, Trigger::Api(caller)).await?;
                 ok(&json!({
                     "outcome": "applied",
                     "added": summary.added,
@@ -298,6 +309,15 @@ impl Admin {
             _ => Err(not_found(&format!("/api/{path}"))),
         }
     }
+}
+
+/// The token of `Bearer TOKEN` (the scheme in any case, RFC 9110 §11.1).
+fn bearer_token(header: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = header.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !token.first()?.is_ascii_whitespace() {
+        return None;
+    }
+    Some(token.trim_ascii())
 }
 
 /// A rule to add: the file schema as JSON, and an optional `ttl`.

@@ -24,6 +24,28 @@ use crate::control::Control;
 
 /// How long the rules directory must be quiet before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// The longest a reload waits for quiet: a directory written to without a
+/// pause (a sidecar's log file) still gets its reloads.
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
+
+/// Runs [`Control::reload`] on the blocking pool: it reads files, and the
+/// runtime's workers serve requests meanwhile.
+pub async fn in_background(
+    control: &Arc<Control>,
+    trigger: Trigger,
+) -> Result<crate::control::ReloadSummary, crate::control::ControlError> {
+    let control = Arc::clone(control);
+    match tokio::task::spawn_blocking(move || control.reload(&trigger)).await {
+        Ok(outcome) => outcome,
+        // Only a panic inside the reload gets here; the rules in force stay.
+        Err(e) => Err(crate::control::ControlError::Rejected(vec![
+            crate::diagnostic::Diagnostic::whole_file(
+                Path::new("(reload)"),
+                format!("the reload failed: {e}"),
+            ),
+        ])),
+    }
+}
 
 /// What asked for a reload, for the audit log and `/api/status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,17 +93,20 @@ pub fn watch(
                 () = stop.cancelled() => return,
                 change = changes.recv() => if change.is_none() { return },
             }
-            // Wait for the burst to end.
+            // Wait for the burst to end, but not forever.
+            let give_up = tokio::time::sleep(DEBOUNCE_MAX);
+            tokio::pin!(give_up);
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
+                    () = &mut give_up => break,
                     () = tokio::time::sleep(DEBOUNCE) => break,
                     change = changes.recv() => if change.is_none() { return },
                 }
             }
             debug!("rule files changed");
             // Rejections are logged and shown in /api/status by the reload itself.
-            let _ = control.reload(&Trigger::Watcher);
+            let _ = in_background(&control, Trigger::Watcher).await;
         }
     }))
 }
@@ -111,7 +136,7 @@ pub fn on_hangup(
                 () = stop.cancelled() => return,
                 hangup = hangups.recv() => if hangup.is_none() { return },
             }
-            let _ = control.reload(&Trigger::Signal);
+            let _ = in_background(&control, Trigger::Signal).await;
         }
     }))
 }

@@ -170,6 +170,13 @@ async fn bad_requests_get_a_precise_error_and_change_nothing() {
         StatusCode::CONFLICT,
         "rule_exists",
     );
+    let file = assert_error(
+        &post(r#"{"name":"x","fault":{"kind":"error","status":500,"body_file":"/etc/passwd"}}"#)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_rule",
+    );
+    assert_eq!(file["field"], "fault.body_file");
     let bad_ttl = assert_error(
         &post(r#"{"name":"x","ttl":"soon","fault":{"kind":"abort"}}"#).await,
         StatusCode::BAD_REQUEST,
@@ -264,6 +271,11 @@ async fn a_token_guards_the_api_but_not_health_or_metrics() {
         json(&proxy.admin("GET", "/api/status", None).await)["error"],
         "unauthorized"
     );
+    let lowercase = Request::get(format!("{}/api/status", proxy.admin_url()))
+        .header("authorization", "bearer  s3cret")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&client(), lowercase).await.status, StatusCode::OK);
     let with = proxy
         .admin_as(Some("s3cret"), "GET", "/api/status", None)
         .await;
@@ -406,7 +418,13 @@ async fn a_rule_enabled_with_a_ttl_turns_itself_off() {
             Some(r#"{"enabled":true,"ttl":"1h"}"#),
         )
         .await;
-    assert!(json(&patched)["expires_at"].is_string());
+    let expires_at = json(&patched)["expires_at"].clone();
+    assert!(expires_at.is_string());
+    // Enabling again without a TTL leaves the one counting down.
+    let again = proxy
+        .admin("POST", "/api/rules/use1-503/enable", None)
+        .await;
+    assert_eq!(json(&again)["expires_at"], expires_at);
     let cleared = proxy
         .admin("PATCH", "/api/rules/use1-503", Some(r#"{"ttl":null}"#))
         .await;
@@ -544,6 +562,7 @@ async fn runtime_toggles_survive_a_reload() {
         .as_str()
         .unwrap()
         .contains("admin API"));
+    assert_eq!(body["errors"][0]["line"], 2, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -598,4 +617,31 @@ async fn toggling_a_rule_1000_times_under_load_loses_no_request() {
     let rule = json(&proxy.admin("GET", "/api/rules/flaky", None).await);
     assert_eq!(rule["enabled"], true, "the last of 1000 toggles enables it");
     assert_eq!(rule["injected"].as_u64().unwrap() as usize, faulted);
+}
+
+#[tokio::test]
+async fn halt_forwards_a_request_an_abort_was_still_reading() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = TestUpstream::start("orders-use1").await;
+    let empty_abort = rule("hang-up", "", "", "kind = \"abort\"\nmode = \"empty\"");
+    let proxy = proxy(&upstream, &empty_abort).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr("edge"))
+        .await
+        .unwrap();
+    // Half the body: the abort reads the whole request before hanging up.
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: test\r\ncontent-length: 10\r\nconnection: close\r\n\r\nhello")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.admin("POST", "/api/halt", None).await;
+    stream.write_all(b"world").await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+        .await
+        .expect("no answer after the halt")
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("helloworld"), "{response}");
 }

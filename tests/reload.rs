@@ -80,6 +80,25 @@ async fn the_watcher_applies_a_save_by_atomic_rename() {
         get(&format!("{edge}/b")).await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
+
+    // Saving the good version back is a reload like any other, shown as applied.
+    save_by_rename(
+        &proxy.rules_dir().join("test.toml"),
+        &error_rule("first", "/b", 503),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = proxy.admin("GET", "/api/status", None).await;
+        let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+        if status["last_reload"]["outcome"] == "applied" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fixed save was not shown as applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[cfg(unix)]

@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::AbortHandle;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
+use crate::fault::Fault;
 use crate::proxy::Proxy;
 use crate::reload::Trigger;
-use crate::rules::{self, Rule, RuleSet, RuleSource, RuleSpec, RuleText};
+use crate::rules::{self, Release, Rule, RuleSet, RuleSource, RuleSpec, RuleText};
 
 pub use view::{LastReload, ReloadSummary, RuleCounts, RuleView, StatusView};
 
@@ -41,10 +41,17 @@ pub enum RuleFiles {
 }
 
 impl RuleFiles {
-    fn load(&self, upstream_names: &[&str]) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
+    /// Reads and validates the files; no rule may take a `reserved` name.
+    fn load(
+        &self,
+        upstream_names: &[&str],
+        reserved: &[&str],
+    ) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
         match self {
-            RuleFiles::Dir(dir) => rules::load_dir(dir, upstream_names),
-            RuleFiles::Fixed(texts) => rules::load_sources(texts, upstream_names),
+            RuleFiles::Dir(dir) => rules::load_dir_reserving(dir, upstream_names, reserved),
+            RuleFiles::Fixed(texts) => {
+                rules::load_sources_reserving(texts, upstream_names, reserved)
+            }
         }
     }
 
@@ -100,6 +107,9 @@ pub struct Control {
     seed: u64,
     started: Instant,
     state: Mutex<State>,
+    /// Held through a whole reload, read and apply, so two reloads at once
+    /// cannot apply an older read after a newer one.
+    reloading: Mutex<()>,
     /// For TTL timers, which outlive the call that armed them.
     me: Weak<Control>,
 }
@@ -108,8 +118,8 @@ struct State {
     /// File rules in evaluation order, then API rules in the order added.
     entries: Vec<Entry>,
     halted: bool,
-    /// The kill switch's token for the snapshots published since the last halt.
-    release: CancellationToken,
+    /// The kill switch's signal for the snapshots published since the last halt.
+    release: Arc<Release>,
     /// Rule names that have a `faultline_rule_enabled` series.
     published: HashSet<String>,
     last_reload: Option<LastReload>,
@@ -192,11 +202,12 @@ impl Control {
             state: Mutex::new(State {
                 entries: rules.into_iter().map(Entry::new).collect(),
                 halted: false,
-                release: CancellationToken::new(),
+                release: Arc::default(),
                 published: HashSet::new(),
                 last_reload: None,
                 next_timer: 0,
             }),
+            reloading: Mutex::new(()),
             me: me.clone(),
         });
         control.publish(&mut control.lock());
@@ -221,7 +232,7 @@ impl Control {
         }
         state.published = names;
         let set = RuleSet::new(rules, self.proxy.upstreams(), self.seed, metrics)
-            .released_by(state.release.clone());
+            .released_by(Arc::clone(&state.release));
         self.proxy.set_rules(set);
     }
 
@@ -268,6 +279,13 @@ impl Control {
         }
         if spec.enabled && state.halted {
             return Err(ControlError::Halted);
+        }
+        if spec.fault.body_file.is_some() {
+            // The API must not become a way to read the proxy's files.
+            return Err(ControlError::Invalid(vec![FieldError::new(
+                FieldPath::root().key("fault").key("body_file"),
+                "rules added through the API carry their body inline (`body`); `body_file` is for rule files",
+            )]));
         }
         let names = self.upstream_names();
         let rule = spec
@@ -389,7 +407,7 @@ impl Control {
             // Let go of everything the older snapshots hold.
             let release = std::mem::take(&mut state.release);
             self.publish(&mut state);
-            release.cancel();
+            release.release();
             self.proxy.metrics().halted().set(1);
             warn!(
                 target: "faultline::audit",
@@ -422,12 +440,29 @@ impl Control {
     /// switches, unless the file now says otherwise for that switch (the
     /// newer word wins). Runtime rules stay after the file rules.
     pub fn reload(&self, trigger: &Trigger) -> Result<ReloadSummary, ControlError> {
+        let _reloading = self
+            .reloading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let names = self.upstream_names();
-        // Read outside the lock: the admin API stays responsive meanwhile.
-        let loaded = self.files.load(&names);
+        let api_names: Vec<String> = {
+            let state = self.lock();
+            state
+                .entries
+                .iter()
+                .filter(|e| e.is_api())
+                .map(|e| e.name().to_owned())
+                .collect()
+        };
+        let reserved: Vec<&str> = api_names.iter().map(String::as_str).collect();
+        // Read outside the state lock: the admin API stays responsive meanwhile.
+        let loaded = self.files.load(&names, &reserved);
         let mut state = self.lock();
-        let defined = loaded.and_then(|rules| check_api_names(&state, rules));
-        let defined = match defined {
+        let was_rejected = state
+            .last_reload
+            .as_ref()
+            .is_some_and(|last| last.outcome == "rejected");
+        let defined = match loaded {
             Ok(rules) => rules,
             Err(problems) => {
                 self.proxy.metrics().record_reload(false);
@@ -457,7 +492,7 @@ impl Control {
         let mut entries = Vec::with_capacity(defined.len() + api.len());
         for rule in defined {
             let entry = match old.remove(rule.name()) {
-                Some(entry) if entry.rule.spec == rule.spec && entry.rule.source == rule.source => {
+                Some(entry) if same_definition(&entry.rule, &rule) => {
                     summary.unchanged += 1;
                     entry
                 }
@@ -483,7 +518,7 @@ impl Control {
         state.entries = entries;
         summary.rules = state.entries.len();
         self.publish(&mut state);
-        if summary.is_empty() && *trigger == Trigger::Watcher {
+        if summary.is_empty() && *trigger == Trigger::Watcher && !was_rejected {
             // A file touched but not changed (an editor's swap file, a
             // ConfigMap refresh): not worth a count or a log line.
             debug!(caller = %trigger, "reload: nothing changed");
@@ -569,38 +604,14 @@ fn check_ttl(ttl: Duration, field: &FieldPath) -> Result<(), ControlError> {
     Ok(())
 }
 
-/// A file rule may not take the name of a rule added through the API.
-fn check_api_names(
-    state: &State,
-    rules: Vec<Arc<Rule>>,
-) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
-    let taken: Vec<Diagnostic> = rules
-        .iter()
-        .filter(|rule| {
-            state
-                .entries
-                .iter()
-                .any(|e| e.is_api() && e.name() == rule.name())
-        })
-        .map(|rule| {
-            let path = match &rule.source {
-                RuleSource::File(path) => path.as_path(),
-                RuleSource::Api => Path::new("api"),
-            };
-            Diagnostic::whole_file(
-                path,
-                format!(
-                    "rule {:?}: a rule added through the admin API has this name; delete it first",
-                    rule.name()
-                ),
-            )
-        })
-        .collect();
-    if taken.is_empty() {
-        Ok(rules)
-    } else {
-        Err(taken)
-    }
+/// Whether a reloaded rule is the one already in force: the same text,
+/// and for an `error` fault the same body (a `body_file` may have changed).
+fn same_definition(old: &Rule, new: &Rule) -> bool {
+    let same_body = match (&old.fault, &new.fault) {
+        (Fault::Respond(old), Fault::Respond(new)) => old.body == new.body,
+        _ => true,
+    };
+    old.spec == new.spec && old.source == new.source && same_body
 }
 
 /// A file rule whose definition changed: it keeps its counters, and each
@@ -647,14 +658,20 @@ mod tests {
 
     impl Fixture {
         fn new(rules: &str) -> Fixture {
+            Fixture::with_file("notes.txt", "", rules)
+        }
+
+        /// A fixture whose folder also holds `file`, for `body_file`.
+        fn with_file(file: &str, contents: &str, rules: &str) -> Fixture {
             let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(file), contents).unwrap();
             std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
             let config = Config::parse(CONFIG, dir.path()).unwrap();
             let metrics = Metrics::new();
             let empty = RuleSet::new(Vec::new(), &config.upstreams, 1, &metrics);
             let proxy = Arc::new(Proxy::new(&config, empty, metrics));
             let files = RuleFiles::Dir(dir.path().to_path_buf());
-            let rules = files.load(&["orders"]).unwrap();
+            let rules = files.load(&["orders"], &[]).unwrap();
             let control = Control::new(proxy, files, rules, 1);
             Fixture { dir, control }
         }
@@ -708,6 +725,15 @@ mod tests {
     }
 
     #[test]
+    fn an_edited_body_file_is_a_change() {
+        let with_file = "[[rule]]\nname = \"teapot\"\n[rule.fault]\nkind = \"error\"\nstatus = 418\nbody_file = \"tea.txt\"\n";
+        let fixture = Fixture::with_file("tea.txt", "green", with_file);
+        assert!(fixture.edit(with_file).is_empty());
+        std::fs::write(fixture.dir.path().join("tea.txt"), "black").unwrap();
+        assert_eq!(fixture.edit(with_file).changed, ["teapot"]);
+    }
+
+    #[test]
     fn while_halted_a_reload_turns_nothing_on() {
         let fixture = Fixture::new(&rule("first", ""));
         let status = fixture.control.halt("test");
@@ -727,9 +753,9 @@ mod tests {
     fn halting_releases_what_older_snapshots_hold() {
         let fixture = Fixture::new(&rule("first", ""));
         let before = fixture.control.proxy.rules();
-        assert!(!before.release().is_cancelled());
+        assert!(!before.release().is_released());
         fixture.control.halt("test");
-        assert!(before.release().is_cancelled());
-        assert!(!fixture.control.proxy.rules().release().is_cancelled());
+        assert!(before.release().is_released());
+        assert!(!fixture.control.proxy.rules().release().is_released());
     }
 }

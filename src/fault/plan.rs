@@ -12,10 +12,9 @@ use std::time::Duration;
 use http::{HeaderMap, Method};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tokio_util::sync::CancellationToken;
 
 use super::{AbortMode, Fault, Shaping, Side, SyntheticResponse};
-use crate::rules::{Candidate, Rule, RuleSet, Sticky};
+use crate::rules::{Candidate, Release, Rule, RuleSet, Sticky};
 
 /// What the planner looks at in a request.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +40,7 @@ pub struct Plan {
     pub action: Action,
     /// The kill switch: once cancelled, the request stops waiting and is
     /// forwarded untouched.
-    pub release: CancellationToken,
+    pub release: Arc<Release>,
 }
 
 /// The step after the delay: forward, or the first terminal fault.
@@ -87,7 +86,7 @@ pub fn plan(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Opti
             shaping: Shaping::default(),
             rules: Vec::new(),
             action: Action::Forward,
-            release: rules.release().clone(),
+            release: Arc::clone(rules.release()),
         });
         plan.rules.push(candidate.clone());
         let action = match &rule.fault {

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, Version};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub use body::ResponseBody;
@@ -26,7 +24,7 @@ use body::{ReadAhead, Replayed, RequestBody};
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::fault::{self, AbortMode, Action, Plan, RequestView};
 use crate::metrics::{Metrics, UpstreamMetrics};
-use crate::rules::RuleSet;
+use crate::rules::{Release, RuleSet};
 use crate::server::ConnInfo;
 use forward::UpstreamClient;
 use prometheus::IntGauge;
@@ -34,7 +32,7 @@ use synthetic::{ProxyError, X_FAULTLINE_RULE};
 
 /// How much of a request body an abort in `close` mode reads before closing,
 /// so the close is a clean FIN rather than an RST for unread data.
-const CLOSE_DRAIN_LIMIT: usize = 1 << 20;
+const CLOSE_DRAIN_LIMIT: u64 = 1 << 20;
 const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
 /// How long `empty` and `garbage` aborts may take to read a whole request.
 const FULL_DRAIN_TIME: Duration = Duration::from_secs(10);
@@ -247,7 +245,7 @@ impl Proxy {
         if !plan.delay.is_zero() {
             sleep_unless_released(plan.delay, release).await;
         }
-        if release.is_cancelled() {
+        if release.is_released() {
             return Ok(self
                 .forward(upstream, conn, request.map(RequestBody::from))
                 .await);
@@ -273,13 +271,16 @@ impl Proxy {
             Action::Abort(_) if multiplexed => return Err(StreamAborted),
             Action::Abort(mode) => {
                 if mode != AbortMode::Reset {
-                    let limit =
-                        (mode == AbortMode::Close).then_some((CLOSE_DRAIN_LIMIT, CLOSE_DRAIN_TIME));
-                    drain(
-                        request.into_body(),
-                        limit.unwrap_or((usize::MAX, FULL_DRAIN_TIME)),
-                    )
-                    .await;
+                    let (limit, time) = match mode {
+                        AbortMode::Close => (CLOSE_DRAIN_LIMIT, CLOSE_DRAIN_TIME),
+                        _ => (u64::MAX, FULL_DRAIN_TIME),
+                    };
+                    let (parts, body) = request.into_parts();
+                    let mut read = Box::new(Replayed::new(body));
+                    if drain(&mut read, limit, time, release).await && read.is_whole() {
+                        let request = Request::from_parts(parts, RequestBody::Replayed(read));
+                        return Ok(self.forward(upstream, conn, request).await);
+                    }
                 }
                 metrics.record_unanswered(&method, start.elapsed());
                 conn.info.control.abort(mode);
@@ -301,7 +302,7 @@ impl Proxy {
                 return std::future::pending().await;
             }
         };
-        if release.is_cancelled() {
+        if release.is_released() {
             // Halted while waiting: the response goes back as it is.
             return Ok(response);
         }
@@ -316,7 +317,7 @@ impl Proxy {
                     body,
                     plan.shaping,
                     control,
-                    plan.release.clone(),
+                    Arc::clone(&plan.release),
                 )))
             });
         }
@@ -394,25 +395,33 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
-/// Reads and discards a request body, within limits.
-async fn drain(mut body: Incoming, (limit, time): (usize, Duration)) {
-    let mut read = 0;
-    let _ = tokio::time::timeout(time, async {
-        while let Some(Ok(frame)) = body.frame().await {
-            read += frame.data_ref().map_or(0, |d| d.len());
-            if read > limit {
-                break;
+/// Reads a request body before an abort, up to `limit` bytes and `time`,
+/// keeping what a halt would forward. `true` when the kill switch fired
+/// meanwhile.
+async fn drain(body: &mut Replayed, limit: u64, time: Duration, release: &Release) -> bool {
+    let read = async {
+        loop {
+            match body.read_ahead().await {
+                ReadAhead::More if body.buffered() > limit => return,
+                ReadAhead::More if body.buffered() > HOLD_KEEP_LIMIT => body.discard(),
+                ReadAhead::More => {}
+                ReadAhead::Ended | ReadAhead::Failed => return,
             }
         }
-    })
-    .await;
+    };
+    tokio::select! {
+        biased;
+        () = release.released() => true,
+        () = read => false,
+        () = tokio::time::sleep(time) => false,
+    }
 }
 
 /// Sleeps for `delay`, or until the kill switch releases the request.
-async fn sleep_unless_released(delay: Duration, release: &CancellationToken) {
+async fn sleep_unless_released(delay: Duration, release: &Release) {
     tokio::select! {
         biased;
-        () = release.cancelled() => {}
+        () = release.released() => {}
         () = tokio::time::sleep(delay) => {}
     }
 }
@@ -431,7 +440,7 @@ enum Held {
 /// Holds a blackholed request for `max_hold`, reading its body ahead all
 /// the while, so that hyper notices a client that leaves, and so the body
 /// can still be forwarded if the kill switch lets the request out.
-async fn hold(body: &mut Replayed, max_hold: Duration, release: &CancellationToken) -> Held {
+async fn hold(body: &mut Replayed, max_hold: Duration, release: &Release) -> Held {
     let read = async {
         loop {
             match body.read_ahead().await {
@@ -444,7 +453,7 @@ async fn hold(body: &mut Replayed, max_hold: Duration, release: &CancellationTok
     };
     tokio::select! {
         biased;
-        () = release.cancelled() => Held::Released,
+        () = release.released() => Held::Released,
         held = read => held,
         () = tokio::time::sleep(max_hold) => Held::Expired,
     }

@@ -10,10 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::body::{BoxError, ResponseBody};
 use crate::fault::Shaping;
+use crate::rules::Release;
 use crate::server::ConnControl;
 
 /// How long a truncated body waits for its last bytes to flush before the
@@ -43,7 +44,7 @@ pub struct ShapedBody {
     /// Truncated: the connection is failing; nothing more is sent.
     cut: bool,
     /// The kill switch: once cancelled, the rest of the body goes unshaped.
-    release: CancellationToken,
+    release: Arc<Release>,
     released: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
@@ -60,7 +61,7 @@ impl ShapedBody {
         inner: ResponseBody,
         shaping: Shaping,
         control: Option<Arc<ConnControl>>,
-        release: CancellationToken,
+        release: Arc<Release>,
     ) -> Self {
         let total = inner.size_hint().exact();
         let pieces_left = shaping.dribble.map_or(0, |(chunks, _)| chunks);
@@ -76,7 +77,7 @@ impl ShapedBody {
             sleep: None,
             cutting: false,
             cut: false,
-            released: Box::pin(release.clone().cancelled_owned()),
+            released: Box::pin(release.released_owned()),
             release,
         }
     }
@@ -147,7 +148,7 @@ impl Body for ShapedBody {
             if this.cut {
                 return Poll::Pending;
             }
-            if !this.cutting && this.release.is_cancelled() {
+            if !this.cutting && this.release.is_released() {
                 // Halted: what is left goes as it comes.
                 this.sleep = None;
                 if !this.pending.is_empty() {

@@ -19,6 +19,16 @@ pub struct RuleText {
 
 /// Reads and validates every rule file below `dir`.
 pub fn load_dir(dir: &Path, upstream_names: &[&str]) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
+    load_dir_reserving(dir, upstream_names, &[])
+}
+
+/// [`load_dir`], where a rule may not take one of the `reserved` names
+/// (those of rules added through the admin API).
+pub fn load_dir_reserving(
+    dir: &Path,
+    upstream_names: &[&str],
+    reserved: &[&str],
+) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
     let mut paths = Vec::new();
     let mut seen_dirs = HashSet::new();
     collect_toml_files(dir, &mut paths, &mut seen_dirs).map_err(|e| {
@@ -39,7 +49,7 @@ pub fn load_dir(dir: &Path, upstream_names: &[&str]) -> Result<Vec<Arc<Rule>>, V
             )),
         }
     }
-    match load_sources(&sources, upstream_names) {
+    match load_sources_reserving(&sources, upstream_names, reserved) {
         Ok(rules) if diagnostics.is_empty() => Ok(rules),
         Ok(_) => Err(diagnostics),
         Err(more) => {
@@ -53,6 +63,15 @@ pub fn load_dir(dir: &Path, upstream_names: &[&str]) -> Result<Vec<Arc<Rule>>, V
 pub fn load_sources(
     sources: &[RuleText],
     upstream_names: &[&str],
+) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
+    load_sources_reserving(sources, upstream_names, &[])
+}
+
+/// [`load_sources`] with names no rule may take.
+pub fn load_sources_reserving(
+    sources: &[RuleText],
+    upstream_names: &[&str],
+    reserved: &[&str],
 ) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
     let mut rules = Vec::new();
     let mut diagnostics = Vec::new();
@@ -83,6 +102,17 @@ pub fn load_sources(
                     &FieldError::new(field.clone(), ""),
                 )
             };
+            if reserved.contains(&spec.name.as_str()) {
+                let here = place(&at.key("name"));
+                diagnostics.push(Diagnostic {
+                    message: format!(
+                        "rule {:?}: a rule added through the admin API has this name; delete that one first",
+                        spec.name
+                    ),
+                    ..here
+                });
+                continue;
+            }
             if let Some(first) = first_defined.get(&spec.name) {
                 let here = place(&at.key("name"));
                 diagnostics.push(Diagnostic {

@@ -9,21 +9,21 @@ mod load;
 mod matcher;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use globset::{GlobSet, GlobSetBuilder};
 use http::{HeaderName, HeaderValue};
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::config::{is_valid_name, UpstreamConfig};
 use crate::diagnostic::{FieldError, FieldPath};
 use crate::fault::{Fault, FaultSpec};
 use crate::metrics::Metrics;
 
-pub use load::{load_dir, load_sources, RuleText};
+pub use load::{load_dir, load_dir_reserving, load_sources, load_sources_reserving, RuleText};
 pub use matcher::{MatchSpec, Matcher};
 
 /// A rule file: `[[rule]]` tables.
@@ -334,9 +334,40 @@ pub struct RuleSet {
     /// Per upstream index: whether its dedicated port must refuse connections.
     refused: Vec<bool>,
     seed: u64,
-    /// Cancelled by the kill switch: requests inside a fault of this
-    /// snapshot stop waiting and are forwarded.
-    release: CancellationToken,
+    /// Fired by the kill switch: requests inside a fault of this snapshot
+    /// stop waiting and are forwarded.
+    release: Arc<Release>,
+}
+
+/// The kill switch's signal to the requests inside a snapshot's faults.
+/// Checking it is one atomic load and sharing it one `Arc` count, so a
+/// faulted request takes no lock unless it actually waits.
+#[derive(Debug, Default)]
+pub struct Release {
+    released: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Release {
+    /// Lets every waiting request go; later checks see it at once.
+    pub fn release(&self) {
+        self.released.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// Completes when the requests are let go.
+    pub async fn released(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// [`Release::released`] as a future a body can keep.
+    pub fn released_owned(&self) -> WaitForCancellationFutureOwned {
+        self.token.clone().cancelled_owned()
+    }
 }
 
 /// The enabled rules that can apply to one upstream, in evaluation order,
@@ -500,18 +531,18 @@ impl RuleSet {
             by_upstream,
             refused,
             seed,
-            release: CancellationToken::new(),
+            release: Arc::default(),
         }
     }
 
-    /// The snapshot with the kill switch's token: halting cancels it.
-    pub fn released_by(mut self, release: CancellationToken) -> Self {
+    /// The snapshot with the kill switch's signal: halting fires it.
+    pub fn released_by(mut self, release: Arc<Release>) -> Self {
         self.release = release;
         self
     }
 
-    /// Cancelled when the requests inside this snapshot's faults must be let go.
-    pub fn release(&self) -> &CancellationToken {
+    /// Fired when the requests inside this snapshot's faults must be let go.
+    pub fn release(&self) -> &Arc<Release> {
         &self.release
     }
 
