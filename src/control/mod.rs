@@ -430,10 +430,6 @@ impl Control {
         StatusView::of(&state, self.seed, self.started.elapsed())
     }
 
-    pub fn is_halted(&self) -> bool {
-        self.lock().halted
-    }
-
     /// Reads the rule files again and applies them whole, or not at all.
     ///
     /// A rule that is still there keeps its counters and its runtime
