@@ -12,13 +12,6 @@ use http::{Request, StatusCode};
 use serde_json::Value;
 use support::*;
 
-/// One rule as TOML: `name`, `[rule.match]` lines, `[rule.fault]` lines.
-fn rule(name: &str, extra: &str, matcher: &str, fault: &str) -> String {
-    format!(
-        "[[rule]]\nname = \"{name}\"\n{extra}\n[rule.match]\n{matcher}\n[rule.fault]\n{fault}\n\n"
-    )
-}
-
 fn json(reply: &Reply) -> Value {
     serde_json::from_slice(&reply.body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", reply.text()))

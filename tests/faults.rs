@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn rule(name: &str, matcher: &str, fault: &str) -> String {
-    format!("[[rule]]\nname = \"{name}\"\n[rule.match]\n{matcher}\n[rule.fault]\n{fault}\n")
+    support::rule(name, "", matcher, fault)
 }
 
 async fn proxy_with(upstream: &TestUpstream, rules: &str) -> TestProxy {

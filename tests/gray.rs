@@ -11,10 +11,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn rule(name: &str, top: &str, matcher: &str, fault: &str) -> String {
-    format!("[[rule]]\nname = \"{name}\"\n{top}\n[rule.match]\n{matcher}\n[rule.fault]\n{fault}\n")
-}
-
 async fn statuses(proxy: &TestProxy, n: usize) -> Vec<u16> {
     let client = client();
     let mut out = Vec::with_capacity(n);

@@ -324,6 +324,12 @@ impl TestProxy {
     }
 }
 
+/// One rule as TOML: `name`, lines at the rule's top level (`enabled`,
+/// `probability`, …), `[rule.match]` lines and `[rule.fault]` lines.
+pub fn rule(name: &str, top: &str, matcher: &str, fault: &str) -> String {
+    format!("[[rule]]\nname = \"{name}\"\n{top}\n[rule.match]\n{matcher}\n[rule.fault]\n{fault}\n")
+}
+
 /// A config with one `edge` listener routing everything to each upstream
 /// given, by path prefix `/<name>`, and the first upstream as a fallback.
 pub fn edge_config(upstreams: &[&TestUpstream], extra_proxy: &str) -> String {
