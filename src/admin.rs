@@ -14,13 +14,19 @@
 //! | `POST /api/rules/{name}/disable`      | disable                                         |
 //! | `DELETE /api/rules/{name}`            | remove a runtime rule → `204`                   |
 //! | `POST /api/reload`                    | re-read the rule files: `200` with what changed, or `422` with every problem |
-//! | `POST /api/halt`, `POST /api/resume`  | the kill switch, and lifting it                 |
+//! | `POST /api/halt`, `POST /api/resume`  | the kill switch (it also stops every scenario), and lifting it |
+//! | `GET /api/scenarios`                  | every scenario: definition and state            |
+//! | `GET /api/scenarios/{name}`           | one scenario: state, current and next step, times |
+//! | `POST /api/scenarios/{name}/start`    | start a run, with an optional `{"speed": 60}`   |
+//! | `POST /api/scenarios/{name}/stop`     | stop a run; its changes are undone at once      |
+//! | `GET /api/scenarios/{name}/report`    | the latest run, step by step                    |
 //!
 //! Errors are `{"error": CODE, "message": …}` (plus `field` for a bad
 //! field, `errors` for a rejected reload): `400` bad JSON or schema, `401`
 //! no or wrong token, `404` unknown route or rule, `405` wrong method, `408`
 //! body too slow, `409` a conflict (name taken, file rule, halted, TTL on a
-//! disabled rule), `413` body too large, `422` reload rejected.
+//! disabled rule, a scenario already running or driving the same rule, a
+//! rule a scenario drives), `413` body too large, `422` reload rejected.
 //!
 //! With a token configured, every `/api/*` call needs `Authorization:
 //! Bearer TOKEN`, compared in constant time.
@@ -120,6 +126,25 @@ impl From<ControlError> for Failure {
                 Failure::new(StatusCode::CONFLICT, "rule_disabled", message)
             }
             ControlError::Invalid(errors) => invalid_rule(&errors),
+            ControlError::ScenarioNotFound(_) => {
+                Failure::new(StatusCode::NOT_FOUND, "scenario_not_found", message)
+            }
+            ControlError::NoReport(_) => Failure::new(StatusCode::NOT_FOUND, "no_report", message),
+            ControlError::ScenarioRunning(_) => {
+                Failure::new(StatusCode::CONFLICT, "scenario_running", message)
+            }
+            ControlError::ScenarioNotRunning(_) => {
+                Failure::new(StatusCode::CONFLICT, "scenario_not_running", message)
+            }
+            ControlError::ScenarioConflict { .. } => {
+                Failure::new(StatusCode::CONFLICT, "scenario_conflict", message)
+            }
+            ControlError::DrivenByScenario { .. } => {
+                Failure::new(StatusCode::CONFLICT, "rule_in_scenario", message)
+            }
+            ControlError::GuardWatchesNothing(_) => {
+                Failure::new(StatusCode::CONFLICT, "guard_watches_nothing", message)
+            }
             ControlError::Rejected(problems) => {
                 let mut failure =
                     Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "reload_rejected", message);
@@ -306,6 +331,28 @@ impl Admin {
             (["halt"], &Method::POST) => ok(&control.halt(&caller)),
             (["resume"], &Method::POST) => ok(&control.resume(&caller)),
             (["reload" | "halt" | "resume"], _) => Err(method_not_allowed("POST")),
+            (["scenarios"], &Method::GET) => ok(&control.scenarios()),
+            (["scenarios"], _) => Err(method_not_allowed("GET")),
+            (["scenarios", name], &Method::GET) => ok(&control.scenario(name)?),
+            (["scenarios", _], _) => Err(method_not_allowed("GET")),
+            (["scenarios", name, "start"], &Method::POST) => {
+                let body = read_optional_json_object(request).await?;
+                let speed = match take_fields(body, &["speed"])?.remove("speed") {
+                    None | Some(Value::Null) => 1.0,
+                    Some(value) => value.as_f64().ok_or_else(|| {
+                        Failure::bad_request("speed must be a number, such as 60")
+                            .field("speed")
+                    })?,
+                };
+                ok(&control.start_scenario(name, speed, &caller)?)
+            }
+            (["scenarios", name, "stop"], &Method::POST) => {
+                take_fields(read_optional_json_object(request).await?, &[])?;
+                ok(&control.stop_scenario(name, &caller)?)
+            }
+            (["scenarios", _, "start" | "stop"], _) => Err(method_not_allowed("POST")),
+            (["scenarios", name, "report"], &Method::GET) => ok(&control.report(name)?),
+            (["scenarios", _, "report"], _) => Err(method_not_allowed("GET")),
             _ => Err(not_found(&format!("/api/{path}"))),
         }
     }

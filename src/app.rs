@@ -22,7 +22,8 @@ use crate::fault::Fault;
 use crate::metrics::Metrics;
 use crate::proxy::{Entry, Proxy};
 use crate::reload;
-use crate::rules::{self, Rule, RuleSet, RuleSource, RuleText};
+use crate::rules::{self, Rule, RuleBook, RuleSet, RuleSource, RuleText};
+use crate::scenario::Scenario;
 use crate::server::{self, Stop};
 
 /// A validated configuration and its rules, not yet bound to any port.
@@ -30,7 +31,7 @@ use crate::server::{self, Stop};
 pub struct App {
     config: Config,
     files: RuleFiles,
-    rules: Vec<Arc<Rule>>,
+    book: RuleBook,
 }
 
 /// Why the proxy could not start.
@@ -50,17 +51,17 @@ impl App {
     pub fn load(config_path: &Path) -> Result<App, Vec<Diagnostic>> {
         let config = Config::load(config_path)?;
         let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-        let rules = rules::load_dir(&config.proxy.rules_dir, &names)?;
-        Ok(App::new(config, rules))
+        let book = rules::load_dir(&config.proxy.rules_dir, &names)?;
+        Ok(App::new(config, book))
     }
 
-    /// `rules` read from the config's `rules_dir`, which reloads read again.
-    pub fn new(config: Config, rules: Vec<Arc<Rule>>) -> App {
+    /// Rules and scenarios read from the config's `rules_dir`, which reloads read again.
+    pub fn new(config: Config, book: RuleBook) -> App {
         let files = RuleFiles::Dir(config.proxy.rules_dir.clone());
         App {
             config,
             files,
-            rules,
+            book,
         }
     }
 
@@ -76,14 +77,18 @@ impl App {
     }
 
     pub fn rules(&self) -> &[Arc<Rule>] {
-        &self.rules
+        &self.book.rules
+    }
+
+    pub fn scenarios(&self) -> &[Arc<Scenario>] {
+        &self.book.scenarios
     }
 
     /// Things that are valid but may not do what the author meant, one line
     /// each, as `PATH: warning: MESSAGE`.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        for rule in &self.rules {
+        for rule in &self.book.rules {
             if !matches!(rule.fault, Fault::Refuse) {
                 continue;
             }
@@ -120,7 +125,7 @@ impl App {
         // Empty until the control publishes the rules, before anything binds.
         let no_rules = RuleSet::new(Vec::new(), &config.upstreams, seed, &metrics);
         let proxy = Arc::new(Proxy::new(&config, no_rules, metrics.clone()));
-        let control = Control::new(Arc::clone(&proxy), self.files.clone(), self.rules, seed);
+        let control = Control::new(Arc::clone(&proxy), self.files.clone(), self.book, seed);
 
         let admin = bind(config.admin.listen, "the admin API").await?;
         let mut bound = Vec::new();

@@ -8,7 +8,9 @@
 //! - [`proxy`]: doing it (the request pipeline, the upstream client, synthetic responses).
 //! - [`server`]: the one accept loop every listener uses, and per-connection aborts.
 //! - [`metrics`]: the Prometheus families, one registry per proxy, handles resolved ahead.
-//! - [`control`]: the rules while the proxy runs: runtime switches, TTLs, the kill switch, reloads.
+//! - [`control`]: the rules while the proxy runs: runtime switches, TTLs, the kill switch, reloads, scenario runs.
+//! - [`scenario`]: rehearsal timelines: their schema and validation, guards, run reports.
+//! - [`traffic`]: the proxy's own running counts per upstream, for guards and reports.
 //! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
 //! - [`admin`]: the admin listener: the JSON API of SPEC §5, `/healthz`, `/metrics`.
 //! - [`ctl`]: `faultline ctl`, the admin API's command-line client.
@@ -30,4 +32,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod rules;
+pub mod scenario;
 pub mod server;
+pub mod traffic;

@@ -137,12 +137,13 @@ fn check(config_path: &Path) -> ExitCode {
         Ok(app) => {
             let config = app.config();
             println!(
-                "{}: ok ({} listeners, {} upstreams, {} routes, {} rules)",
+                "{}: ok ({} listeners, {} upstreams, {} routes, {} rules, {} scenarios)",
                 config_path.display(),
                 config.listeners.len(),
                 config.upstreams.len(),
                 config.routes.len(),
-                app.rules().len()
+                app.rules().len(),
+                app.scenarios().len()
             );
             for warning in app.warnings() {
                 println!("{warning}");

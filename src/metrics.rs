@@ -8,7 +8,7 @@
 //! ([`UpstreamMetrics::requests`]), so a request never formats a label or
 //! takes the registry's lock.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -18,6 +18,7 @@ use prometheus::{
 };
 
 use crate::config::UpstreamConfig;
+use crate::traffic::{Outcome, Tally};
 
 pub const REQUESTS_TOTAL: &str = "faultline_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "faultline_request_duration_seconds";
@@ -245,6 +246,7 @@ impl Metrics {
             faults_overflow: self
                 .faults_overflow
                 .with_label_values(&[upstream.name.as_str()]),
+            tally: Arc::default(),
         }
     }
 
@@ -279,6 +281,16 @@ impl Metrics {
         self.inflight.with_label_values(&[listener])
     }
 
+    /// `faultline_scenario_running` and `faultline_scenario_step` (the
+    /// index of the current step; -1 before the first and when not running).
+    pub fn set_scenario(&self, scenario: &str, running: bool, step: Option<usize>) {
+        self.scenario_running
+            .with_label_values(&[scenario])
+            .set(i64::from(running));
+        let step = step.and_then(|s| i64::try_from(s).ok()).unwrap_or(-1);
+        self.scenario_step.with_label_values(&[scenario]).set(step);
+    }
+
     pub fn halted(&self) -> &IntGauge {
         &self.halted
     }
@@ -303,6 +315,8 @@ pub struct UpstreamMetrics {
     timeout_errors: IntCounter,
     protocol_errors: IntCounter,
     faults_overflow: IntCounter,
+    /// The same traffic for scenario guards and reports.
+    tally: Arc<Tally>,
 }
 
 impl std::fmt::Debug for UpstreamMetrics {
@@ -314,9 +328,22 @@ impl std::fmt::Debug for UpstreamMetrics {
 }
 
 impl UpstreamMetrics {
-    /// A request answered: its method, status, and what the client waited.
-    pub fn record_request(&self, method: &Method, status: StatusCode, elapsed: Duration) {
+    /// A request answered: its method, status, what the client waited, and
+    /// whether an injected fault made the answer.
+    pub fn record_request(
+        &self,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+        by_fault: bool,
+    ) {
         self.request_duration.observe(elapsed.as_secs_f64());
+        let outcome = if by_fault {
+            Outcome::Injected
+        } else {
+            Outcome::of_status(status)
+        };
+        self.tally.record(outcome, elapsed);
         let method_slot = METHODS
             .iter()
             .position(|m| m == method)
@@ -345,6 +372,7 @@ impl UpstreamMetrics {
     /// blackhole): counted with `code="0"`, as proxies count no response.
     pub fn record_unanswered(&self, method: &Method, elapsed: Duration) {
         self.request_duration.observe(elapsed.as_secs_f64());
+        self.tally.record(Outcome::Injected, elapsed);
         let method_slot = METHODS
             .iter()
             .position(|m| m == method)
@@ -375,6 +403,11 @@ impl UpstreamMetrics {
     pub fn record_overflow(&self) {
         self.faults_overflow.inc();
     }
+
+    /// The running counts guards and reports read.
+    pub fn tally(&self) -> &Arc<Tally> {
+        &self.tally
+    }
 }
 
 #[cfg(test)]
@@ -397,16 +430,17 @@ mod tests {
         let metrics = Metrics::new();
         let handles = metrics.upstream(&upstream());
         for _ in 0..3 {
-            handles.record_request(&Method::GET, StatusCode::OK, Duration::from_millis(2));
+            handles.record_request(&Method::GET, StatusCode::OK, Duration::from_millis(2), false);
         }
         handles.record_request(
             &Method::from_bytes(b"BREW").unwrap(),
             StatusCode::IM_A_TEAPOT,
             Duration::ZERO,
+            false,
         );
         for code in [799, 599] {
             let status = StatusCode::from_u16(code).unwrap();
-            handles.record_request(&Method::GET, status, Duration::ZERO);
+            handles.record_request(&Method::GET, status, Duration::ZERO, false);
         }
         let text = metrics.render();
         assert!(text.contains(r#"faultline_requests_total{code="200",method="GET",region="us-east-1",upstream="orders-use1"} 3"#), "{text}");
@@ -433,7 +467,7 @@ mod tests {
     fn two_registries_keep_apart() {
         let (a, b) = (Metrics::new(), Metrics::new());
         a.upstream(&upstream())
-            .record_request(&Method::GET, StatusCode::OK, Duration::ZERO);
+            .record_request(&Method::GET, StatusCode::OK, Duration::ZERO, false);
         assert!(!b.render().contains("faultline_requests_total{"));
     }
 }

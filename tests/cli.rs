@@ -59,7 +59,7 @@ fn check_accepts_a_good_config_and_its_rules() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "faultline.toml: ok (1 listeners, 1 upstreams, 1 routes, 1 rules)\n"
+        "faultline.toml: ok (1 listeners, 1 upstreams, 1 routes, 1 rules, 0 scenarios)\n"
     );
 }
 

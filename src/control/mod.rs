@@ -10,9 +10,10 @@
 //! Every change is logged under the `faultline::audit` target with what
 //! changed and who asked.
 
+mod scenarios;
 mod view;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -24,9 +25,14 @@ use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
 use crate::fault::Fault;
 use crate::proxy::Proxy;
 use crate::reload::Trigger;
-use crate::rules::{self, Release, Rule, RuleSet, RuleSource, RuleSpec, RuleText};
+use crate::rules::{self, Release, Rule, RuleBook, RuleSet, RuleSource, RuleSpec, RuleText};
+use crate::scenario::Scenario;
+use scenarios::{Overlay, Run};
 
-pub use view::{LastReload, ReloadSummary, RuleCounts, RuleView, StatusView};
+pub use scenarios::{RunState, MAX_SPEED};
+pub use view::{
+    LastReload, ReloadSummary, RuleCounts, RuleView, RunView, ScenarioView, StatusView, StepRef,
+};
 
 /// The longest TTL a rule may be given.
 pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -46,7 +52,7 @@ impl RuleFiles {
         &self,
         upstream_names: &[&str],
         reserved: &[&str],
-    ) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
+    ) -> Result<RuleBook, Vec<Diagnostic>> {
         match self {
             RuleFiles::Dir(dir) => rules::load_dir_reserving(dir, upstream_names, reserved),
             RuleFiles::Fixed(texts) => {
@@ -83,6 +89,24 @@ pub enum ControlError {
     Invalid(Vec<FieldError>),
     #[error("the rule files have {} problem(s); the rules in force are unchanged", .0.len())]
     Rejected(Vec<Diagnostic>),
+    #[error("no scenario is named {0:?}")]
+    ScenarioNotFound(String),
+    #[error("scenario {0:?} is already running; stop it first")]
+    ScenarioRunning(String),
+    #[error("scenario {0:?} is not running")]
+    ScenarioNotRunning(String),
+    #[error("scenario {0:?} has not run yet")]
+    NoReport(String),
+    #[error("scenario {scenario:?} cannot start while {other:?} runs: both drive rule {rule:?}")]
+    ScenarioConflict {
+        scenario: String,
+        other: String,
+        rule: String,
+    },
+    #[error("rule {rule:?} is driven by scenario {scenario:?} until it ends; stop the scenario first")]
+    DrivenByScenario { rule: String, scenario: String },
+    #[error("the guard of scenario {0:?} watches no upstream: no upstream has its labels or names")]
+    GuardWatchesNothing(String),
 }
 
 fn first_message(errors: &[FieldError]) -> String {
@@ -124,6 +148,11 @@ struct State {
     published: HashSet<String>,
     last_reload: Option<LastReload>,
     next_timer: u64,
+    /// The scenarios the rule files define.
+    scenarios: Vec<Arc<Scenario>>,
+    /// Each scenario's latest run, by scenario name.
+    runs: BTreeMap<String, Run>,
+    next_run: u64,
 }
 
 /// A rule as defined, with the switches flipped at run time.
@@ -132,6 +161,8 @@ struct Entry {
     enabled: Option<bool>,
     probability: Option<f64>,
     expiry: Option<Expiry>,
+    /// What a running scenario does to the rule; it wins over the switches.
+    overlay: Option<Overlay>,
 }
 
 /// When an enabled rule turns itself off.
@@ -156,6 +187,7 @@ impl Entry {
             enabled: None,
             probability: None,
             expiry: None,
+            overlay: None,
         }
     }
 
@@ -163,12 +195,30 @@ impl Entry {
         self.rule.name()
     }
 
+    /// Whether the rule is on now: a running scenario's word, else the
+    /// runtime switch, else the file's.
     fn enabled(&self) -> bool {
-        self.enabled.unwrap_or(self.rule.enabled())
+        self.overlay
+            .as_ref()
+            .and_then(|o| o.enabled)
+            .or(self.enabled)
+            .unwrap_or(self.rule.enabled())
     }
 
     fn probability(&self) -> f64 {
-        self.probability.unwrap_or(self.rule.probability())
+        self.overlay
+            .as_ref()
+            .and_then(|o| o.probability)
+            .or(self.probability)
+            .unwrap_or(self.rule.probability())
+    }
+
+    /// The definition in force: the rule, or a scenario's patched copy.
+    fn current(&self) -> &Arc<Rule> {
+        self.overlay
+            .as_ref()
+            .and_then(|o| o.patched.as_ref())
+            .unwrap_or(&self.rule)
     }
 
     fn is_api(&self) -> bool {
@@ -178,10 +228,11 @@ impl Entry {
     /// The rule the request path sees.
     fn effective(&self) -> Arc<Rule> {
         let (enabled, probability) = (self.enabled(), self.probability());
-        if enabled == self.rule.enabled() && probability == self.rule.probability() {
-            Arc::clone(&self.rule)
+        let rule = self.current();
+        if enabled == rule.enabled() && probability == rule.probability() {
+            Arc::clone(rule)
         } else {
-            Arc::new(self.rule.with_switches(enabled, probability))
+            Arc::new(rule.with_switches(enabled, probability))
         }
     }
 
@@ -193,19 +244,25 @@ impl Entry {
 
 impl Control {
     /// Takes over the rules and publishes the first snapshot.
-    pub fn new(proxy: Arc<Proxy>, files: RuleFiles, rules: Vec<Arc<Rule>>, seed: u64) -> Arc<Self> {
+    pub fn new(proxy: Arc<Proxy>, files: RuleFiles, book: RuleBook, seed: u64) -> Arc<Self> {
+        for scenario in &book.scenarios {
+            proxy.metrics().set_scenario(scenario.name(), false, None);
+        }
         let control = Arc::new_cyclic(|me| Control {
             proxy,
             files,
             seed,
             started: Instant::now(),
             state: Mutex::new(State {
-                entries: rules.into_iter().map(Entry::new).collect(),
+                entries: book.rules.into_iter().map(Entry::new).collect(),
                 halted: false,
                 release: Arc::default(),
                 published: HashSet::new(),
                 last_reload: None,
                 next_timer: 0,
+                scenarios: book.scenarios,
+                runs: BTreeMap::new(),
+                next_run: 0,
             }),
             reloading: Mutex::new(()),
             me: me.clone(),
@@ -324,6 +381,12 @@ impl Control {
     ) -> Result<RuleView, ControlError> {
         let mut state = self.lock();
         let i = find(&state, name)?;
+        if let Some(scenario) = Control::driver_of(&state, name) {
+            return Err(ControlError::DrivenByScenario {
+                rule: name.to_owned(),
+                scenario: scenario.to_owned(),
+            });
+        }
         if let Some(p) = change.probability {
             if !(0.0..=1.0).contains(&p) {
                 return Err(ControlError::Invalid(vec![FieldError::new(
@@ -395,6 +458,7 @@ impl Control {
         let mut state = self.lock();
         if !state.halted {
             state.halted = true;
+            let stopped = self.end_all_runs(&mut state, &format!("halted by {caller}"));
             let switched_off: Vec<String> = state
                 .entries
                 .iter_mut()
@@ -413,6 +477,7 @@ impl Control {
                 target: "faultline::audit",
                 caller,
                 switched_off = switched_off.join(","),
+                scenarios_stopped = stopped.join(","),
                 "HALTED: every fault is off until resumed"
             );
         }
@@ -458,8 +523,8 @@ impl Control {
             .last_reload
             .as_ref()
             .is_some_and(|last| last.outcome == "rejected");
-        let defined = match loaded {
-            Ok(rules) => rules,
+        let book = match loaded {
+            Ok(book) => book,
             Err(problems) => {
                 self.proxy.metrics().record_reload(false);
                 warn!(
@@ -485,8 +550,8 @@ impl Control {
             }
         }
         let mut summary = ReloadSummary::default();
-        let mut entries = Vec::with_capacity(defined.len() + api.len());
-        for rule in defined {
+        let mut entries = Vec::with_capacity(book.rules.len() + api.len());
+        for rule in book.rules {
             let entry = match old.remove(rule.name()) {
                 Some(entry) if same_definition(&entry.rule, &rule) => {
                     summary.unchanged += 1;
@@ -512,6 +577,20 @@ impl Control {
             }
         }
         state.entries = entries;
+        // A run must not go on driving a rule whose definition moved under it.
+        let disturbed: Vec<String> = summary
+            .changed
+            .iter()
+            .chain(&summary.removed)
+            .cloned()
+            .collect();
+        self.abort_runs_touching(&mut state, &disturbed);
+        for scenario in &book.scenarios {
+            if !state.runs.get(scenario.name()).is_some_and(|r| r.is_running()) {
+                self.proxy.metrics().set_scenario(scenario.name(), false, None);
+            }
+        }
+        state.scenarios = book.scenarios;
         summary.rules = state.entries.len();
         self.publish(&mut state);
         if summary.is_empty() && *trigger == Trigger::Watcher && !was_rejected {

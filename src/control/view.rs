@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::scenarios::Run;
 use super::{Entry, State};
+use crate::scenario::spec::{GuardSpec, StepSpec};
+use crate::scenario::Scenario;
 use crate::diagnostic::Diagnostic;
 use crate::fault::FaultSpec;
 use crate::reload::Trigger;
@@ -40,11 +43,14 @@ pub struct RuleView {
     /// What is left of `times` since the rule was last enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub times_left: Option<u64>,
+    /// The running scenario that drives the rule now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
 }
 
 impl RuleView {
     pub(super) fn of(entry: &Entry) -> RuleView {
-        let rule = &entry.rule;
+        let rule = entry.current();
         let spec = &rule.spec;
         RuleView {
             name: spec.name.clone(),
@@ -70,6 +76,7 @@ impl RuleView {
             times_left: rule
                 .times
                 .map(|times| times.saturating_sub(rule.counters.fired())),
+            scenario: entry.overlay.as_ref().map(|o| o.scenario.clone()),
         }
     }
 }
@@ -111,7 +118,7 @@ impl StatusView {
                 file: state.entries.len() - api,
                 api,
             },
-            scenarios_running: Vec::new(),
+            scenarios_running: super::Control::running_names(state),
             last_reload: state.last_reload.clone(),
         }
     }
@@ -169,4 +176,75 @@ impl ReloadSummary {
 
 fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// `GET /api/scenarios/{name}`: the definition, and the latest run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioView {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub file: String,
+    /// As written.
+    pub duration: String,
+    pub duration_seconds: f64,
+    /// The rules its steps drive.
+    pub rules: Vec<String>,
+    pub steps: Vec<StepSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardSpec>,
+    /// `idle` (never run), `running`, `completed`, `stopped` or `aborted`.
+    pub state: String,
+    /// The latest run; `null` when idle.
+    pub run: Option<RunView>,
+}
+
+impl ScenarioView {
+    pub(super) fn of(scenario: &Scenario, run: Option<&Run>) -> ScenarioView {
+        let run = run.map(Run::view);
+        ScenarioView {
+            name: scenario.name().to_owned(),
+            description: scenario.spec.description.clone(),
+            file: scenario.source.display().to_string(),
+            duration: scenario.spec.duration.clone(),
+            duration_seconds: scenario.duration.as_secs_f64(),
+            rules: scenario.touched.iter().cloned().collect(),
+            steps: scenario.spec.step.clone(),
+            guard: scenario.spec.guard.clone(),
+            state: run
+                .as_ref()
+                .map_or_else(|| "idle".to_owned(), |r| r.state.clone()),
+            run,
+        }
+    }
+}
+
+/// A run: when, how fast, where it is or how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunView {
+    pub state: String,
+    pub speed: f64,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    /// Why it ended early: who stopped it, or what the guard saw.
+    pub reason: Option<String>,
+    /// The last step applied.
+    pub current_step: Option<StepRef>,
+    pub next_step: Option<StepRef>,
+    /// Wall-clock seconds until the next step.
+    pub next_step_in_seconds: Option<f64>,
+    /// Time on the scenario's own clock (wall time × speed).
+    pub scenario_seconds: f64,
+    pub wall_seconds: f64,
+    /// How long the whole run takes at this speed.
+    pub wall_duration_seconds: f64,
+}
+
+/// A step, named by its index, offset and description.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRef {
+    pub index: usize,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }

@@ -24,6 +24,7 @@ use body::{ReadAhead, Replayed, RequestBody};
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::fault::{self, AbortMode, Action, Plan, RequestView};
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::traffic::Tally;
 use crate::rules::{Release, RuleSet};
 use crate::server::ConnInfo;
 use forward::UpstreamClient;
@@ -124,6 +125,11 @@ impl Proxy {
         self.rules_changed.send_replace(());
     }
 
+    /// The running counts of each upstream's traffic, by upstream index.
+    pub fn tally(&self, upstream: usize) -> Option<&Arc<Tally>> {
+        self.upstream_metrics.get(upstream).map(UpstreamMetrics::tally)
+    }
+
     /// Wakes on every change of the rule snapshot.
     pub fn subscribe_rules(&self) -> tokio::sync::watch::Receiver<()> {
         self.rules_changed.subscribe()
@@ -194,7 +200,12 @@ impl Proxy {
             Some(plan) => self.inject(plan, upstream, conn, request, start).await,
         };
         match &result {
-            Ok(response) => metrics.record_request(&method, response.status(), start.elapsed()),
+            Ok(response) => metrics.record_request(
+                &method,
+                response.status(),
+                start.elapsed(),
+                response.extensions().get::<ByFault>().is_some(),
+            ),
             Err(StreamAborted) => metrics.record_unanswered(&method, start.elapsed()),
         }
         result
@@ -267,7 +278,11 @@ impl Proxy {
                 }
                 response
             }
-            Action::Respond(response) => synthetic::injected(&response),
+            Action::Respond(response) => {
+                let mut response = synthetic::injected(&response);
+                response.extensions_mut().insert(ByFault);
+                response
+            }
             Action::Abort(_) if multiplexed => return Err(StreamAborted),
             Action::Abort(mode) => {
                 if mode != AbortMode::Reset {
@@ -369,6 +384,11 @@ impl Proxy {
 #[derive(Debug, thiserror::Error)]
 #[error("stream aborted by an injected fault")]
 pub struct StreamAborted;
+
+/// Marks a response an injected fault made, so the request is counted as
+/// the fault's and not as the system's own error.
+#[derive(Debug, Clone, Copy)]
+struct ByFault;
 
 /// Per connection: where it came in and who the client is.
 struct Connection {

@@ -1,5 +1,6 @@
 //! Reading rule files: every `*.toml` below the rules directory, sorted by
-//! path, each parsed and validated, with every problem reported.
+//! path, each parsed and validated, with every problem reported. Scenarios
+//! are checked last, against the rules of every file.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -7,7 +8,8 @@ use std::sync::Arc;
 
 use toml::de::{DeTable, DeValue};
 
-use super::{Rule, RuleFile, RuleSource};
+use super::{RuleBook, RuleFile, RuleSource};
+use crate::scenario::ScenarioSpec;
 use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
 
 /// The contents of one rule file.
@@ -18,7 +20,7 @@ pub struct RuleText {
 }
 
 /// Reads and validates every rule file below `dir`.
-pub fn load_dir(dir: &Path, upstream_names: &[&str]) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
+pub fn load_dir(dir: &Path, upstream_names: &[&str]) -> Result<RuleBook, Vec<Diagnostic>> {
     load_dir_reserving(dir, upstream_names, &[])
 }
 
@@ -28,7 +30,7 @@ pub fn load_dir_reserving(
     dir: &Path,
     upstream_names: &[&str],
     reserved: &[&str],
-) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
+) -> Result<RuleBook, Vec<Diagnostic>> {
     let mut paths = Vec::new();
     let mut seen_dirs = HashSet::new();
     collect_toml_files(dir, &mut paths, &mut seen_dirs).map_err(|e| {
@@ -63,7 +65,7 @@ pub fn load_dir_reserving(
 pub fn load_sources(
     sources: &[RuleText],
     upstream_names: &[&str],
-) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
+) -> Result<RuleBook, Vec<Diagnostic>> {
     load_sources_reserving(sources, upstream_names, &[])
 }
 
@@ -72,8 +74,10 @@ pub fn load_sources_reserving(
     sources: &[RuleText],
     upstream_names: &[&str],
     reserved: &[&str],
-) -> Result<Vec<Arc<Rule>>, Vec<Diagnostic>> {
+) -> Result<RuleBook, Vec<Diagnostic>> {
     let mut rules = Vec::new();
+    // Checked once every file's rules are known: a step may name any of them.
+    let mut scenarios: Vec<(&RuleText, usize, ScenarioSpec)> = Vec::new();
     let mut diagnostics = Vec::new();
     // Where each name was first defined, to point at both places of a duplicate.
     let mut first_defined: HashMap<String, String> = HashMap::new();
@@ -93,6 +97,12 @@ pub fn load_sources_reserving(
             }
         };
         let base_dir = source.path.parent().unwrap_or(Path::new("."));
+        scenarios.extend(
+            file.scenario
+                .into_iter()
+                .enumerate()
+                .map(|(i, spec)| (source, i, spec)),
+        );
         for (i, spec) in file.rule.into_iter().enumerate() {
             let at = FieldPath::root().key("rule").index(i);
             let place = |field: &FieldPath| {
@@ -141,8 +151,40 @@ pub fn load_sources_reserving(
             }
         }
     }
+    let mut book = RuleBook {
+        rules,
+        scenarios: Vec::new(),
+    };
+    let mut first_scenario: HashMap<String, String> = HashMap::new();
+    for (source, i, spec) in scenarios {
+        let at = FieldPath::root().key("scenario").index(i);
+        let here = Diagnostic::from_field(
+            &source.path,
+            &source.text,
+            &FieldError::new(at.key("name"), ""),
+        );
+        if let Some(first) = first_scenario.get(&spec.name) {
+            diagnostics.push(Diagnostic {
+                message: format!("scenario {:?} is defined twice; first at {first}", spec.name),
+                ..here
+            });
+            continue;
+        }
+        first_scenario.insert(
+            spec.name.clone(),
+            format!("{}:{}:{}", here.path.display(), here.line, here.column),
+        );
+        match spec.validate(&source.path, &book.rules, upstream_names, &at) {
+            Ok(scenario) => book.scenarios.push(Arc::new(scenario)),
+            Err(errors) => diagnostics.extend(
+                errors
+                    .iter()
+                    .map(|e| Diagnostic::from_field(&source.path, &source.text, e)),
+            ),
+        }
+    }
     if diagnostics.is_empty() {
-        Ok(rules)
+        Ok(book)
     } else {
         Err(diagnostics)
     }

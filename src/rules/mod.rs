@@ -22,16 +22,27 @@ use crate::config::{is_valid_name, UpstreamConfig};
 use crate::diagnostic::{FieldError, FieldPath};
 use crate::fault::{Fault, FaultSpec};
 use crate::metrics::Metrics;
+use crate::scenario::{Scenario, ScenarioSpec};
 
 pub use load::{load_dir, load_dir_reserving, load_sources, load_sources_reserving, RuleText};
 pub use matcher::{MatchSpec, Matcher};
 
-/// A rule file: `[[rule]]` tables.
+/// A rule file: `[[rule]]` tables, and `[[scenario]]` tables that drive them.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleFile {
     #[serde(default)]
     pub rule: Vec<RuleSpec>,
+    #[serde(default)]
+    pub scenario: Vec<ScenarioSpec>,
+}
+
+/// Everything the rule files define, validated.
+#[derive(Debug, Clone, Default)]
+pub struct RuleBook {
+    /// In evaluation order: files sorted by path, rules in file order.
+    pub rules: Vec<Arc<Rule>>,
+    pub scenarios: Vec<Arc<Scenario>>,
 }
 
 /// One rule as written, in a file or (later) an API body.
@@ -193,6 +204,15 @@ impl Rule {
 
     pub fn probability(&self) -> f64 {
         self.spec.probability
+    }
+
+    /// The same rule with another fault (a scenario's `set`); it shares
+    /// this one's counters.
+    pub fn with_fault(&self, spec: FaultSpec, fault: Fault) -> Rule {
+        let mut rule = self.with_switches(self.enabled(), self.probability());
+        rule.spec.fault = spec;
+        rule.fault = fault;
+        rule
     }
 
     /// The same rule, switched on or off and with another probability;
