@@ -40,7 +40,8 @@ pub struct Seen {
     pub at: std::time::Instant,
 }
 
-/// An upstream on loopback that answers by path:
+/// An upstream on loopback that answers by path, with or without its own
+/// name as the first segment:
 /// - `/bytes/N`: N bytes, streamed in 64 KiB chunks, with content-length;
 /// - `/chunked/N`: N bytes, streamed, without content-length;
 /// - `/count`: reads the request body and answers how many bytes it had;
@@ -128,6 +129,12 @@ async fn upstream_answer(
         at: std::time::Instant::now(),
     });
     let path = req.uri().path().to_owned();
+    // `/<name>/status/500` reaches the same handler as `/status/500`, so a
+    // test can pick both the route (by upstream name) and the answer.
+    let path = path
+        .strip_prefix(&format!("/{name}"))
+        .filter(|rest| rest.starts_with('/'))
+        .unwrap_or(&path);
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (head, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let response = match head {
