@@ -1,9 +1,11 @@
 //! What happens to a matched request: the fault kinds of SPEC §3.1, as
 //! written ([`FaultSpec`]) and validated ([`Fault`]), and the pure planning
-//! step ([`plan`]) that turns matched rules into one [`Plan`].
+//! step ([`plan`]) that turns matched rules into one [`Plan`]. Error presets
+//! (SPEC §3.3) live in [`preset`].
 
 pub mod latency;
 pub mod plan;
+pub mod preset;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +21,7 @@ use crate::diagnostic::{FieldError, FieldPath};
 
 pub use latency::{Delay, DistributionSpec, Side};
 pub use plan::{plan, Action, Plan, RequestView};
+pub use preset::RequestIdStyle;
 
 /// How long a blackhole holds a request when the rule does not say.
 pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(300);
@@ -69,6 +72,10 @@ pub struct FaultSpec {
     /// `error`: a file holding the body, read when the rule loads; relative to the rule file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_file: Option<String>,
+    /// `error`: a real service's error (SPEC §3.3), such as `"aws.throttling"`;
+    /// `status`, `headers` and `body` given as well override the preset's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// `abort`: `reset` or `close`; `unavailable`: `status` or `blackhole`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
@@ -159,6 +166,9 @@ pub struct SyntheticResponse {
     pub body: Bytes,
     /// Made by an `unavailable` fault rather than an `error` fault.
     pub unavailable: bool,
+    /// A preset's request ids, made fresh for each response; `None` (no
+    /// per-response work) for every response a preset did not make.
+    pub request_ids: Option<RequestIdStyle>,
 }
 
 /// The fields each kind takes; any other field given is an error.
@@ -167,7 +177,10 @@ const FIELDS_OF_KIND: [(&str, &[&str]); 7] = [
     ("dribble", &["chunks", "over"]),
     ("truncate", &["after_bytes", "then"]),
     ("latency", &["delay", "jitter", "distribution", "side"]),
-    ("error", &["status", "headers", "body", "body_file"]),
+    (
+        "error",
+        &["status", "headers", "body", "body_file", "preset"],
+    ),
     ("abort", &["mode"]),
     ("unavailable", &["mode", "max_hold", "retry_after"]),
 ];
@@ -175,7 +188,7 @@ const FIELDS_OF_KIND: [(&str, &[&str]); 7] = [
 impl FaultSpec {
     /// The fields given, by name.
     fn given(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 16] = [
+        let fields: [(&'static str, bool); 17] = [
             ("rate", self.rate.is_some()),
             ("chunks", self.chunks.is_some()),
             ("over", self.over.is_some()),
@@ -189,6 +202,7 @@ impl FaultSpec {
             ("headers", self.headers.is_some()),
             ("body", self.body.is_some()),
             ("body_file", self.body_file.is_some()),
+            ("preset", self.preset.is_some()),
             ("mode", self.mode.is_some()),
             ("max_hold", self.max_hold.is_some()),
             ("retry_after", self.retry_after.is_some()),
@@ -415,28 +429,45 @@ impl FaultSpec {
         }
     }
 
-    /// The answer of an `error` fault, built once.
+    /// The answer of an `error` fault, built once: the preset's, if any,
+    /// with the rule's own `status`, `headers` and `body` over it.
     fn error_response(
         &self,
         base_dir: &Path,
         at: &FieldPath,
         errors: &mut Vec<FieldError>,
     ) -> SyntheticResponse {
+        let preset = self.preset.as_deref().map(|name| {
+            let found = preset::find(name);
+            if found.is_none() {
+                errors.push(FieldError::new(
+                    at.key("preset"),
+                    format!(
+                        "unknown preset {name:?}; expected one of {}",
+                        preset::names()
+                    ),
+                ));
+            }
+            found
+        });
         let status = match self.status.map(|s| (s, StatusCode::from_u16(s))) {
-            Some((code, Ok(status))) if (200..=599).contains(&code) => status,
+            Some((code, Ok(status))) if (200..=599).contains(&code) => Some(status),
             Some((code, _)) => {
                 errors.push(FieldError::new(
                     at.key("status"),
                     format!("status {code} is not an HTTP status from 200 to 599"),
                 ));
-                StatusCode::INTERNAL_SERVER_ERROR
+                None
             }
             None => {
-                errors.push(FieldError::new(
-                    at.key("kind"),
-                    "kind = \"error\" needs `status`",
-                ));
-                StatusCode::INTERNAL_SERVER_ERROR
+                // An unknown preset has been reported already.
+                if preset.is_none() {
+                    errors.push(FieldError::new(
+                        at.key("kind"),
+                        "kind = \"error\" needs `status` or `preset`",
+                    ));
+                }
+                None
             }
         };
         let headers = header_map(self.headers.as_ref(), &at.key("headers"), errors);
@@ -446,27 +477,37 @@ impl FaultSpec {
                     at.key("body_file"),
                     "give either `body` or `body_file`, not both",
                 ));
-                Bytes::new()
+                None
             }
-            (Some(body), None) => Bytes::from(body.clone()),
+            (Some(body), None) => Some(Bytes::from(body.clone())),
             (None, Some(file)) => match std::fs::read(base_dir.join(file)) {
-                Ok(bytes) => Bytes::from(bytes),
+                Ok(bytes) => Some(Bytes::from(bytes)),
                 Err(e) => {
                     errors.push(FieldError::new(
                         at.key("body_file"),
                         format!("cannot read body_file {:?}: {e}", base_dir.join(file)),
                     ));
-                    Bytes::new()
+                    None
                 }
             },
-            (None, None) => Bytes::new(),
+            (None, None) => None,
         };
-        SyntheticResponse {
-            status,
-            headers,
-            body,
-            unavailable: false,
+        let mut response = match preset.flatten() {
+            Some(preset) => preset.response(body),
+            None => SyntheticResponse {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                headers: HeaderMap::new(),
+                body: body.unwrap_or_default(),
+                unavailable: false,
+                request_ids: None,
+            },
+        };
+        if let Some(status) = status {
+            response.status = status;
         }
+        // The rule's headers replace the preset's of the same name.
+        response.headers.extend(headers);
+        response
     }
 }
 
@@ -583,6 +624,7 @@ fn service_unavailable(retry_after: Duration) -> SyntheticResponse {
             br#"{"error":"service_unavailable","message":"the upstream is unavailable"}"#,
         ),
         unavailable: true,
+        request_ids: None,
     }
 }
 
@@ -712,6 +754,103 @@ mod tests {
         assert_eq!(parse_rate("500B/s"), Ok(500));
         assert!(parse_rate("fast").unwrap_err().contains("64KiB/s"));
         assert!(parse_rate("0B/s").is_err());
+    }
+
+    fn respond(toml_text: &str) -> Arc<SyntheticResponse> {
+        match fault(toml_text) {
+            Ok(Fault::Respond(response)) => response,
+            other => panic!("expected a response fault, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_preset_validates_without_a_status() {
+        for preset in preset::PRESETS {
+            let response = respond(&format!("kind = \"error\"\npreset = \"{}\"", preset.name));
+            assert_eq!(response.status, preset.status, "{}", preset.name);
+            for (name, value) in preset.headers {
+                assert_eq!(response.headers[*name], *value, "{}", preset.name);
+            }
+            assert!(response.request_ids.is_some(), "{}", preset.name);
+            assert!(!response.unavailable);
+        }
+        let throttling = respond("kind = \"error\"\npreset = \"aws.throttling\"");
+        assert_eq!(throttling.status, 400);
+        assert_eq!(
+            throttling.headers["x-amzn-errortype"],
+            "ThrottlingException"
+        );
+        assert_eq!(
+            throttling.headers["content-type"],
+            "application/x-amz-json-1.1"
+        );
+        assert_eq!(
+            &throttling.body[..],
+            br#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#
+        );
+        assert_eq!(throttling.request_ids, Some(RequestIdStyle::Amzn));
+    }
+
+    #[test]
+    fn unknown_presets_list_the_known_ones() {
+        assert_eq!(
+            fault("kind = \"error\"\npreset = \"aws.explode\"").unwrap_err(),
+            vec![format!(
+                "fault.preset: unknown preset \"aws.explode\"; expected one of {}",
+                preset::names()
+            )]
+        );
+        assert!(preset::names().starts_with("aws.throttling, aws.service-unavailable"));
+        assert_eq!(
+            fault("kind = \"error\"").unwrap_err(),
+            vec!["fault.kind: kind = \"error\" needs `status` or `preset`"]
+        );
+        assert_eq!(
+            fault("kind = \"latency\"\ndelay = \"1s\"\npreset = \"aws.throttling\"").unwrap_err(),
+            vec!["fault.preset: `preset` does not apply to kind = \"latency\" (it takes delay, jitter, distribution, side)"]
+        );
+    }
+
+    #[test]
+    fn a_rules_status_headers_and_body_override_the_presets() {
+        let response = respond(
+            "kind = \"error\"\npreset = \"lambda.too-many-requests\"\nstatus = 503\nheaders = { \"Retry-After\" = \"30\", \"x-extra\" = \"yes\" }\nbody = '{\"message\":\"mine\"}'",
+        );
+        assert_eq!(response.status, 503);
+        assert_eq!(response.headers.get_all("retry-after").iter().count(), 1);
+        assert_eq!(response.headers["retry-after"], "30");
+        assert_eq!(response.headers["x-extra"], "yes");
+        assert_eq!(
+            response.headers["x-amzn-errortype"],
+            "TooManyRequestsException"
+        );
+        assert_eq!(&response.body[..], br#"{"message":"mine"}"#);
+        assert_eq!(response.request_ids, Some(RequestIdStyle::Amzn));
+
+        // Only what is given is replaced.
+        let response =
+            respond("kind = \"error\"\npreset = \"lambda.too-many-requests\"\nstatus = 500");
+        assert_eq!(response.status, 500);
+        assert_eq!(response.headers["retry-after"], "1");
+        assert!(response.body.starts_with(br#"{"Reason":"#));
+
+        // An S3 body of the rule's own no longer repeats the ids.
+        let s3 = respond("kind = \"error\"\npreset = \"s3.slow-down\"");
+        assert!(matches!(
+            s3.request_ids,
+            Some(RequestIdStyle::S3 { echo: Some(_) })
+        ));
+        let s3 = respond("kind = \"error\"\npreset = \"s3.slow-down\"\nbody = \"<Error/>\"");
+        assert_eq!(s3.request_ids, Some(RequestIdStyle::S3 { echo: None }));
+        assert_eq!(&s3.body[..], b"<Error/>");
+
+        // Plain error faults do no per-response work.
+        assert_eq!(respond("kind = \"error\"\nstatus = 500").request_ids, None);
+        // The rule's own headers are checked as before.
+        assert_eq!(
+            fault("kind = \"error\"\npreset = \"aws.throttling\"\nheaders = { \"Content-Length\" = \"9\" }").unwrap_err(),
+            vec!["fault.headers.Content-Length: header \"Content-Length\" frames the message; the proxy sets it"]
+        );
     }
 
     #[test]

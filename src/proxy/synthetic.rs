@@ -6,10 +6,11 @@ use std::io;
 
 use bytes::Bytes;
 use http::header::{HeaderName, CONTENT_TYPE};
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use super::body::ResponseBody;
-use crate::fault::SyntheticResponse;
+use crate::fault::preset::{self, X_AMZN_REQUEST_ID, X_AMZ_ID_2, X_AMZ_REQUEST_ID};
+use crate::fault::{RequestIdStyle, SyntheticResponse};
 use crate::metrics::UpstreamErrorReason;
 
 /// Names the rule that injected a response.
@@ -131,12 +132,49 @@ fn error_message(error: &(dyn StdError + 'static)) -> String {
     message
 }
 
-/// An injected response, as the rule defined it.
+/// An injected response, as the rule defined it; a preset's gets request
+/// ids of its own.
 pub fn injected(response: &SyntheticResponse) -> Response<ResponseBody> {
-    let mut out = Response::new(ResponseBody::full(response.body.clone()));
+    let mut headers = response.headers.clone();
+    let body = match &response.request_ids {
+        None => response.body.clone(),
+        Some(style) => stamp_request_ids(style, &mut headers, &response.body),
+    };
+    let mut out = Response::new(ResponseBody::full(body));
     *out.status_mut() = response.status;
-    *out.headers_mut() = response.headers.clone();
+    *out.headers_mut() = headers;
     out
+}
+
+/// Adds fresh request ids, as the real service gives every response, and
+/// returns the body, which for S3 repeats them. An id the rule set itself
+/// in `headers` is kept.
+fn stamp_request_ids(style: &RequestIdStyle, headers: &mut HeaderMap, body: &Bytes) -> Bytes {
+    match style {
+        RequestIdStyle::Amzn => {
+            headers
+                .entry(&X_AMZN_REQUEST_ID)
+                .or_insert_with(preset::amzn_request_id);
+            body.clone()
+        }
+        RequestIdStyle::S3 { echo } => {
+            let request_id = headers
+                .entry(&X_AMZ_REQUEST_ID)
+                .or_insert_with(preset::s3_request_id)
+                .clone();
+            let host_id = headers
+                .entry(&X_AMZ_ID_2)
+                .or_insert_with(preset::s3_host_id)
+                .clone();
+            match echo {
+                Some(error) => error.render(
+                    request_id.to_str().unwrap_or_default(),
+                    host_id.to_str().unwrap_or_default(),
+                ),
+                None => body.clone(),
+            }
+        }
+    }
 }
 
 pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
@@ -146,4 +184,83 @@ pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Res
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::diagnostic::FieldPath;
+    use crate::fault::{Fault, FaultSpec};
+
+    fn preset_response(toml_text: &str) -> SyntheticResponse {
+        let spec: FaultSpec = toml::from_str(toml_text).unwrap();
+        match spec.validate(Path::new("."), &FieldPath::root().key("fault")) {
+            Ok(Fault::Respond(response)) => (*response).clone(),
+            other => panic!("expected a response fault, got {other:?}"),
+        }
+    }
+
+    async fn parts(response: Response<ResponseBody>) -> (HeaderMap, Bytes) {
+        let (parts, body) = response.into_parts();
+        (parts.headers, body.collect().await.unwrap().to_bytes())
+    }
+
+    #[tokio::test]
+    async fn each_injected_preset_response_gets_a_fresh_request_id() {
+        let response = preset_response("kind = \"error\"\npreset = \"aws.throttling\"");
+        let (first, body) = parts(injected(&response)).await;
+        let (second, _) = parts(injected(&response)).await;
+        assert_eq!(body, response.body);
+        assert_eq!(first["x-amzn-errortype"], "ThrottlingException");
+        assert_eq!(first["x-amzn-requestid"].len(), 36);
+        assert_ne!(first["x-amzn-requestid"], second["x-amzn-requestid"]);
+        // The template itself is never stamped.
+        assert!(!response.headers.contains_key("x-amzn-requestid"));
+    }
+
+    #[tokio::test]
+    async fn s3_bodies_repeat_the_ids_of_their_headers() {
+        let response = preset_response("kind = \"error\"\npreset = \"s3.slow-down\"");
+        let (first, body) = parts(injected(&response)).await;
+        let (second, second_body) = parts(injected(&response)).await;
+        let request_id = first["x-amz-request-id"].to_str().unwrap();
+        let host_id = first["x-amz-id-2"].to_str().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>{request_id}</RequestId><HostId>{host_id}</HostId></Error>")
+        );
+        assert_ne!(first["x-amz-request-id"], second["x-amz-request-id"]);
+        assert_ne!(first["x-amz-id-2"], second["x-amz-id-2"]);
+        assert_ne!(body, second_body);
+        assert!(!first.contains_key("x-amzn-requestid"));
+    }
+
+    #[tokio::test]
+    async fn ids_the_rule_sets_itself_are_kept() {
+        let response = preset_response(
+            "kind = \"error\"\npreset = \"s3.slow-down\"\nheaders = { \"x-amz-request-id\" = \"0123456789ABCDEF\" }",
+        );
+        let (headers, body) = parts(injected(&response)).await;
+        assert_eq!(headers["x-amz-request-id"], "0123456789ABCDEF");
+        assert!(String::from_utf8_lossy(&body).contains("<RequestId>0123456789ABCDEF</RequestId>"));
+
+        let response = preset_response(
+            "kind = \"error\"\npreset = \"aws.internal-error\"\nheaders = { \"x-amzn-RequestId\" = \"fixed\" }",
+        );
+        let (headers, _) = parts(injected(&response)).await;
+        assert_eq!(headers.get_all("x-amzn-requestid").iter().count(), 1);
+        assert_eq!(headers["x-amzn-requestid"], "fixed");
+    }
+
+    #[tokio::test]
+    async fn responses_without_a_preset_go_out_as_built() {
+        let response = preset_response("kind = \"error\"\nstatus = 503\nbody = \"down\"");
+        let (headers, body) = parts(injected(&response)).await;
+        assert!(headers.is_empty());
+        assert_eq!(&body[..], b"down");
+    }
 }
