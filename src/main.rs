@@ -83,6 +83,7 @@ fn main() -> ExitCode {
                 admin,
                 token: token.filter(|t| !t.is_empty()),
                 json,
+                live: std::io::stdout().is_terminal(),
             },
             &verb,
         ),
@@ -94,11 +95,9 @@ fn ctl(target: &ctl::Target, verb: &ctl::Verb) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(ctl::run(target, verb)) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
+    let mut out = std::io::stdout().lock();
+    match runtime.block_on(ctl::run(target, verb, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             if let (true, Some(body)) = (target.json, error.body()) {
                 print!("{body}");

@@ -1,8 +1,12 @@
 //! `faultline ctl`: drives a running proxy through its admin API (SPEC §1,
 //! §5). Readable tables by default, the API's JSON with `--json`; a clear
 //! one-line error when the proxy is unreachable or refuses the token.
+//! The scenario verbs and their tables live in [`scenario`].
+
+mod scenario;
 
 use std::fmt::Write as _;
+use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -50,7 +54,14 @@ pub enum Verb {
     Resume,
     /// Re-read the rule files.
     Reload,
+    /// Rehearsal timelines: list, start (and follow), stop, status, report.
+    Scenario {
+        #[command(subcommand)]
+        verb: ScenarioVerb,
+    },
 }
+
+pub use scenario::ScenarioVerb;
 
 /// Where the admin API is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -58,6 +69,8 @@ pub struct Target {
     pub admin: String,
     pub token: Option<String>,
     pub json: bool,
+    /// The output is a terminal: `--follow` redraws in place.
+    pub live: bool,
 }
 
 /// Why a `ctl` call failed; the message is the one line the user sees.
@@ -101,9 +114,26 @@ impl CtlError {
     }
 }
 
-/// Runs one verb; the text to print on success.
-pub async fn run(target: &Target, verb: &Verb) -> Result<String, CtlError> {
+/// Runs one verb, writing what it shows to `out`.
+pub async fn run(target: &Target, verb: &Verb, out: &mut dyn Write) -> Result<(), CtlError> {
     let api = Api::new(target)?;
+    if let Verb::Scenario { verb } = verb {
+        let (method, path, body) = scenario::request(verb);
+        let answer = api.call(method, &path, body).await?;
+        let text = if target.json {
+            answer
+        } else {
+            scenario::render(&api, verb, &answer)?
+        };
+        write_all(out, &text)?;
+        if let ScenarioVerb::Start {
+            name, follow: true, ..
+        } = verb
+        {
+            scenario::follow(&api, name, target.live && !target.json, out).await?;
+        }
+        return Ok(());
+    }
     let (method, path, body) = match verb {
         Verb::Status => (Method::GET, "/api/status".to_owned(), None),
         Verb::Rules => (Method::GET, "/api/rules".to_owned(), None),
@@ -121,13 +151,14 @@ pub async fn run(target: &Target, verb: &Verb) -> Result<String, CtlError> {
         Verb::Halt => (Method::POST, "/api/halt".to_owned(), None),
         Verb::Resume => (Method::POST, "/api/resume".to_owned(), None),
         Verb::Reload => (Method::POST, "/api/reload".to_owned(), None),
+        Verb::Scenario { .. } => unreachable!("handled above"),
     };
     let answer = api.call(method, &path, body).await?;
     if target.json {
-        return Ok(answer);
+        return write_all(out, &answer);
     }
     let now = SystemTime::now();
-    Ok(match verb {
+    let text = match verb {
         Verb::Status => status_text(&api.parse::<StatusView>(&answer)?),
         Verb::Rules => rules_table(&api.parse::<Vec<RuleView>>(&answer)?, now),
         Verb::Rule { .. } => rule_text(&api.parse::<RuleView>(&answer)?, now),
@@ -142,7 +173,15 @@ pub async fn run(target: &Target, verb: &Verb) -> Result<String, CtlError> {
             "resumed: rules may be enabled again (none was turned back on)\n".to_owned()
         }
         Verb::Reload => reload_text(&api.parse::<ReloadSummary>(&answer)?),
-    })
+        Verb::Scenario { .. } => String::new(),
+    };
+    write_all(out, &text)
+}
+
+fn write_all(out: &mut dyn Write, text: &str) -> Result<(), CtlError> {
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| CtlError::Usage(format!("cannot write the output: {e}")))
 }
 
 /// The admin API at one base URL.

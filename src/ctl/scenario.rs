@@ -1,0 +1,355 @@
+//! `faultline ctl scenario …`: list, start (and follow live), stop, status
+//! and the report of the latest run, as tables.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{json, Value};
+
+use super::{Api, CtlError};
+use crate::control::{RunView, ScenarioView};
+use crate::scenario::report::{Report, Segment, Stats};
+
+/// How often `--follow` looks at the run.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// Width of the `--follow` progress bar, in characters.
+const BAR_WIDTH: usize = 32;
+
+/// What to do with scenarios.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ScenarioVerb {
+    /// Every scenario the rule files define, with its state.
+    List,
+    /// Start a run.
+    Start {
+        name: String,
+        /// Play this many times faster than real time (`120` plays 4h in 2m).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Show the run live until it ends, then its report.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Stop a run; its changes are undone at once.
+    Stop { name: String },
+    /// Where a run is: state, step, time, next step.
+    Status { name: String },
+    /// The latest run, step by step: requests, errors, latency, faults.
+    Report { name: String },
+}
+
+/// The API call a verb makes.
+pub(super) fn request(verb: &ScenarioVerb) -> (Method, String, Option<Value>) {
+    match verb {
+        ScenarioVerb::List => (Method::GET, "/api/scenarios".to_owned(), None),
+        ScenarioVerb::Start { name, speed, .. } => (
+            Method::POST,
+            format!("/api/scenarios/{name}/start"),
+            Some(json!({ "speed": speed })),
+        ),
+        ScenarioVerb::Stop { name } => (Method::POST, format!("/api/scenarios/{name}/stop"), None),
+        ScenarioVerb::Status { name } => (Method::GET, format!("/api/scenarios/{name}"), None),
+        ScenarioVerb::Report { name } => {
+            (Method::GET, format!("/api/scenarios/{name}/report"), None)
+        }
+    }
+}
+
+/// The answer as text.
+pub(super) fn render(api: &Api, verb: &ScenarioVerb, answer: &str) -> Result<String, CtlError> {
+    Ok(match verb {
+        ScenarioVerb::List => list_table(&api.parse::<Vec<ScenarioView>>(answer)?),
+        ScenarioVerb::Report { .. } => report_text(&api.parse::<Report>(answer)?),
+        _ => status_text(&api.parse::<ScenarioView>(answer)?),
+    })
+}
+
+/// Shows a run until it ends: in place on a terminal (`live`), else one
+/// line per step. Then the report.
+pub(super) async fn follow(
+    api: &Api,
+    name: &str,
+    live: bool,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let mut drawn_lines = 0;
+    let mut last_step = None;
+    loop {
+        let view: ScenarioView = api.parse(
+            &api.call(Method::GET, &format!("/api/scenarios/{name}"), None)
+                .await?,
+        )?;
+        let report: Report = api.parse(
+            &api.call(Method::GET, &format!("/api/scenarios/{name}/report"), None)
+                .await?,
+        )?;
+        let frame = follow_frame(&view, &report);
+        let step = view
+            .run
+            .as_ref()
+            .and_then(|r| r.current_step.as_ref().map(|s| s.index));
+        let running = view.state == "running";
+        if live {
+            // Up over the last frame, clear it, draw the new one.
+            if drawn_lines > 0 {
+                write!(out, "\x1b[{drawn_lines}A\x1b[J").map_err(io)?;
+            }
+            write!(out, "{frame}").map_err(io)?;
+            drawn_lines = frame.lines().count();
+        } else if step != last_step || !running {
+            write!(out, "{frame}").map_err(io)?;
+        }
+        out.flush().map_err(io)?;
+        last_step = step;
+        if !running {
+            break;
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+    let report: Report = api.parse(
+        &api.call(Method::GET, &format!("/api/scenarios/{name}/report"), None)
+            .await?,
+    )?;
+    write!(out, "\n{}", report_text(&report)).map_err(io)?;
+    Ok(())
+}
+
+fn io(error: std::io::Error) -> CtlError {
+    CtlError::Usage(format!("cannot write the output: {error}"))
+}
+
+/// The progress bar, the step, time left, and the error ratio per region
+/// during the current step.
+fn follow_frame(view: &ScenarioView, report: &Report) -> String {
+    let mut text = String::new();
+    let Some(run) = &view.run else {
+        return format!("{}: idle\n", view.name);
+    };
+    let progress = if view.duration_seconds > 0.0 {
+        (run.scenario_seconds / view.duration_seconds).clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    let filled = (progress * BAR_WIDTH as f64).round() as usize;
+    let left = (run.wall_duration_seconds - run.wall_seconds).max(0.0);
+    let _ = write!(
+        text,
+        "{} [{}{}] {:>3.0}%  {} / {}",
+        view.name,
+        "#".repeat(filled),
+        ".".repeat(BAR_WIDTH - filled),
+        progress * 100.0,
+        clock(run.scenario_seconds),
+        view.duration,
+    );
+    if run.state == "running" {
+        let _ = write!(text, "  {} left", clock(left));
+    } else {
+        let _ = write!(text, "  {}", run.state);
+    }
+    text.push('\n');
+    let _ = writeln!(text, "  step    {}", step_line(view, run));
+    if let Some(segment) = report.steps.last().or(report.lead_in.as_ref()) {
+        let regions: Vec<String> = segment
+            .regions
+            .iter()
+            .map(|(region, stats)| {
+                format!(
+                    "{} {:.1}% of {}",
+                    if region.is_empty() { "(none)" } else { region },
+                    stats.error_ratio * 100.0,
+                    stats.requests
+                )
+            })
+            .collect();
+        let regions = if regions.is_empty() {
+            "no traffic yet".to_owned()
+        } else {
+            regions.join("   ")
+        };
+        let _ = writeln!(text, "  errors  {regions}");
+    }
+    if let Some(reason) = &run.reason {
+        let _ = writeln!(text, "  reason  {reason}");
+    }
+    text
+}
+
+fn step_line(view: &ScenarioView, run: &RunView) -> String {
+    let mut line = match &run.current_step {
+        Some(step) => format!(
+            "{}/{} at {}{}",
+            step.index + 1,
+            view.steps.len(),
+            step.at,
+            step.description
+                .as_ref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        ),
+        None => format!("0/{} (before the first step)", view.steps.len()),
+    };
+    if let (Some(next), Some(due)) = (&run.next_step, run.next_step_in_seconds) {
+        let _ = write!(line, "; next at {} in {}", next.at, clock(due));
+    }
+    line
+}
+
+/// `1h02m03s`, `4m05s`, `12s`, or `0.4s` under a second.
+fn clock(seconds: f64) -> String {
+    if seconds < 1.0 {
+        return format!("{seconds:.1}s");
+    }
+    let total = seconds.round() as u64;
+    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m{s:02}s")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn list_table(scenarios: &[ScenarioView]) -> String {
+    if scenarios.is_empty() {
+        return "no scenarios: add [[scenario]] tables to a rule file\n".to_owned();
+    }
+    let mut text = format!(
+        "{:<30} {:<10} {:>8} {:>5}  {}\n",
+        "NAME", "STATE", "DURATION", "STEPS", "DESCRIPTION"
+    );
+    for s in scenarios {
+        let _ = writeln!(
+            text,
+            "{:<30} {:<10} {:>8} {:>5}  {}",
+            s.name,
+            s.state,
+            s.duration,
+            s.steps.len(),
+            s.description.as_deref().unwrap_or("")
+        );
+    }
+    text
+}
+
+fn status_text(view: &ScenarioView) -> String {
+    let mut text = format!("{}: {}\n", view.name, view.state);
+    if let Some(description) = &view.description {
+        let _ = writeln!(text, "  {description}");
+    }
+    let _ = writeln!(
+        text,
+        "  {} steps over {}, driving {}",
+        view.steps.len(),
+        view.duration,
+        view.rules.join(", ")
+    );
+    if let Some(run) = &view.run {
+        let _ = writeln!(
+            text,
+            "  run     at {}x since {}{}",
+            run.speed,
+            run.started_at,
+            run.ended_at
+                .as_ref()
+                .map(|e| format!(", ended {e}"))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            text,
+            "  time    {} of {} on the scenario's clock ({} of {} wall)",
+            clock(run.scenario_seconds),
+            view.duration,
+            clock(run.wall_seconds),
+            clock(run.wall_duration_seconds)
+        );
+        let _ = writeln!(text, "  step    {}", step_line(view, run));
+        if let Some(reason) = &run.reason {
+            let _ = writeln!(text, "  reason  {reason}");
+        }
+    }
+    text
+}
+
+fn report_text(report: &Report) -> String {
+    let mut text = format!(
+        "scenario {}: {} at {}x, {} to {}\n",
+        report.scenario,
+        report.state,
+        report.speed,
+        report.started_at,
+        report.ended_at.as_deref().unwrap_or("now")
+    );
+    if let Some(reason) = &report.reason {
+        let _ = writeln!(text, "reason: {reason}");
+    }
+    let _ = writeln!(
+        text,
+        "\n{:<6} {:<8} {:<24} {:>8} {:>8} {:>7} {:>9} {:>9}  FAULTS",
+        "STEP", "AT", "WHERE", "REQUESTS", "ERRORS", "RATIO", "P50", "P99"
+    );
+    for segment in report.lead_in.iter().chain(&report.steps) {
+        segment_rows(&mut text, segment);
+    }
+    text
+}
+
+fn segment_rows(text: &mut String, segment: &Segment) {
+    let step = segment
+        .step
+        .map_or_else(|| "-".to_owned(), |i| (i + 1).to_string());
+    let faults: Vec<String> = segment
+        .faults
+        .iter()
+        .map(|(rule, n)| format!("{rule}={n}"))
+        .collect();
+    let title = segment.description.as_deref().unwrap_or("all traffic");
+    row(text, &step, &segment.at, title, &segment.total);
+    let _ = writeln!(text, "  {}", faults.join(" "));
+    for (region, stats) in &segment.regions {
+        let region = if region.is_empty() {
+            "(no region)"
+        } else {
+            region
+        };
+        row(text, "", "", &format!("  {region}"), stats);
+        text.push('\n');
+    }
+    for (upstream, stats) in &segment.upstreams {
+        row(text, "", "", &format!("    {upstream}"), stats);
+        text.push('\n');
+    }
+}
+
+fn row(text: &mut String, step: &str, at: &str, title: &str, stats: &Stats) {
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}ms"));
+    let title: String = title.chars().take(24).collect();
+    let _ = write!(
+        text,
+        "{:<6} {:<8} {:<24} {:>8} {:>8} {:>6.1}% {:>9} {:>9}",
+        step,
+        at,
+        title,
+        stats.requests,
+        stats.errors,
+        stats.error_ratio * 100.0,
+        ms(stats.p50_ms),
+        ms(stats.p99_ms)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks_read_like_durations() {
+        assert_eq!(clock(0.25), "0.2s");
+        assert_eq!(clock(12.0), "12s");
+        assert_eq!(clock(245.0), "4m05s");
+        assert_eq!(clock(3723.0), "1h02m03s");
+    }
+}
