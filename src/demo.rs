@@ -1,6 +1,7 @@
-//! `faultline demo`: four small upstreams on loopback (`orders` and
-//! `payments` in `us-east-1` and `us-west-2`), the proxy in front of them
-//! with the rules under `rules/`, and a printed list of what to try.
+//! `faultline demo`: small upstreams on loopback (your `orders` and
+//! `payments`, and the cloud services the shipped scenarios break, each in
+//! `us-east-1` and `us-west-2`), the proxy in front of them with the rules
+//! and scenarios under `rules/`, and a printed list of what to try.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,19 +21,49 @@ use crate::config::Config;
 use crate::rules::{self, RuleText};
 use crate::server;
 
-/// The demo's upstreams: (name, service, region, zone).
-pub const UPSTREAMS: [(&str, &str, &str, &str); 4] = [
+/// The demo's upstreams: (name, service, region, zone). Your own services
+/// (`orders`, `payments`) and the cloud services they call, in two regions,
+/// with the labels the shipped scenarios match on.
+pub const UPSTREAMS: [(&str, &str, &str, &str); 18] = [
     ("orders-use1", "orders", "us-east-1", "use1-az1"),
     ("payments-use1", "payments", "us-east-1", "use1-az2"),
+    ("lambda-use1", "lambda", "us-east-1", "use1-az4"),
+    ("console-use1", "console", "us-east-1", "use1-az1"),
+    ("sagemaker-use1", "sagemaker", "us-east-1", "use1-az2"),
+    ("glue-use1", "glue", "us-east-1", "use1-az4"),
+    ("connect-use1", "connect", "us-east-1", "use1-az1"),
+    ("ecs-use1", "ecs", "us-east-1", "use1-az2"),
+    ("guardduty-use1", "guardduty", "us-east-1", "use1-az4"),
     ("orders-usw2", "orders", "us-west-2", "usw2-az1"),
     ("payments-usw2", "payments", "us-west-2", "usw2-az2"),
+    ("lambda-usw2", "lambda", "us-west-2", "usw2-az3"),
+    ("console-usw2", "console", "us-west-2", "usw2-az1"),
+    ("sagemaker-usw2", "sagemaker", "us-west-2", "usw2-az2"),
+    ("glue-usw2", "glue", "us-west-2", "usw2-az3"),
+    ("connect-usw2", "connect", "us-west-2", "usw2-az1"),
+    ("ecs-usw2", "ecs", "us-west-2", "usw2-az2"),
+    ("guardduty-usw2", "guardduty", "us-west-2", "usw2-az3"),
 ];
 
 /// Rule files compiled in, for a demo started outside a checkout.
-const BUILTIN_RULES: [(&str, &str); 1] = [(
-    "rules/us-east-1-brownout.toml",
-    include_str!("../rules/us-east-1-brownout.toml"),
-)];
+const BUILTIN_RULES: [(&str, &str); 4] = [
+    (
+        "rules/us-east-1-brownout.toml",
+        include_str!("../rules/us-east-1-brownout.toml"),
+    ),
+    (
+        "rules/us-east-1-lambda-capacity.toml",
+        include_str!("../rules/us-east-1-lambda-capacity.toml"),
+    ),
+    (
+        "rules/us-east-1-region-down.toml",
+        include_str!("../rules/us-east-1-region-down.toml"),
+    ),
+    (
+        "rules/use1-az1-power-loss.toml",
+        include_str!("../rules/use1-az1-power-loss.toml"),
+    ),
+];
 
 /// A running demo: its upstreams and the proxy in front of them.
 pub struct Demo {
@@ -117,29 +148,51 @@ impl Demo {
         text.push_str(&format!("  proxy      {proxy}\n"));
         let admin = format!("http://{}", self.proxy.admin_addr());
         text.push_str(&format!("  metrics    {admin}/metrics\n"));
-        for (name, addr) in &self.upstreams {
-            text.push_str(&format!("  upstream   {name:<14} http://{addr}\n"));
+        let mut services: Vec<&str> = Vec::new();
+        for (_, service, _, _) in UPSTREAMS {
+            if !services.contains(&service) {
+                services.push(service);
+            }
         }
+        text.push_str(&format!(
+            "  upstreams  {} on loopback: {} in us-east-1 and us-west-2\n",
+            self.upstreams.len(),
+            services.join(", ")
+        ));
         let rules = self.proxy.proxy().rules();
         text.push_str(&format!(
             "  rules      {} rules from {}\n",
             rules.rules().len(),
             self.rules_from.display()
         ));
+        let mut off = 0;
         for rule in rules.rules() {
-            let state = if rule.enabled() {
-                "enabled"
-            } else {
-                "disabled"
-            };
+            if !rule.enabled() {
+                off += 1;
+                continue;
+            }
             text.push_str(&format!(
-                "             {} ({state}, p={}): {}\n",
+                "             {} (on, p={}): {}\n",
                 rule.name(),
                 rule.probability(),
                 rule.spec
                     .description
                     .as_deref()
                     .unwrap_or(rule.fault.kind())
+            ));
+        }
+        if off > 0 {
+            text.push_str(&format!(
+                "             and {off} more, off until a scenario or `ctl enable` turns them on\n"
+            ));
+        }
+        let scenarios = self.proxy.control().scenarios();
+        for scenario in &scenarios {
+            text.push_str(&format!(
+                "  scenario   {} ({}): {}\n",
+                scenario.name,
+                scenario.duration,
+                scenario.description.as_deref().unwrap_or("")
             ));
         }
         text.push_str(&format!("  seed       {}\n\n", self.proxy.seed()));
@@ -188,6 +241,23 @@ impl Demo {
         text.push_str(&format!(
             "  edit rules/*.toml: saved changes apply at once (or `{ctl} reload`)\n\n"
         ));
+        if scenarios
+            .iter()
+            .any(|s| s.name == "us-east-1-lambda-capacity")
+        {
+            text.push_str(
+                "Rehearse the model incident, four hours in two minutes, with traffic running:\n",
+            );
+            text.push_str(&format!(
+                "  while true; do for u in us-east-1/lambda us-west-2/lambda us-east-1/console us-west-2/console; do curl -s -o /dev/null -w '%{{http_code}} ' {proxy}/$u/x; done; echo; sleep 0.2; done\n"
+            ));
+            text.push_str(&format!(
+                "  {ctl} scenario start us-east-1-lambda-capacity --speed 120 --follow\n"
+            ));
+            text.push_str(&format!(
+                "  {ctl} scenario report us-east-1-lambda-capacity   # step by step, per region and upstream\n\n"
+            ));
+        }
         text.push_str("Injected responses carry x-faultline-rule; errors the proxy makes itself carry x-faultline-error.\n");
         text.push_str("Press Ctrl-C to stop.\n");
         text

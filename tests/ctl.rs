@@ -199,3 +199,59 @@ async fn sighup_reloads_the_rule_files() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn ctl_starts_follows_and_reports_a_scenario() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = format!(
+        "{RULES}\n[[scenario]]\nname = \"blip\"\ndescription = \"a short blip\"\nduration = \"20m\"\n[[scenario.step]]\nat = \"0s\"\ndescription = \"down\"\nenable = [\"use1-503\"]\n[[scenario.step]]\nat = \"10m\"\ndescription = \"back\"\ndisable = [\"use1-503\"]\n"
+    );
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), &rules).await;
+    let admin = proxy.admin_url();
+
+    let list = assert_ok(&ctl(&["--admin", &admin, "scenario", "list"], None).await);
+    assert!(list.contains("blip"), "{list}");
+    assert!(list.contains("idle"), "{list}");
+
+    // Traffic while the run plays, so the report has something to show.
+    let url = proxy.url("edge");
+    let traffic = tokio::spawn(async move {
+        let mut codes = Vec::new();
+        for _ in 0..20 {
+            codes.push(get(&url).await.status.as_u16());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        codes
+    });
+    let args = [
+        "--admin", &admin, "scenario", "start", "blip", "--speed", "600", "--follow",
+    ];
+    let out = assert_ok(&ctl(&args, None).await);
+    assert!(out.contains("blip: running"), "{out}");
+    assert!(out.contains("completed"), "{out}");
+    assert!(out.contains("STEP"), "{out}");
+    assert!(out.contains("down"), "{out}");
+    let codes = traffic.await.unwrap();
+    assert!(codes.contains(&503), "{codes:?}");
+
+    let status = assert_ok(&ctl(&["--admin", &admin, "scenario", "status", "blip"], None).await);
+    assert!(status.starts_with("blip: completed"), "{status}");
+    let report = assert_ok(
+        &ctl(
+            &["--admin", &admin, "--json", "scenario", "report", "blip"],
+            None,
+        )
+        .await,
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["state"], "completed");
+    assert_eq!(report["steps"].as_array().unwrap().len(), 2);
+
+    let stop = ctl(&["--admin", &admin, "scenario", "stop", "blip"], None).await;
+    assert!(!stop.status.success());
+    assert!(
+        stderr(&stop).contains("scenario \"blip\" is not running (409 scenario_not_running)"),
+        "{}",
+        stderr(&stop)
+    );
+}

@@ -21,3 +21,65 @@ fn the_example_config_is_valid() {
     assert_eq!(app.config().upstreams.len(), 4);
     assert!(!app.rules().is_empty());
 }
+
+/// Every shipped scenario plays to completion at high speed in the demo,
+/// leaves us-west-2 untouched, and leaves the rules as they were.
+#[tokio::test]
+async fn every_shipped_scenario_runs_to_completion() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let demo = faultline::demo::Demo::start(any, any, &dir).await.unwrap();
+    let control = demo.proxy.control();
+    let shipped: Vec<String> = control.scenarios().into_iter().map(|s| s.name).collect();
+    assert_eq!(
+        shipped,
+        [
+            "us-east-1-lambda-capacity",
+            "us-east-1-region-down",
+            "use1-az1-power-loss"
+        ]
+    );
+    let before = control.rules();
+    let west = format!("http://{}/us-west-2/lambda/invoke", demo.proxy_addr);
+    for name in &shipped {
+        let view = control
+            .start_scenario(name, faultline::control::MAX_SPEED, "test")
+            .unwrap();
+        assert_eq!(view.state, "running");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            assert_eq!(support_get(&west).await, 200, "{name}: us-west-2 was hit");
+            let state = control.scenario(name).unwrap().state;
+            if state != "running" {
+                assert_eq!(state, "completed", "{name}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not finish"
+            );
+        }
+        let report = control.report(name).unwrap();
+        let steps = control.scenario(name).unwrap().steps.len();
+        assert_eq!(report.steps.len(), steps, "{name}: every step ran");
+        let after = control.rules();
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!(
+                (&b.name, b.enabled, b.probability, &b.fault),
+                (&a.name, a.enabled, a.probability, &a.fault),
+                "{name} left a rule changed"
+            );
+        }
+    }
+    demo.shutdown().await;
+}
+
+async fn support_get(url: &str) -> u16 {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let response = client.get(url.parse().unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    status
+}
