@@ -340,8 +340,7 @@ impl Admin {
                 let speed = match take_fields(body, &["speed"])?.remove("speed") {
                     None | Some(Value::Null) => 1.0,
                     Some(value) => value.as_f64().ok_or_else(|| {
-                        Failure::bad_request("speed must be a number, such as 60")
-                            .field("speed")
+                        Failure::bad_request("speed must be a number, such as 60").field("speed")
                     })?,
                 };
                 ok(&control.start_scenario(name, speed, &caller)?)

@@ -430,7 +430,12 @@ mod tests {
         let metrics = Metrics::new();
         let handles = metrics.upstream(&upstream());
         for _ in 0..3 {
-            handles.record_request(&Method::GET, StatusCode::OK, Duration::from_millis(2), false);
+            handles.record_request(
+                &Method::GET,
+                StatusCode::OK,
+                Duration::from_millis(2),
+                false,
+            );
         }
         handles.record_request(
             &Method::from_bytes(b"BREW").unwrap(),

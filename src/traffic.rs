@@ -207,7 +207,10 @@ fn bounds_of(bucket: usize) -> (u64, u64) {
     let exponent = bucket / SUB_BUCKETS + 2;
     let mantissa = bucket % SUB_BUCKETS;
     let width = 1 << (exponent - 3);
-    ((SUB_BUCKETS + mantissa) * width, (SUB_BUCKETS + mantissa + 1) * width)
+    (
+        (SUB_BUCKETS + mantissa) * width,
+        (SUB_BUCKETS + mantissa + 1) * width,
+    )
 }
 
 #[cfg(test)]
@@ -224,7 +227,10 @@ mod tests {
             u64::from(u32::MAX),
         ]) {
             let (low, high) = bounds_of(bucket_of(micros));
-            assert!(low <= micros && micros < high, "{micros} not in {low}..{high}");
+            assert!(
+                low <= micros && micros < high,
+                "{micros} not in {low}..{high}"
+            );
             assert!((high - low) as f64 <= (low as f64 / 8.0).max(1.0));
         }
         assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
@@ -272,6 +278,9 @@ mod tests {
             Outcome::of_status(StatusCode::TOO_MANY_REQUESTS),
             Outcome::Failure
         );
-        assert_eq!(Outcome::of_status(StatusCode::BAD_GATEWAY), Outcome::Failure);
+        assert_eq!(
+            Outcome::of_status(StatusCode::BAD_GATEWAY),
+            Outcome::Failure
+        );
     }
 }

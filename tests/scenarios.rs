@@ -158,7 +158,11 @@ async fn a_scenario_plays_its_steps_in_one_region_then_undoes_them() {
 
     let done = wait_for(&proxy, "drill", |v| v["state"] == "completed").await;
     assert!(done["run"]["next_step"].is_null());
-    assert_eq!(rule_shapes(&proxy).await, before, "the undo left rules changed");
+    assert_eq!(
+        rule_shapes(&proxy).await,
+        before,
+        "the undo left rules changed"
+    );
     let metrics = get(&format!("{}/metrics", proxy.admin_url())).await.text();
     assert!(metrics.contains("faultline_scenario_running{scenario=\"drill\"} 0"));
     assert!(metrics.contains("faultline_scenario_step{scenario=\"drill\"} -1"));
@@ -171,7 +175,10 @@ async fn a_scenario_plays_its_steps_in_one_region_then_undoes_them() {
     assert_eq!(steps.len(), 4);
     for ((step, upstream), (requests, errors)) in &observed {
         let stats = &steps[*step]["upstreams"][*upstream];
-        assert_eq!(stats["requests"], *requests, "step {step} {upstream}: {stats}");
+        assert_eq!(
+            stats["requests"], *requests,
+            "step {step} {upstream}: {stats}"
+        );
         assert_eq!(stats["errors"], *errors, "step {step} {upstream}: {stats}");
     }
     assert_eq!(steps[0]["faults"]["use1-throttle"], 10);
@@ -189,7 +196,11 @@ async fn a_scenario_plays_its_steps_in_one_region_then_undoes_them() {
 
 #[tokio::test]
 async fn stopping_or_halting_undoes_at_once() {
-    let Stack { proxy, east: _east, west: _west } = stack(DRILL).await;
+    let Stack {
+        proxy,
+        east: _east,
+        west: _west,
+    } = stack(DRILL).await;
     let before = rule_shapes(&proxy).await;
     let url = format!("{}/orders-use1/x", proxy.url("edge"));
 
@@ -197,24 +208,39 @@ async fn stopping_or_halting_undoes_at_once() {
     assert_eq!(get(&url).await.status, 429);
     // A rule the run drives cannot be changed by hand meanwhile.
     let (status, body) = json(&proxy, "POST", "/api/rules/use1-throttle/disable", None).await;
-    assert_eq!((status, body["error"].as_str()), (409, Some("rule_in_scenario")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("rule_in_scenario"))
+    );
     let (status, view) = json(&proxy, "POST", "/api/scenarios/drill/stop", None).await;
     assert_eq!(status, 200);
     assert_eq!(view["state"], "stopped");
-    assert!(view["run"]["reason"].as_str().unwrap().starts_with("stopped by"));
+    assert!(view["run"]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("stopped by"));
     assert_eq!(get(&url).await.status, 200);
     assert_eq!(rule_shapes(&proxy).await, before);
     let (status, body) = json(&proxy, "POST", "/api/scenarios/drill/stop", None).await;
-    assert_eq!((status, body["error"].as_str()), (409, Some("scenario_not_running")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("scenario_not_running"))
+    );
 
     json(&proxy, "POST", "/api/scenarios/drill/start", None).await;
     assert_eq!(get(&url).await.status, 429);
     let (_, status_view) = json(&proxy, "GET", "/api/status", None).await;
-    assert_eq!(status_view["scenarios_running"], serde_json::json!(["drill"]));
+    assert_eq!(
+        status_view["scenarios_running"],
+        serde_json::json!(["drill"])
+    );
     json(&proxy, "POST", "/api/halt", None).await;
     let view = wait_for(&proxy, "drill", |_| true).await;
     assert_eq!(view["state"], "stopped");
-    assert!(view["run"]["reason"].as_str().unwrap().starts_with("halted by"));
+    assert!(view["run"]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("halted by"));
     assert_eq!(get(&url).await.status, 200);
     let (status, body) = json(&proxy, "POST", "/api/scenarios/drill/start", None).await;
     assert_eq!((status, body["error"].as_str()), (409, Some("halted")));
@@ -225,24 +251,47 @@ async fn two_scenarios_that_drive_one_rule_cannot_run_together() {
     let rules = format!(
         "{DRILL}\n[[scenario]]\nname = \"other\"\nduration = \"1h\"\n[[scenario.step]]\nat = \"30m\"\nenable = [\"use1-down\"]\n"
     );
-    let Stack { proxy, east: _east, west: _west } = stack(&rules).await;
+    let Stack {
+        proxy,
+        east: _east,
+        west: _west,
+    } = stack(&rules).await;
     let (status, _) = json(&proxy, "POST", "/api/scenarios/other/start", None).await;
     assert_eq!(status, 200);
     let (status, body) = json(&proxy, "POST", "/api/scenarios/drill/start", None).await;
     assert_eq!(status, 409);
     assert_eq!(body["error"], "scenario_conflict");
-    assert!(body["message"].as_str().unwrap().contains("use1-down"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("use1-down"),
+        "{body}"
+    );
     let (status, body) = json(&proxy, "POST", "/api/scenarios/other/start", None).await;
-    assert_eq!((status, body["error"].as_str()), (409, Some("scenario_running")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("scenario_running"))
+    );
 
     // Bad input gets a precise answer.
     let (status, body) = json(&proxy, "POST", "/api/scenarios/nope/start", None).await;
-    assert_eq!((status, body["error"].as_str()), (404, Some("scenario_not_found")));
-    let (status, body) =
-        json(&proxy, "POST", "/api/scenarios/drill/start", Some(r#"{"speed": 0}"#)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("scenario_not_found"))
+    );
+    let (status, body) = json(
+        &proxy,
+        "POST",
+        "/api/scenarios/drill/start",
+        Some(r#"{"speed": 0}"#),
+    )
+    .await;
     assert_eq!((status, body["field"].as_str()), (400, Some("speed")));
-    let (status, body) =
-        json(&proxy, "POST", "/api/scenarios/drill/start", Some(r#"{"sped": 2}"#)).await;
+    let (status, body) = json(
+        &proxy,
+        "POST",
+        "/api/scenarios/drill/start",
+        Some(r#"{"sped": 2}"#),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = json(&proxy, "GET", "/api/scenarios/drill/report", None).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("no_report")));
@@ -289,7 +338,11 @@ count_injected = {count_injected}
 
 #[tokio::test]
 async fn a_guard_aborts_the_run_when_the_watched_region_fails() {
-    let Stack { proxy, east: _east, west: _west } = stack(&guarded(false, false)).await;
+    let Stack {
+        proxy,
+        east: _east,
+        west: _west,
+    } = stack(&guarded(false, false)).await;
     let before = rule_shapes(&proxy).await;
     json(&proxy, "POST", "/api/scenarios/guarded/start", None).await;
     // The healthy region's upstream starts failing on its own.
@@ -300,7 +353,10 @@ async fn a_guard_aborts_the_run_when_the_watched_region_fails() {
     let view = wait_for(&proxy, "guarded", |v| v["state"] != "running").await;
     assert_eq!(view["state"], "aborted");
     let reason = view["run"]["reason"].as_str().unwrap();
-    assert!(reason.starts_with("guard tripped: error ratio 1.000 (10 of 10 requests)"), "{reason}");
+    assert!(
+        reason.starts_with("guard tripped: error ratio 1.000 (10 of 10 requests)"),
+        "{reason}"
+    );
     assert_eq!(rule_shapes(&proxy).await, before);
     let (_, report) = json(&proxy, "GET", "/api/scenarios/guarded/report", None).await;
     assert_eq!(report["state"], "aborted");
@@ -311,8 +367,18 @@ async fn a_guard_aborts_the_run_when_the_watched_region_fails() {
 async fn a_guard_leaves_a_healthy_run_alone() {
     // us-east-1 fails completely and us-west-2 takes injected faults too,
     // which the guard is told not to count: the run goes to completion.
-    let Stack { proxy, east: _east, west: _west } = stack(&guarded(false, true)).await;
-    json(&proxy, "POST", "/api/scenarios/guarded/start", Some(r#"{"speed": 5}"#)).await;
+    let Stack {
+        proxy,
+        east: _east,
+        west: _west,
+    } = stack(&guarded(false, true)).await;
+    json(
+        &proxy,
+        "POST",
+        "/api/scenarios/guarded/start",
+        Some(r#"{"speed": 5}"#),
+    )
+    .await;
     let east = format!("{}/orders-use1/x", proxy.url("edge"));
     let west = format!("{}/orders-usw2/x", proxy.url("edge"));
     for _ in 0..10 {
@@ -323,8 +389,18 @@ async fn a_guard_leaves_a_healthy_run_alone() {
     assert_eq!(view["state"], "completed", "{view:#}");
 
     // The same traffic with injected faults counted trips the guard.
-    let Stack { proxy, east: _east, west: _west } = stack(&guarded(true, true)).await;
-    json(&proxy, "POST", "/api/scenarios/guarded/start", Some(r#"{"speed": 5}"#)).await;
+    let Stack {
+        proxy,
+        east: _east,
+        west: _west,
+    } = stack(&guarded(true, true)).await;
+    json(
+        &proxy,
+        "POST",
+        "/api/scenarios/guarded/start",
+        Some(r#"{"speed": 5}"#),
+    )
+    .await;
     let west = format!("{}/orders-usw2/x", proxy.url("edge"));
     for _ in 0..10 {
         get(&west).await;

@@ -103,9 +103,13 @@ pub enum ControlError {
         other: String,
         rule: String,
     },
-    #[error("rule {rule:?} is driven by scenario {scenario:?} until it ends; stop the scenario first")]
+    #[error(
+        "rule {rule:?} is driven by scenario {scenario:?} until it ends; stop the scenario first"
+    )]
     DrivenByScenario { rule: String, scenario: String },
-    #[error("the guard of scenario {0:?} watches no upstream: no upstream has its labels or names")]
+    #[error(
+        "the guard of scenario {0:?} watches no upstream: no upstream has its labels or names"
+    )]
     GuardWatchesNothing(String),
 }
 
@@ -586,8 +590,14 @@ impl Control {
             .collect();
         self.abort_runs_touching(&mut state, &disturbed);
         for scenario in &book.scenarios {
-            if !state.runs.get(scenario.name()).is_some_and(|r| r.is_running()) {
-                self.proxy.metrics().set_scenario(scenario.name(), false, None);
+            if !state
+                .runs
+                .get(scenario.name())
+                .is_some_and(|r| r.is_running())
+            {
+                self.proxy
+                    .metrics()
+                    .set_scenario(scenario.name(), false, None);
             }
         }
         state.scenarios = book.scenarios;

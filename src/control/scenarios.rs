@@ -150,7 +150,12 @@ impl Control {
             return Err(ControlError::ScenarioRunning(name.to_owned()));
         }
         for other in state.runs.values().filter(|r| r.is_running()) {
-            if let Some(rule) = other.scenario.touched.intersection(&scenario.touched).next() {
+            if let Some(rule) = other
+                .scenario
+                .touched
+                .intersection(&scenario.touched)
+                .next()
+            {
                 return Err(ControlError::ScenarioConflict {
                     scenario: name.to_owned(),
                     other: other.scenario.name().to_owned(),
@@ -299,7 +304,9 @@ impl Control {
             .values()
             .filter(|r| r.is_running())
             .filter_map(|r| {
-                let rule = rules.iter().find(|rule| r.scenario.touched.contains(*rule))?;
+                let rule = rules
+                    .iter()
+                    .find(|rule| r.scenario.touched.contains(*rule))?;
                 Some((r.id, rule.clone()))
             })
             .collect();
@@ -467,7 +474,12 @@ impl Control {
 }
 
 /// Lays one step's changes over the rules it names.
-fn apply_changes(state: &mut State, run: u64, scenario: &Scenario, step: &Step) -> Result<(), String> {
+fn apply_changes(
+    state: &mut State,
+    run: u64,
+    scenario: &Scenario,
+    step: &Step,
+) -> Result<(), String> {
     for (name, change) in &step.changes {
         let Some(entry) = state.entries.iter_mut().find(|e| e.name() == name) else {
             return Err(format!("rule {name:?} no longer exists"));
@@ -584,9 +596,7 @@ impl Run {
             description: steps.get(index).and_then(|s| s.description.clone()),
         };
         let wall = match self.ended_at {
-            Some(end) => end
-                .duration_since(self.started_at)
-                .unwrap_or_default(),
+            Some(end) => end.duration_since(self.started_at).unwrap_or_default(),
             None => self.started.elapsed(),
         };
         let duration = self.scenario.duration;

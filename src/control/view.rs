@@ -7,12 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use super::scenarios::Run;
 use super::{Entry, State};
-use crate::scenario::spec::{GuardSpec, StepSpec};
-use crate::scenario::Scenario;
 use crate::diagnostic::Diagnostic;
 use crate::fault::FaultSpec;
 use crate::reload::Trigger;
 use crate::rules::{MatchSpec, RuleSource};
+use crate::scenario::spec::{GuardSpec, StepSpec};
+use crate::scenario::Scenario;
 
 /// One rule: its definition, its switches as they are now, and its counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,9 +24,9 @@ use body::{ReadAhead, Replayed, RequestBody};
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::fault::{self, AbortMode, Action, Plan, RequestView};
 use crate::metrics::{Metrics, UpstreamMetrics};
-use crate::traffic::Tally;
 use crate::rules::{Release, RuleSet};
 use crate::server::ConnInfo;
+use crate::traffic::Tally;
 use forward::UpstreamClient;
 use prometheus::IntGauge;
 use synthetic::{ProxyError, X_FAULTLINE_RULE};
@@ -127,7 +127,9 @@ impl Proxy {
 
     /// The running counts of each upstream's traffic, by upstream index.
     pub fn tally(&self, upstream: usize) -> Option<&Arc<Tally>> {
-        self.upstream_metrics.get(upstream).map(UpstreamMetrics::tally)
+        self.upstream_metrics
+            .get(upstream)
+            .map(UpstreamMetrics::tally)
     }
 
     /// Wakes on every change of the rule snapshot.

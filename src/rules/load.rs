@@ -9,8 +9,8 @@ use std::sync::Arc;
 use toml::de::{DeTable, DeValue};
 
 use super::{RuleBook, RuleFile, RuleSource};
-use crate::scenario::ScenarioSpec;
 use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
+use crate::scenario::ScenarioSpec;
 
 /// The contents of one rule file.
 #[derive(Debug, Clone)]
@@ -165,7 +165,10 @@ pub fn load_sources_reserving(
         );
         if let Some(first) = first_scenario.get(&spec.name) {
             diagnostics.push(Diagnostic {
-                message: format!("scenario {:?} is defined twice; first at {first}", spec.name),
+                message: format!(
+                    "scenario {:?} is defined twice; first at {first}",
+                    spec.name
+                ),
                 ..here
             });
             continue;

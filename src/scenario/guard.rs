@@ -96,7 +96,9 @@ mod tests {
 
     fn watch(count_injected: bool) -> GuardWatch {
         GuardWatch::new(&Guard {
-            watch: MatchSpec::default().compile(&[], &Default::default()).unwrap(),
+            watch: MatchSpec::default()
+                .compile(&[], &Default::default())
+                .unwrap(),
             max_error_ratio: 0.1,
             window: Duration::from_secs(10),
             min_requests: 20,

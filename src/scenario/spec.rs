@@ -163,7 +163,11 @@ pub fn merge_patch(earlier: &mut toml::Table, later: &toml::Table) {
 
 /// The rule as a scenario's accumulated fault patch leaves it; it shares
 /// the rule's counters.
-pub fn patched_rule(rule: &Rule, patch: &toml::Table, at: &FieldPath) -> Result<Rule, Vec<FieldError>> {
+pub fn patched_rule(
+    rule: &Rule,
+    patch: &toml::Table,
+    at: &FieldPath,
+) -> Result<Rule, Vec<FieldError>> {
     let spec = patched_fault(&rule.spec.fault, patch)
         .map_err(|message| vec![FieldError::new(at.clone(), message)])?;
     let base_dir = match &rule.source {
@@ -425,15 +429,9 @@ mod tests {
         let outage = &scenarios[0];
         assert_eq!(outage.duration, Duration::from_secs(3600));
         assert_eq!(outage.steps[1].at, Duration::from_secs(600));
-        assert_eq!(
-            outage.steps[1].changes["slow"].probability,
-            Some(0.5),
-        );
+        assert_eq!(outage.steps[1].changes["slow"].probability, Some(0.5),);
         assert_eq!(outage.steps[1].changes["fail"].enabled, Some(true));
-        assert_eq!(
-            outage.touched.iter().collect::<Vec<_>>(),
-            ["fail", "slow"]
-        );
+        assert_eq!(outage.touched.iter().collect::<Vec<_>>(), ["fail", "slow"]);
     }
 
     #[test]
@@ -461,7 +459,10 @@ mod tests {
         assert_eq!(fault.kind, "error");
         assert_eq!(fault.delay, None);
         let patch: toml::Table = toml::from_str("delay = \"3s\"").unwrap();
-        assert_eq!(patched_fault(&base, &patch).unwrap().delay.as_deref(), Some("3s"));
+        assert_eq!(
+            patched_fault(&base, &patch).unwrap().delay.as_deref(),
+            Some("3s")
+        );
     }
 
     #[test]
