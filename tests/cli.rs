@@ -371,3 +371,30 @@ async fn the_demo_starts_and_shows_one_region_browning_out() {
     terminate(&child);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn check_validates_scenarios_against_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "faultline.toml", CONFIG);
+    write(
+        dir.path(),
+        "rules/a.toml",
+        "[[rule]]\nname = \"slow\"\nenabled = false\n[rule.fault]\nkind = \"latency\"\ndelay = \"1s\"\n",
+    );
+    write(
+        dir.path(),
+        "rules/outage.toml",
+        "[[scenario]]\nname = \"outage\"\nduration = \"1h\"\n[[scenario.step]]\nat = \"0s\"\nenable = [\"slow\", \"fast\"]\n[[scenario.step]]\nat = \"2h\"\nset = { slow = { probability = 0.5 } }\n",
+    );
+    let out = faultline(&["check"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "rules/outage.toml:6:19: error: scenario[0].step[0].enable[1]: scenario \"outage\": no rule file defines a rule named \"fast\"",
+            "rules/outage.toml:8:1: error: scenario[0].step[1].at: scenario \"outage\": at = \"2h\" is not before the end of the scenario (1h)",
+        ]
+    );
+}

@@ -408,3 +408,37 @@ async fn a_guard_leaves_a_healthy_run_alone() {
     let view = wait_for(&proxy, "guarded", |v| v["state"] != "running").await;
     assert_eq!(view["state"], "aborted", "{view:#}");
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_a_driven_rule_aborts_the_run() {
+    let Stack {
+        proxy,
+        east: _east,
+        west: _west,
+    } = stack(DRILL).await;
+    json(&proxy, "POST", "/api/scenarios/drill/start", None).await;
+    // An edit elsewhere in the file leaves the run alone…
+    let file = proxy.rules_dir().join("test.toml");
+    let text = DRILL.replace("description = \"recovered\"", "description = \"calm\"");
+    std::fs::write(&file, &text).unwrap();
+    let (status, _) = json(&proxy, "POST", "/api/reload", None).await;
+    assert_eq!(status, 200);
+    let (_, view) = json(&proxy, "GET", "/api/scenarios/drill", None).await;
+    assert_eq!(view["state"], "running");
+    // …an edit of a rule it drives ends it, undone.
+    std::fs::write(&file, text.replace("status = 429", "status = 420")).unwrap();
+    let (status, _) = json(&proxy, "POST", "/api/reload", None).await;
+    assert_eq!(status, 200);
+    let (_, view) = json(&proxy, "GET", "/api/scenarios/drill", None).await;
+    assert_eq!(view["state"], "aborted");
+    assert!(
+        view["run"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("use1-throttle"),
+        "{view}"
+    );
+    let (_, rule) = json(&proxy, "GET", "/api/rules/use1-throttle", None).await;
+    assert_eq!(rule["enabled"], false);
+    assert!(rule.get("scenario").is_none());
+}
