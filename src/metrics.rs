@@ -291,6 +291,12 @@ impl Metrics {
         self.scenario_step.with_label_values(&[scenario]).set(step);
     }
 
+    /// Drops the gauges of a scenario the rule files no longer define.
+    pub fn forget_scenario(&self, scenario: &str) {
+        let _ = self.scenario_running.remove_label_values(&[scenario]);
+        let _ = self.scenario_step.remove_label_values(&[scenario]);
+    }
+
     pub fn halted(&self) -> &IntGauge {
         &self.halted
     }

@@ -277,14 +277,15 @@ async fn two_scenarios_that_drive_one_rule_cannot_run_together() {
         (status, body["error"].as_str()),
         (404, Some("scenario_not_found"))
     );
-    let (status, body) = json(
-        &proxy,
-        "POST",
-        "/api/scenarios/drill/start",
-        Some(r#"{"speed": 0}"#),
-    )
-    .await;
-    assert_eq!((status, body["field"].as_str()), (400, Some("speed")));
+    for speed in ["0", "1e-300", "-5", "10001"] {
+        let body = format!(r#"{{"speed": {speed}}}"#);
+        let (status, body) = json(&proxy, "POST", "/api/scenarios/drill/start", Some(&body)).await;
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (400, Some("speed")),
+            "{speed}"
+        );
+    }
     let (status, body) = json(
         &proxy,
         "POST",
@@ -441,4 +442,45 @@ async fn a_reload_that_changes_a_driven_rule_aborts_the_run() {
     let (_, rule) = json(&proxy, "GET", "/api/rules/use1-throttle", None).await;
     assert_eq!(rule["enabled"], false);
     assert!(rule.get("scenario").is_none());
+}
+
+#[tokio::test]
+async fn the_undo_puts_a_rules_times_budget_back() {
+    let rules = r#"
+[[rule]]
+name = "twice"
+times = 2
+[rule.match]
+labels = { region = "us-east-1" }
+[rule.fault]
+kind = "error"
+status = 503
+
+[[scenario]]
+name = "again"
+duration = "2m"
+[[scenario.step]]
+at = "0s"
+disable = ["twice"]
+[[scenario.step]]
+at = "1m"
+enable = ["twice"]
+"#;
+    let Stack {
+        proxy,
+        east: _east,
+        west: _west,
+    } = stack(rules).await;
+    // The budget is used up before the run…
+    assert_eq!(statuses(&proxy, "orders-use1", 3).await, [503, 503, 200]);
+    json(
+        &proxy,
+        "POST",
+        "/api/scenarios/again/start",
+        Some(r#"{"speed": 600}"#),
+    )
+    .await;
+    wait_for(&proxy, "again", |v| v["state"] == "completed").await;
+    // …and still used up after it, although the run turned the rule on afresh.
+    assert_eq!(statuses(&proxy, "orders-use1", 2).await, [200, 200]);
 }

@@ -589,12 +589,15 @@ impl Control {
             .cloned()
             .collect();
         self.abort_runs_touching(&mut state, &disturbed);
+        let running = Control::running_names(&state);
+        for gone in &state.scenarios {
+            let kept = book.scenarios.iter().any(|s| s.name() == gone.name());
+            if !kept && !running.iter().any(|r| r == gone.name()) {
+                self.proxy.metrics().forget_scenario(gone.name());
+            }
+        }
         for scenario in &book.scenarios {
-            if !state
-                .runs
-                .get(scenario.name())
-                .is_some_and(|r| r.is_running())
-            {
+            if !running.iter().any(|r| r == scenario.name()) {
                 self.proxy
                     .metrics()
                     .set_scenario(scenario.name(), false, None);

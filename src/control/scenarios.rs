@@ -24,6 +24,9 @@ use crate::traffic::{Counts, Tally};
 
 /// The fastest a scenario may be played: four hours in under two seconds.
 pub const MAX_SPEED: f64 = 10_000.0;
+/// The slowest: a hundred times slower than real time. Below it the timing
+/// arithmetic would overflow, and no rehearsal wants it.
+pub const MIN_SPEED: f64 = 0.01;
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,31 +86,41 @@ pub(super) struct Overlay {
     patch: toml::Table,
     /// The rule with `patch` applied, when there is one.
     pub(super) patched: Option<Arc<Rule>>,
+    /// The rule's `times` and `every` counts before the run, put back at its end.
+    turns: (u64, u64),
 }
 
 impl Control {
     /// Every scenario the rule files define, with its state.
+    ///
+    /// A running scenario is shown as it runs, even if a reload has since
+    /// changed or removed its definition.
     pub fn scenarios(&self) -> Vec<ScenarioView> {
         let state = self.lock();
-        state
+        let mut views: Vec<ScenarioView> = state
             .scenarios
             .iter()
-            .map(|scenario| ScenarioView::of(scenario, state.runs.get(scenario.name())))
-            .collect()
+            .map(|scenario| view_of(&state, scenario))
+            .collect();
+        for run in state.runs.values().filter(|r| r.is_running()) {
+            if !views.iter().any(|v| v.name == run.scenario.name()) {
+                views.push(ScenarioView::of(&run.scenario, Some(run)));
+            }
+        }
+        views
     }
 
-    /// One scenario and its state; a scenario removed from the files while
-    /// it ran is still shown through its last run.
+    /// One scenario and its state; a scenario removed from the files is
+    /// still shown through its last run.
     pub fn scenario(&self, name: &str) -> Result<ScenarioView, ControlError> {
         let state = self.lock();
         let run = state.runs.get(name);
-        let scenario = state
-            .scenarios
-            .iter()
-            .find(|s| s.name() == name)
-            .or_else(|| run.map(|r| &r.scenario))
-            .ok_or_else(|| ControlError::ScenarioNotFound(name.to_owned()))?;
-        Ok(ScenarioView::of(scenario, run))
+        match state.scenarios.iter().find(|s| s.name() == name) {
+            Some(scenario) => Ok(view_of(&state, scenario)),
+            None => run
+                .map(|run| ScenarioView::of(&run.scenario, Some(run)))
+                .ok_or_else(|| ControlError::ScenarioNotFound(name.to_owned())),
+        }
     }
 
     /// The report of a scenario's latest run, so far if it still runs.
@@ -130,10 +143,10 @@ impl Control {
         speed: f64,
         caller: &str,
     ) -> Result<ScenarioView, ControlError> {
-        if !speed.is_finite() || speed <= 0.0 || speed > MAX_SPEED {
+        if !(MIN_SPEED..=MAX_SPEED).contains(&speed) {
             return Err(ControlError::Invalid(vec![FieldError::new(
                 FieldPath::root().key("speed"),
-                format!("speed {speed} must be more than 0 and at most {MAX_SPEED}"),
+                format!("speed {speed} must be from {MIN_SPEED} to {MAX_SPEED}"),
             )]));
         }
         let mut state = self.lock();
@@ -385,8 +398,8 @@ impl Control {
         record.stop.cancel();
         let name = record.scenario.name().to_owned();
         for entry in &mut state.entries {
-            if entry.overlay.as_ref().is_some_and(|o| o.run == run) {
-                entry.overlay = None;
+            if let Some(overlay) = entry.overlay.take_if(|o| o.run == run) {
+                entry.rule.counters.set_turns(overlay.turns);
             }
         }
         self.proxy.metrics().set_scenario(&name, false, None);
@@ -473,6 +486,15 @@ impl Control {
     }
 }
 
+/// A scenario and its latest run; while the run lasts, the definition it
+/// plays rather than the files' newer one.
+fn view_of(state: &State, scenario: &Arc<Scenario>) -> ScenarioView {
+    match state.runs.get(scenario.name()) {
+        Some(run) if run.is_running() => ScenarioView::of(&run.scenario, Some(run)),
+        run => ScenarioView::of(scenario, run),
+    }
+}
+
 /// Lays one step's changes over the rules it names.
 fn apply_changes(
     state: &mut State,
@@ -492,6 +514,7 @@ fn apply_changes(
             probability: None,
             patch: toml::Table::new(),
             patched: None,
+            turns: entry.rule.counters.turns(),
         });
         if let Some(enabled) = change.enabled {
             overlay.enabled = Some(enabled);

@@ -179,6 +179,20 @@ impl RuleCounters {
         self.fired.store(0, Ordering::Relaxed);
         self.matched.store(0, Ordering::Relaxed);
     }
+
+    /// Where `times` and `every` stand, to put back later ([`RuleCounters::set_turns`]).
+    pub fn turns(&self) -> (u64, u64) {
+        (
+            self.fired.load(Ordering::Relaxed),
+            self.matched.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Puts `times` and `every` back where [`RuleCounters::turns`] saw them.
+    pub fn set_turns(&self, (fired, matched): (u64, u64)) {
+        self.fired.store(fired, Ordering::Relaxed);
+        self.matched.store(matched, Ordering::Relaxed);
+    }
 }
 
 impl Rule {

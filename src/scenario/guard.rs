@@ -60,19 +60,24 @@ impl GuardWatch {
             return Verdict::Healthy;
         };
         let recent = counts.since(baseline);
-        let errors = if self.count_injected {
-            recent.errors()
+        // Uncounted injected answers leave both sides of the ratio: the
+        // guard judges the requests the system itself answered.
+        let (errors, requests) = if self.count_injected {
+            (recent.errors(), recent.requests)
         } else {
-            recent.failures
+            (
+                recent.failures,
+                recent.requests.saturating_sub(recent.injected),
+            )
         };
-        if recent.requests < self.min_requests || recent.requests == 0 {
+        if requests < self.min_requests || requests == 0 {
             return Verdict::Healthy;
         }
-        let ratio = errors as f64 / recent.requests as f64;
+        let ratio = errors as f64 / requests as f64;
         if ratio > self.max_error_ratio {
             Verdict::Tripped {
                 errors,
-                requests: recent.requests,
+                requests,
                 ratio,
             }
         } else {
@@ -146,6 +151,18 @@ mod tests {
             guard.observe(later, counts(100, 0, 50)),
             Verdict::Tripped { errors: 50, .. }
         ));
+        // Uncounted injected answers do not dilute the system's own errors:
+        // 10 failures among the 50 requests the system answered is 20%.
+        let mut guard = watch(false);
+        guard.observe(start, counts(0, 0, 0));
+        assert_eq!(
+            guard.observe(later, counts(100, 10, 50)),
+            Verdict::Tripped {
+                errors: 10,
+                requests: 50,
+                ratio: 0.2
+            }
+        );
     }
 
     #[test]

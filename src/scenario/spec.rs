@@ -269,6 +269,12 @@ impl ScenarioSpec {
                         ));
                         continue;
                     }
+                    if names[..k].contains(name) {
+                        errors.push(FieldError::new(
+                            here.key(field).index(k),
+                            format!("rule {name:?} is named twice in `{field}`"),
+                        ));
+                    }
                     let change = changes.entry(name.clone()).or_default();
                     if change.enabled.is_some_and(|e| e != enabled) {
                         errors.push(FieldError::new(
@@ -288,6 +294,12 @@ impl ScenarioSpec {
                     ));
                     continue;
                 };
+                if set.probability.is_none() && set.fault.is_none() {
+                    errors.push(FieldError::new(
+                        set_at.clone(),
+                        format!("`set` for rule {name:?} changes nothing: give `probability` or `fault`"),
+                    ));
+                }
                 if let Some(p) = set.probability {
                     if !(0.0..=1.0).contains(&p) {
                         errors.push(FieldError::new(
