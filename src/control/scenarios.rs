@@ -17,7 +17,7 @@ use super::view::{RunView, ScenarioView, StepRef};
 use super::{Control, ControlError, State};
 use crate::diagnostic::{FieldError, FieldPath};
 use crate::rules::Rule;
-use crate::scenario::report::{Mark, Place, Report, Segment};
+use crate::scenario::report::{rfc3339, Mark, Place, Report, Segment};
 use crate::scenario::spec::{merge_patch, patched_rule};
 use crate::scenario::{GuardWatch, Scenario, Step, Verdict};
 use crate::traffic::{Counts, Tally};
@@ -477,8 +477,8 @@ impl Control {
             scenario: run.scenario.name().to_owned(),
             state: run.state.as_str().to_owned(),
             speed: run.speed,
-            started_at: crate::scenario::report::rfc3339(run.started_at),
-            ended_at: run.ended_at.map(crate::scenario::report::rfc3339),
+            started_at: rfc3339(run.started_at),
+            ended_at: run.ended_at.map(rfc3339),
             reason: run.reason.clone(),
             lead_in,
             steps: segments,
@@ -608,7 +608,7 @@ async fn tick(sampler: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// `RunView` and friends need these without reaching into `Run`.
+/// What the API shows of a run.
 impl Run {
     pub(super) fn view(&self) -> RunView {
         let steps = &self.scenario.steps;
@@ -636,8 +636,8 @@ impl Run {
         RunView {
             state: self.state.as_str().to_owned(),
             speed: self.speed,
-            started_at: crate::scenario::report::rfc3339(self.started_at),
-            ended_at: self.ended_at.map(crate::scenario::report::rfc3339),
+            started_at: rfc3339(self.started_at),
+            ended_at: self.ended_at.map(rfc3339),
             reason: self.reason.clone(),
             current_step: self.step.map(step_ref),
             next_step_in_seconds: next_step.as_ref().map(|(_, due)| *due),

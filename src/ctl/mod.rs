@@ -117,23 +117,6 @@ impl CtlError {
 /// Runs one verb, writing what it shows to `out`.
 pub async fn run(target: &Target, verb: &Verb, out: &mut dyn Write) -> Result<(), CtlError> {
     let api = Api::new(target)?;
-    if let Verb::Scenario { verb } = verb {
-        let (method, path, body) = scenario::request(verb);
-        let answer = api.call(method, &path, body).await?;
-        let text = if target.json {
-            answer
-        } else {
-            scenario::render(&api, verb, &answer)?
-        };
-        write_all(out, &text)?;
-        if let ScenarioVerb::Start {
-            name, follow: true, ..
-        } = verb
-        {
-            scenario::follow(&api, name, target.live && !target.json, out).await?;
-        }
-        return Ok(());
-    }
     let (method, path, body) = match verb {
         Verb::Status => (Method::GET, "/api/status".to_owned(), None),
         Verb::Rules => (Method::GET, "/api/rules".to_owned(), None),
@@ -151,19 +134,34 @@ pub async fn run(target: &Target, verb: &Verb, out: &mut dyn Write) -> Result<()
         Verb::Halt => (Method::POST, "/api/halt".to_owned(), None),
         Verb::Resume => (Method::POST, "/api/resume".to_owned(), None),
         Verb::Reload => (Method::POST, "/api/reload".to_owned(), None),
-        Verb::Scenario { .. } => unreachable!("handled above"),
+        Verb::Scenario { verb } => scenario::request(verb),
     };
     let answer = api.call(method, &path, body).await?;
     if target.json {
-        return write_all(out, &answer);
+        write_all(out, &answer)?;
+    } else {
+        write_all(out, &render(&api, verb, &answer)?)?;
     }
+    if let Verb::Scenario {
+        verb: ScenarioVerb::Start {
+            name, follow: true, ..
+        },
+    } = verb
+    {
+        scenario::follow(&api, name, target.live && !target.json, out).await?;
+    }
+    Ok(())
+}
+
+/// A successful answer as text.
+fn render(api: &Api, verb: &Verb, answer: &str) -> Result<String, CtlError> {
     let now = SystemTime::now();
-    let text = match verb {
-        Verb::Status => status_text(&api.parse::<StatusView>(&answer)?),
-        Verb::Rules => rules_table(&api.parse::<Vec<RuleView>>(&answer)?, now),
-        Verb::Rule { .. } => rule_text(&api.parse::<RuleView>(&answer)?, now),
+    Ok(match verb {
+        Verb::Status => status_text(&api.parse::<StatusView>(answer)?),
+        Verb::Rules => rules_table(&api.parse::<Vec<RuleView>>(answer)?, now),
+        Verb::Rule { .. } => rule_text(&api.parse::<RuleView>(answer)?, now),
         Verb::Enable { .. } | Verb::Disable { .. } | Verb::Set { .. } => {
-            format!("{}\n", rule_line(&api.parse::<RuleView>(&answer)?, now))
+            format!("{}\n", rule_line(&api.parse::<RuleView>(answer)?, now))
         }
         Verb::Halt => {
             "halted: every fault is off; enabling is refused until `faultline ctl resume`\n"
@@ -172,10 +170,9 @@ pub async fn run(target: &Target, verb: &Verb, out: &mut dyn Write) -> Result<()
         Verb::Resume => {
             "resumed: rules may be enabled again (none was turned back on)\n".to_owned()
         }
-        Verb::Reload => reload_text(&api.parse::<ReloadSummary>(&answer)?),
-        Verb::Scenario { .. } => String::new(),
-    };
-    write_all(out, &text)
+        Verb::Reload => reload_text(&api.parse::<ReloadSummary>(answer)?),
+        Verb::Scenario { verb } => scenario::render(api, verb, answer)?,
+    })
 }
 
 fn write_all(out: &mut dyn Write, text: &str) -> Result<(), CtlError> {
