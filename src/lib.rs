@@ -13,6 +13,7 @@
 //! - [`traffic`]: the proxy's own running counts per upstream, for guards and reports.
 //! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
 //! - [`admin`]: the admin listener: the JSON API of SPEC §5, `/healthz`, `/metrics`.
+//! - [`client`]: the admin API from Rust, typed: for test suites, tools and `ctl`.
 //! - [`ctl`]: `faultline ctl`, the admin API's command-line client.
 //! - [`app`]: the only place where the pieces are wired together.
 //! - [`demo`]: the self-contained demo of `faultline demo`.
@@ -21,6 +22,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod ctl;

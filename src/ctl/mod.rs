@@ -9,20 +9,11 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use http::Method;
+use serde_json::json;
 
+use crate::client::{AdminClient, ClientError};
 use crate::control::{ReloadSummary, RuleView, StatusView};
-
-/// How long one call to the admin API may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to ask of the proxy.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -73,50 +64,12 @@ pub struct Target {
     pub live: bool,
 }
 
-/// Why a `ctl` call failed; the message is the one line the user sees.
-#[derive(Debug, thiserror::Error)]
-pub enum CtlError {
-    #[error("{0}")]
-    Usage(String),
-    #[error("cannot reach faultline's admin API at {url}: {reason} (is faultline running? --admin sets the address)")]
-    Unreachable { url: String, reason: String },
-    #[error("the admin API at {url} refused the token: {message} (set --token or FAULTLINE_ADMIN_TOKEN)")]
-    Unauthorized { url: String, message: String },
-    #[error("{message} ({status} {code})")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-        /// One line per problem of a rejected reload.
-        details: Vec<String>,
-        /// The API's answer as it came, for `--json`.
-        body: String,
-    },
-    #[error("unexpected answer from {url}: {reason}")]
-    Protocol { url: String, reason: String },
-}
-
-impl CtlError {
-    /// The lines to print under the one-line message.
-    pub fn details(&self) -> &[String] {
-        match self {
-            CtlError::Api { details, .. } => details,
-            _ => &[],
-        }
-    }
-
-    /// The API's JSON error, for `--json`.
-    pub fn body(&self) -> Option<&str> {
-        match self {
-            CtlError::Api { body, .. } => Some(body),
-            _ => None,
-        }
-    }
-}
-
 /// Runs one verb, writing what it shows to `out`.
-pub async fn run(target: &Target, verb: &Verb, out: &mut dyn Write) -> Result<(), CtlError> {
-    let api = Api::new(target)?;
+pub async fn run(target: &Target, verb: &Verb, out: &mut dyn Write) -> Result<(), ClientError> {
+    let mut api = AdminClient::new(&target.admin)?;
+    if let Some(token) = &target.token {
+        api = api.with_token(token)?;
+    }
     let (method, path, body) = match verb {
         Verb::Status => (Method::GET, "/api/status".to_owned(), None),
         Verb::Rules => (Method::GET, "/api/rules".to_owned(), None),
@@ -154,7 +107,7 @@ pub async fn run(target: &Target, verb: &Verb, out: &mut dyn Write) -> Result<()
 }
 
 /// A successful answer as text.
-fn render(api: &Api, verb: &Verb, answer: &str) -> Result<String, CtlError> {
+fn render(api: &AdminClient, verb: &Verb, answer: &str) -> Result<String, ClientError> {
     let now = SystemTime::now();
     Ok(match verb {
         Verb::Status => status_text(&api.parse::<StatusView>(answer)?),
@@ -175,167 +128,10 @@ fn render(api: &Api, verb: &Verb, answer: &str) -> Result<String, CtlError> {
     })
 }
 
-fn write_all(out: &mut dyn Write, text: &str) -> Result<(), CtlError> {
+fn write_all(out: &mut dyn Write, text: &str) -> Result<(), ClientError> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
-        .map_err(|e| CtlError::Usage(format!("cannot write the output: {e}")))
-}
-
-/// The admin API at one base URL.
-struct Api {
-    base: String,
-    authorization: Option<HeaderValue>,
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Api {
-    fn new(target: &Target) -> Result<Api, CtlError> {
-        let base = normalize_base(&target.admin)?;
-        let authorization = match &target.token {
-            None => None,
-            Some(token) => Some(HeaderValue::from_str(&format!("Bearer {token}")).map_err(
-                |_| CtlError::Usage("the token has characters a header cannot carry".to_owned()),
-            )?),
-        };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CALL_TIMEOUT));
-        Ok(Api {
-            base,
-            authorization,
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        })
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<String, CtlError> {
-        let url = format!("{}{path}", self.base);
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| CtlError::Usage(format!("invalid admin URL {url}: {e}")))?;
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(authorization) = &self.authorization {
-            request = request.header(AUTHORIZATION, authorization.clone());
-        }
-        let body = match body {
-            Some(value) => {
-                request = request.header(CONTENT_TYPE, "application/json");
-                Bytes::from(value.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let request = request
-            .body(Full::new(body))
-            .map_err(|e| CtlError::Usage(format!("cannot build the request to {url}: {e}")))?;
-        let unreachable = |reason: String| CtlError::Unreachable {
-            url: self.base.clone(),
-            reason,
-        };
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| unreachable(error_chain(&e)))?;
-            let status = response.status();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| unreachable(format!("the answer broke off: {e}")))?
-                .to_bytes();
-            Ok::<_, CtlError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, exchange)
-            .await
-            .map_err(|_| unreachable(format!("no answer within {}s", CALL_TIMEOUT.as_secs())))??;
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        if status.is_success() {
-            return Ok(text);
-        }
-        let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let field = |key: &str| error.get(key).and_then(Value::as_str).map(str::to_owned);
-        let message = field("message").unwrap_or_else(|| text.trim().to_owned());
-        if status == StatusCode::UNAUTHORIZED {
-            return Err(CtlError::Unauthorized {
-                url: self.base.clone(),
-                message,
-            });
-        }
-        let details = error
-            .get("errors")
-            .and_then(Value::as_array)
-            .map(|errors| {
-                errors
-                    .iter()
-                    .filter_map(|e| {
-                        e.get("text")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                            .or_else(|| {
-                                let field = e.get("field").and_then(Value::as_str)?;
-                                let message = e.get("message").and_then(Value::as_str)?;
-                                Some(format!("{field}: {message}"))
-                            })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Err(CtlError::Api {
-            status: status.as_u16(),
-            code: field("error").unwrap_or_else(|| "error".to_owned()),
-            message,
-            details,
-            body: text,
-        })
-    }
-
-    fn parse<T: DeserializeOwned>(&self, text: &str) -> Result<T, CtlError> {
-        serde_json::from_str(text).map_err(|e| CtlError::Protocol {
-            url: self.base.clone(),
-            reason: format!("not the JSON expected ({e}); is this faultline's admin API?"),
-        })
-    }
-}
-
-/// `http://HOST:PORT` without a trailing slash; a bare `HOST:PORT` is taken as http.
-fn normalize_base(admin: &str) -> Result<String, CtlError> {
-    let admin = admin.trim().trim_end_matches('/');
-    let with_scheme = if admin.contains("://") {
-        admin.to_owned()
-    } else {
-        format!("http://{admin}")
-    };
-    let uri: Uri = with_scheme
-        .parse()
-        .map_err(|e| CtlError::Usage(format!("invalid --admin URL {admin:?}: {e}")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some(other) => {
-            return Err(CtlError::Usage(format!(
-                "--admin {admin:?}: the admin API speaks plain http, not {other}"
-            )))
-        }
-        None => return Err(CtlError::Usage(format!("invalid --admin URL {admin:?}"))),
-    }
-    if uri.authority().is_none() {
-        return Err(CtlError::Usage(format!("--admin {admin:?} has no host")));
-    }
-    Ok(with_scheme)
-}
-
-/// An error with its causes, which name the real problem ("Connection refused").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
-        source = cause.source();
-    }
-    text
+        .map_err(|e| ClientError::Usage(format!("cannot write the output: {e}")))
 }
 
 fn status_text(status: &StatusView) -> String {
@@ -508,25 +304,4 @@ fn reload_text(summary: &ReloadSummary) -> String {
         summary.unchanged,
         summary.rules
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn admin_urls_default_to_http() {
-        assert_eq!(
-            normalize_base("127.0.0.1:9000").unwrap(),
-            "http://127.0.0.1:9000"
-        );
-        assert_eq!(
-            normalize_base("http://localhost:9000/").unwrap(),
-            "http://localhost:9000"
-        );
-        assert!(normalize_base("https://x:9000")
-            .unwrap_err()
-            .to_string()
-            .contains("plain http"));
-    }
 }

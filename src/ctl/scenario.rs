@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::Method;
 use serde_json::{json, Value};
 
-use super::{Api, CtlError};
+use crate::client::{AdminClient, ClientError};
 use crate::control::{RunView, ScenarioView};
 use crate::scenario::report::{Report, Segment, Stats};
 
@@ -58,7 +58,11 @@ pub(super) fn request(verb: &ScenarioVerb) -> (Method, String, Option<Value>) {
 }
 
 /// The answer as text.
-pub(super) fn render(api: &Api, verb: &ScenarioVerb, answer: &str) -> Result<String, CtlError> {
+pub(super) fn render(
+    api: &AdminClient,
+    verb: &ScenarioVerb,
+    answer: &str,
+) -> Result<String, ClientError> {
     Ok(match verb {
         ScenarioVerb::List => list_table(&api.parse::<Vec<ScenarioView>>(answer)?),
         ScenarioVerb::Report { .. } => report_text(&api.parse::<Report>(answer)?),
@@ -69,22 +73,16 @@ pub(super) fn render(api: &Api, verb: &ScenarioVerb, answer: &str) -> Result<Str
 /// Shows a run until it ends: in place on a terminal (`live`), else one
 /// line per step. Then the report.
 pub(super) async fn follow(
-    api: &Api,
+    api: &AdminClient,
     name: &str,
     live: bool,
     out: &mut dyn Write,
-) -> Result<(), CtlError> {
+) -> Result<(), ClientError> {
     let mut drawn_lines = 0;
     let mut last_step = None;
     loop {
-        let view: ScenarioView = api.parse(
-            &api.call(Method::GET, &format!("/api/scenarios/{name}"), None)
-                .await?,
-        )?;
-        let report: Report = api.parse(
-            &api.call(Method::GET, &format!("/api/scenarios/{name}/report"), None)
-                .await?,
-        )?;
+        let view = api.scenario(name).await?;
+        let report = api.report(name).await?;
         let frame = follow_frame(&view, &report);
         let step = view
             .run
@@ -108,16 +106,13 @@ pub(super) async fn follow(
         }
         tokio::time::sleep(FOLLOW_EVERY).await;
     }
-    let report: Report = api.parse(
-        &api.call(Method::GET, &format!("/api/scenarios/{name}/report"), None)
-            .await?,
-    )?;
+    let report = api.report(name).await?;
     write!(out, "\n{}", report_text(&report)).map_err(io)?;
     Ok(())
 }
 
-fn io(error: std::io::Error) -> CtlError {
-    CtlError::Usage(format!("cannot write the output: {error}"))
+fn io(error: std::io::Error) -> ClientError {
+    ClientError::Usage(format!("cannot write the output: {error}"))
 }
 
 /// The progress bar, the step, time left, and the error ratio per region
