@@ -89,17 +89,9 @@ impl Demo {
                 .await
                 .map_err(|e| format!("cannot start demo upstream {name}: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            let identity = Arc::new(
-                serde_json::json!({ "service": service, "region": region, "upstream": name }),
-            );
-            tokio::spawn(server::serve(
+            tokio::spawn(serve_upstream(
                 listener,
-                move |_conn| {
-                    let identity = Arc::clone(&identity);
-                    hyper::service::service_fn(move |request| {
-                        answer(Arc::clone(&identity), request)
-                    })
-                },
+                serde_json::json!({ "service": service, "region": region, "upstream": name }),
                 server::Stop::draining(upstream_shutdown.clone(), Duration::from_secs(1)),
             ));
             upstreams.push((name, addr));
@@ -295,18 +287,42 @@ fn config_text(listen: SocketAddr, admin: SocketAddr, upstreams: &[(&str, Socket
     text
 }
 
+/// Serves one demo upstream until `stop`: every request gets a small JSON
+/// answer with `identity`'s fields and what it was asked (method, path,
+/// `Host`). `faultline demo` runs eighteen in-process; `faultline
+/// demo-upstream` runs one on its own, as the compose stack's zones do.
+pub async fn serve_upstream(
+    listener: TcpListener,
+    identity: serde_json::Value,
+    stop: server::Stop,
+) {
+    let identity = Arc::new(identity);
+    server::serve(
+        listener,
+        move |_conn| {
+            let identity = Arc::clone(&identity);
+            hyper::service::service_fn(move |request| answer(Arc::clone(&identity), request))
+        },
+        stop,
+    )
+    .await;
+}
+
 /// A demo upstream's answer: who it is and what it was asked.
 async fn answer(
     identity: Arc<serde_json::Value>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = serde_json::json!({
-        "service": identity["service"],
-        "region": identity["region"],
-        "upstream": identity["upstream"],
-        "method": request.method().as_str(),
-        "path": request.uri().path(),
-    });
+    let mut body = (*identity).clone();
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("method".into(), request.method().as_str().into());
+        fields.insert("path".into(), request.uri().path().into());
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        fields.insert("host".into(), host.into());
+    }
     let mut response = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -4,12 +4,15 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use faultline::app::{self, App};
 use faultline::ctl;
 use faultline::demo::Demo;
 use faultline::diagnostic::Diagnostic;
+use faultline::server::Stop;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +49,23 @@ enum Command {
         #[arg(long, default_value = "rules")]
         rules: PathBuf,
     },
+    /// One demo upstream on its own, as the docker-compose stack runs one
+    /// per zone: it answers every request with JSON naming itself and the
+    /// Host, method and path it was asked.
+    DemoUpstream {
+        /// Where it listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Its name in the answers, such as the zone it stands for.
+        #[arg(long)]
+        name: String,
+        /// The region it reports.
+        #[arg(long)]
+        region: Option<String>,
+        /// The availability zone it reports.
+        #[arg(long)]
+        zone: Option<String>,
+    },
     /// Drive a running proxy through its admin API.
     Ctl {
         /// The admin API's address.
@@ -73,6 +93,12 @@ fn main() -> ExitCode {
             admin,
             rules,
         } => demo(listen, admin, &rules),
+        Command::DemoUpstream {
+            listen,
+            name,
+            region,
+            zone,
+        } => demo_upstream(listen, name, region, zone),
         Command::Ctl {
             admin,
             token,
@@ -173,6 +199,37 @@ fn demo(listen: SocketAddr, admin: SocketAddr, rules: &Path) -> ExitCode {
             }
             Err(e) => fail(&e),
         }
+    })
+}
+
+fn demo_upstream(
+    listen: SocketAddr,
+    name: String,
+    region: Option<String>,
+    zone: Option<String>,
+) -> ExitCode {
+    let runtime = match app::runtime(Some(1)) {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(e) => return fail(&format!("cannot listen on {listen}: {e}")),
+        };
+        let addr = listener.local_addr().map_or(listen, |addr| addr);
+        println!("demo upstream {name} listening on http://{addr}");
+        let identity = serde_json::json!({ "upstream": name, "region": region, "zone": zone });
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(faultline::demo::serve_upstream(
+            listener,
+            identity,
+            Stop::draining(stop.clone(), Duration::from_secs(2)),
+        ));
+        app::shutdown_signal().await;
+        stop.cancel();
+        let _ = serving.await;
+        ExitCode::SUCCESS
     })
 }
 
