@@ -11,7 +11,8 @@
 //! 2. lowers the rule's probability and sees about that share fail;
 //! 3. adds a `latency` rule and measures the delay;
 //! 4. halts (the kill switch), sees the calls pass, finds enabling refused
-//!    with the API's error code, and resumes;
+//!    with the API's error code, resumes, and turns back on what was on
+//!    (resuming turns nothing on by itself);
 //! 5. deletes its rules, leaving the proxy as it found it.
 //!
 //! ```sh
@@ -46,7 +47,7 @@ struct Args {
     #[arg(long)]
     proxy: Option<String>,
     /// faultline's admin API.
-    #[arg(long, default_value = "http://127.0.0.1:9000")]
+    #[arg(long, env = "FAULTLINE_ADMIN", default_value = "http://127.0.0.1:9000")]
     admin: String,
     /// The admin token, when the proxy has one.
     #[arg(long, env = "FAULTLINE_ADMIN_TOKEN", hide_env_values = true)]
@@ -182,7 +183,16 @@ async fn drive(admin: &AdminClient, service: &Service) -> Result<(), String> {
         format!("3. added charge-slow (latency 200ms): {}", seen.summary()),
     )?;
 
-    // 4. The kill switch: calls pass at once, enabling is refused.
+    // 4. The kill switch: calls pass at once, enabling is refused. Resuming
+    // turns nothing back on, so note what was on to put it back.
+    let on: Vec<String> = admin
+        .rules()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|rule| rule.enabled)
+        .map(|rule| rule.name)
+        .collect();
     admin.halt().await.map_err(|e| e.to_string())?;
     let seen = service.calls(10).await;
     check(
@@ -191,15 +201,16 @@ async fn drive(admin: &AdminClient, service: &Service) -> Result<(), String> {
     )?;
     let refused = admin.enable("charge-503", None).await;
     check(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.code() == Some("halted")),
+        refused.as_ref().is_err_and(|e| e.code() == Some("halted")),
         format!(
             "   enabling while halted is refused: {}",
             refused.map_or_else(|e| e.to_string(), |_| "it was not".to_owned())
         ),
     )?;
     admin.resume().await.map_err(|e| e.to_string())?;
+    for name in &on {
+        admin.enable(name, None).await.map_err(|e| e.to_string())?;
+    }
 
     // 5. Leave the proxy as it was found.
     admin
@@ -210,14 +221,15 @@ async fn drive(admin: &AdminClient, service: &Service) -> Result<(), String> {
         .delete_rule("charge-slow")
         .await
         .map_err(|e| e.to_string())?;
-    let rules = admin.rules().await.map_err(|e| e.to_string())?;
-    let after = service.calls(CALLS).await;
+    let after = admin.status().await.map_err(|e| e.to_string())?;
+    let seen = service.calls(CALLS).await;
     check(
-        rules.len() == status.rules.total && after.failed == 0,
+        after.rules == status.rules && seen.failed == 0,
         format!(
-            "5. deleted both rules ({} rules left): {}",
-            rules.len(),
-            after.summary()
+            "5. deleted both rules ({} rules, {} on, as before): {}",
+            after.rules.total,
+            after.rules.enabled,
+            seen.summary()
         ),
     )
 }

@@ -51,13 +51,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 #[derive(Parser, Debug)]
-#[command(about = "An application with client-side failover, talking through faultline during an outage")]
+#[command(
+    about = "An application with client-side failover, talking through faultline during an outage"
+)]
 struct Args {
     /// faultline's proxy listener; without it, the demo starts in-process.
     #[arg(long)]
     proxy: Option<String>,
     /// faultline's admin API, to start the scenario and follow its steps.
-    #[arg(long, default_value = "http://127.0.0.1:9000")]
+    #[arg(long, env = "FAULTLINE_ADMIN", default_value = "http://127.0.0.1:9000")]
     admin: String,
     /// The admin token, when the proxy has one.
     #[arg(long, env = "FAULTLINE_ADMIN_TOKEN", hide_env_values = true)]
@@ -283,7 +285,8 @@ impl App {
                 "{proxy}/{region}/{}/2015-03-31/functions/checkout/invocations",
                 args.service
             );
-            url.parse().map_err(|e| format!("invalid --proxy {proxy:?}: {e}"))
+            url.parse()
+                .map_err(|e| format!("invalid --proxy {proxy:?}: {e}"))
         };
         Ok(App {
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),

@@ -69,7 +69,7 @@ enum Command {
     /// Drive a running proxy through its admin API.
     Ctl {
         /// The admin API's address.
-        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        #[arg(long, env = "FAULTLINE_ADMIN", default_value = "http://127.0.0.1:9000")]
         admin: String,
         /// The admin token, when the proxy has one.
         #[arg(long, env = "FAULTLINE_ADMIN_TOKEN", hide_env_values = true)]
