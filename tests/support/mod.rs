@@ -423,3 +423,33 @@ pub async fn send(client: &Client<HttpConnector, TestBody>, request: Request<Tes
 pub async fn get(url: &str) -> Reply {
     send(&client(), Request::get(url).body(empty()).unwrap()).await
 }
+
+// ---------------------------------------------------------------------------
+// The runnable examples.
+
+/// An example's binary. `cargo test` builds every example next to the test
+/// binaries; `cargo test --test NAME` alone does not, hence the freshness check.
+pub fn example(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let path = deps
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified());
+    let built = modified(&path).unwrap_or_else(|_| {
+        panic!(
+            "{} is not built: run `cargo test` or `cargo build --examples`",
+            path.display()
+        )
+    });
+    let source = modified(&PathBuf::from(format!("examples/{name}.rs"))).unwrap();
+    assert!(
+        built >= source,
+        "{} is older than its source: run `cargo test` or `cargo build --examples`",
+        path.display()
+    );
+    path
+}
