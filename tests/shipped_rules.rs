@@ -22,6 +22,26 @@ fn the_example_config_is_valid() {
     assert!(!app.rules().is_empty());
 }
 
+/// The compose stack's config, checked as its container would be started:
+/// with the token in the environment and `rules/` beside it (a symlink in
+/// the repository, a mount in the container).
+#[test]
+fn the_compose_config_is_valid() {
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["check", "-c", "examples/compose/faultline.toml"])
+        .env("FAULTLINE_ADMIN_TOKEN", "rehearsal")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{stdout}");
+    assert!(
+        stdout.starts_with(
+            "examples/compose/faultline.toml: ok (1 listeners, 18 upstreams, 36 routes, "
+        ),
+        "{stdout}"
+    );
+}
+
 /// Every shipped scenario plays to completion at high speed in the demo,
 /// leaves us-west-2 untouched, and leaves the rules as they were.
 #[tokio::test]
