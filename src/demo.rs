@@ -1,7 +1,9 @@
 //! `faultline demo`: small upstreams on loopback (your `orders` and
 //! `payments`, and the cloud services the shipped scenarios break, each in
 //! `us-east-1` and `us-west-2`), the proxy in front of them with the rules
-//! and scenarios under `rules/`, and a printed list of what to try.
+//! and scenarios under `rules/`, and a printed list of what to try. Also
+//! the upstream alone, for `faultline demo-upstream` (the compose stack's
+//! zone containers).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -242,6 +244,9 @@ impl Demo {
             );
             text.push_str(&format!(
                 "  while true; do for u in us-east-1/lambda us-west-2/lambda us-east-1/console us-west-2/console; do curl -s -o /dev/null -w '%{{http_code}} ' {proxy}/$u/x; done; echo; sleep 0.2; done\n"
+            ));
+            text.push_str(&format!(
+                "  cargo run --release --example regional_failover -- --proxy {proxy} --admin {admin} --forever   # or an application with failover\n"
             ));
             text.push_str(&format!(
                 "  {ctl} scenario start us-east-1-lambda-capacity --speed 120 --follow\n"

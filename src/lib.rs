@@ -16,7 +16,7 @@
 //! - [`client`]: the admin API from Rust, typed: for test suites, tools and `ctl`.
 //! - [`ctl`]: `faultline ctl`, the admin API's command-line client.
 //! - [`app`]: the only place where the pieces are wired together.
-//! - [`demo`]: the self-contained demo of `faultline demo`.
+//! - [`demo`]: the self-contained demo of `faultline demo`, and its upstream alone.
 //! - [`diagnostic`]: problems in users' files, with line and column.
 //! - [`duration`]: human durations in documents.
 
