@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # faultline: a release build, then a slim Debian runtime running as a
 # non-root user. The image carries `faultline` (the proxy, ctl, the demo
 # upstreams) and `regional_failover` (the compose stack's load generator).
@@ -12,9 +11,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY rules rules
 COPY examples examples
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin faultline --example regional_failover \
+# No BuildKit cache mounts, so the classic builder and docker-compose v1 work too.
+RUN cargo build --release --locked --bin faultline --example regional_failover \
     && install -D target/release/faultline /out/faultline \
     && install -D target/release/examples/regional_failover /out/regional_failover
 
