@@ -27,15 +27,18 @@
 //! regional_failover --proxy http://faultline:8080 --admin http://faultline:9000 --forever
 //! ```
 //!
-//! The exit status is 1 when faultline cannot be reached or the scenario
-//! cannot start, and when more than `--max-lost` of the calls were lost:
-//! a failover that did not hold fails the run, so the example doubles as a
-//! check in a pipeline.
+//! The exit status is 1 when the proxy or the admin API cannot be reached,
+//! when faultline does not route the calls, or when the scenario cannot
+//! start; and after the run, when more than `--max-lost` of the calls were
+//! lost or the run did not complete (its guard aborted it: the healthy
+//! region suffered). A failover that did not hold fails the run, so the
+//! example doubles as a check in a pipeline. SIGINT or SIGTERM stops the
+//! run (and the scenario) and prints what was seen so far.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,7 +61,8 @@ struct Args {
     /// faultline's proxy listener; without it, the demo starts in-process.
     #[arg(long)]
     proxy: Option<String>,
-    /// faultline's admin API, to start the scenario and follow its steps.
+    /// faultline's admin API, to start the scenario and follow its steps
+    /// (with `--proxy`; the in-process demo has its own).
     #[arg(long, env = "FAULTLINE_ADMIN", default_value = "http://127.0.0.1:9000")]
     admin: String,
     /// The admin token, when the proxy has one.
@@ -70,7 +74,8 @@ struct Args {
     /// How much faster than real time it plays (1200: 4h in 12s).
     #[arg(long, default_value_t = 1200.0)]
     speed: f64,
-    /// Send traffic until stopped, one summary line every `--every`; start no scenario.
+    /// Send traffic until stopped, one summary line every `--every`; start
+    /// no scenario (`--scenario` and `--speed` are not used).
     #[arg(long)]
     forever: bool,
     /// How often `--forever` prints.
@@ -148,8 +153,9 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     );
 
     let outcome = if args.forever {
-        forever(&args, &app, &admin).await;
-        Ok(ExitCode::SUCCESS)
+        forever(&args, &app, &admin)
+            .await
+            .map(|()| ExitCode::SUCCESS)
     } else {
         rehearse(&args, &app, &admin).await
     };
@@ -161,6 +167,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
 
 /// Starts the scenario, sends traffic until the run ends, prints the table.
 async fn rehearse(args: &Args, app: &Arc<App>, admin: &AdminClient) -> Result<ExitCode, String> {
+    app.preflight().await?;
     let started = admin
         .start_scenario(&args.scenario, Some(args.speed))
         .await
@@ -175,9 +182,19 @@ async fn rehearse(args: &Args, app: &Arc<App>, admin: &AdminClient) -> Result<Ex
     );
     let workers = app.spawn_workers(args);
 
-    // Follow the run: every call is counted under the step in force.
+    // Follow the run: every call is counted under the step in force. A
+    // signal stops the run rather than leave it playing on its own.
+    let signal = faultline::app::shutdown_signal();
+    tokio::pin!(signal);
     let ended = loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            () = &mut signal => {
+                if let Err(e) = admin.stop_scenario(&args.scenario).await {
+                    eprintln!("error: cannot stop scenario {}: {e}", args.scenario);
+                }
+            }
+        }
         let view = match admin.scenario(&args.scenario).await {
             Ok(view) => view,
             Err(e) => {
@@ -212,7 +229,7 @@ async fn rehearse(args: &Args, app: &Arc<App>, admin: &AdminClient) -> Result<Ex
             .map_or(String::new(), |reason| format!(": {reason}")),
     );
     let lost_share = total.lost as f64 / total.calls.max(1) as f64;
-    let held = lost_share <= args.max_lost;
+    let held = total.calls > 0 && lost_share <= args.max_lost;
     println!(
         "failover {}: {} of {} calls answered ({} lost, {:.2}%); us-west-2 answered {}",
         if held { "held" } else { "did NOT hold" },
@@ -222,22 +239,27 @@ async fn rehearse(args: &Args, app: &Arc<App>, admin: &AdminClient) -> Result<Ex
         lost_share * 100.0,
         total.to_west,
     );
-    Ok(if held {
+    // A run the guard aborted hurt the healthy region: that fails too.
+    Ok(if held && ended.state == "completed" {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-/// Traffic until Ctrl-C, one line per `--every`, naming the scenario running.
-async fn forever(args: &Args, app: &Arc<App>, admin: &AdminClient) {
+/// Traffic until SIGINT or SIGTERM, one line per `--every`, naming the
+/// scenario running.
+async fn forever(args: &Args, app: &Arc<App>, admin: &AdminClient) -> Result<(), String> {
+    app.preflight().await?;
     let _workers = app.spawn_workers(args);
     let mut ticks = tokio::time::interval(args.every);
     ticks.tick().await;
+    let signal = faultline::app::shutdown_signal();
+    tokio::pin!(signal);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut signal => break,
         }
         let window = match app.steps.lock() {
             Ok(mut steps) => std::mem::take(&mut steps[0]),
@@ -251,6 +273,7 @@ async fn forever(args: &Args, app: &Arc<App>, admin: &AdminClient) {
         println!("{}  {running}", window.line());
     }
     app.stop();
+    Ok(())
 }
 
 /// The application: where it calls, its breaker and what it saw.
@@ -259,12 +282,7 @@ struct App {
     east: Uri,
     west: Uri,
     timeout: Duration,
-    trip: u32,
-    cooldown: Duration,
-    /// us-east-1 failures in a row.
-    failures_in_a_row: AtomicU32,
-    /// While open, every call goes to us-west-2.
-    open_until: Mutex<Option<Instant>>,
+    breaker: Breaker,
     /// The scenario step in force: the window calls are counted in.
     step: AtomicUsize,
     steps: Mutex<Vec<Window>>,
@@ -293,10 +311,11 @@ impl App {
             east: uri("us-east-1")?,
             west: uri("us-west-2")?,
             timeout: args.timeout,
-            trip: args.trip.max(1),
-            cooldown: args.cooldown,
-            failures_in_a_row: AtomicU32::new(0),
-            open_until: Mutex::new(None),
+            breaker: Breaker {
+                trip: args.trip.max(1),
+                cooldown: args.cooldown,
+                state: Mutex::new(BreakerState::Closed { failures: 0 }),
+            },
             step: AtomicUsize::new(0),
             steps: Mutex::new(vec![Window::default()]),
             stopping: AtomicBool::new(false),
@@ -329,21 +348,41 @@ impl App {
             .collect()
     }
 
-    /// One call: us-east-1 unless the breaker is open, then us-west-2 on failure.
+    /// One call through faultline before the run: a clear error when the
+    /// proxy is not there or does not route the calls.
+    async fn preflight(&self) -> Result<(), String> {
+        for uri in [&self.east, &self.west] {
+            let request = Request::get(uri.clone())
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| e.to_string())?;
+            let response =
+                tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+                    .await
+                    .map_err(|_| format!("no answer from the proxy at {uri} within 10s"))?
+                    .map_err(|e| format!("cannot reach the proxy at {uri}: {e}"))?;
+            if response
+                .headers()
+                .get("x-faultline-error")
+                .is_some_and(|v| v == "no_route")
+            {
+                return Err(format!(
+                    "faultline has no route for {uri}: it needs the demo's routes, /<region>/<service>/..."
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// One call: us-east-1 unless the breaker keeps it away, then us-west-2
+    /// on failure.
     async fn call(&self) -> Outcome {
-        let tried_east = !self.breaker_open();
+        let tried_east = self.breaker.allows_east();
         if tried_east {
             if self.attempt(&self.east).await {
-                self.failures_in_a_row.store(0, Ordering::Relaxed);
+                self.breaker.succeeded();
                 return Outcome::East;
             }
-            let failures = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-            if failures >= self.trip {
-                if let Ok(mut open) = self.open_until.lock() {
-                    *open = Some(Instant::now() + self.cooldown);
-                }
-                self.failures_in_a_row.store(0, Ordering::Relaxed);
-            }
+            self.breaker.failed();
         }
         if self.attempt(&self.west).await {
             Outcome::West { tried_east }
@@ -352,22 +391,7 @@ impl App {
         }
     }
 
-    /// Open until the cooldown ends; then the next call probes us-east-1.
-    fn breaker_open(&self) -> bool {
-        let Ok(mut open) = self.open_until.lock() else {
-            return false;
-        };
-        match *open {
-            Some(until) if Instant::now() < until => true,
-            Some(_) => {
-                *open = None;
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// An attempt succeeds with a 2xx (or other non-error status) read to the end in time.
+    /// An attempt succeeds with a 2xx read to the end in time.
     async fn attempt(&self, uri: &Uri) -> bool {
         let request = Request::builder()
             .method(Method::POST)
@@ -381,7 +405,7 @@ impl App {
             let response = self.client.request(request).await.ok()?;
             let status = response.status();
             response.into_body().collect().await.ok()?;
-            Some(!(status.is_server_error() || status.as_u16() == 429))
+            Some(status.is_success())
         };
         matches!(
             tokio::time::timeout(self.timeout, exchange).await,
@@ -416,6 +440,66 @@ impl App {
                 }
             }
         }
+    }
+}
+
+/// The application's circuit breaker on us-east-1.
+struct Breaker {
+    trip: u32,
+    cooldown: Duration,
+    state: Mutex<BreakerState>,
+}
+
+enum BreakerState {
+    /// Calls go to us-east-1; `failures` in a row so far.
+    Closed { failures: u32 },
+    /// Every call goes to us-west-2 until then.
+    Open { until: Instant },
+    /// One call is probing us-east-1; the others go to us-west-2.
+    Probing,
+}
+
+impl Breaker {
+    /// Whether this call may try us-east-1. After the cooldown, the first
+    /// call to ask is the probe.
+    fn allows_east(&self) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return true;
+        };
+        match *state {
+            BreakerState::Closed { .. } => true,
+            BreakerState::Open { until } if Instant::now() < until => false,
+            BreakerState::Open { .. } => {
+                *state = BreakerState::Probing;
+                true
+            }
+            BreakerState::Probing => false,
+        }
+    }
+
+    fn succeeded(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            // A call begun before the breaker opened does not close it.
+            if !matches!(*state, BreakerState::Open { .. }) {
+                *state = BreakerState::Closed { failures: 0 };
+            }
+        }
+    }
+
+    fn failed(&self) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let open = BreakerState::Open {
+            until: Instant::now() + self.cooldown,
+        };
+        *state = match *state {
+            BreakerState::Closed { failures } if failures + 1 < self.trip => BreakerState::Closed {
+                failures: failures + 1,
+            },
+            BreakerState::Closed { .. } | BreakerState::Probing => open,
+            BreakerState::Open { until } => BreakerState::Open { until },
+        };
     }
 }
 
@@ -510,13 +594,21 @@ fn table(scenario: &ScenarioView, steps: &[Window]) -> String {
         "p99"
     );
     let mut total = Window::default();
-    for (index, window) in steps.iter().enumerate() {
-        let (at, what) = scenario.steps.get(index).map_or(("", ""), |step| {
-            (step.at.as_str(), step.description.as_deref().unwrap_or(""))
-        });
-        let what: String = what.chars().take(40).collect();
+    let none = Window::default();
+    for (index, step) in scenario.steps.iter().enumerate() {
+        let window = steps.get(index).unwrap_or(&none);
+        let what: String = step
+            .description
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(40)
+            .collect();
+        // Numbered from 1, as `ctl scenario status` and the dashboard show steps.
         text.push_str(&format!(
-            "{index:<4}  {at:<6}  {what:<40}  {}\n",
+            "{:<4}  {:<6}  {what:<40}  {}\n",
+            index + 1,
+            step.at,
             window.columns()
         ));
         total.add(window);

@@ -69,16 +69,26 @@ impl Drop for RunningDemo {
     }
 }
 
-/// The step rows of regional_failover's table: (index, use1 tried, usw2 answered, lost).
+/// The step rows of regional_failover's table: (step, use1 tried, usw2 answered, lost).
 fn step_rows(stdout: &str) -> Vec<(usize, u64, u64, u64)> {
     stdout
         .lines()
         .filter_map(|line| {
-            let index: usize = line.split_whitespace().next()?.parse().ok()?;
-            // calls, use1 try, use1 fail, usw2 ans, lost, p50 (2 words), p99 (2 words)
-            let tail: Vec<&str> = line.split_whitespace().rev().take(9).collect();
-            let number = |i: usize| tail[i].parse::<u64>().unwrap();
-            Some((index, number(7), number(5), number(4)))
+            let step: usize = line.split_whitespace().next()?.parse().ok()?;
+            // From the right: p99 and p50 ("12 ms", or "-" without calls),
+            // then lost, usw2 ans, use1 fail, use1 try, calls.
+            let mut words: Vec<&str> = line.split_whitespace().collect();
+            for _ in 0..2 {
+                if words.pop() == Some("ms") {
+                    words.pop();
+                }
+            }
+            let mut number = || words.pop().and_then(|w| w.parse::<u64>().ok());
+            let lost = number()?;
+            let west = number()?;
+            let _east_failed_share = number();
+            let tried = number()?;
+            Some((step, tried, west, lost))
         })
         .collect()
 }
@@ -91,10 +101,10 @@ fn regional_failover_plays_the_lambda_outage_and_the_failover_holds() {
         "{stdout}"
     );
     let rows = step_rows(&stdout);
-    let indexes: Vec<usize> = rows.iter().map(|r| r.0).collect();
+    let steps: Vec<usize> = rows.iter().map(|r| r.0).collect();
     assert_eq!(
-        indexes,
-        (0..8).collect::<Vec<_>>(),
+        steps,
+        (1..=8).collect::<Vec<_>>(),
         "a row per step:\n{stdout}"
     );
     for description in [
@@ -141,21 +151,58 @@ fn regional_failover_drives_a_running_demo() {
         .unwrap();
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains("completed"), "{status}");
-}
-
-#[test]
-fn regional_failover_fails_when_faultline_is_not_there() {
-    let output = Command::new(example("regional_failover"))
+    let rule = Command::new(FAULTLINE)
         .args([
-            "--proxy",
-            "http://127.0.0.1:1",
+            "ctl",
             "--admin",
-            "http://127.0.0.1:1",
+            &demo.admin,
+            "--json",
+            "rule",
+            "use1-brownout-503",
         ])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let rule: serde_json::Value = serde_json::from_slice(&rule.stdout).unwrap();
+    assert_eq!(rule["enabled"], true, "{rule}");
+}
+
+/// The one-line error and exit status 1 of a regional_failover run.
+fn failure(args: &[&str]) -> String {
+    let output = Command::new(example("regional_failover"))
+        .args(args)
+        .env_remove("FAULTLINE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn regional_failover_says_what_is_missing() {
+    let nowhere = "http://127.0.0.1:1";
+    let stderr = failure(&["--proxy", nowhere, "--admin", nowhere]);
+    assert!(
+        stderr.starts_with("error: cannot reach the proxy at http://127.0.0.1:1/us-east-1/lambda/"),
+        "{stderr}"
+    );
+
+    let demo = RunningDemo::start();
+    let stderr = failure(&[
+        "--proxy",
+        &demo.proxy,
+        "--admin",
+        &demo.admin,
+        "--service",
+        "nope",
+    ]);
+    assert!(
+        stderr.starts_with(&format!(
+            "error: faultline has no route for {}/us-east-1/nope/",
+            demo.proxy
+        )),
+        "{stderr}"
+    );
+    let stderr = failure(&["--proxy", &demo.proxy, "--admin", nowhere]);
     assert!(
         stderr.starts_with("error: cannot start scenario us-east-1-lambda-capacity: cannot reach faultline's admin API at http://127.0.0.1:1"),
         "{stderr}"
@@ -209,4 +256,40 @@ fn admin_client_drives_a_running_demo_and_leaves_it_as_it_was() {
             .collect()
     };
     assert_eq!(names(&rules_before), names(&rules_after));
+}
+
+#[test]
+fn admin_client_refuses_to_touch_a_halt_or_a_scenario_it_did_not_make() {
+    let demo = RunningDemo::start();
+    let ctl = |args: &[&str]| {
+        let output = Command::new(FAULTLINE)
+            .args(["ctl", "--admin", &demo.admin])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "ctl {args:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let admin_client = || {
+        let output = Command::new(example("admin_client"))
+            .args(["--proxy", &demo.proxy, "--admin", &demo.admin])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+
+    ctl(&["scenario", "start", "us-east-1-lambda-capacity"]);
+    let stderr = admin_client();
+    assert!(
+        stderr.starts_with("error: scenario us-east-1-lambda-capacity is running"),
+        "{stderr}"
+    );
+    assert!(ctl(&["scenario", "status", "us-east-1-lambda-capacity"]).contains("running"));
+
+    ctl(&["halt"]);
+    let stderr = admin_client();
+    assert!(stderr.starts_with("error: faultline is halted"), "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&ctl(&["--json", "status"])).unwrap();
+    assert_eq!(status["halted"], true, "the halt is still there");
 }
