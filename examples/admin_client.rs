@@ -15,6 +15,10 @@
 //!    (resuming turns nothing on by itself);
 //! 5. deletes its rules, leaving the proxy as it found it.
 //!
+//! Because of step 4 it refuses to start while the proxy is halted (it
+//! would lift someone else's kill switch) or a scenario runs (its halt
+//! would stop the scenario).
+//!
 //! ```sh
 //! # Self-contained: starts the demo in-process and drives it.
 //! cargo run --release --example admin_client
@@ -28,7 +32,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use clap::Parser;
@@ -100,22 +104,52 @@ async fn run(args: Args) -> Result<(), String> {
         admin = admin.with_token(token).map_err(|e| e.to_string())?;
     }
     let service = Service::new(&proxy);
-    let outcome = drive(&admin, &service).await;
-    // Whatever happened, leave no fault behind.
-    for name in ["charge-503", "charge-slow"] {
-        let _ = admin.delete_rule(name).await;
-    }
-    if admin.status().await.is_ok_and(|s| s.halted) {
-        let _ = admin.resume().await;
-    }
+    let outcome = match ready(&admin).await {
+        Ok(()) => {
+            let outcome = drive(&admin, &service).await;
+            // Whatever happened, leave no fault behind. `ready` saw no
+            // halt, so a halt now is this example's own.
+            for name in ["charge-503", "charge-slow"] {
+                let _ = admin.delete_rule(name).await;
+            }
+            if admin.status().await.is_ok_and(|s| s.halted) {
+                let _ = admin.resume().await;
+            }
+            outcome
+        }
+        Err(refusal) => Err(refusal),
+    };
     if let Some(demo) = demo {
         demo.shutdown().await;
     }
     outcome
 }
 
+/// The example halts the proxy in step 4, which would lift nobody's halt
+/// but would stop a running scenario: it refuses to start in either case.
+async fn ready(admin: &AdminClient) -> Result<(), String> {
+    let status = admin.status().await.map_err(|e| e.to_string())?;
+    if status.halted {
+        return Err("faultline is halted; this example will not lift a halt it did not make (`faultline ctl resume` first)".to_owned());
+    }
+    if !status.scenarios_running.is_empty() {
+        return Err(format!(
+            "scenario {} is running, and this example's halt would stop it; try again when it is over",
+            status.scenarios_running.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Every rule's name and switch: what the example must leave as it found.
+async fn switches(admin: &AdminClient) -> Result<Vec<(String, bool)>, String> {
+    let rules = admin.rules().await.map_err(|e| e.to_string())?;
+    Ok(rules.into_iter().map(|r| (r.name, r.enabled)).collect())
+}
+
 async fn drive(admin: &AdminClient, service: &Service) -> Result<(), String> {
     let status = admin.status().await.map_err(|e| e.to_string())?;
+    let switches_before = switches(admin).await?;
     println!(
         "faultline {} at {}: {} rules, seed {}",
         status.version,
@@ -185,18 +219,28 @@ async fn drive(admin: &AdminClient, service: &Service) -> Result<(), String> {
 
     // 4. The kill switch: calls pass at once, enabling is refused. Resuming
     // turns nothing back on, so note what was on to put it back.
-    let on: Vec<String> = admin
+    let now = SystemTime::now();
+    let on: Vec<(String, Option<String>)> = admin
         .rules()
         .await
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|rule| rule.enabled)
-        .map(|rule| rule.name)
+        .map(|rule| {
+            // A rule with a TTL gets back what was left of it.
+            let left = rule
+                .expires_at
+                .as_deref()
+                .and_then(|at| humantime::parse_rfc3339(at).ok())
+                .and_then(|at| at.duration_since(now).ok())
+                .map(|left| format!("{}s", left.as_secs().max(1)));
+            (rule.name, left)
+        })
         .collect();
     admin.halt().await.map_err(|e| e.to_string())?;
     let seen = service.calls(10).await;
     check(
-        seen.failed == 0 && seen.median < Duration::from_millis(200),
+        seen.failed == 0 && seen.marked == 0,
         format!("4. halted: {}", seen.summary()),
     )?;
     let refused = admin.enable("charge-503", None).await;
@@ -208,8 +252,11 @@ async fn drive(admin: &AdminClient, service: &Service) -> Result<(), String> {
         ),
     )?;
     admin.resume().await.map_err(|e| e.to_string())?;
-    for name in &on {
-        admin.enable(name, None).await.map_err(|e| e.to_string())?;
+    for (name, ttl) in &on {
+        admin
+            .enable(name, ttl.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
     }
 
     // 5. Leave the proxy as it was found.
@@ -224,7 +271,7 @@ async fn drive(admin: &AdminClient, service: &Service) -> Result<(), String> {
     let after = admin.status().await.map_err(|e| e.to_string())?;
     let seen = service.calls(CALLS).await;
     check(
-        after.rules == status.rules && seen.failed == 0,
+        switches(admin).await? == switches_before && seen.failed == 0,
         format!(
             "5. deleted both rules ({} rules, {} on, as before): {}",
             after.rules.total,
