@@ -95,7 +95,7 @@ impl ClientError {
 }
 
 /// The admin API of one running faultline.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AdminClient {
     base: String,
     authorization: Option<HeaderValue>,
@@ -118,9 +118,11 @@ impl AdminClient {
 
     /// Sends `Authorization: Bearer TOKEN` with every call.
     pub fn with_token(mut self, token: &str) -> Result<AdminClient, ClientError> {
-        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
             ClientError::Usage("the token has characters a header cannot carry".to_owned())
         })?;
+        // Kept out of `Debug` output and logs.
+        value.set_sensitive(true);
         self.authorization = Some(value);
         Ok(self)
     }
@@ -141,7 +143,7 @@ impl AdminClient {
     }
 
     pub async fn rule(&self, name: &str) -> Result<RuleView, ClientError> {
-        self.get(&format!("/api/rules/{name}")).await
+        self.get(&format!("/api/rules/{}", segment(name)?)).await
     }
 
     /// Adds a rule: the rule file's schema as JSON, plus an optional `ttl`.
@@ -153,13 +155,21 @@ impl AdminClient {
     /// Turns a rule on; with a `ttl` (`"5m"`) it turns itself off again.
     pub async fn enable(&self, name: &str, ttl: Option<&str>) -> Result<RuleView, ClientError> {
         let body = ttl.map(|ttl| json!({ "ttl": ttl }));
-        self.send(Method::POST, &format!("/api/rules/{name}/enable"), body)
-            .await
+        self.send(
+            Method::POST,
+            &format!("/api/rules/{}/enable", segment(name)?),
+            body,
+        )
+        .await
     }
 
     pub async fn disable(&self, name: &str) -> Result<RuleView, ClientError> {
-        self.send(Method::POST, &format!("/api/rules/{name}/disable"), None)
-            .await
+        self.send(
+            Method::POST,
+            &format!("/api/rules/{}/disable", segment(name)?),
+            None,
+        )
+        .await
     }
 
     pub async fn set_probability(
@@ -168,15 +178,23 @@ impl AdminClient {
         probability: f64,
     ) -> Result<RuleView, ClientError> {
         let body = json!({ "probability": probability });
-        self.send(Method::PATCH, &format!("/api/rules/{name}"), Some(body))
-            .await
+        self.send(
+            Method::PATCH,
+            &format!("/api/rules/{}", segment(name)?),
+            Some(body),
+        )
+        .await
     }
 
     /// Removes a rule added through the API (file rules are refused).
     pub async fn delete_rule(&self, name: &str) -> Result<(), ClientError> {
-        self.call(Method::DELETE, &format!("/api/rules/{name}"), None)
-            .await
-            .map(drop)
+        self.call(
+            Method::DELETE,
+            &format!("/api/rules/{}", segment(name)?),
+            None,
+        )
+        .await
+        .map(drop)
     }
 
     /// The kill switch: every fault off, enabling refused until [`resume`](Self::resume).
@@ -198,7 +216,8 @@ impl AdminClient {
     }
 
     pub async fn scenario(&self, name: &str) -> Result<ScenarioView, ClientError> {
-        self.get(&format!("/api/scenarios/{name}")).await
+        self.get(&format!("/api/scenarios/{}", segment(name)?))
+            .await
     }
 
     /// Starts a run, `speed` times faster than real time (1 when `None`).
@@ -208,19 +227,28 @@ impl AdminClient {
         speed: Option<f64>,
     ) -> Result<ScenarioView, ClientError> {
         let body = speed.map(|speed| json!({ "speed": speed }));
-        self.send(Method::POST, &format!("/api/scenarios/{name}/start"), body)
-            .await
+        self.send(
+            Method::POST,
+            &format!("/api/scenarios/{}/start", segment(name)?),
+            body,
+        )
+        .await
     }
 
     /// Stops a run; its changes are undone at once.
     pub async fn stop_scenario(&self, name: &str) -> Result<ScenarioView, ClientError> {
-        self.send(Method::POST, &format!("/api/scenarios/{name}/stop"), None)
-            .await
+        self.send(
+            Method::POST,
+            &format!("/api/scenarios/{}/stop", segment(name)?),
+            None,
+        )
+        .await
     }
 
     /// The latest run of a scenario, step by step.
     pub async fn report(&self, name: &str) -> Result<Report, ClientError> {
-        self.get(&format!("/api/scenarios/{name}/report")).await
+        self.get(&format!("/api/scenarios/{}/report", segment(name)?))
+            .await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -335,6 +363,18 @@ impl AdminClient {
             url: self.base.clone(),
             reason: format!("not the JSON expected ({e}); is this faultline's admin API?"),
         })
+    }
+}
+
+/// A rule or scenario name as a path segment: a clear error for anything
+/// that is not a name, rather than a malformed URL or another route.
+fn segment(name: &str) -> Result<&str, ClientError> {
+    if crate::config::is_valid_name(name) {
+        Ok(name)
+    } else {
+        Err(ClientError::Usage(format!(
+            "{name:?} is not a rule or scenario name ([A-Za-z0-9._-]+)"
+        )))
     }
 }
 

@@ -37,7 +37,7 @@ enum Command {
         #[arg(short, long, default_value = "faultline.toml")]
         config: PathBuf,
     },
-    /// A self-contained demo: four upstreams in two regions behind the proxy.
+    /// A self-contained demo: upstreams in two regions behind the proxy, with outages to replay.
     Demo {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]

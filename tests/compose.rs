@@ -2,10 +2,13 @@
 //! `docker-compose.yml`; then every service built from this repository runs
 //! here, as a process, with the command, environment and files compose
 //! gives it: the six zone containers, faultline with its mounted config and
-//! rules, the health check, and the load generator. Container host names
-//! (`lambda-use1`, `faultline`) are mapped to loopback ports; nothing else
-//! is changed. Then the walkthrough's scenario plays and the load generator
-//! must see us-east-1 fail and us-west-2 answer.
+//! rules, the health check, and the load generator. What a container gets
+//! from its network is made local: host names (`lambda-use1`, `faultline`)
+//! and `0.0.0.0` listeners become loopback ports, and the health check is
+//! told where "127.0.0.1:9000" is (`FAULTLINE_ADMIN`); the load generator
+//! also reports every second instead of every ten. Then the walkthrough's
+//! scenario plays and the load generator must see us-east-1 fail and
+//! us-west-2 answer.
 //!
 //! Needs `docker-compose` (Debian package; it brings python3-yaml, which
 //! turns its output into JSON here). `.ci/run` installs it; elsewhere the
@@ -48,7 +51,8 @@ fn resolved_compose_file() -> Option<Value> {
         "docker-compose config rejected docker-compose.yml:\n{}",
         String::from_utf8_lossy(&config.stderr)
     );
-    let mut python = Command::new("python3")
+    // Debian's python3, which the docker-compose package gives PyYAML.
+    let mut python = Command::new("/usr/bin/python3")
         .args([
             "-c",
             "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)",

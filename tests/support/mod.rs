@@ -428,7 +428,8 @@ pub async fn get(url: &str) -> Reply {
 // The runnable examples.
 
 /// An example's binary. `cargo test` builds every example next to the test
-/// binaries; `cargo test --test NAME` alone does not, hence the freshness check.
+/// binaries; `cargo test --test NAME` alone does not, hence the check that
+/// it is newer than its source and the library's.
 pub fn example(name: &str) -> PathBuf {
     let deps = std::env::current_exe().unwrap();
     let path = deps
@@ -438,18 +439,36 @@ pub fn example(name: &str) -> PathBuf {
         .unwrap()
         .join("examples")
         .join(name);
-    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified());
-    let built = modified(&path).unwrap_or_else(|_| {
-        panic!(
-            "{} is not built: run `cargo test` or `cargo build --examples`",
-            path.display()
-        )
-    });
-    let source = modified(&PathBuf::from(format!("examples/{name}.rs"))).unwrap();
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is not built: run `cargo test` or `cargo build --examples`",
+                path.display()
+            )
+        });
+    let source = newest(&[
+        PathBuf::from(format!("examples/{name}.rs")),
+        PathBuf::from("src"),
+    ]);
     assert!(
         built >= source,
-        "{} is older than its source: run `cargo test` or `cargo build --examples`",
+        "{} is older than its sources: run `cargo test` or `cargo build --examples`",
         path.display()
     );
     path
+}
+
+/// The latest modification time of the files below `paths`.
+fn newest(paths: &[PathBuf]) -> std::time::SystemTime {
+    let mut latest = std::time::SystemTime::UNIX_EPOCH;
+    let mut pending = paths.to_vec();
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) {
+            latest = latest.max(modified);
+        }
+    }
+    latest
 }
