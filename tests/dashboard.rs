@@ -1,8 +1,11 @@
 //! The monitoring stack shipped in `examples/`: the Grafana dashboard, its
 //! provisioned data source, and the Prometheus config. A real Prometheus,
-//! started from the shipped `prometheus.yml`, scrapes the demo while traffic
-//! runs and a scenario plays, and every query of the dashboard (every panel,
-//! rows included, every template variable and annotation) must return data.
+//! started from the shipped `prometheus.yml` (its 5 s scrape interval
+//! included), scrapes the demo while traffic runs, the kill switch is
+//! thrown and lifted, and a scenario starts; every query of the dashboard
+//! (every panel, rows included, every template variable) must return data,
+//! and every annotation must mark what changed, once, the way Grafana
+//! evaluates it: a range query over the time on screen.
 //!
 //! Like tests/metrics.rs this needs the Debian package `prometheus`
 //! (`.ci/run` installs it); without it the Prometheus tests fail under CI
@@ -27,16 +30,39 @@ const PROMETHEUS_CONFIG: &str = "examples/prometheus/prometheus.yml";
 const SCENARIO: &str = "us-east-1-lambda-capacity";
 const REGIONS: [&str; 2] = ["us-east-1", "us-west-2"];
 
-/// What Grafana would put in for its built-in variables with the 1 s scrape
-/// interval of the test: `$__rate_interval` is at least four scrapes
-/// (`max(4 × scrape, $__interval + scrape)`); 10 s leaves room for scrapes
-/// a loaded machine delays.
+/// The scrape interval of the shipped `prometheus.yml`, which is also the
+/// data source's `timeInterval`. The test scrapes at this very interval
+/// rather than faster: what `$__interval` and `$__rate_interval` cover is
+/// only honest in scrapes, and a faster scrape once hid annotations
+/// (`changes(…[$__interval])`) that never show on the real stack.
+const SCRAPE: &str = "5s";
+
+/// What Grafana puts in for its built-in variables on the shipped stack,
+/// the default 15 minutes on screen: `$__interval` is the range over the
+/// width in pixels (under a second), raised to the data source's
+/// `timeInterval`, 5 s; `$__rate_interval` is
+/// `max(4 × scrape, $__interval + scrape)`, 20 s. An annotation query gets
+/// the same `$__interval`, and its range query the same step.
 const BUILTINS: [(&str, &str); 4] = [
-    ("__rate_interval", "10s"),
+    ("__rate_interval", "20s"),
     ("__interval", "5s"),
     ("__range", "15m"),
     ("__range_s", "900"),
 ];
+
+/// `$__interval`: the step of the annotations' range queries.
+fn interval() -> Duration {
+    let (_, interval) = BUILTINS.iter().find(|(n, _)| *n == "__interval").unwrap();
+    humantime::parse_duration(interval).unwrap()
+}
+
+/// Seconds since the epoch, as Prometheus counts time.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
 
 /// The path of a tool from the `prometheus` package, or `None` outside CI
 /// when it is not installed.
@@ -87,8 +113,9 @@ struct Query {
     promql: String,
     /// The panel's legend (`{{region}}`), empty elsewhere.
     legend: String,
-    /// Whether it must return series (annotations only mark what changed).
-    must_have_data: bool,
+    /// An annotation's `titleFormat` and `textFormat`; an annotation is
+    /// asked over a range, the rest at an instant.
+    annotation: Option<(String, String)>,
 }
 
 /// Template variable names of the dashboard.
@@ -188,7 +215,7 @@ fn queries(dashboard: &Value) -> Vec<Query> {
                 expr: expr.to_owned(),
                 promql: substitute(expr, &variables),
                 legend: target["legendFormat"].as_str().unwrap_or("").to_owned(),
-                must_have_data: true,
+                annotation: None,
             });
         }
     }
@@ -203,7 +230,7 @@ fn queries(dashboard: &Value) -> Vec<Query> {
             expr: query.to_owned(),
             promql: substitute(&promql, &variables),
             legend: label.map(|l| format!("{{{{{l}}}}}")).unwrap_or_default(),
-            must_have_data: true,
+            annotation: None,
         });
     }
     for annotation in dashboard["annotations"]["list"].as_array().unwrap() {
@@ -213,7 +240,10 @@ fn queries(dashboard: &Value) -> Vec<Query> {
                 expr: expr.to_owned(),
                 promql: substitute(expr, &variables),
                 legend: String::new(),
-                must_have_data: false,
+                annotation: Some((
+                    annotation["titleFormat"].as_str().unwrap_or("").to_owned(),
+                    annotation["textFormat"].as_str().unwrap_or("").to_owned(),
+                )),
             });
         }
     }
@@ -225,6 +255,10 @@ fn provisioned_uid() -> String {
     let text = std::fs::read_to_string(DATASOURCE).unwrap();
     assert!(text.contains("type: prometheus"), "{text}");
     assert!(text.contains("url: http://prometheus:9090"), "{text}");
+    assert!(
+        text.contains(&format!("timeInterval: {SCRAPE}")),
+        "the data source's timeInterval is the scrape interval, {SCRAPE}: {text}"
+    );
     let uids: Vec<&str> = text
         .lines()
         .filter_map(|line| line.trim().strip_prefix("uid:"))
@@ -269,6 +303,10 @@ fn the_dashboard_has_the_panels_and_the_provisioned_data_source() {
                 uid.as_str(),
                 "{annotation}"
             );
+            // Asked with `$__interval` as its step, as the test asks it: a
+            // change is marked at the one step whose window, back to the
+            // step before (`offset $__interval`), holds it.
+            assert_eq!(annotation["step"], "$__interval", "{annotation}");
         }
     }
 
@@ -411,25 +449,22 @@ impl Drop for Server {
     }
 }
 
-/// The shipped config, pointed at `admin` and scraping every second.
+/// The shipped config, pointed at `admin`; its intervals stay as shipped.
 fn test_config(admin: SocketAddr) -> String {
     let shipped = std::fs::read_to_string(PROMETHEUS_CONFIG).unwrap();
-    let mut config = shipped.clone();
-    for (from, to) in [
-        ("faultline:9000", admin.to_string()),
-        ("scrape_interval: 5s", "scrape_interval: 1s".to_owned()),
-        (
-            "evaluation_interval: 5s",
-            "evaluation_interval: 1s".to_owned(),
-        ),
-    ] {
+    for interval in ["scrape_interval", "evaluation_interval"] {
+        let line = format!("{interval}: {SCRAPE}");
         assert!(
-            config.contains(from),
-            "{PROMETHEUS_CONFIG} has no {from}:\n{shipped}"
+            shipped.contains(&line),
+            "{PROMETHEUS_CONFIG} has no {line}:\n{shipped}"
         );
-        config = config.replace(from, &to);
     }
-    config
+    let target = "faultline:9000";
+    assert!(
+        shipped.contains(target),
+        "{PROMETHEUS_CONFIG} has no {target}:\n{shipped}"
+    );
+    shipped.replace(target, &admin.to_string())
 }
 
 /// `application/x-www-form-urlencoded` / query-string escaping.
@@ -446,10 +481,34 @@ fn encode(text: &str) -> String {
 
 /// Prometheus' answer to an instant query, or why there is none.
 async fn instant_query(port: u16, promql: &str) -> Result<Value, String> {
-    let url = format!(
-        "http://127.0.0.1:{port}/api/v1/query?query={}",
-        encode(promql)
-    );
+    prometheus_get(port, &format!("/api/v1/query?query={}", encode(promql))).await
+}
+
+/// Prometheus' answer to a range query from `start` to `end` (seconds
+/// since the epoch), as Grafana asks it for an annotation: `start` aligned
+/// to a multiple of `step`, so that the points fall on the same grid.
+async fn range_query(
+    port: u16,
+    promql: &str,
+    start: f64,
+    end: f64,
+    step: Duration,
+) -> Result<Value, String> {
+    let step = step.as_secs_f64();
+    let start = (start / step).floor() * step;
+    prometheus_get(
+        port,
+        &format!(
+            "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}",
+            encode(promql)
+        ),
+    )
+    .await
+}
+
+/// A GET of Prometheus' HTTP API, its JSON answer.
+async fn prometheus_get(port: u16, path_and_query: &str) -> Result<Value, String> {
+    let url = format!("http://127.0.0.1:{port}{path_and_query}");
     let request = http::Request::get(url).body(empty()).unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), client().request(request))
         .await
@@ -462,6 +521,77 @@ async fn instant_query(port: u16, promql: &str) -> Result<Value, String> {
     serde_json::from_slice(&body).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&body)))
 }
 
+/// An annotation as Grafana draws it: a mark at `time`, or a region up to
+/// `end`.
+#[derive(Debug)]
+struct Event {
+    time: f64,
+    end: f64,
+    title: String,
+    text: String,
+}
+
+/// `{{label}}` in `format` replaced by the series' label; a label the
+/// series lacks is an error (Grafana would leave a blank).
+fn render(format: &str, labels: &Value) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = format;
+    while let Some(at) = rest.find("{{") {
+        out.push_str(&rest[..at]);
+        let inner = &rest[at + 2..];
+        let end = inner
+            .find("}}")
+            .ok_or_else(|| format!("unclosed {{{{ in {format:?}"))?;
+        let name = inner[..end].trim();
+        let value = labels[name]
+            .as_str()
+            .ok_or_else(|| format!("{format:?} names {name}, which {labels} lacks"))?;
+        out.push_str(value);
+        rest = &inner[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The annotations Grafana's Prometheus data source draws from the answer
+/// to an annotation's range query (`processEvents`): per series, the points
+/// whose value is above 0, those at most one step apart joined into one
+/// region; title and text are the formats filled with the series' labels.
+/// Sorted by time.
+fn events(query: &Query, answer: &Value) -> Result<Vec<Event>, String> {
+    let (title, text) = query.annotation.as_ref().unwrap();
+    let step = interval().as_secs_f64();
+    let data = &answer["data"];
+    if data["resultType"] != "matrix" {
+        return Err(format!("not a range answer: {answer}"));
+    }
+    let mut events: Vec<Event> = Vec::new();
+    for series in data["result"].as_array().unwrap() {
+        let mut open: Option<Event> = None;
+        for point in series["values"].as_array().unwrap() {
+            let time = point[0].as_f64().unwrap();
+            let value: f64 = point[1].as_str().unwrap().parse().unwrap();
+            if value <= 0.0 {
+                continue;
+            }
+            if let Some(event) = open.as_mut().filter(|e| e.end + step >= time - 1e-6) {
+                event.end = time;
+                continue;
+            }
+            events.extend(open.take());
+            open = Some(Event {
+                time,
+                end: time,
+                title: render(title, &series["metric"])?,
+                text: render(text, &series["metric"])?,
+            });
+        }
+        events.extend(open);
+    }
+    events.sort_by(|a, b| a.time.total_cmp(&b.time));
+    Ok(events)
+}
+
 /// What is wrong with a query's answer, if anything.
 fn problem(query: &Query, answer: &Result<Value, String>) -> Option<String> {
     let answer = match answer {
@@ -471,8 +601,14 @@ fn problem(query: &Query, answer: &Result<Value, String>) -> Option<String> {
     if answer["status"] != "success" {
         return Some(format!("not a success: {answer}"));
     }
-    if !query.must_have_data {
-        return None;
+    if query.annotation.is_some() {
+        return match events(query, answer) {
+            Err(e) => Some(e),
+            Ok(events) if events.is_empty() => {
+                Some(format!("no annotation: {}", answer["data"]["result"]))
+            }
+            Ok(_) => None,
+        };
     }
     let data = &answer["data"];
     if data["resultType"] == "scalar" {
@@ -497,6 +633,39 @@ fn problem(query: &Query, answer: &Result<Value, String>) -> Option<String> {
         }
     }
     None
+}
+
+/// POSTs `body` (JSON) or nothing to the admin API; it must answer 200.
+async fn admin_post(admin: SocketAddr, path: &str, body: Option<&str>) {
+    let request = http::Request::post(format!("http://{admin}{path}"));
+    let request = match body {
+        Some(body) => request
+            .header("content-type", "application/json")
+            .body(full(body.to_owned())),
+        None => request.body(empty()),
+    };
+    let reply = send(&client(), request.unwrap()).await;
+    assert_eq!(reply.status, 200, "POST {path}: {}", reply.text());
+}
+
+/// Waits until Prometheus has scraped `promql` (one series) at `value`;
+/// returns when it saw it, in seconds since the epoch.
+async fn scraped(port: u16, promql: &str, value: &str, log: &Path) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = instant_query(port, promql).await;
+        let now = unix_now();
+        let result = answer.as_ref().ok().map(|a| &a["data"]["result"]);
+        if result.is_some_and(|r| r[0]["value"][1] == value) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape {promql} at {value}: {answer:?}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Sends `path` through the proxy again and again until aborted.
@@ -545,17 +714,6 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     .map(|path| traffic(demo.proxy_addr, path))
     .collect();
 
-    // At speed 1 the run stays on its first step for ten minutes.
-    let reply = send(
-        &client(),
-        http::Request::post(format!("http://{admin}/api/scenarios/{SCENARIO}/start"))
-            .header("content-type", "application/json")
-            .body(full(r#"{"speed":1}"#))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(&config, test_config(admin)).unwrap();
@@ -565,6 +723,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         .local_addr()
         .unwrap()
         .port();
+    let since = unix_now();
     let _server = Server(
         Command::new(prometheus)
             .arg(format!("--config.file={}", config.display()))
@@ -578,6 +737,32 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             .spawn()
             .unwrap(),
     );
+
+    // The annotations mark changes Prometheus saw, so each change comes
+    // after a scrape of the state before it and waits for a scrape of its
+    // own: the kill switch thrown and lifted (a halt stops every scenario,
+    // hence first), then the scenario started. At speed 1 the run stays on
+    // its first step for ten minutes.
+    let halted = "faultline_halted";
+    let step = format!("faultline_scenario_step{{scenario=\"{SCENARIO}\"}}");
+    scraped(port, halted, "0", &log).await;
+    let mut changes = BTreeMap::new();
+    for (what, path, body, metric, value) in [
+        ("halt", "/api/halt".to_owned(), None, halted, "1"),
+        ("resume", "/api/resume".to_owned(), None, halted, "0"),
+        (
+            "start",
+            format!("/api/scenarios/{SCENARIO}/start"),
+            Some(r#"{"speed":1}"#),
+            step.as_str(),
+            "0",
+        ),
+    ] {
+        let sent = unix_now();
+        admin_post(admin, &path, body).await;
+        let seen = scraped(port, metric, value, &log).await;
+        changes.insert(what, (sent, seen));
+    }
 
     // A few scrapes first, so rates have samples to work with.
     let scrapes = "count_over_time(faultline_halted[1m])";
@@ -601,12 +786,17 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    // Then every query, again until all of them answer or time runs out.
+    // Then every query, again until all of them answer or time runs out:
+    // panels and variables at an instant, annotations over the time since
+    // Prometheus started, with `$__interval` as the step, as Grafana asks.
     let deadline = Instant::now() + Duration::from_secs(90);
     let answers = loop {
         let mut answers = Vec::new();
         for query in &queries {
-            answers.push(instant_query(port, &query.promql).await);
+            answers.push(match query.annotation {
+                Some(_) => range_query(port, &query.promql, since, unix_now(), interval()).await,
+                None => instant_query(port, &query.promql).await,
+            });
         }
         let all_good = queries
             .iter()
@@ -665,6 +855,45 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         .map(|r| r["metric"]["region"].as_str().unwrap())
         .collect();
     assert_eq!(regions, BTreeSet::from(REGIONS));
+
+    // Each change is marked once, a single point (not a region of points a
+    // step apart), between the request and one step after the scrape that
+    // saw it; the halt and the resume apart, though one scrape apart.
+    let step = interval().as_secs_f64();
+    let events_of = |source: &str| -> Vec<Event> {
+        let at = queries.iter().position(|q| q.source == source).unwrap();
+        events(&queries[at], answers[at].as_ref().unwrap()).unwrap()
+    };
+    for (source, expected) in [
+        ("annotation Halt and resume", ["halt", "resume"].as_slice()),
+        ("annotation Scenario steps", ["start"].as_slice()),
+    ] {
+        let events = events_of(source);
+        assert_eq!(events.len(), expected.len(), "{source}: {events:?}");
+        for (event, what) in events.iter().zip(expected) {
+            let (sent, seen) = changes[what];
+            assert!(
+                event.time == event.end && event.time >= sent - 1.0 && event.time <= seen + step,
+                "{source}: {what} requested at {sent:.3}, scraped by {seen:.3}: {event:?}"
+            );
+        }
+    }
+    let marks = |source: &str| -> Vec<String> {
+        events_of(source)
+            .into_iter()
+            .map(|e| format!("{} {}", e.title, e.text).to_lowercase())
+            .collect()
+    };
+    let kill_switch = marks("annotation Halt and resume");
+    assert!(
+        kill_switch[0].contains("halted") && kill_switch[1].contains("resumed"),
+        "{kill_switch:?}"
+    );
+    let steps = marks("annotation Scenario steps");
+    assert!(
+        steps[0].contains(SCENARIO) && steps[0].contains("step 1"),
+        "{steps:?}"
+    );
 
     for sender in senders {
         sender.abort();
