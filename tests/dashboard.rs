@@ -64,24 +64,6 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// The path of a tool from the `prometheus` package, or `None` outside CI
-/// when it is not installed.
-fn tool(name: &str) -> Option<&'static str> {
-    let path = match name {
-        "promtool" => "/usr/bin/promtool",
-        _ => "/usr/bin/prometheus",
-    };
-    if Path::new(path).exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{path} is missing: .ci/run installs the Debian package prometheus"
-    );
-    eprintln!("SKIPPED: {path} not installed (apt-get install prometheus)");
-    None
-}
-
 fn dashboard() -> Value {
     serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap()
 }
@@ -424,7 +406,7 @@ fn the_dashboard_has_the_panels_and_the_provisioned_data_source() {
 
 #[test]
 fn promtool_accepts_the_shipped_prometheus_config() {
-    let Some(promtool) = tool("promtool") else {
+    let Some(promtool) = prometheus_tool("promtool") else {
         return;
     };
     let out = Command::new(promtool)
@@ -690,7 +672,7 @@ fn traffic(proxy: SocketAddr, path: &'static str) -> tokio::task::JoinHandle<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
-    let Some(prometheus) = tool("prometheus") else {
+    let Some(prometheus) = prometheus_tool("prometheus") else {
         return;
     };
     let dashboard = dashboard();

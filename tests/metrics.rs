@@ -203,27 +203,9 @@ async fn the_admin_listener_answers_health_and_unknown_routes() {
     assert_eq!(body["error"], "not_found");
 }
 
-/// The path of a tool from the `prometheus` package, or `None` outside CI
-/// when it is not installed.
-fn tool(name: &str) -> Option<&'static str> {
-    let path = match name {
-        "promtool" => "/usr/bin/promtool",
-        _ => "/usr/bin/prometheus",
-    };
-    if std::path::Path::new(path).exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{path} is missing: .ci/run installs the Debian package prometheus"
-    );
-    eprintln!("SKIPPED: {path} not installed (apt-get install prometheus)");
-    None
-}
-
 #[tokio::test]
 async fn promtool_accepts_the_exposition() {
-    let Some(promtool) = tool("promtool") else {
+    let Some(promtool) = prometheus_tool("promtool") else {
         return;
     };
     let upstream = TestUpstream::start("orders-use1").await;
@@ -255,7 +237,7 @@ async fn promtool_accepts_the_exposition() {
 
 #[tokio::test]
 async fn a_real_prometheus_scrapes_what_was_injected() {
-    let Some(prometheus) = tool("prometheus") else {
+    let Some(prometheus) = prometheus_tool("prometheus") else {
         return;
     };
     let upstream = TestUpstream::start("orders-use1").await;

@@ -472,3 +472,21 @@ fn newest(paths: &[PathBuf]) -> std::time::SystemTime {
     }
     latest
 }
+
+/// The path of a tool from the Debian package `prometheus` (`promtool` or
+/// `prometheus`), or `None` outside CI when it is not installed.
+pub fn prometheus_tool(name: &str) -> Option<&'static str> {
+    let path = match name {
+        "promtool" => "/usr/bin/promtool",
+        _ => "/usr/bin/prometheus",
+    };
+    if std::path::Path::new(path).exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{path} is missing: .ci/run installs the Debian package prometheus"
+    );
+    eprintln!("SKIPPED: {path} not installed (apt-get install prometheus)");
+    None
+}
