@@ -20,6 +20,7 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9000";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_ACTIVE_FAULTS: usize = 10_000;
 
 // ---------------------------------------------------------------------------
@@ -57,6 +58,7 @@ pub struct ProxySection {
     pub max_active_faults: Option<usize>,
     pub connect_timeout: Option<String>,
     pub upstream_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub mark_faults: Option<bool>,
     pub watch_rules: Option<bool>,
@@ -118,6 +120,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// How long the upstream may take to send response headers.
     pub upstream_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse.
+    pub pool_idle_timeout: Duration,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
     pub mark_faults: bool,
@@ -500,6 +504,11 @@ fn validate_proxy(
         "upstream_timeout",
         DEFAULT_UPSTREAM_TIMEOUT,
     );
+    let pool_idle_timeout = duration(
+        &section.pool_idle_timeout,
+        "pool_idle_timeout",
+        DEFAULT_POOL_IDLE_TIMEOUT,
+    );
     let shutdown_grace = duration(
         &section.shutdown_grace,
         "shutdown_grace",
@@ -530,6 +539,7 @@ fn validate_proxy(
             .unwrap_or(DEFAULT_MAX_ACTIVE_FAULTS),
         connect_timeout,
         upstream_timeout,
+        pool_idle_timeout,
         shutdown_grace,
         mark_faults: section.mark_faults.unwrap_or(true),
         watch_rules: section.watch_rules.unwrap_or(true),
@@ -652,6 +662,7 @@ upstream = "orders-use1"
         let config = parse(MINIMAL).unwrap();
         assert_eq!(config.proxy.rules_dir, Path::new("/etc/faultline/rules"));
         assert_eq!(config.proxy.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT);
+        assert_eq!(config.proxy.pool_idle_timeout, DEFAULT_POOL_IDLE_TIMEOUT);
         assert!(config.proxy.mark_faults);
         assert_eq!(config.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
         assert_eq!(config.upstreams[0].host_header, "127.0.0.1:9101");

@@ -1,41 +1,17 @@
-//! Forwarding to the upstream: the one pooled client, and the header
-//! rewriting of a reverse proxy (hop-by-hop headers out, `x-forwarded-*` in,
-//! `Host` set to the upstream).
-
-use std::time::Duration;
+//! The header rewriting of a reverse proxy: hop-by-hop headers out,
+//! `x-forwarded-*` in, `Host` set to the upstream, the target in origin form.
 
 use http::header::{self, HeaderName, HOST};
-use http::uri::{Parts, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::RequestBody;
 use crate::config::UpstreamConfig;
-
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// How long an idle pooled upstream connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The one pooled client every request to every upstream goes through.
-pub fn client(connect_timeout: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        // Without a timer, idle connections only expire when next touched.
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(connector)
-}
 
 /// Rewrites a client request into the request sent to `upstream`.
 pub fn upstream_request<B>(
@@ -76,18 +52,15 @@ pub fn upstream_request<B>(
     }
     parts.headers.insert(HOST, upstream.host_header.clone());
 
-    let mut uri = Parts::default();
-    uri.scheme = Some(upstream.scheme.clone());
-    uri.authority = Some(upstream.authority.clone());
-    uri.path_and_query = Some(
+    // The connection is the upstream's own: the request line names the
+    // path alone (origin form).
+    parts.uri = Uri::from(
         parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     );
-    // Scheme, authority and path are all set, so this cannot fail.
-    parts.uri = Uri::from_parts(uri).unwrap_or_default();
     // Upstreams are spoken to over HTTP/1.1 whatever the client used.
     parts.version = Version::HTTP_11;
     Request::from_parts(parts, body)

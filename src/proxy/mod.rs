@@ -5,6 +5,7 @@
 
 mod body;
 mod forward;
+mod pool;
 mod shape;
 pub mod synthetic;
 
@@ -27,7 +28,7 @@ use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::rules::{Release, RuleSet};
 use crate::server::ConnInfo;
 use crate::traffic::Tally;
-use forward::UpstreamClient;
+use pool::UpstreamClient;
 use prometheus::IntGauge;
 use synthetic::{ProxyError, X_FAULTLINE_RULE};
 
@@ -102,7 +103,7 @@ impl Proxy {
             routes,
             rules: ArcSwap::from_pointee(rules),
             rules_changed: tokio::sync::watch::Sender::new(()),
-            client: forward::client(config.proxy.connect_timeout),
+            client: UpstreamClient::new(&config.upstreams, &config.proxy),
             upstream_timeout: config.proxy.upstream_timeout,
             mark_faults: config.proxy.mark_faults,
             active_faults: AtomicUsize::new(0),
@@ -359,10 +360,10 @@ impl Proxy {
         let request = forward::upstream_request(target, &conn.client_ip, request);
         let sent = Instant::now();
         let outcome =
-            tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await;
+            tokio::time::timeout(self.upstream_timeout, self.client.send(upstream, request)).await;
         let response = match outcome {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(ProxyError::from_client(&target.name, e)),
+            Ok(Err(e)) => Err(ProxyError::from_upstream(&target.name, e)),
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 upstream: target.name.clone(),
             }),

@@ -9,6 +9,7 @@ use http::header::{HeaderName, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use super::body::ResponseBody;
+use super::pool::UpstreamError;
 use crate::fault::preset::{self, X_AMZN_REQUEST_ID, X_AMZ_ID_2, X_AMZ_REQUEST_ID};
 use crate::fault::{RequestIdStyle, SyntheticResponse};
 use crate::metrics::UpstreamErrorReason;
@@ -27,7 +28,7 @@ pub enum ProxyError {
     UpstreamConnect {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: UpstreamError,
     },
     #[error("upstream {upstream} did not answer in time")]
     UpstreamTimeout { upstream: String },
@@ -35,17 +36,17 @@ pub enum ProxyError {
     UpstreamProtocol {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: UpstreamError,
     },
 }
 
 impl ProxyError {
     /// Classifies an error of the upstream client.
-    pub fn from_client(upstream: &str, error: hyper_util::client::legacy::Error) -> Self {
+    pub fn from_upstream(upstream: &str, error: UpstreamError) -> Self {
         let upstream = upstream.to_owned();
         // A connect that timed out is still a failure to connect: the
         // upstream is unreachable, not slow.
-        if error.is_connect() {
+        if matches!(error, UpstreamError::Connect(_)) {
             ProxyError::UpstreamConnect {
                 upstream,
                 source: error,

@@ -53,6 +53,7 @@ pub struct TestUpstream {
     pub addr: SocketAddr,
     pub name: String,
     requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -62,13 +63,16 @@ impl TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (r, s, n) = (requests.clone(), seen.clone(), name.to_owned());
+        let c = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let (r, s, n) = (r.clone(), s.clone(), n.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
@@ -84,6 +88,7 @@ impl TestUpstream {
             addr,
             name: name.to_owned(),
             requests,
+            connections,
             seen,
             task,
         }
@@ -96,6 +101,11 @@ impl TestUpstream {
     /// How many requests reached this upstream (counted on arrival).
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// How many connections this upstream accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     pub fn last_seen(&self) -> Seen {

@@ -1,0 +1,221 @@
+//! The upstream client: one pool of idle HTTP/1.1 connections per upstream.
+//!
+//! Connections are dialled by hyper-util's [`HttpConnector`] (DNS, connect
+//! timeout, `TCP_NODELAY`) and spoken to with hyper's own
+//! `client::conn::http1`, each driven by a task of its own. Idle
+//! connections wait in a lock-free queue per upstream, indexed by the
+//! upstream's position in the config, so a request finds its pool without
+//! hashing a key or taking a lock. hyper-util's legacy `Client` did both on
+//! every request, and boxed and spawned besides; this pool is why the proxy
+//! keeps up with HAProxy (see `scripts/loadtest.sh`).
+//!
+//! A connection goes back to its pool once hyper says it can take the next
+//! request: at once when the response body came with its head, else when the
+//! body has been read. A sweeper closes connections idle for longer than
+//! `[proxy] pool_idle_timeout`, as a pool timer would.
+
+use std::error::Error as StdError;
+use std::future::poll_fn;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::SegQueue;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service;
+use tracing::debug;
+
+use super::body::RequestBody;
+use crate::config::{ProxyConfig, UpstreamConfig};
+
+/// The sweeper looks for connections idle for too long at least this often,
+/// and four times per idle timeout when that is shorter.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Why an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unresolvable, connect timeout).
+    #[error(transparent)]
+    Connect(BoxError),
+    /// The connection broke, or the upstream's answer was not HTTP.
+    #[error(transparent)]
+    Exchange(hyper::Error),
+}
+
+/// The one client every request to every upstream goes through.
+pub struct UpstreamClient {
+    connector: HttpConnector,
+    idle_timeout: Duration,
+    /// Per upstream index: where it is dialled, and its idle connections.
+    pools: Arc<[Pool]>,
+    /// Started with the first connection, when a runtime is sure to exist.
+    sweeper: OnceLock<()>,
+}
+
+struct Pool {
+    /// `http://authority/`, what the connector dials.
+    target: Uri,
+    idle: SegQueue<Idle>,
+}
+
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+impl UpstreamClient {
+    pub fn new(upstreams: &[UpstreamConfig], settings: &ProxyConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        let pools = upstreams
+            .iter()
+            .map(|upstream| Pool {
+                target: dial_target(upstream),
+                idle: SegQueue::new(),
+            })
+            .collect();
+        Self {
+            connector,
+            idle_timeout: settings.pool_idle_timeout,
+            pools,
+            sweeper: OnceLock::new(),
+        }
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) to upstream `index`
+    /// on an idle connection, or on a new one.
+    pub async fn send(
+        &self,
+        index: usize,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let pool = &self.pools[index];
+        let mut request = request;
+        loop {
+            let (mut sender, reused) = match pool.checkout() {
+                Some(sender) => (sender, true),
+                None => (self.connect(&pool.target).await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    self.checkin(index, sender);
+                    return Ok(response);
+                }
+                Err(mut failed) => match failed.take_message() {
+                    // The pooled connection closed before the request was
+                    // written (the upstream ended it while idle): nothing
+                    // was sent, so another connection may carry it.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(UpstreamError::Exchange(failed.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn connect(&self, target: &Uri) -> Result<SendRequest<RequestBody>, UpstreamError> {
+        self.sweeper
+            .get_or_init(|| spawn_sweeper(Arc::downgrade(&self.pools), self.idle_timeout));
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        let io = connector
+            .call(target.clone())
+            .await
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        let (sender, connection) = http1::handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Returns a connection to its pool once it can carry the next request.
+    fn checkin(&self, index: usize, mut sender: SendRequest<RequestBody>) {
+        if sender.is_ready() {
+            self.pools[index].checkin(sender);
+            return;
+        }
+        // Its response body is still streaming: it is ready once that has
+        // been read, and gone if the body is dropped half-read.
+        let pools = Arc::clone(&self.pools);
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                pools[index].checkin(sender);
+            }
+        });
+    }
+}
+
+impl Pool {
+    /// The next idle connection that can take a request; the closed ones
+    /// met on the way are dropped.
+    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+        while let Some(idle) = self.idle.pop() {
+            if idle.sender.is_ready() {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: SendRequest<RequestBody>) {
+        self.idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Drops (and so closes) the connections idle since before `cutoff`.
+    fn expire(&self, cutoff: Instant) {
+        // Requests keep popping and pushing meanwhile: look at as many as
+        // were queued when the sweep began, each once.
+        for _ in 0..self.idle.len() {
+            let Some(idle) = self.idle.pop() else { break };
+            if idle.since >= cutoff && !idle.sender.is_closed() {
+                self.idle.push(idle);
+            }
+        }
+    }
+}
+
+/// Now and then closes the connections idle for longer than `idle_timeout`;
+/// ends with the client.
+fn spawn_sweeper(pools: Weak<[Pool]>, idle_timeout: Duration) {
+    let every = (idle_timeout / 4).clamp(Duration::from_millis(1), MAX_SWEEP_INTERVAL);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(pools) = pools.upgrade() else { return };
+            let Some(cutoff) = Instant::now().checked_sub(idle_timeout) else {
+                continue;
+            };
+            for pool in pools.iter() {
+                pool.expire(cutoff);
+            }
+        }
+    });
+}
+
+/// The URI the connector dials for `upstream`.
+fn dial_target(upstream: &UpstreamConfig) -> Uri {
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query("/")
+        .build()
+        // Scheme and authority were parsed from the config: always valid.
+        .unwrap_or_default()
+}

@@ -1,0 +1,276 @@
+//! The upstream connection pool: connections are reused, given back only
+//! when they can carry the next request, dropped when the upstream ends
+//! them, and closed after `pool_idle_timeout`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let east = TestUpstream::start("orders-use1").await;
+    let proxy = TestProxy::start(&edge_config(&[&east], ""), "").await;
+    let client = client();
+    for i in 0..20 {
+        let url = format!("{}/hello/{i}", proxy.url("edge"));
+        let reply = send(&client, Request::get(url).body(empty()).unwrap()).await;
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(east.requests(), 20);
+    assert_eq!(east.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_streamed_response_gives_its_connection_back_once_read() {
+    let east = TestUpstream::start("orders-use1").await;
+    let proxy = TestProxy::start(&edge_config(&[&east], ""), "").await;
+    let client = client();
+    // 4 MiB in 64 KiB chunks: the connection is still busy when the head
+    // arrives, and free only once the client has read the body.
+    for path in ["/bytes/4194304", "/chunked/4194304", "/hello", "/hello"] {
+        let url = format!("{}{path}", proxy.url("edge"));
+        let reply = send(&client, Request::get(url).body(empty()).unwrap()).await;
+        assert_eq!(reply.status, 200, "{path}");
+        // The body is read; give the pool a moment to take the connection back.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(east.connections(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_each_get_a_connection_of_their_own() {
+    let east = TestUpstream::start("orders-use1").await;
+    let proxy = TestProxy::start(&edge_config(&[&east], ""), "").await;
+    let base = proxy.url("edge");
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let client = client();
+                for _ in 0..25 {
+                    let url = format!("{base}/sleep/2");
+                    let reply = send(&client, Request::get(url).body(empty()).unwrap()).await;
+                    assert_eq!(reply.status, 200);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(east.requests(), 200);
+    // Never more connections than requests at once.
+    assert!(
+        (1..=8).contains(&east.connections()),
+        "{} connections",
+        east.connections()
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_idle_connections_loses_no_request() {
+    let upstream = RawUpstream::start(Ending::CloseWhenIdle(Duration::from_millis(50))).await;
+    let proxy = TestProxy::start(&raw_config(upstream.addr, ""), "").await;
+    let client = client();
+    for _ in 0..5 {
+        let reply = send(
+            &client,
+            Request::get(proxy.url("edge")).body(empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        // Past the upstream's own keep-alive timeout.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(upstream.connections(), 5);
+}
+
+#[tokio::test]
+async fn connection_close_from_the_upstream_is_honoured() {
+    let upstream = RawUpstream::start(Ending::ConnectionClose).await;
+    let proxy = TestProxy::start(&raw_config(upstream.addr, ""), "").await;
+    let client = client();
+    for _ in 0..5 {
+        let reply = send(
+            &client,
+            Request::get(proxy.url("edge")).body(empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(upstream.connections(), 5);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_pool_idle_timeout() {
+    let upstream = RawUpstream::start(Ending::KeepAlive).await;
+    let proxy = TestProxy::start(
+        &raw_config(upstream.addr, "pool_idle_timeout = \"200ms\""),
+        "",
+    )
+    .await;
+    let reply = get(&proxy.url("edge")).await;
+    assert_eq!(reply.status, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while upstream.closed_by_proxy() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The next request dials again.
+    assert_eq!(get(&proxy.url("edge")).await.status, 200);
+    assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test]
+async fn idle_connections_stay_open_within_pool_idle_timeout() {
+    let upstream = RawUpstream::start(Ending::KeepAlive).await;
+    let proxy = TestProxy::start(&raw_config(upstream.addr, ""), "").await;
+    assert_eq!(get(&proxy.url("edge")).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&proxy.url("edge")).await.status, 200);
+    assert_eq!(upstream.closed_by_proxy(), 0);
+    assert_eq!(upstream.connections(), 1);
+}
+
+/// How [`RawUpstream`] ends a connection after each answer.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// Keeps it open for the next request.
+    KeepAlive,
+    /// Closes it when no request came within this long, without warning,
+    /// as a keep-alive timeout does.
+    CloseWhenIdle(Duration),
+    /// Says `connection: close`, then closes it.
+    ConnectionClose,
+}
+
+/// An upstream written on raw sockets, so that when its connections end is
+/// up to the test. It answers every request head with `200 ok`.
+struct RawUpstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    closed_by_peer: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    async fn start(ending: Ending) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let closed_by_peer = Arc::new(AtomicUsize::new(0));
+        let (accepted, closed) = (connections.clone(), closed_by_peer.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_raw(stream, ending, closed.clone()));
+            }
+        });
+        RawUpstream {
+            addr,
+            connections,
+            closed_by_peer,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections the proxy closed while they were idle.
+    fn closed_by_proxy(&self) -> usize {
+        self.closed_by_peer.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_raw(mut stream: TcpStream, ending: Ending, closed_by_peer: Arc<AtomicUsize>) {
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // One request head (the proxy forwards bodiless GETs here).
+        let head_end = loop {
+            if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let read = match ending {
+                Ending::CloseWhenIdle(idle) if pending.is_empty() => {
+                    match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
+                        Ok(read) => read,
+                        // Idle too long: hang up, as the upstream's own
+                        // keep-alive timeout would.
+                        Err(_) => return,
+                    }
+                }
+                _ => stream.read(&mut chunk).await,
+            };
+            match read {
+                Ok(0) | Err(_) => {
+                    closed_by_peer.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+            }
+        };
+        pending.drain(..head_end);
+        let answer: &[u8] = match ending {
+            Ending::ConnectionClose => {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            }
+            _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        };
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        if let Ending::ConnectionClose = ending {
+            return;
+        }
+    }
+}
+
+fn raw_config(upstream: SocketAddr, extra_proxy: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[proxy]
+{extra_proxy}
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+
+[[upstream]]
+name = "raw"
+url = "http://{upstream}"
+labels = {{ region = "us-east-1" }}
+
+[[route]]
+listener = "edge"
+upstream = "raw"
+"#
+    )
+}
