@@ -1,27 +1,34 @@
 //! The one accept loop every listener runs, and the per-connection control
-//! that lets the request path fail a connection on purpose.
+//! that lets the request path, or shutdown, end a connection.
 //!
 //! Each connection is served by hyper-util's auto builder (HTTP/1.1 and h2c)
-//! under a [`GracefulShutdown`] watcher. A [`ConnControl`] rides along: when
-//! the request path asks for an abort, the connection task drops the
-//! connection, and [`AbortableStream`] decides on drop whether the socket
-//! ends with a FIN or, with zero linger, an RST.
+//! in a task of its own, with a [`ConnControl`] riding along. The task looks
+//! at the control each time it is woken, before the connection: a drain
+//! asks hyper for a graceful close; an abort drops the connection, and
+//! [`AbortableStream`] decides on drop whether the socket ends with a FIN
+//! or, with zero linger, an RST. Looking costs one atomic load and a waker
+//! registration, where waiting on shutdown signals (`Notify`, a watch
+//! channel) would take a lock each time the connection wakes, several times
+//! per request. The accept loop keeps every open connection's control, so
+//! shutdown can reach them all.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -30,10 +37,13 @@ use tracing::{debug, warn};
 
 use crate::fault::AbortMode;
 
-/// [`ConnControl`] states: 0 is open.
-const RESET: u8 = 1;
-const CLOSE: u8 = 2;
-const GARBAGE: u8 = 3;
+/// [`ConnControl`] states. Every state past [`DRAIN`] ends the connection now.
+const OPEN: u8 = 0;
+/// Finish the request in flight, then close.
+const DRAIN: u8 = 1;
+const RESET: u8 = 2;
+const CLOSE: u8 = 3;
+const GARBAGE: u8 = 4;
 
 /// What an `abort` in `garbage` mode sends: not HTTP by any reading.
 const GARBAGE_BYTES: &[u8] =
@@ -42,12 +52,13 @@ const GARBAGE_BYTES: &[u8] =
 /// How long the accept loop waits after an error such as running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Lets the request path end its connection on purpose.
+/// Lets the request path, or shutdown, end a connection.
 #[derive(Debug, Default)]
 pub struct ConnControl {
-    /// 0 (open), [`RESET`], [`CLOSE`] or [`GARBAGE`].
-    abort: AtomicU8,
-    notify: Notify,
+    /// [`OPEN`], [`DRAIN`], [`RESET`], [`CLOSE`] or [`GARBAGE`].
+    state: AtomicU8,
+    /// The connection's task, woken when the state changes.
+    task: AtomicWaker,
 }
 
 impl ConnControl {
@@ -58,16 +69,21 @@ impl ConnControl {
             AbortMode::Close | AbortMode::Empty => CLOSE,
             AbortMode::Garbage => GARBAGE,
         };
-        self.abort.store(code, Ordering::Release);
-        self.notify.notify_one();
+        self.state.store(code, Ordering::Release);
+        self.task.wake();
+    }
+
+    /// Lets the request in flight finish, then closes the connection.
+    fn drain(&self) {
+        // An abort already asked for stays.
+        let _ = self
+            .state
+            .compare_exchange(OPEN, DRAIN, Ordering::AcqRel, Ordering::Acquire);
+        self.task.wake();
     }
 
     fn mode(&self) -> u8 {
-        self.abort.load(Ordering::Acquire)
-    }
-
-    async fn aborted(&self) {
-        self.notify.notified().await;
+        self.state.load(Ordering::Acquire)
     }
 }
 
@@ -116,9 +132,7 @@ where
     // A timer makes hyper enforce its header read timeout (slow-loris clients).
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    // Cancelled when the grace period is over: connections still open are dropped.
-    let force_close = CancellationToken::new();
+    let open = Arc::new(OpenConnections::default());
     let local = listener.local_addr().ok();
 
     loop {
@@ -146,30 +160,32 @@ where
             stream,
             control: Arc::clone(&control),
         });
-        let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
-        let force_close = force_close.clone();
-        let reset = stop.reset.clone();
+        let registration = open.register(Arc::clone(&control));
+        let connection = builder.serve_connection(io, service).into_owned();
         tokio::spawn(async move {
-            tokio::select! {
-                // Biased, this branch first: when shutdown or a refuse rule
-                // ends the connection, dropping the graceful watcher makes the
-                // connection branch ready too, and the ending must win.
-                biased;
-                // The mode is set inside the branch's future: select! drops the
-                // connection (closing the socket) before it runs a handler.
-                () = async {
-                    force_close.cancelled().await;
-                    if reset.is_cancelled() {
-                        control.abort(AbortMode::Reset);
+            let _registration = registration;
+            let mut connection = pin!(connection);
+            let mut draining = false;
+            let ended = poll_fn(|cx| {
+                // Registered before the state is read: a change made after
+                // the read wakes this task again.
+                control.task.register(cx.waker());
+                match control.mode() {
+                    OPEN => {}
+                    DRAIN if !draining => {
+                        draining = true;
+                        connection.as_mut().graceful_shutdown();
                     }
-                } => {}
-                // Dropping the connection closes the socket, as the abort asked.
-                () = control.aborted() => {}
-                result = connection => {
-                    if let Err(e) = result {
-                        debug!(error = %e, %peer, "connection ended with an error");
-                    }
+                    DRAIN => {}
+                    // Returning drops the connection: the socket closes as
+                    // the mode asks, whatever the connection was doing.
+                    _ => return Poll::Ready(Ok(())),
                 }
+                connection.as_mut().poll(cx)
+            })
+            .await;
+            if let Err(e) = ended {
+                debug!(error = %e, %peer, "connection ended with an error");
             }
         });
     }
@@ -177,16 +193,88 @@ where
     // Stop accepting at once: the listening socket closes here.
     drop(listener);
     if stop.reset.is_cancelled() {
-        force_close.cancel();
+        open.end_all(AbortMode::Reset);
         return;
     }
+    open.drain_all();
     let grace = stop.grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(grace, open.all_closed())
         .await
         .is_err()
     {
-        warn!(listener = ?local, ?grace, "grace period over; dropping the connections still open");
-        force_close.cancel();
+        warn!(listener = ?local, ?grace, "grace period over; closing the connections still open");
+        open.end_all(AbortMode::Close);
+    }
+}
+
+/// The controls of one accept loop's open connections.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    /// By connection number; touched when a connection opens and closes,
+    /// never per request.
+    controls: Mutex<(u64, HashMap<u64, Arc<ConnControl>>)>,
+    /// Told when the last connection closes.
+    emptied: Notify,
+}
+
+impl OpenConnections {
+    /// Keeps `control` until the returned registration is dropped.
+    fn register(self: &Arc<Self>, control: Arc<ConnControl>) -> Registration {
+        let mut guard = self.lock();
+        let (next, controls) = &mut *guard;
+        let id = *next;
+        *next += 1;
+        controls.insert(id, control);
+        Registration {
+            open: Arc::clone(self),
+            id,
+        }
+    }
+
+    fn drain_all(&self) {
+        for control in self.lock().1.values() {
+            control.drain();
+        }
+    }
+
+    fn end_all(&self, mode: AbortMode) {
+        for control in self.lock().1.values() {
+            control.abort(mode);
+        }
+    }
+
+    async fn all_closed(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            let mut emptied = pin!(emptied);
+            // Listening before looking: a close in between is not missed.
+            emptied.as_mut().enable();
+            if self.lock().1.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, Arc<ConnControl>>)> {
+        // The map stays whole whatever panicked while holding it.
+        self.controls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An open connection's place in [`OpenConnections`], given up on drop.
+struct Registration {
+    open: Arc<OpenConnections>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut guard = self.open.lock();
+        guard.1.remove(&self.id);
+        if guard.1.is_empty() {
+            self.open.emptied.notify_waiters();
+        }
     }
 }
 
