@@ -200,7 +200,10 @@ impl Proxy {
             None => Ok(self
                 .forward(upstream, conn, request.map(RequestBody::from))
                 .await),
-            Some(plan) => self.inject(plan, upstream, conn, request, start).await,
+            // Boxed: a fault's future is several times the size of a plain
+            // forward, and every request's future would be that big, and
+            // copied so, if it were kept inline.
+            Some(plan) => Box::pin(self.inject(plan, upstream, conn, request, start)).await,
         };
         match &result {
             Ok(response) => metrics.record_request(

@@ -100,7 +100,8 @@ impl UpstreamClient {
         loop {
             let (mut sender, reused) = match pool.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.connect(&pool.target).await?, false),
+                // Boxed: dialling is rare, and its future large.
+                None => (Box::pin(self.connect(&pool.target)).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
