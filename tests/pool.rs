@@ -145,6 +145,31 @@ async fn idle_connections_stay_open_within_pool_idle_timeout() {
     assert_eq!(upstream.connections(), 1);
 }
 
+#[tokio::test]
+async fn upstream_timeout_holds_on_a_reused_connection() {
+    let east = TestUpstream::start("orders-use1").await;
+    let proxy = TestProxy::start(&edge_config(&[&east], "upstream_timeout = \"300ms\""), "").await;
+    let client = client();
+    let at = |path: &str| {
+        let url = format!("{}{path}", proxy.url("edge"));
+        Request::get(url).body(empty()).unwrap()
+    };
+    assert_eq!(send(&client, at("/sleep/1")).await.status, 200);
+    // The pooled connection's timer, set for the first request, fires
+    // while the connection is idle; each request must get a fresh deadline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reply = send(&client, at("/sleep/150")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = send(&client, at("/sleep/150")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = send(&client, at("/sleep/2000")).await;
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.header("x-faultline-error"), Some("upstream_timeout"));
+    // The timed-out connection is closed, not given to the next request.
+    assert_eq!(send(&client, at("/sleep/1")).await.status, 200);
+    assert_eq!(east.connections(), 2);
+}
+
 /// How [`RawUpstream`] ends a connection after each answer.
 #[derive(Debug, Clone, Copy)]
 enum Ending {
