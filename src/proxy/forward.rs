@@ -78,29 +78,49 @@ fn append_to_list(existing: &HeaderValue, addition: &HeaderValue) -> HeaderValue
 /// Removes the headers that concern one connection only (RFC 9110 §7.6.1),
 /// including any named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than a
-    // hashed removal per hop-by-hop header.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // One pass over the names finds the hop-by-hop headers present: most
+    // messages carry none, or only `connection: keep-alive`, and a hashed
+    // removal per absent name would cost more than the pass.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(at) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present |= 1 << at;
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    if present == 0 {
+        return;
+    }
+    if present & CONNECTION_BIT != 0 {
+        // Cloning a value shares its bytes. Collecting nothing allocates
+        // nothing: only a second `Connection` line costs a Vec.
+        let mut lines = headers.get_all(header::CONNECTION).iter().cloned();
+        let first = lines.next();
+        let more: Vec<HeaderValue> = lines.collect();
+        for line in first.iter().chain(&more) {
+            for token in line.to_str().unwrap_or_default().split(',') {
+                let token = token.trim();
+                // `close` and `keep-alive` are options, not header names
+                // (a `keep-alive` header goes with the list below).
+                if !(token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("keep-alive"))
+                {
+                    // A token that is no valid header name names nothing.
+                    headers.remove(token);
+                }
+            }
+        }
+    }
+    for (at, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << at) != 0 {
+            headers.remove(*name);
+        }
     }
 }
 
-/// Headers that concern one connection only.
+const CONNECTION_BIT: u16 = 1;
+
+/// Headers that concern one connection only; `connection` first.
 static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
@@ -134,6 +154,33 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn every_connection_line_is_read_and_odd_tokens_are_harmless() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.append(
+            header::CONNECTION,
+            HeaderValue::from_static("X-Upper , bad name!, ,x-second"),
+        );
+        headers.insert("x-upper", HeaderValue::from_static("1"));
+        headers.insert("x-second", HeaderValue::from_static("1"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_untouched() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        let before = headers.clone();
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
     }
 
     #[test]
