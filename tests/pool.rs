@@ -48,7 +48,30 @@ async fn a_streamed_response_gives_its_connection_back_once_read() {
 }
 
 #[tokio::test]
-async fn concurrent_requests_each_get_a_connection_of_their_own() {
+async fn a_connection_busy_with_a_body_is_not_handed_to_another_request() {
+    let east = TestUpstream::start("orders-use1").await;
+    let proxy = TestProxy::start(&edge_config(&[&east], ""), "").await;
+    // 64 MiB, left unread: its connection stays busy, the body stuck in
+    // the socket buffers.
+    let slow = client()
+        .request(
+            Request::get(format!("{}/bytes/67108864", proxy.url("edge")))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 200);
+    let other = tokio::time::timeout(Duration::from_secs(10), get(&proxy.url("edge")))
+        .await
+        .expect("queued behind the unread body");
+    assert_eq!(other.status, 200);
+    assert_eq!(east.connections(), 2);
+    drop(slow);
+}
+
+#[tokio::test]
+async fn concurrent_workers_reuse_connections() {
     let east = TestUpstream::start("orders-use1").await;
     let proxy = TestProxy::start(&edge_config(&[&east], ""), "").await;
     let base = proxy.url("edge");
@@ -150,21 +173,21 @@ async fn idle_connections_stay_open_within_pool_idle_timeout() {
 #[tokio::test]
 async fn upstream_timeout_holds_on_a_reused_connection() {
     let east = TestUpstream::start("orders-use1").await;
-    let proxy = TestProxy::start(&edge_config(&[&east], "upstream_timeout = \"300ms\""), "").await;
+    let proxy = TestProxy::start(&edge_config(&[&east], "upstream_timeout = \"1s\""), "").await;
     let client = client();
     let at = |path: &str| {
         let url = format!("{}{path}", proxy.url("edge"));
         Request::get(url).body(empty()).unwrap()
     };
     assert_eq!(send(&client, at("/sleep/1")).await.status, 200);
-    // The pooled connection's timer, set for the first request, fires
-    // while the connection is idle; each request must get a fresh deadline.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let reply = send(&client, at("/sleep/150")).await;
+    // Idle for longer than the timeout: each request gets a deadline of
+    // its own, not one counted from the connection's last use.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let reply = send(&client, at("/sleep/50")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let reply = send(&client, at("/sleep/150")).await;
+    let reply = send(&client, at("/sleep/50")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let reply = send(&client, at("/sleep/2000")).await;
+    let reply = send(&client, at("/sleep/3000")).await;
     assert_eq!(reply.status, 504);
     assert_eq!(reply.header("x-faultline-error"), Some("upstream_timeout"));
     // The timed-out connection is closed, not given to the next request.

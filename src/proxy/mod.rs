@@ -362,8 +362,11 @@ impl Proxy {
         let metrics = &self.upstream_metrics[upstream];
         let request = forward::upstream_request(target, &conn.client_ip, request);
         let sent = Instant::now();
-        let outcome =
-            tokio::time::timeout(self.upstream_timeout, self.client.send(upstream, request)).await;
+        let outcome = tokio::time::timeout(
+            self.upstream_timeout,
+            self.client.send(upstream, request, sent),
+        )
+        .await;
         let response = match outcome {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(ProxyError::from_upstream(&target.name, e)),
