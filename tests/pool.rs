@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,8 +24,7 @@ async fn sequential_requests_share_one_upstream_connection() {
     let proxy = TestProxy::start(&edge_config(&[&east], ""), "").await;
     let client = client();
     for i in 0..20 {
-        let url = format!("{}/hello/{i}", proxy.url("edge"));
-        let reply = send(&client, Request::get(url).body(empty()).unwrap()).await;
+        let reply = get_on(&client, format!("{}/hello/{i}", proxy.url("edge"))).await;
         assert_eq!(reply.status, 200);
     }
     assert_eq!(east.requests(), 20);
@@ -38,8 +39,7 @@ async fn a_streamed_response_gives_its_connection_back_once_read() {
     // 4 MiB in 64 KiB chunks: the connection is still busy when the head
     // arrives, and free only once the client has read the body.
     for path in ["/bytes/4194304", "/chunked/4194304", "/hello", "/hello"] {
-        let url = format!("{}{path}", proxy.url("edge"));
-        let reply = send(&client, Request::get(url).body(empty()).unwrap()).await;
+        let reply = get_on(&client, format!("{}{path}", proxy.url("edge"))).await;
         assert_eq!(reply.status, 200, "{path}");
         // The body is read; give the pool a moment to take the connection back.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -81,8 +81,7 @@ async fn concurrent_workers_reuse_connections() {
             tokio::spawn(async move {
                 let client = client();
                 for _ in 0..25 {
-                    let url = format!("{base}/sleep/2");
-                    let reply = send(&client, Request::get(url).body(empty()).unwrap()).await;
+                    let reply = get_on(&client, format!("{base}/sleep/2")).await;
                     assert_eq!(reply.status, 200);
                 }
             })
@@ -108,11 +107,7 @@ async fn an_upstream_that_closes_idle_connections_loses_no_request() {
     let proxy = TestProxy::start(&raw_config(upstream.addr, ""), "").await;
     let client = client();
     for _ in 0..5 {
-        let reply = send(
-            &client,
-            Request::get(proxy.url("edge")).body(empty()).unwrap(),
-        )
-        .await;
+        let reply = get_on(&client, proxy.url("edge")).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
         // Past the upstream's own keep-alive timeout.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -126,11 +121,7 @@ async fn connection_close_from_the_upstream_is_honoured() {
     let proxy = TestProxy::start(&raw_config(upstream.addr, ""), "").await;
     let client = client();
     for _ in 0..5 {
-        let reply = send(
-            &client,
-            Request::get(proxy.url("edge")).body(empty()).unwrap(),
-        )
-        .await;
+        let reply = get_on(&client, proxy.url("edge")).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
     assert_eq!(upstream.connections(), 5);
@@ -175,24 +166,27 @@ async fn upstream_timeout_holds_on_a_reused_connection() {
     let east = TestUpstream::start("orders-use1").await;
     let proxy = TestProxy::start(&edge_config(&[&east], "upstream_timeout = \"1s\""), "").await;
     let client = client();
-    let at = |path: &str| {
-        let url = format!("{}{path}", proxy.url("edge"));
-        Request::get(url).body(empty()).unwrap()
-    };
-    assert_eq!(send(&client, at("/sleep/1")).await.status, 200);
+    let at = |path: &str| get_on(&client, format!("{}{path}", proxy.url("edge")));
+    assert_eq!(at("/sleep/1").await.status, 200);
     // Idle for longer than the timeout: each request gets a deadline of
     // its own, not one counted from the connection's last use.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let reply = send(&client, at("/sleep/50")).await;
+    let reply = at("/sleep/50").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let reply = send(&client, at("/sleep/50")).await;
+    let reply = at("/sleep/50").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let reply = send(&client, at("/sleep/3000")).await;
+    let reply = at("/sleep/3000").await;
     assert_eq!(reply.status, 504);
     assert_eq!(reply.header("x-faultline-error"), Some("upstream_timeout"));
     // The timed-out connection is closed, not given to the next request.
-    assert_eq!(send(&client, at("/sleep/1")).await.status, 200);
+    assert_eq!(at("/sleep/1").await.status, 200);
     assert_eq!(east.connections(), 2);
+}
+
+/// A GET on `client`, whose connections to the proxy outlive the call
+/// (`support::get` opens a new client each time).
+async fn get_on(client: &Client<HttpConnector, TestBody>, url: String) -> Reply {
+    send(client, Request::get(url).body(empty()).unwrap()).await
 }
 
 /// How [`RawUpstream`] ends a connection after each answer.
