@@ -210,21 +210,26 @@ where
 /// The controls of one accept loop's open connections.
 #[derive(Debug, Default)]
 struct OpenConnections {
-    /// By connection number; touched when a connection opens and closes,
-    /// never per request.
-    controls: Mutex<(u64, HashMap<u64, Arc<ConnControl>>)>,
+    /// Touched when a connection opens and closes, never per request.
+    registry: Mutex<Registry>,
     /// Told when the last connection closes.
     emptied: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next_id: u64,
+    /// By connection number.
+    controls: HashMap<u64, Arc<ConnControl>>,
 }
 
 impl OpenConnections {
     /// Keeps `control` until the returned registration is dropped.
     fn register(self: &Arc<Self>, control: Arc<ConnControl>) -> Registration {
-        let mut guard = self.lock();
-        let (next, controls) = &mut *guard;
-        let id = *next;
-        *next += 1;
-        controls.insert(id, control);
+        let mut registry = self.lock();
+        let id = registry.next_id;
+        registry.next_id += 1;
+        registry.controls.insert(id, control);
         Registration {
             open: Arc::clone(self),
             id,
@@ -232,13 +237,13 @@ impl OpenConnections {
     }
 
     fn drain_all(&self) {
-        for control in self.lock().1.values() {
+        for control in self.lock().controls.values() {
             control.drain();
         }
     }
 
     fn end_all(&self, mode: AbortMode) {
-        for control in self.lock().1.values() {
+        for control in self.lock().controls.values() {
             control.abort(mode);
         }
     }
@@ -249,16 +254,16 @@ impl OpenConnections {
             let mut emptied = pin!(emptied);
             // Listening before looking: a close in between is not missed.
             emptied.as_mut().enable();
-            if self.lock().1.is_empty() {
+            if self.lock().controls.is_empty() {
                 return;
             }
             emptied.await;
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, Arc<ConnControl>>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         // The map stays whole whatever panicked while holding it.
-        self.controls.lock().unwrap_or_else(PoisonError::into_inner)
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -270,9 +275,9 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut guard = self.open.lock();
-        guard.1.remove(&self.id);
-        if guard.1.is_empty() {
+        let mut registry = self.open.lock();
+        registry.controls.remove(&self.id);
+        if registry.controls.is_empty() {
             self.open.emptied.notify_waiters();
         }
     }

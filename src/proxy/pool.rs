@@ -99,12 +99,11 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         index: usize,
-        request: Request<RequestBody>,
+        mut request: Request<RequestBody>,
         now: Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let pool = &self.pools[index];
         let fresh_since = now.checked_sub(self.idle_timeout);
-        let mut request = request;
         loop {
             let (mut sender, reused) = match pool.checkout(fresh_since) {
                 Some(sender) => (sender, true),
