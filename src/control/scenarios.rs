@@ -190,7 +190,12 @@ impl Control {
                 if watched.is_empty() {
                     return Err(ControlError::GuardWatchesNothing(name.to_owned()));
                 }
-                Some((GuardWatch::new(guard), watched))
+                let mut watch = GuardWatch::new(guard);
+                // The baseline is taken now, not when the run's task first
+                // samples: requests sent as soon as the start call returns
+                // are the run's, and a fast client may finish them first.
+                watch.observe(Instant::now(), sum_counts(&watched));
+                Some((watch, watched))
             }
         };
         state.next_run += 1;
@@ -576,12 +581,8 @@ async fn drive(
             }
             _ = tick(&mut sampler) => {
                 let Some((watch, tallies)) = guard.as_mut() else { continue };
-                let mut counts = Counts::default();
-                for tally in tallies.iter() {
-                    counts.add(&tally.counts());
-                }
                 if let Verdict::Tripped { errors, requests, ratio } =
-                    watch.observe(Instant::now(), counts)
+                    watch.observe(Instant::now(), sum_counts(tallies))
                 {
                     let reason = format!(
                         "guard tripped: error ratio {ratio:.3} ({errors} of {requests} requests) over the last {} on the watched upstreams, above the {} allowed",
@@ -596,6 +597,15 @@ async fn drive(
             }
         }
     }
+}
+
+/// The watched upstreams' counts, together.
+fn sum_counts(tallies: &[Arc<Tally>]) -> Counts {
+    let mut counts = Counts::default();
+    for tally in tallies {
+        counts.add(&tally.counts());
+    }
+    counts
 }
 
 /// The next guard sample, or never without a guard.

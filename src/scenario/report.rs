@@ -83,7 +83,8 @@ impl Stats {
         let ms = |q| {
             traffic
                 .quantile(q)
-                .map(|d| (d.as_secs_f64() * 1e4).round() / 10.0)
+                // To the microsecond: a local upstream answers in tens of them.
+                .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3)
         };
         Stats {
             requests: counts.requests,
