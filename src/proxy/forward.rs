@@ -1,7 +1,7 @@
 //! The header rewriting of a reverse proxy: hop-by-hop headers out,
 //! `x-forwarded-*` in, `Host` set to the upstream, the target in origin form.
 
-use http::header::{self, HeaderName, HOST};
+use http::header::{self, Entry, HeaderName, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Uri, Version};
 
@@ -14,43 +14,54 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Rewrites a client request into the request sent to `upstream`.
+///
+/// Each header is looked up once, through its entry: this runs for every
+/// request, and each lookup of a custom name hashes the whole name.
 pub fn upstream_request<B>(
     upstream: &UpstreamConfig,
     client_ip: &HeaderValue,
     request: Request<B>,
 ) -> Request<B> {
     let (mut parts, body) = request.into_parts();
-    let original_host = parts.headers.remove(HOST).or_else(|| {
-        // HTTP/2 carries the host in the :authority pseudo-header.
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    remove_hop_by_hop(&mut parts.headers);
+    let headers = &mut parts.headers;
+    remove_hop_by_hop(headers);
 
-    // Several lines are one list: join them all, then add this hop.
-    let forwarded_for = parts
-        .headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .chain(std::iter::once(client_ip))
-        .cloned()
-        .reduce(|list, hop| append_to_list(&list, &hop))
-        .unwrap_or_else(|| client_ip.clone());
-    parts.headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    // An earlier proxy's values are closer to the client: keep them.
-    if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-        parts
-            .headers
-            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
-    if let Some(host) = original_host {
-        if !parts.headers.contains_key(&X_FORWARDED_HOST) {
-            parts.headers.insert(X_FORWARDED_HOST.clone(), host);
+    let original_host = match headers.entry(HOST) {
+        // Every `Host` line goes; the first is the client's.
+        Entry::Occupied(mut host) => host.insert_mult(upstream.host_header.clone()).next(),
+        Entry::Vacant(host) => {
+            host.insert(upstream.host_header.clone());
+            // HTTP/2 carries the host in the :authority pseudo-header.
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        }
+    };
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(list) => {
+            list.insert(client_ip.clone());
+        }
+        // Several lines are one list: join them all, then add this hop.
+        Entry::Occupied(mut list) => {
+            let joined = list
+                .iter()
+                .chain(std::iter::once(client_ip))
+                .cloned()
+                .reduce(|list, hop| append_to_list(&list, &hop))
+                .unwrap_or_else(|| client_ip.clone());
+            list.insert_mult(joined);
         }
     }
-    parts.headers.insert(HOST, upstream.host_header.clone());
+    // An earlier proxy's values are closer to the client: keep them.
+    if let Entry::Vacant(proto) = headers.entry(&X_FORWARDED_PROTO) {
+        proto.insert(HeaderValue::from_static("http"));
+    }
+    if let Some(host) = original_host {
+        if let Entry::Vacant(forwarded_host) = headers.entry(&X_FORWARDED_HOST) {
+            forwarded_host.insert(host);
+        }
+    }
 
     // The connection is the upstream's own: the request line names the
     // path alone (origin form).
@@ -77,39 +88,19 @@ fn append_to_list(existing: &HeaderValue, addition: &HeaderValue) -> HeaderValue
 
 /// Removes the headers that concern one connection only (RFC 9110 §7.6.1),
 /// including any named in `Connection`.
+///
+/// Runs on every request and response, most of which carry no hop-by-hop
+/// header or only `connection: keep-alive`: one pass over the names finds
+/// those present, and only they are looked up and removed.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names finds the hop-by-hop headers present: most
-    // messages carry none, or only `connection: keep-alive`, and a hashed
-    // removal per absent name would cost more than the pass.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(at) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
-            present |= 1 << at;
-        }
-    }
+    let present = headers
+        .keys()
+        .fold(0u16, |present, name| present | hop_by_hop_bit(name));
     if present == 0 {
         return;
     }
-    if present & CONNECTION_BIT != 0 {
-        // Cloning a value shares its bytes. Collecting nothing allocates
-        // nothing: only a second `Connection` line costs a Vec.
-        let mut lines = headers.get_all(header::CONNECTION).iter().cloned();
-        let first = lines.next();
-        let more: Vec<HeaderValue> = lines.collect();
-        for line in first.iter().chain(&more) {
-            for token in line.to_str().unwrap_or_default().split(',') {
-                let token = token.trim();
-                // `close` and `keep-alive` are options, not header names
-                // (a `keep-alive` header goes with the list below).
-                if !(token.is_empty()
-                    || token.eq_ignore_ascii_case("close")
-                    || token.eq_ignore_ascii_case("keep-alive"))
-                {
-                    // A token that is no valid header name names nothing.
-                    headers.remove(token);
-                }
-            }
-        }
+    if present & hop_by_hop_bit(&header::CONNECTION) != 0 {
+        remove_connection_named(headers);
     }
     for (at, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << at) != 0 {
@@ -118,9 +109,55 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-const CONNECTION_BIT: u16 = 1;
+/// Removes the headers a `Connection` header names. Most messages name
+/// none (only the options `close` and `keep-alive`): they allocate nothing.
+fn remove_connection_named(headers: &mut HeaderMap) {
+    let lines = headers.get_all(header::CONNECTION);
+    if lines.iter().all(|line| named_in(line).next().is_none()) {
+        return;
+    }
+    // A token that is no valid header name names nothing.
+    let names: Vec<HeaderName> = lines
+        .iter()
+        .flat_map(named_in)
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
 
-/// Headers that concern one connection only; `connection` first.
+/// The header names in one `Connection` line, options left out.
+fn named_in(line: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    line.as_bytes()
+        .split(|byte| *byte == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| {
+            !(token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive"))
+        })
+}
+
+/// The bit of `name` in [`HOP_BY_HOP`], or 0. A match on the name compares
+/// lengths first, so most names are ruled out at once.
+fn hop_by_hop_bit(name: &HeaderName) -> u16 {
+    match name.as_str() {
+        "connection" => 1 << 0,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "te" => 1 << 3,
+        "trailer" => 1 << 4,
+        "transfer-encoding" => 1 << 5,
+        "upgrade" => 1 << 6,
+        "proxy-authenticate" => 1 << 7,
+        "proxy-authorization" => 1 << 8,
+        _ => 0,
+    }
+}
+
+/// Headers that concern one connection only, in the order of their bits
+/// in [`hop_by_hop_bit`].
 static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
@@ -181,6 +218,62 @@ mod tests {
         let before = headers.clone();
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers, before);
+    }
+
+    fn upstream() -> UpstreamConfig {
+        UpstreamConfig {
+            name: "orders".into(),
+            scheme: http::uri::Scheme::HTTP,
+            authority: http::uri::Authority::from_static("10.0.0.9:8080"),
+            host_header: HeaderValue::from_static("10.0.0.9:8080"),
+            labels: Default::default(),
+            listen: None,
+        }
+    }
+
+    #[test]
+    fn every_host_line_is_replaced_and_the_first_is_forwarded() {
+        let request = Request::builder()
+            .uri("/a?b")
+            .header(HOST, "first.example")
+            .header(HOST, "second.example")
+            .body(())
+            .unwrap();
+        let client = HeaderValue::from_static("127.0.0.1");
+        let sent = upstream_request(&upstream(), &client, request);
+        let hosts: Vec<_> = sent.headers().get_all(HOST).iter().collect();
+        assert_eq!(hosts, ["10.0.0.9:8080"]);
+        assert_eq!(sent.headers()[&X_FORWARDED_HOST], "first.example");
+        assert_eq!(sent.headers()[&X_FORWARDED_FOR], "127.0.0.1");
+        assert_eq!(sent.uri(), "/a?b");
+    }
+
+    #[test]
+    fn an_earlier_proxys_proto_and_host_are_kept() {
+        let request = Request::builder()
+            .uri("http://inner.example/")
+            .header(&X_FORWARDED_PROTO, "https")
+            .header(&X_FORWARDED_HOST, "outer.example")
+            .body(())
+            .unwrap();
+        let client = HeaderValue::from_static("127.0.0.1");
+        let sent = upstream_request(&upstream(), &client, request);
+        assert_eq!(sent.headers()[&X_FORWARDED_PROTO], "https");
+        assert_eq!(sent.headers()[&X_FORWARDED_HOST], "outer.example");
+        assert_eq!(sent.headers()[HOST], "10.0.0.9:8080");
+        assert_eq!(sent.uri(), "/");
+    }
+
+    #[test]
+    fn the_authority_stands_in_for_a_missing_host() {
+        let request = Request::builder()
+            .uri("http://inner.example:81/x")
+            .body(())
+            .unwrap();
+        let client = HeaderValue::from_static("127.0.0.1");
+        let sent = upstream_request(&upstream(), &client, request);
+        assert_eq!(sent.headers()[&X_FORWARDED_HOST], "inner.example:81");
+        assert_eq!(sent.headers()[&X_FORWARDED_PROTO], "http");
     }
 
     #[test]
