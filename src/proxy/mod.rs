@@ -44,6 +44,9 @@ const FULL_DRAIN_TIME: Duration = Duration::from_secs(10);
 /// request can only be closed, not forwarded.
 const HOLD_KEEP_LIMIT: u64 = 1 << 20;
 
+/// A timeout that never fires, and the longest one kept.
+const NO_TIMEOUT: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
 /// Where a connection came in: a shared listener with routes, or an
 /// upstream's dedicated port.
 #[derive(Debug, Clone, Copy)]
@@ -56,8 +59,8 @@ pub enum Entry {
 /// snapshot and the upstream client.
 pub struct Proxy {
     upstreams: Vec<UpstreamConfig>,
-    /// Per listener index, its routes in file order.
-    routes: Vec<Vec<RouteConfig>>,
+    /// Per listener index, its routes.
+    routes: Vec<ListenerRoutes>,
     rules: ArcSwap<RuleSet>,
     /// Told whenever the rule snapshot changes (dedicated ports watch it).
     rules_changed: tokio::sync::watch::Sender<()>,
@@ -77,9 +80,11 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(config: &Config, rules: RuleSet, metrics: Metrics) -> Self {
-        let mut routes = vec![Vec::new(); config.listeners.len()];
+        let mut routes = vec![ListenerRoutes::default(); config.listeners.len()];
         for route in &config.routes {
-            routes[route.listener].push(route.clone());
+            let listener = &mut routes[route.listener];
+            listener.by_host |= route.host.is_some();
+            listener.routes.push(route.clone());
         }
         Self {
             upstream_metrics: config
@@ -104,7 +109,9 @@ impl Proxy {
             rules: ArcSwap::from_pointee(rules),
             rules_changed: tokio::sync::watch::Sender::new(()),
             client: UpstreamClient::new(&config.upstreams, &config.proxy),
-            upstream_timeout: config.proxy.upstream_timeout,
+            // Capped so a deadline can always be added to an instant:
+            // thirty years is no timeout at all, as tokio's own far future.
+            upstream_timeout: config.proxy.upstream_timeout.min(NO_TIMEOUT),
             mark_faults: config.proxy.mark_faults,
             active_faults: AtomicUsize::new(0),
             max_active_faults: config.proxy.max_active_faults,
@@ -196,23 +203,31 @@ impl Proxy {
             };
             fault::plan(&rules, upstream, &view)
         };
-        let result = match plan {
-            None => Ok(self
-                .forward(upstream, conn, request.map(RequestBody::from))
-                .await),
+        let (result, end) = match plan {
+            // Sent as it came: the time read on arrival stands for both.
+            None => {
+                let (response, answered) = self
+                    .forward(upstream, conn, request.map(RequestBody::from), start)
+                    .await;
+                (Ok(response), answered)
+            }
             // Boxed: a fault's future is several times the size of a plain
             // forward, and every request's future would be that big, and
             // copied so, if it were kept inline.
-            Some(plan) => Box::pin(self.inject(plan, upstream, conn, request, start)).await,
+            Some(plan) => {
+                let result = Box::pin(self.inject(plan, upstream, conn, request, start)).await;
+                (result, Instant::now())
+            }
         };
+        let elapsed = end.saturating_duration_since(start);
         match &result {
             Ok(response) => metrics.record_request(
                 &method,
                 response.status(),
-                start.elapsed(),
+                elapsed,
                 response.extensions().get::<ByFault>().is_some(),
             ),
-            Err(StreamAborted) => metrics.record_unanswered(&method, start.elapsed()),
+            Err(StreamAborted) => metrics.record_unanswered(&method, elapsed),
         }
         result
     }
@@ -222,10 +237,12 @@ impl Proxy {
         match entry {
             Entry::Upstream(upstream) => Some(upstream),
             Entry::Listener(listener) => {
-                let host = request_host(request);
+                let listener = self.routes.get(listener)?;
+                // Finding the host is a header lookup: only if a route asks.
+                let host = listener.by_host.then(|| request_host(request)).flatten();
                 let path = request.uri().path();
-                self.routes
-                    .get(listener)?
+                listener
+                    .routes
                     .iter()
                     .find(|route| route.matches(host, path))
                     .map(|route| route.upstream)
@@ -250,7 +267,7 @@ impl Proxy {
                 candidate.rule.counters.give_back(candidate.rule.times);
             }
             return Ok(self
-                .forward(upstream, conn, request.map(RequestBody::from))
+                .forward_now(upstream, conn, request.map(RequestBody::from))
                 .await);
         };
         // Counted when decided: a client that leaves mid-fault was still faulted.
@@ -264,7 +281,7 @@ impl Proxy {
         }
         if release.is_released() {
             return Ok(self
-                .forward(upstream, conn, request.map(RequestBody::from))
+                .forward_now(upstream, conn, request.map(RequestBody::from))
                 .await);
         }
         // HTTP/2 carries other requests on the same connection: fail only this stream.
@@ -273,7 +290,7 @@ impl Proxy {
         let mut response = match plan.action {
             Action::Forward => {
                 let response = self
-                    .forward(upstream, conn, request.map(RequestBody::from))
+                    .forward_now(upstream, conn, request.map(RequestBody::from))
                     .await;
                 let proxy_error = response
                     .headers()
@@ -300,7 +317,7 @@ impl Proxy {
                     let mut read = Box::new(Replayed::new(body));
                     if drain(&mut read, limit, time, release).await && read.is_whole() {
                         let request = Request::from_parts(parts, RequestBody::Replayed(read));
-                        return Ok(self.forward(upstream, conn, request).await);
+                        return Ok(self.forward_now(upstream, conn, request).await);
                     }
                 }
                 metrics.record_unanswered(&method, start.elapsed());
@@ -313,7 +330,7 @@ impl Proxy {
                 let mut held = Box::new(Replayed::new(body));
                 if hold(&mut held, max_hold, release).await == Held::Released && held.is_whole() {
                     let request = Request::from_parts(parts, RequestBody::Replayed(held));
-                    return Ok(self.forward(upstream, conn, request).await);
+                    return Ok(self.forward_now(upstream, conn, request).await);
                 }
                 if multiplexed {
                     return Err(StreamAborted);
@@ -352,40 +369,59 @@ impl Proxy {
         Ok(response)
     }
 
-    async fn forward(
+    /// [`Self::forward`] for a request sent now, after a fault held it.
+    async fn forward_now(
         &self,
         upstream: usize,
         conn: &Connection,
         request: Request<RequestBody>,
     ) -> Response<ResponseBody> {
+        let (response, _) = self.forward(upstream, conn, request, Instant::now()).await;
+        response
+    }
+
+    /// Sends `request` to `upstream`; `sent` is the time it leaves. Gives
+    /// the upstream's response, or the proxy's own error response, and when
+    /// it came. Clock reads cost tens of nanoseconds on a VM, so the hot
+    /// path reads the clock once here and once on arrival.
+    async fn forward(
+        &self,
+        upstream: usize,
+        conn: &Connection,
+        request: Request<RequestBody>,
+        sent: Instant,
+    ) -> (Response<ResponseBody>, Instant) {
         let target = &self.upstreams[upstream];
         let metrics = &self.upstream_metrics[upstream];
         let request = forward::upstream_request(target, &conn.client_ip, request);
-        let sent = Instant::now();
-        let outcome = tokio::time::timeout(
-            self.upstream_timeout,
-            self.client.send(upstream, request, sent),
-        )
-        .await;
-        let response = match outcome {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(ProxyError::from_upstream(&target.name, e)),
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                upstream: target.name.clone(),
-            }),
-        };
-        let response = match response {
-            Ok(response) => response,
-            Err(error) => {
-                metrics.record_upstream_error(error.reason());
-                return synthetic::rescue(&error);
+        let deadline = tokio::time::Instant::from_std(sent + self.upstream_timeout);
+        let outcome =
+            tokio::time::timeout_at(deadline, self.client.send(upstream, request, sent)).await;
+        let error = match outcome {
+            Ok(Ok((response, answered))) => {
+                metrics.record_upstream(answered.saturating_duration_since(sent));
+                let (mut parts, body) = response.into_parts();
+                forward::remove_hop_by_hop(&mut parts.headers);
+                let response = Response::from_parts(parts, ResponseBody::Upstream(body));
+                return (response, answered);
             }
+            Ok(Err(e)) => ProxyError::from_upstream(&target.name, e),
+            Err(_) => ProxyError::UpstreamTimeout {
+                upstream: target.name.clone(),
+            },
         };
-        metrics.record_upstream(sent.elapsed());
-        let (mut parts, body) = response.into_parts();
-        forward::remove_hop_by_hop(&mut parts.headers);
-        Response::from_parts(parts, ResponseBody::Upstream(body))
+        metrics.record_upstream_error(error.reason());
+        (synthetic::rescue(&error), Instant::now())
     }
+}
+
+/// One listener's routes.
+#[derive(Debug, Clone, Default)]
+struct ListenerRoutes {
+    /// In file order: the first that matches takes the request.
+    routes: Vec<RouteConfig>,
+    /// Whether any route matches on the host.
+    by_host: bool,
 }
 
 /// An injected abort or blackhole on an HTTP/2 stream: returned as the

@@ -93,15 +93,16 @@ impl UpstreamClient {
     }
 
     /// Sends `request` (origin-form URI, `Host` set) to upstream `index`
-    /// on an idle connection, or on a new one. `now` is the time the caller
-    /// already read: connections idle since before `now` minus the idle
-    /// timeout are not used.
+    /// on an idle connection, or on a new one, and gives the response with
+    /// the time it came. `now` is the time the caller already read:
+    /// connections idle since before `now` minus the idle timeout are not
+    /// used.
     pub async fn send(
         &self,
         index: usize,
         mut request: Request<RequestBody>,
         now: Instant,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
         let pool = &self.pools[index];
         let fresh_since = now.checked_sub(self.idle_timeout);
         loop {
@@ -112,8 +113,9 @@ impl UpstreamClient {
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    self.checkin(index, sender);
-                    return Ok(response);
+                    let answered = Instant::now();
+                    self.checkin(index, sender, answered);
+                    return Ok((response, answered));
                 }
                 Err(mut failed) => match failed.take_message() {
                     // The pooled connection closed before the request was
@@ -148,10 +150,11 @@ impl UpstreamClient {
         Ok(sender)
     }
 
-    /// Returns a connection to its pool once it can carry the next request.
-    fn checkin(&self, index: usize, mut sender: SendRequest<RequestBody>) {
+    /// Returns a connection to its pool once it can carry the next request:
+    /// at once, as idle since `now`, or once its response body is read.
+    fn checkin(&self, index: usize, mut sender: SendRequest<RequestBody>, now: Instant) {
         if sender.is_ready() {
-            self.pools[index].checkin(sender);
+            self.pools[index].checkin(sender, now);
             return;
         }
         // Its response body is still streaming: it is ready once that has
@@ -159,7 +162,7 @@ impl UpstreamClient {
         let pools = Arc::clone(&self.pools);
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
-                pools[index].checkin(sender);
+                pools[index].checkin(sender, Instant::now());
             }
         });
     }
@@ -179,11 +182,8 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, sender: SendRequest<RequestBody>) {
-        self.idle.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
+    fn checkin(&self, sender: SendRequest<RequestBody>, since: Instant) {
+        self.idle.push(Idle { sender, since });
     }
 
     /// Drops (and so closes) the connections idle since before `cutoff`.
