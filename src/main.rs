@@ -14,6 +14,13 @@ use faultline::diagnostic::Diagnostic;
 use faultline::server::Stop;
 use tokio_util::sync::CancellationToken;
 
+/// hyper reserves a fresh 8 KiB read buffer on each side of every proxied
+/// request while the previous one is still shared. glibc serves that size
+/// outside its thread cache; mimalloc serves it from a per-thread free list.
+/// Measured with `scripts/loadtest.sh` and instruction counts (README, Speed).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "faultline",
