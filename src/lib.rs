@@ -7,6 +7,7 @@
 //! - [`fault`]: what happens to them (fault kinds and the pure planning step).
 //! - [`proxy`]: doing it (the request pipeline, the upstream client, synthetic responses).
 //! - [`server`]: the one accept loop every listener uses, and per-connection aborts.
+//! - [`socket`]: TCP streams that write with `send(2)`, for both sides of the proxy.
 //! - [`metrics`]: the Prometheus families, one registry per proxy, handles resolved ahead.
 //! - [`control`]: the rules while the proxy runs: runtime switches, TTLs, the kill switch, reloads, scenario runs.
 //! - [`scenario`]: rehearsal timelines: their schema and validation, guards, run reports.
@@ -36,4 +37,5 @@ pub mod reload;
 pub mod rules;
 pub mod scenario;
 pub mod server;
+pub mod socket;
 pub mod traffic;

@@ -30,12 +30,13 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::fault::AbortMode;
+use crate::socket::SendStream;
 
 /// [`ConnControl`] states. Every state past [`DRAIN`] ends the connection now.
 const OPEN: u8 = 0;
@@ -157,7 +158,7 @@ where
             control: Arc::clone(&control),
         });
         let io = TokioIo::new(AbortableStream {
-            stream,
+            stream: SendStream::new(stream),
             control: Arc::clone(&control),
         });
         let registration = open.register(Arc::clone(&control));
@@ -296,7 +297,7 @@ fn is_per_connection_error(e: &io::Error) -> bool {
 /// A client socket that ends with an RST instead of a FIN when its
 /// connection was aborted in `reset` mode.
 struct AbortableStream {
-    stream: TcpStream,
+    stream: SendStream,
     control: Arc<ConnControl>,
 }
 
@@ -305,11 +306,11 @@ impl Drop for AbortableStream {
         match self.control.mode() {
             // Zero linger: close() sends RST and discards unsent data.
             RESET => {
-                let _ = self.stream.set_zero_linger();
+                let _ = self.stream.get_ref().set_zero_linger();
             }
             // A few bytes fit the socket buffer: no need to wait for writability.
             GARBAGE => {
-                let _ = self.stream.try_write(GARBAGE_BYTES);
+                let _ = self.stream.get_ref().try_write(GARBAGE_BYTES);
             }
             _ => {}
         }

@@ -28,11 +28,13 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use tower_service::Service;
 use tracing::debug;
 
 use super::body::RequestBody;
 use crate::config::{ProxyConfig, UpstreamConfig};
+use crate::socket::SendStream;
 
 /// The sweeper looks for connections idle for too long at least this often,
 /// and four times per idle timeout when that is shorter.
@@ -139,6 +141,8 @@ impl UpstreamClient {
             .call(target.clone())
             .await
             .map_err(|e| UpstreamError::Connect(e.into()))?;
+        // Written with send(2), as the client side is.
+        let io = TokioIo::new(SendStream::new(io.into_inner()));
         let (sender, connection) = http1::handshake(io)
             .await
             .map_err(|e| UpstreamError::Connect(e.into()))?;
