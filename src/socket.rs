@@ -24,6 +24,17 @@ use tokio::net::TcpStream;
 /// the stack: a message head with a small body, the common case.
 const COALESCE_LIMIT: usize = 2048;
 
+/// The most slices one `sendmsg(2)` takes (Linux's `IOV_MAX`); the rest wait
+/// for the next write, as std's `writev` does.
+const MAX_SLICES: usize = 1024;
+
+/// A peer that has gone away is an `EPIPE` error, never a `SIGPIPE`, even in
+/// a program that did not ignore the signal (std's writes do the same).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: libc::c_int = 0;
+
 /// A `TcpStream` whose writes use `send(2)`; reads are tokio's (`recv(2)`).
 #[derive(Debug)]
 pub struct SendStream {
@@ -57,7 +68,9 @@ impl AsyncWrite for SendStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let stream = &self.stream;
-        poll_send(stream, cx, || SockRef::from(stream).send(buf))
+        poll_send(stream, cx, || {
+            SockRef::from(stream).send_with_flags(buf, SEND_FLAGS)
+        })
     }
 
     fn poll_write_vectored(
@@ -74,11 +87,21 @@ impl AsyncWrite for SendStream {
                 joined[len..len + buf.len()].copy_from_slice(buf);
                 len += buf.len();
             }
-            return poll_send(stream, cx, || SockRef::from(stream).send(&joined[..len]));
+            let joined = &joined[..len];
+            return poll_send(stream, cx, || {
+                SockRef::from(stream).send_with_flags(joined, SEND_FLAGS)
+            });
         }
         match bufs {
-            [buf] => poll_send(stream, cx, || SockRef::from(stream).send(buf)),
-            _ => poll_send(stream, cx, || SockRef::from(stream).send_vectored(bufs)),
+            [buf] => poll_send(stream, cx, || {
+                SockRef::from(stream).send_with_flags(buf, SEND_FLAGS)
+            }),
+            _ => {
+                let bufs = &bufs[..bufs.len().min(MAX_SLICES)];
+                poll_send(stream, cx, || {
+                    SockRef::from(stream).send_vectored_with_flags(bufs, SEND_FLAGS)
+                })
+            }
         }
     }
 

@@ -127,7 +127,9 @@ fn remove_connection_named(headers: &mut HeaderMap) {
     }
 }
 
-/// The header names in one `Connection` line, options left out.
+/// The header names in one `Connection` line, options left out. `Host` is
+/// never hop-by-hop: the proxy replaces it and forwards the client's as
+/// `x-forwarded-host`, whatever the client's `Connection` says.
 fn named_in(line: &HeaderValue) -> impl Iterator<Item = &[u8]> {
     line.as_bytes()
         .split(|byte| *byte == b',')
@@ -135,7 +137,8 @@ fn named_in(line: &HeaderValue) -> impl Iterator<Item = &[u8]> {
         .filter(|token| {
             !(token.is_empty()
                 || token.eq_ignore_ascii_case(b"close")
-                || token.eq_ignore_ascii_case(b"keep-alive"))
+                || token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"host"))
         })
 }
 
@@ -246,6 +249,23 @@ mod tests {
         assert_eq!(sent.headers()[&X_FORWARDED_HOST], "first.example");
         assert_eq!(sent.headers()[&X_FORWARDED_FOR], "127.0.0.1");
         assert_eq!(sent.uri(), "/a?b");
+    }
+
+    #[test]
+    fn a_connection_header_cannot_drop_the_host() {
+        let request = Request::builder()
+            .uri("/")
+            .header(HOST, "client.example")
+            .header(header::CONNECTION, "Host, x-secret")
+            .header("x-secret", "1")
+            .body(())
+            .unwrap();
+        let client = HeaderValue::from_static("127.0.0.1");
+        let sent = upstream_request(&upstream(), &client, request);
+        assert_eq!(sent.headers()[HOST], "10.0.0.9:8080");
+        assert_eq!(sent.headers()[&X_FORWARDED_HOST], "client.example");
+        assert!(!sent.headers().contains_key("x-secret"));
+        assert!(!sent.headers().contains_key(header::CONNECTION));
     }
 
     #[test]
