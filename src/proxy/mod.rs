@@ -382,8 +382,9 @@ impl Proxy {
 
     /// Sends `request` to `upstream`; `sent` is the time it leaves. Gives
     /// the upstream's response, or the proxy's own error response, and when
-    /// it came. Clock reads cost tens of nanoseconds on a VM, so the hot
-    /// path reads the clock once here and once on arrival.
+    /// it came. A clock read costs tens of nanoseconds on a VM, so a plain
+    /// request reads it twice: on arrival (passed here as `sent`) and when
+    /// the response comes (in the pool).
     async fn forward(
         &self,
         upstream: usize,
