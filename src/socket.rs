@@ -67,10 +67,7 @@ impl AsyncWrite for SendStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let stream = &self.stream;
-        poll_send(stream, cx, || {
-            SockRef::from(stream).send_with_flags(buf, SEND_FLAGS)
-        })
+        poll_send_one(&self.stream, cx, buf)
     }
 
     fn poll_write_vectored(
@@ -87,15 +84,10 @@ impl AsyncWrite for SendStream {
                 joined[len..len + buf.len()].copy_from_slice(buf);
                 len += buf.len();
             }
-            let joined = &joined[..len];
-            return poll_send(stream, cx, || {
-                SockRef::from(stream).send_with_flags(joined, SEND_FLAGS)
-            });
+            return poll_send_one(stream, cx, &joined[..len]);
         }
         match bufs {
-            [buf] => poll_send(stream, cx, || {
-                SockRef::from(stream).send_with_flags(buf, SEND_FLAGS)
-            }),
+            [buf] => poll_send_one(stream, cx, buf),
             _ => {
                 let bufs = &bufs[..bufs.len().min(MAX_SLICES)];
                 poll_send(stream, cx, || {
@@ -116,6 +108,13 @@ impl AsyncWrite for SendStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
+}
+
+/// Sends `buf` with one `send(2)`.
+fn poll_send_one(stream: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    poll_send(stream, cx, || {
+        SockRef::from(stream).send_with_flags(buf, SEND_FLAGS)
+    })
 }
 
 /// Runs `send` once `stream` is writable, as tokio's own writes do: a
