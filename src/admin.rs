@@ -1,5 +1,5 @@
 //! The admin listener (`[admin] listen`, loopback by default): the JSON API
-//! of SPEC §5, and the two open endpoints.
+//! of README "Runtime control", and the two open endpoints.
 //!
 //! | verb and path                         | answer                                          |
 //! |---------------------------------------|-------------------------------------------------|
@@ -45,10 +45,11 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
+use crate::control::Trigger;
 use crate::control::{Change, Control, ControlError};
 use crate::diagnostic::FieldError;
 use crate::metrics::Metrics;
-use crate::reload::{self, Trigger};
+use crate::reload;
 use crate::rules::RuleSpec;
 use tracing::warn;
 

@@ -15,14 +15,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
+use crate::book::{self, RuleBook, RuleText};
 use crate::config::Config;
-use crate::control::{Control, RuleFiles};
+use crate::control::{Control, Published, RuleFiles, Snapshot, Wiring};
 use crate::diagnostic::Diagnostic;
 use crate::fault::Fault;
 use crate::metrics::Metrics;
 use crate::proxy::{Entry, Proxy};
 use crate::reload;
-use crate::rules::{self, Rule, RuleBook, RuleSet, RuleSource, RuleText};
+use crate::rules::{LiveRule, Rule, RuleSource};
 use crate::scenario::Scenario;
 use crate::server::{self, Stop};
 
@@ -51,7 +52,7 @@ impl App {
     pub fn load(config_path: &Path) -> Result<App, Vec<Diagnostic>> {
         let config = Config::load(config_path)?;
         let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-        let book = rules::load_dir(&config.proxy.rules_dir, &names)?;
+        let book = book::load_dir(&config.proxy.rules_dir, &names)?;
         Ok(App::new(config, book))
     }
 
@@ -97,12 +98,12 @@ impl App {
                 RuleSource::Api => "api".to_owned(),
             };
             for upstream in &self.config.upstreams {
-                if !rule.matcher.applies_to_upstream(upstream) {
+                if !rule.matcher.applies_to_upstream(upstream.into()) {
                     continue;
                 }
                 let why = if upstream.listen.is_none() {
                     "has no dedicated port (`listen`)"
-                } else if !rule.refuses(upstream) {
+                } else if !LiveRule::as_defined(Arc::clone(rule)).refuses(upstream.into()) {
                     "is refused only by a rule that takes every request, every time"
                 } else {
                     continue;
@@ -123,9 +124,15 @@ impl App {
         let seed = config.proxy.seed.unwrap_or_else(random_seed);
         let metrics = Metrics::new();
         // Empty until the control publishes the rules, before anything binds.
-        let no_rules = RuleSet::new(Vec::new(), &config.upstreams, seed, &metrics);
-        let proxy = Arc::new(Proxy::new(&config, no_rules, metrics.clone()));
-        let control = Control::new(Arc::clone(&proxy), self.files.clone(), self.book, seed);
+        let published = Arc::new(Published::new(Snapshot::empty(&config.upstreams)));
+        let proxy = Arc::new(Proxy::new(&config, Arc::clone(&published), metrics.clone()));
+        let wiring = Wiring {
+            upstreams: config.upstreams.clone(),
+            metrics: metrics.clone(),
+            tallies: proxy.tallies(),
+            published,
+        };
+        let control = Control::new(wiring, self.files.clone(), self.book, seed);
 
         let admin = bind(config.admin.listen, "the admin API").await?;
         let mut bound = Vec::new();
@@ -215,7 +222,7 @@ impl App {
         }
         info!(
             seed,
-            rules = proxy.rules().rules().len(),
+            rules = proxy.published().load().rules.rules().len(),
             "faultline is serving"
         );
         Ok(Running {
@@ -241,10 +248,11 @@ async fn serve_dedicated(
     proxy: Arc<Proxy>,
     stop: Stop,
 ) {
-    let mut changes = proxy.subscribe_rules();
+    let published = Arc::clone(proxy.published());
+    let mut changes = published.subscribe();
     let mut listener = Some(listener);
     loop {
-        if proxy.rules().refuses(upstream) {
+        if published.load().rules.refuses(upstream) {
             drop(listener.take());
             info!(%addr, "refusing connections: an unavailable/refuse rule is on");
             tokio::select! {
@@ -276,7 +284,7 @@ async fn serve_dedicated(
             tokio::select! {
                 _ = &mut task => return,
                 changed = changes.changed() => {
-                    if changed.is_err() || proxy.rules().refuses(upstream) {
+                    if changed.is_err() || published.load().rules.refuses(upstream) {
                         break;
                     }
                 }
@@ -395,9 +403,9 @@ impl Running {
 
     /// Stops accepting, lets in-flight requests finish within the grace
     /// period, and returns when every listener is done.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
     }
@@ -408,6 +416,15 @@ impl Running {
         info!("shutting down: no new connections, draining in-flight requests");
         self.shutdown().await;
         info!("stopped");
+    }
+}
+
+impl Drop for Running {
+    /// A proxy dropped without [`Running::shutdown`] still stops what it
+    /// started: the listeners close and drain in the background, and the
+    /// watcher, the SIGHUP listener and the admin API end with them.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 

@@ -1,5 +1,5 @@
 //! How the process runs: listeners, upstreams, routes and proxy settings
-//! (SPEC §2), parsed from `faultline.toml` and validated before anything binds.
+//! (README "Running it in front of your services"), parsed from `faultline.toml` and validated before anything binds.
 //!
 //! [`ConfigFile`] mirrors the TOML; [`Config::from_wire`] turns it into the
 //! validated model, collecting every problem rather than stopping at the first.
@@ -221,7 +221,9 @@ impl Config {
             )]
         })?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base_dir).map_err(|errors| match errors {
+        // The load step reads the environment; validation reads what it was given.
+        let variables = Variables::from_process(&text);
+        Self::parse_with(&text, base_dir, &variables).map_err(|errors| match errors {
             ParseError::Toml(e) => vec![Diagnostic::from_toml(path, &text, &e)],
             ParseError::Invalid(errors) => errors
                 .iter()
@@ -230,17 +232,32 @@ impl Config {
         })
     }
 
-    /// Parses and validates config text; relative paths are taken from `base_dir`.
+    /// Parses and validates config text; relative paths are taken from
+    /// `base_dir`. Pure: no file and no environment variable is read (an
+    /// `admin.token_env` finds nothing: use [`Config::parse_with`]).
     pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ParseError> {
-        let wire: ConfigFile = toml::from_str(text).map_err(ParseError::Toml)?;
-        Self::from_wire(wire, base_dir).map_err(ParseError::Invalid)
+        Self::parse_with(text, base_dir, &Variables::default())
     }
 
-    pub fn from_wire(wire: ConfigFile, base_dir: &Path) -> Result<Config, Vec<FieldError>> {
+    /// [`Config::parse`], with the environment variables the load step read.
+    pub fn parse_with(
+        text: &str,
+        base_dir: &Path,
+        variables: &Variables,
+    ) -> Result<Config, ParseError> {
+        let wire: ConfigFile = toml::from_str(text).map_err(ParseError::Toml)?;
+        Self::from_wire(wire, base_dir, variables).map_err(ParseError::Invalid)
+    }
+
+    pub fn from_wire(
+        wire: ConfigFile,
+        base_dir: &Path,
+        variables: &Variables,
+    ) -> Result<Config, Vec<FieldError>> {
         let mut errors = Vec::new();
         let root = FieldPath::root();
 
-        let admin = validate_admin(&wire.admin, &root.key("admin"), &mut errors);
+        let admin = validate_admin(&wire.admin, variables, &root.key("admin"), &mut errors);
         let proxy = validate_proxy(&wire.proxy, base_dir, &root.key("proxy"), &mut errors);
 
         let mut listen_addrs: HashMap<SocketAddr, FieldPath> = HashMap::new();
@@ -424,8 +441,43 @@ impl std::fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// The environment variables a config names (`admin.token_env`), read by
+/// the load step so that validation reads none.
+#[derive(Debug, Clone, Default)]
+pub struct Variables {
+    values: HashMap<String, String>,
+}
+
+impl Variables {
+    /// Reads the variables `text` names from this process's environment; a
+    /// text that does not parse names none.
+    pub fn from_process(text: &str) -> Self {
+        let mut values = HashMap::new();
+        let named = toml::from_str::<ConfigFile>(text)
+            .ok()
+            .and_then(|wire| wire.admin.token_env);
+        if let Some(name) = named {
+            if let Ok(value) = std::env::var(&name) {
+                values.insert(name, value);
+            }
+        }
+        Self { values }
+    }
+
+    /// A variable set to `value`, as if in the environment.
+    pub fn with(mut self, name: &str, value: &str) -> Self {
+        self.values.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+}
+
 fn validate_admin(
     section: &AdminSection,
+    variables: &Variables,
     at: &FieldPath,
     errors: &mut Vec<FieldError>,
 ) -> AdminConfig {
@@ -444,8 +496,8 @@ fn validate_admin(
             None
         }
         (Some(token), None) => Some(token.clone()),
-        (None, Some(var)) => match std::env::var(var) {
-            Ok(token) if !token.is_empty() => Some(token),
+        (None, Some(var)) => match variables.get(var) {
+            Some(token) if !token.is_empty() => Some(token.to_owned()),
             _ => {
                 errors.push(FieldError::new(
                     at.key("token_env"),
@@ -640,6 +692,19 @@ mod tests {
             Err(ParseError::Toml(e)) => vec![e.message().trim().to_owned()],
             Err(ParseError::Invalid(errors)) => errors.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn token_env_is_read_by_the_load_step_not_by_validation() {
+        let text = format!("{MINIMAL}[admin]\ntoken_env = \"FAULTLINE_TEST_TOKEN\"\n");
+        // Pure validation reads no environment: the variable is missing.
+        assert_eq!(
+            messages(&text),
+            vec!["admin.token_env: environment variable FAULTLINE_TEST_TOKEN (token_env) is not set or empty"]
+        );
+        let variables = Variables::default().with("FAULTLINE_TEST_TOKEN", "s3cret");
+        let config = Config::parse_with(&text, Path::new("."), &variables).unwrap();
+        assert_eq!(config.admin.token.as_deref(), Some("s3cret"));
     }
 
     const MINIMAL: &str = r#"

@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, Running};
+use crate::book::{self, RuleText};
 use crate::config::Config;
-use crate::rules::{self, RuleText};
 use crate::server;
 
 /// The demo's upstreams: (name, service, region, zone). Your own services
@@ -104,7 +104,7 @@ impl Demo {
         let names: Vec<&str> = UPSTREAMS.iter().map(|u| u.0).collect();
         let (app, rules_from) = if rules_dir.is_dir() {
             let rules =
-                rules::load_dir(rules_dir, &names).map_err(|d| crate::diagnostic::render(&d))?;
+                book::load_dir(rules_dir, &names).map_err(|d| crate::diagnostic::render(&d))?;
             // Reloads and the watcher read the same folder.
             config.proxy.rules_dir = rules_dir.to_path_buf();
             (App::new(config, rules), rules_dir.to_path_buf())
@@ -117,7 +117,7 @@ impl Demo {
                 })
                 .collect();
             let rules =
-                rules::load_sources(&texts, &names).map_err(|d| crate::diagnostic::render(&d))?;
+                book::load_sources(&texts, &names).map_err(|d| crate::diagnostic::render(&d))?;
             let app = App::new(config, rules).with_fixed_rules(texts);
             (app, PathBuf::from("(built-in rules)"))
         };
@@ -153,26 +153,27 @@ impl Demo {
             self.upstreams.len(),
             services.join(", ")
         ));
-        let rules = self.proxy.proxy().rules();
+        let snapshot = self.proxy.proxy().published().load_full();
+        let rules = &snapshot.rules;
         text.push_str(&format!(
             "  rules      {} rules from {}\n",
             rules.rules().len(),
             self.rules_from.display()
         ));
         let mut off = 0;
-        for rule in rules.rules() {
-            if !rule.enabled() {
+        for live in rules.rules() {
+            let rule = &live.rule;
+            if !live.enabled {
                 off += 1;
                 continue;
             }
             text.push_str(&format!(
                 "             {} (on, p={}): {}\n",
                 rule.name(),
-                rule.probability(),
-                rule.spec
-                    .description
+                live.probability,
+                rule.description
                     .as_deref()
-                    .unwrap_or(rule.fault.kind())
+                    .unwrap_or(rule.fault.kind().name())
             ));
         }
         if off > 0 {
@@ -219,8 +220,8 @@ impl Demo {
         let toggled = rules
             .rules()
             .iter()
-            .find(|rule| rule.enabled())
-            .map_or("RULE", |rule| rule.name());
+            .find(|live| live.enabled)
+            .map_or("RULE", |live| live.rule.name());
         text.push_str("Drive it live from another terminal:\n");
         text.push_str(&format!(
             "  {ctl} rules                          # every rule: switch, probability, injected count\n"

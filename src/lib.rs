@@ -2,27 +2,30 @@
 //! and unavailability into HTTP traffic according to rule files.
 //!
 //! # Layout
+//! Each module owns one thing; `use crate::` points down this list's layers
+//! only, never back up (no cycles):
+//!
+//! - [`diagnostic`], [`duration`]: problems in users' files, with line and column; human durations.
 //! - [`config`]: how the process runs (listeners, upstreams, routes, settings).
-//! - [`rules`]: which requests are affected (rule schema, validation, matching, snapshots).
-//! - [`fault`]: what happens to them (fault kinds and the pure planning step).
-//! - [`proxy`]: doing it (the request pipeline, the upstream client, synthetic responses).
-//! - [`server`]: the one accept loop every listener uses, and per-connection aborts.
-//! - [`socket`]: TCP streams that write with `send(2)`, for both sides of the proxy.
-//! - [`metrics`]: the Prometheus families, one registry per proxy, handles resolved ahead.
-//! - [`control`]: the rules while the proxy runs: runtime switches, TTLs, the kill switch, reloads, scenario runs.
+//! - [`fault`]: what happens to a matched request: the fault kinds, written and validated.
+//! - [`rules`]: which requests are affected: rule schema, pure validation, matching, the immutable snapshot.
 //! - [`scenario`]: rehearsal timelines: their schema and validation, guards, run reports.
-//! - [`traffic`]: the proxy's own running counts per upstream, for guards and reports.
+//! - [`book`]: the rule files: a file's schema, and the load step (read, parse, validate).
+//! - [`plan`]: decide: the pure step from a snapshot and a request to a decision.
+//! - [`traffic`], [`metrics`]: the proxy's own running counts; the Prometheus families, handles resolved ahead.
+//! - [`control`]: the rules while the proxy runs: runtime switches, TTLs, the halt signal, reloads, scenario runs; publishes the snapshots.
+//! - [`socket`]: TCP streams that write with `send(2)`, for both sides of the proxy.
+//! - [`server`]: the one accept loop every listener uses, and per-connection endings.
+//! - [`proxy`]: do: the request pipeline (front doors, fault phases, upstream connectors, synthetic responses).
 //! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
-//! - [`admin`]: the admin listener: the JSON API of SPEC §5, `/healthz`, `/metrics`.
-//! - [`client`]: the admin API from Rust, typed: for test suites, tools and `ctl`.
-//! - [`ctl`]: `faultline ctl`, the admin API's command-line client.
+//! - [`admin`]: the admin listener: the JSON API (README "Runtime control"), `/healthz`, `/metrics`.
+//! - [`client`], [`ctl`]: the admin API from Rust, typed; `faultline ctl`, its command line.
 //! - [`app`]: the only place where the pieces are wired together.
 //! - [`demo`]: the self-contained demo of `faultline demo`, and its upstream alone.
-//! - [`diagnostic`]: problems in users' files, with line and column.
-//! - [`duration`]: human durations in documents.
 
 pub mod admin;
 pub mod app;
+pub mod book;
 pub mod client;
 pub mod config;
 pub mod control;
@@ -32,6 +35,7 @@ pub mod diagnostic;
 pub mod duration;
 pub mod fault;
 pub mod metrics;
+pub mod plan;
 pub mod proxy;
 pub mod reload;
 pub mod rules;

@@ -1,4 +1,4 @@
-//! The metrics of SPEC §6: one explicit registry per running proxy (never
+//! The metrics of README "Metrics": one explicit registry per running proxy (never
 //! the global default, so two proxies in one process keep apart), names in
 //! one place, and label handles resolved ahead of the hot path.
 //!
@@ -65,7 +65,7 @@ pub enum UpstreamErrorReason {
     Protocol,
 }
 
-/// Every family of SPEC §6, registered in one registry.
+/// Every family of README "Metrics", registered in one registry.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,

@@ -9,7 +9,6 @@
 //! Bursts of events (an editor's save is several) are debounced into one
 //! reload.
 
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::control::Control;
+use crate::control::{Control, ControlError, ReloadSummary, Trigger};
 
 /// How long the rules directory must be quiet before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -33,36 +32,17 @@ pub const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
 pub async fn in_background(
     control: &Arc<Control>,
     trigger: Trigger,
-) -> Result<crate::control::ReloadSummary, crate::control::ControlError> {
+) -> Result<ReloadSummary, ControlError> {
     let control = Arc::clone(control);
     match tokio::task::spawn_blocking(move || control.reload(&trigger)).await {
         Ok(outcome) => outcome,
         // Only a panic inside the reload gets here; the rules in force stay.
-        Err(e) => Err(crate::control::ControlError::Rejected(vec![
+        Err(e) => Err(ControlError::Rejected(vec![
             crate::diagnostic::Diagnostic::whole_file(
                 Path::new("(reload)"),
                 format!("the reload failed: {e}"),
             ),
         ])),
-    }
-}
-
-/// What asked for a reload, for the audit log and `/api/status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trigger {
-    /// `POST /api/reload` from this address.
-    Api(String),
-    Signal,
-    Watcher,
-}
-
-impl fmt::Display for Trigger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Trigger::Api(caller) => write!(f, "api {caller}"),
-            Trigger::Signal => f.write_str("SIGHUP"),
-            Trigger::Watcher => f.write_str("watcher"),
-        }
     }
 }
 

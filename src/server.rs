@@ -35,7 +35,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::fault::AbortMode;
 use crate::socket::SendStream;
 
 /// [`ConnControl`] states. Every state past [`DRAIN`] ends the connection now.
@@ -53,6 +52,17 @@ const GARBAGE_BYTES: &[u8] =
 /// How long the accept loop waits after an error such as running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How a connection is ended at once, with no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// TCP RST: the client sees "connection reset by peer".
+    Reset,
+    /// FIN.
+    Close,
+    /// Bytes that are not HTTP, then FIN.
+    Garbage,
+}
+
 /// Lets the request path, or shutdown, end a connection.
 #[derive(Debug, Default)]
 pub struct ConnControl {
@@ -63,12 +73,12 @@ pub struct ConnControl {
 }
 
 impl ConnControl {
-    /// Ends the connection with no response: RST for `Reset`, FIN for `Close`.
-    pub fn abort(&self, mode: AbortMode) {
-        let code = match mode {
-            AbortMode::Reset => RESET,
-            AbortMode::Close | AbortMode::Empty => CLOSE,
-            AbortMode::Garbage => GARBAGE,
+    /// Ends the connection now, with no response.
+    pub fn abort(&self, ending: Ending) {
+        let code = match ending {
+            Ending::Reset => RESET,
+            Ending::Close => CLOSE,
+            Ending::Garbage => GARBAGE,
         };
         self.state.store(code, Ordering::Release);
         self.task.wake();
@@ -194,7 +204,7 @@ where
     // Stop accepting at once: the listening socket closes here.
     drop(listener);
     if stop.reset.is_cancelled() {
-        open.end_all(AbortMode::Reset);
+        open.end_all(Ending::Reset);
         return;
     }
     open.drain_all();
@@ -204,7 +214,7 @@ where
         .is_err()
     {
         warn!(listener = ?local, ?grace, "grace period over; closing the connections still open");
-        open.end_all(AbortMode::Close);
+        open.end_all(Ending::Close);
     }
 }
 
@@ -243,9 +253,9 @@ impl OpenConnections {
         }
     }
 
-    fn end_all(&self, mode: AbortMode) {
+    fn end_all(&self, ending: Ending) {
         for control in self.lock().controls.values() {
-            control.abort(mode);
+            control.abort(ending);
         }
     }
 

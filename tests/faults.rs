@@ -141,7 +141,7 @@ async fn error_bodies_can_come_from_a_file() {
         ),
     )
     .unwrap();
-    let rules = faultline::rules::load_dir(&rules_dir, &["orders-use1"]).unwrap();
+    let rules = faultline::book::load_dir(&rules_dir, &["orders-use1"]).unwrap();
     let config =
         faultline::config::Config::parse(&edge_config(&[&upstream], ""), dir.path()).unwrap();
     let running = faultline::app::App::new(config, rules)

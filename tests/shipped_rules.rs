@@ -8,7 +8,7 @@ use std::path::Path;
 fn every_shipped_rule_file_is_valid() {
     let names: Vec<&str> = faultline::demo::UPSTREAMS.iter().map(|u| u.0).collect();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    let rules = faultline::rules::load_dir(&dir, &names)
+    let rules = faultline::book::load_dir(&dir, &names)
         .unwrap_or_else(|problems| panic!("{}", faultline::diagnostic::render(&problems)));
     assert!(!rules.rules.is_empty(), "rules/ ships no rule");
 }

@@ -10,25 +10,30 @@
 //! Every change is logged under the `faultline::audit` target with what
 //! changed and who asked.
 
+mod publish;
 mod scenarios;
 mod view;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
+use crate::book::{self, RuleBook, RuleText};
+use crate::config::UpstreamConfig;
 use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
-use crate::fault::Fault;
-use crate::proxy::Proxy;
-use crate::reload::Trigger;
-use crate::rules::{self, Release, Rule, RuleBook, RuleSet, RuleSource, RuleSpec, RuleText};
+use crate::fault::BodySource;
+use crate::metrics::Metrics;
+use crate::rules::{LiveRule, Rule, RuleSet, RuleSource, RuleSpec};
 use crate::scenario::Scenario;
+use crate::traffic::Tally;
 use scenarios::{Overlay, Run};
 
+pub use publish::{HaltSignal, Published, Snapshot};
 pub use scenarios::{RunState, MAX_SPEED};
 pub use view::{
     LastReload, ReloadSummary, RuleCounts, RuleView, RunView, ScenarioView, StatusView, StepRef,
@@ -54,20 +59,43 @@ impl RuleFiles {
         reserved: &[&str],
     ) -> Result<RuleBook, Vec<Diagnostic>> {
         match self {
-            RuleFiles::Dir(dir) => rules::load_dir_reserving(dir, upstream_names, reserved),
+            RuleFiles::Dir(dir) => book::load_dir_reserving(dir, upstream_names, reserved),
             RuleFiles::Fixed(texts) => {
-                rules::load_sources_reserving(texts, upstream_names, reserved)
+                book::load_sources_reserving(texts, upstream_names, reserved)
             }
         }
     }
+}
 
-    /// Where `body_file` of a rule added through the API is looked up.
-    fn base_dir(&self) -> &Path {
+/// What asked for a reload, for the audit log and `/api/status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// `POST /api/reload` from this address.
+    Api(String),
+    Signal,
+    Watcher,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RuleFiles::Dir(dir) => dir,
-            RuleFiles::Fixed(_) => Path::new("."),
+            Trigger::Api(caller) => write!(f, "api {caller}"),
+            Trigger::Signal => f.write_str("SIGHUP"),
+            Trigger::Watcher => f.write_str("watcher"),
         }
     }
+}
+
+/// What control works with, wired by [`crate::app`]: the upstreams rules
+/// may name, the metrics it keeps, each upstream's traffic counts (for
+/// guards and reports), and the cell it publishes snapshots into.
+#[derive(Debug)]
+pub struct Wiring {
+    pub upstreams: Vec<UpstreamConfig>,
+    pub metrics: Metrics,
+    /// By upstream index.
+    pub tallies: Vec<Arc<Tally>>,
+    pub published: Arc<Published>,
 }
 
 /// Why a change was refused.
@@ -130,7 +158,7 @@ pub struct Change {
 
 /// The rules while the proxy runs, and the changes made to them.
 pub struct Control {
-    proxy: Arc<Proxy>,
+    wiring: Wiring,
     files: RuleFiles,
     seed: u64,
     started: Instant,
@@ -147,7 +175,7 @@ struct State {
     entries: Vec<Entry>,
     halted: bool,
     /// The kill switch's signal for the snapshots published since the last halt.
-    release: Arc<Release>,
+    halt: Arc<HaltSignal>,
     /// Rule names that have a `faultline_rule_enabled` series.
     published: HashSet<String>,
     last_reload: Option<LastReload>,
@@ -206,7 +234,7 @@ impl Entry {
             .as_ref()
             .and_then(|o| o.enabled)
             .or(self.enabled)
-            .unwrap_or(self.rule.enabled())
+            .unwrap_or(self.rule.enabled)
     }
 
     fn probability(&self) -> f64 {
@@ -214,7 +242,7 @@ impl Entry {
             .as_ref()
             .and_then(|o| o.probability)
             .or(self.probability)
-            .unwrap_or(self.rule.probability())
+            .unwrap_or(self.rule.probability)
     }
 
     /// The definition in force: the rule, or a scenario's patched copy.
@@ -229,14 +257,13 @@ impl Entry {
         self.rule.source == RuleSource::Api
     }
 
-    /// The rule the request path sees.
-    fn effective(&self) -> Arc<Rule> {
-        let (enabled, probability) = (self.enabled(), self.probability());
-        let rule = self.current();
-        if enabled == rule.enabled() && probability == rule.probability() {
-            Arc::clone(rule)
-        } else {
-            Arc::new(rule.with_switches(enabled, probability))
+    /// The rule as the request path sees it: the definition in force, with
+    /// the switches in force.
+    fn live(&self) -> LiveRule {
+        LiveRule {
+            rule: Arc::clone(self.current()),
+            enabled: self.enabled(),
+            probability: self.probability(),
         }
     }
 
@@ -248,19 +275,19 @@ impl Entry {
 
 impl Control {
     /// Takes over the rules and publishes the first snapshot.
-    pub fn new(proxy: Arc<Proxy>, files: RuleFiles, book: RuleBook, seed: u64) -> Arc<Self> {
+    pub fn new(wiring: Wiring, files: RuleFiles, book: RuleBook, seed: u64) -> Arc<Self> {
         for scenario in &book.scenarios {
-            proxy.metrics().set_scenario(scenario.name(), false, None);
+            wiring.metrics.set_scenario(scenario.name(), false, None);
         }
         let control = Arc::new_cyclic(|me| Control {
-            proxy,
+            wiring,
             files,
             seed,
             started: Instant::now(),
             state: Mutex::new(State {
                 entries: book.rules.into_iter().map(Entry::new).collect(),
                 halted: false,
-                release: Arc::default(),
+                halt: Arc::default(),
                 published: HashSet::new(),
                 last_reload: None,
                 next_timer: 0,
@@ -283,26 +310,39 @@ impl Control {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Builds the snapshot of the current state and hands it to the proxy.
+    /// Builds the snapshot of the current state and publishes it.
     fn publish(&self, state: &mut State) {
-        let metrics = self.proxy.metrics();
-        let rules: Vec<Arc<Rule>> = state.entries.iter().map(Entry::effective).collect();
-        let names: HashSet<String> = rules.iter().map(|r| r.name().to_owned()).collect();
+        let metrics = self.metrics();
+        let rules: Vec<LiveRule> = state.entries.iter().map(Entry::live).collect();
+        let names: HashSet<String> = rules.iter().map(|r| r.rule.name().to_owned()).collect();
         for gone in state.published.difference(&names) {
             metrics.forget_rule(gone);
         }
+        for live in &rules {
+            metrics.set_rule_enabled(live.rule.name(), live.enabled);
+        }
         state.published = names;
-        let set = RuleSet::new(rules, self.proxy.upstreams(), self.seed, metrics)
-            .released_by(Arc::clone(&state.release));
-        self.proxy.set_rules(set);
+        let upstreams = self.upstreams();
+        let set = RuleSet::new(rules, upstreams.iter().map(Into::into), self.seed);
+        let snapshot = Snapshot::new(set, upstreams, metrics, Arc::clone(&state.halt));
+        self.wiring.published.store(snapshot);
+    }
+
+    fn upstreams(&self) -> &[UpstreamConfig] {
+        &self.wiring.upstreams
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.wiring.metrics
+    }
+
+    /// The running counts of an upstream's traffic.
+    fn tally(&self, upstream: usize) -> Option<&Arc<Tally>> {
+        self.wiring.tallies.get(upstream)
     }
 
     fn upstream_names(&self) -> Vec<&str> {
-        self.proxy
-            .upstreams()
-            .iter()
-            .map(|u| u.name.as_str())
-            .collect()
+        self.upstreams().iter().map(|u| u.name.as_str()).collect()
     }
 
     /// Every rule, in evaluation order.
@@ -352,7 +392,7 @@ impl Control {
         let rule = spec
             .validate(
                 RuleSource::Api,
-                self.files.base_dir(),
+                BodySource::inline(),
                 &names,
                 &FieldPath::root(),
             )
@@ -367,7 +407,7 @@ impl Control {
             caller,
             rule = entry.name(),
             enabled = entry.enabled(),
-            kind = entry.rule.fault.kind(),
+            kind = entry.rule.fault.kind().name(),
             ttl = ttl.map(|t| humantime::format_duration(t).to_string()),
             "rule added"
         );
@@ -473,10 +513,10 @@ impl Control {
                 })
                 .collect();
             // Let go of everything the older snapshots hold.
-            let release = std::mem::take(&mut state.release);
+            let halt = std::mem::take(&mut state.halt);
             self.publish(&mut state);
-            release.release();
-            self.proxy.metrics().halted().set(1);
+            halt.halt();
+            self.metrics().halted().set(1);
             warn!(
                 target: "faultline::audit",
                 caller,
@@ -493,7 +533,7 @@ impl Control {
         let mut state = self.lock();
         if state.halted {
             state.halted = false;
-            self.proxy.metrics().halted().set(0);
+            self.metrics().halted().set(0);
             info!(target: "faultline::audit", caller, "resumed: rules may be enabled again");
         }
         StatusView::of(&state, self.seed, self.started.elapsed())
@@ -530,7 +570,7 @@ impl Control {
         let book = match loaded {
             Ok(book) => book,
             Err(problems) => {
-                self.proxy.metrics().record_reload(false);
+                self.metrics().record_reload(false);
                 warn!(
                     target: "faultline::audit",
                     caller = %trigger,
@@ -544,37 +584,7 @@ impl Control {
                 return Err(ControlError::Rejected(problems));
             }
         };
-        let mut old: HashMap<String, Entry> = HashMap::new();
-        let mut api = Vec::new();
-        for entry in std::mem::take(&mut state.entries) {
-            if entry.is_api() {
-                api.push(entry);
-            } else {
-                old.insert(entry.name().to_owned(), entry);
-            }
-        }
-        let mut summary = ReloadSummary::default();
-        let mut entries = Vec::with_capacity(book.rules.len() + api.len());
-        for rule in book.rules {
-            let entry = match old.remove(rule.name()) {
-                Some(entry) if same_definition(&entry.rule, &rule) => {
-                    summary.unchanged += 1;
-                    entry
-                }
-                Some(previous) => {
-                    summary.changed.push(rule.name().to_owned());
-                    carry_over(previous, rule)
-                }
-                None => {
-                    summary.added.push(rule.name().to_owned());
-                    Entry::new(rule)
-                }
-            };
-            entries.push(entry);
-        }
-        summary.removed = old.into_keys().collect();
-        summary.removed.sort();
-        entries.extend(api);
+        let (mut entries, summary) = merge(std::mem::take(&mut state.entries), book.rules);
         if state.halted {
             for entry in entries.iter_mut().filter(|e| e.enabled()) {
                 entry.switch_off();
@@ -593,18 +603,15 @@ impl Control {
         for gone in &state.scenarios {
             let kept = book.scenarios.iter().any(|s| s.name() == gone.name());
             if !kept && !running.iter().any(|r| r == gone.name()) {
-                self.proxy.metrics().forget_scenario(gone.name());
+                self.metrics().forget_scenario(gone.name());
             }
         }
         for scenario in &book.scenarios {
             if !running.iter().any(|r| r == scenario.name()) {
-                self.proxy
-                    .metrics()
-                    .set_scenario(scenario.name(), false, None);
+                self.metrics().set_scenario(scenario.name(), false, None);
             }
         }
         state.scenarios = book.scenarios;
-        summary.rules = state.entries.len();
         self.publish(&mut state);
         if summary.is_empty() && *trigger == Trigger::Watcher && !was_rejected {
             // A file touched but not changed (an editor's swap file, a
@@ -612,7 +619,7 @@ impl Control {
             debug!(caller = %trigger, "reload: nothing changed");
             return Ok(summary);
         }
-        self.proxy.metrics().record_reload(true);
+        self.metrics().record_reload(true);
         state.last_reload = Some(LastReload::applied(trigger));
         if summary.is_empty() {
             info!(target: "faultline::audit", caller = %trigger, "reload: nothing changed");
@@ -692,27 +699,55 @@ fn check_ttl(ttl: Duration, field: &FieldPath) -> Result<(), ControlError> {
     Ok(())
 }
 
-/// Whether a reloaded rule is the one already in force: the same text,
-/// and for an `error` fault the same body (a `body_file` may have changed).
-fn same_definition(old: &Rule, new: &Rule) -> bool {
-    let same_body = match (&old.fault, &new.fault) {
-        (Fault::Respond(old), Fault::Respond(new)) => old.body == new.body,
-        _ => true,
-    };
-    old.spec == new.spec && old.source == new.source && same_body
+/// The reload merge: the entries in force and the rules the files now
+/// define give the new entries, in evaluation order, and what changed.
+///
+/// Rules are matched by name. An unchanged rule keeps its entry as it is;
+/// a changed one keeps its counters and each runtime switch the file did
+/// not change (the newer word wins); rules added through the API stay
+/// after the file rules.
+fn merge(entries: Vec<Entry>, rules: Vec<Arc<Rule>>) -> (Vec<Entry>, ReloadSummary) {
+    let mut old: HashMap<String, Entry> = HashMap::new();
+    let mut api = Vec::new();
+    for entry in entries {
+        if entry.is_api() {
+            api.push(entry);
+        } else {
+            old.insert(entry.name().to_owned(), entry);
+        }
+    }
+    let mut summary = ReloadSummary::default();
+    let mut merged = Vec::with_capacity(rules.len() + api.len());
+    for rule in rules {
+        let entry = match old.remove(rule.name()) {
+            Some(entry) if entry.rule.same_definition(&rule) => {
+                summary.unchanged += 1;
+                entry
+            }
+            Some(previous) => {
+                summary.changed.push(rule.name().to_owned());
+                carry_over(previous, &rule)
+            }
+            None => {
+                summary.added.push(rule.name().to_owned());
+                Entry::new(rule)
+            }
+        };
+        merged.push(entry);
+    }
+    summary.removed = old.into_keys().collect();
+    summary.removed.sort();
+    merged.extend(api);
+    summary.rules = merged.len();
+    (merged, summary)
 }
 
 /// A file rule whose definition changed: it keeps its counters, and each
 /// runtime switch the file did not change.
-fn carry_over(previous: Entry, rule: Arc<Rule>) -> Entry {
-    let mut rule = match Arc::try_unwrap(rule) {
-        Ok(rule) => rule,
-        Err(shared) => shared.with_switches(shared.enabled(), shared.probability()),
-    };
-    rule.counters = Arc::clone(&previous.rule.counters);
-    let rule = Arc::new(rule);
-    let keep_enabled = previous.rule.enabled() == rule.enabled();
-    let keep_probability = previous.rule.probability() == rule.probability();
+fn carry_over(previous: Entry, rule: &Rule) -> Entry {
+    let rule = Arc::new(rule.with_counters(Arc::clone(&previous.rule.counters)));
+    let keep_enabled = previous.rule.enabled == rule.enabled;
+    let keep_probability = previous.rule.probability == rule.probability;
     let mut entry = Entry::new(rule);
     if keep_enabled {
         entry.enabled = previous.enabled;
@@ -728,7 +763,6 @@ fn carry_over(previous: Entry, rule: Arc<Rule>) -> Entry {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::metrics::Metrics;
 
     const CONFIG: &str = "[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nname = \"orders\"\nurl = \"http://127.0.0.1:9\"\n[[route]]\nlistener = \"edge\"\nupstream = \"orders\"\n";
 
@@ -755,12 +789,15 @@ mod tests {
             std::fs::write(dir.path().join(file), contents).unwrap();
             std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
             let config = Config::parse(CONFIG, dir.path()).unwrap();
-            let metrics = Metrics::new();
-            let empty = RuleSet::new(Vec::new(), &config.upstreams, 1, &metrics);
-            let proxy = Arc::new(Proxy::new(&config, empty, metrics));
+            let wiring = Wiring {
+                published: Arc::new(Published::new(Snapshot::empty(&config.upstreams))),
+                upstreams: config.upstreams,
+                metrics: Metrics::new(),
+                tallies: Vec::new(),
+            };
             let files = RuleFiles::Dir(dir.path().to_path_buf());
             let rules = files.load(&["orders"], &[]).unwrap();
-            let control = Control::new(proxy, files, rules, 1);
+            let control = Control::new(wiring, files, rules, 1);
             Fixture { dir, control }
         }
 
@@ -774,10 +811,19 @@ mod tests {
         }
 
         /// What the request path sees of a rule.
-        fn published(&self, name: &str) -> Arc<Rule> {
-            let rules = self.control.proxy.rules();
-            let rule = rules.rules().iter().find(|r| r.name() == name).cloned();
+        fn published(&self, name: &str) -> LiveRule {
+            let snapshot = self.snapshot();
+            let rule = snapshot
+                .rules
+                .rules()
+                .iter()
+                .find(|r| r.rule.name() == name)
+                .cloned();
             rule.unwrap()
+        }
+
+        fn snapshot(&self) -> Arc<Snapshot> {
+            self.control.wiring.published.load_full()
         }
     }
 
@@ -796,18 +842,18 @@ mod tests {
         let summary = fixture.edit(&rule("flaky", "probability = 0.5\ndescription = \"x\""));
         assert_eq!(summary.changed, ["flaky"]);
         assert_eq!(fixture.view("flaky").probability, 0.1);
-        assert_eq!(fixture.published("flaky").probability(), 0.1);
+        assert_eq!(fixture.published("flaky").probability, 0.1);
 
         // The file's newer word on the same switch wins.
         fixture.edit(&rule("flaky", "probability = 0.9"));
         assert_eq!(fixture.view("flaky").probability, 0.9);
-        assert_eq!(fixture.published("flaky").probability(), 0.9);
+        assert_eq!(fixture.published("flaky").probability, 0.9);
     }
 
     #[test]
     fn a_changed_rule_keeps_its_counts() {
         let fixture = Fixture::new(&rule("flaky", ""));
-        fixture.published("flaky").counters.record_injected();
+        fixture.published("flaky").rule.counters.record_injected();
         fixture.edit(&rule("flaky", "probability = 0.5"));
         assert_eq!(fixture.view("flaky").injected, 1);
     }
@@ -827,23 +873,23 @@ mod tests {
         let status = fixture.control.halt("test");
         assert!(status.halted);
         assert!(!fixture.view("first").enabled);
-        assert!(fixture.control.proxy.rules().candidates(0).is_none());
+        assert!(fixture.snapshot().rules.candidates(0).is_none());
 
         let summary = fixture.edit(&format!("{}{}", rule("first", ""), rule("second", "")));
         assert_eq!(summary.added, ["second"]);
         assert!(!fixture.view("second").enabled);
         fixture.control.resume("test");
         assert!(!fixture.view("second").enabled, "resume turned a rule on");
-        assert!(fixture.control.proxy.rules().candidates(0).is_none());
+        assert!(fixture.snapshot().rules.candidates(0).is_none());
     }
 
     #[test]
     fn halting_releases_what_older_snapshots_hold() {
         let fixture = Fixture::new(&rule("first", ""));
-        let before = fixture.control.proxy.rules();
-        assert!(!before.release().is_released());
+        let before = fixture.snapshot();
+        assert!(!before.halt.is_halted());
         fixture.control.halt("test");
-        assert!(before.release().is_released());
-        assert!(!fixture.control.proxy.rules().release().is_released());
+        assert!(before.halt.is_halted());
+        assert!(!fixture.snapshot().halt.is_halted());
     }
 }

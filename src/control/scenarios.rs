@@ -18,7 +18,6 @@ use super::{Control, ControlError, State};
 use crate::diagnostic::{FieldError, FieldPath};
 use crate::rules::Rule;
 use crate::scenario::report::{rfc3339, Mark, Place, Report, Segment};
-use crate::scenario::spec::{merge_patch, patched_rule};
 use crate::scenario::{GuardWatch, Scenario, Step, Verdict};
 use crate::traffic::{Counts, Tally};
 
@@ -82,9 +81,7 @@ pub(super) struct Overlay {
     pub(super) scenario: String,
     pub(super) enabled: Option<bool>,
     pub(super) probability: Option<f64>,
-    /// Every fault change so far, laid over the rule's own fault.
-    patch: toml::Table,
-    /// The rule with `patch` applied, when there is one.
+    /// The rule with the run's fault changes so far, when there are some.
     pub(super) patched: Option<Arc<Rule>>,
     /// The rule's `times` and `every` counts before the run, put back at its end.
     turns: (u64, u64),
@@ -180,12 +177,11 @@ impl Control {
             None => None,
             Some(guard) => {
                 let watched: Vec<Arc<Tally>> = self
-                    .proxy
                     .upstreams()
                     .iter()
                     .enumerate()
-                    .filter(|(_, upstream)| guard.watch.applies_to_upstream(upstream))
-                    .filter_map(|(i, _)| self.proxy.tally(i).cloned())
+                    .filter(|(_, upstream)| guard.watch.applies_to_upstream((*upstream).into()))
+                    .filter_map(|(i, _)| self.tally(i).cloned())
                     .collect();
                 if watched.is_empty() {
                     return Err(ControlError::GuardWatchesNothing(name.to_owned()));
@@ -218,7 +214,7 @@ impl Control {
         };
         let started = tokio::time::Instant::from_std(run.started);
         state.runs.insert(name.to_owned(), run);
-        let metrics = self.proxy.metrics();
+        let metrics = self.metrics();
         metrics.set_scenario(name, true, None);
         info!(
             target: "faultline::audit",
@@ -365,8 +361,7 @@ impl Control {
             record.step = Some(index);
             record.step_marks.push(mark);
         }
-        self.proxy
-            .metrics()
+        self.metrics()
             .set_scenario(scenario.name(), true, Some(index));
         info!(
             target: "faultline::audit",
@@ -407,7 +402,7 @@ impl Control {
                 entry.rule.counters.set_turns(overlay.turns);
             }
         }
-        self.proxy.metrics().set_scenario(&name, false, None);
+        self.metrics().set_scenario(&name, false, None);
         let reason = reason.unwrap_or_default();
         match outcome {
             RunState::Aborted => warn!(
@@ -430,8 +425,8 @@ impl Control {
     fn mark(&self, state: &State) -> Mark {
         Mark {
             at: SystemTime::now(),
-            upstreams: (0..self.proxy.upstreams().len())
-                .filter_map(|i| self.proxy.tally(i).map(|t| t.snapshot()))
+            upstreams: (0..self.upstreams().len())
+                .filter_map(|i| self.tally(i).map(|t| t.snapshot()))
                 .collect(),
             faults: state
                 .entries
@@ -442,7 +437,7 @@ impl Control {
     }
 
     fn build_report(&self, state: &State, run: &Run) -> Report {
-        let upstreams = self.proxy.upstreams();
+        let upstreams = self.upstreams();
         let now = self.mark(state);
         let steps = &run.scenario.steps;
         let lead_in = match steps.first() {
@@ -517,7 +512,6 @@ fn apply_changes(
             scenario: scenario.name().to_owned(),
             enabled: None,
             probability: None,
-            patch: toml::Table::new(),
             patched: None,
             turns: entry.rule.counters.turns(),
         });
@@ -527,13 +521,11 @@ fn apply_changes(
         if let Some(probability) = change.probability {
             overlay.probability = Some(probability);
         }
-        if let Some(fault) = &change.fault {
-            merge_patch(&mut overlay.patch, fault);
-            let at = FieldPath::root().key("fault");
-            let rule = patched_rule(&entry.rule, &overlay.patch, &at).map_err(|errors| {
-                let first = errors.first().map(ToString::to_string).unwrap_or_default();
-                format!("rule {name:?} cannot take the step's fault change: {first}")
-            })?;
+        if let Some(patched) = &change.fault {
+            // Validated with the scenario: the step only lays it over the rule.
+            let rule = entry
+                .rule
+                .with_fault(patched.spec.clone(), patched.fault.clone());
             overlay.patched = Some(Arc::new(rule));
         }
         if entry.enabled() && !was_enabled {

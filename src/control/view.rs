@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::scenarios::Run;
+use super::Trigger;
 use super::{Entry, State};
 use crate::diagnostic::Diagnostic;
 use crate::fault::FaultSpec;
-use crate::reload::Trigger;
 use crate::rules::{MatchSpec, RuleSource};
 use crate::scenario::spec::{GuardSpec, StepSpec};
 use crate::scenario::Scenario;
@@ -51,10 +51,9 @@ pub struct RuleView {
 impl RuleView {
     pub(super) fn of(entry: &Entry) -> RuleView {
         let rule = entry.current();
-        let spec = &rule.spec;
         RuleView {
-            name: spec.name.clone(),
-            description: spec.description.clone(),
+            name: rule.name.clone(),
+            description: rule.description.clone(),
             source: match rule.source {
                 RuleSource::File(_) => "file",
                 RuleSource::Api => "api",
@@ -66,14 +65,15 @@ impl RuleView {
             },
             enabled: entry.enabled(),
             probability: entry.probability(),
-            matcher: spec.matcher.clone(),
-            fault: spec.fault.clone(),
-            times: spec.times,
-            every: spec.every,
-            sticky: spec.sticky.clone(),
+            matcher: rule.matcher.spec().clone(),
+            fault: rule.fault_spec.clone(),
+            times: rule.turns.times,
+            every: rule.turns.every,
+            sticky: rule.sticky.as_ref().map(ToString::to_string),
             expires_at: entry.expiry.as_ref().map(|e| rfc3339(e.at)),
             injected: rule.counters.injected(),
             times_left: rule
+                .turns
                 .times
                 .map(|times| times.saturating_sub(rule.counters.fired())),
             scenario: entry.overlay.as_ref().map(|o| o.scenario.clone()),

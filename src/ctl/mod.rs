@@ -1,5 +1,5 @@
-//! `faultline ctl`: drives a running proxy through its admin API (SPEC §1,
-//! §5). Readable tables by default, the API's JSON with `--json`; a clear
+//! `faultline ctl`: drives a running proxy through its admin API (README
+//! "Runtime control"). Readable tables by default, the API's JSON with `--json`; a clear
 //! one-line error when the proxy is unreachable or refuses the token.
 //! The scenario verbs and their tables live in [`scenario`].
 
@@ -275,7 +275,7 @@ fn fault_summary(rule: &RuleView) -> String {
         .or_else(|| fault.chunks.map(|c| format!("{c} chunks")));
     match detail {
         Some(detail) => format!("{} {detail}", fault.kind),
-        None => fault.kind.clone(),
+        None => fault.kind.to_string(),
     }
 }
 

@@ -1,5 +1,5 @@
 //! How long a latency fault waits: a fixed delay with jitter, or a sample
-//! from a distribution (SPEC §3.1). Sampling is a pure function of the
+//! from a distribution (README "Rules"). Sampling is a pure function of the
 //! rule's seeded random stream, so a seeded run replays its delays.
 
 use std::time::Duration;

@@ -1,14 +1,15 @@
-//! What happens to a matched request: the fault kinds of SPEC §3.1, as
-//! written ([`FaultSpec`]) and validated ([`Fault`]), and the pure planning
-//! step ([`plan`]) that turns matched rules into one [`Plan`]. Error presets
-//! (SPEC §3.3) live in [`preset`].
+//! What happens to a matched request: the fault kinds (README "Rules",
+//! the table of kinds), as written ([`FaultSpec`], its `kind` parsed once into a
+//! [`FaultKind`]) and validated ([`Fault`]), one validation function per
+//! kind. Validation is pure: a `body_file` was read by the load step
+//! ([`BodyFiles`]). Error presets (README "Error presets") live in
+//! [`preset`]; deciding which fault a request gets is [`crate::plan`]'s.
 
 pub mod latency;
-pub mod plan;
 pub mod preset;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use crate::diagnostic::{FieldError, FieldPath};
 
 pub use latency::{Delay, DistributionSpec, Side};
-pub use plan::{plan, Action, Plan, RequestView};
 pub use preset::RequestIdStyle;
 
 /// How long a blackhole holds a request when the rule does not say.
@@ -41,13 +41,13 @@ const FRAMING_HEADERS: [&str; 5] = [
 ];
 
 /// A fault as written in a rule file or an API body: `kind` and the fields
-/// of that kind (SPEC §3.1). Flat rather than a tagged enum so that every
+/// of that kind (README "Rules"). Flat rather than a tagged enum so that every
 /// problem can be reported at its own field.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
-    /// `latency`, `error`, `abort` or `unavailable`.
-    pub kind: String,
+    /// Which fault; the other fields are those of this kind.
+    pub kind: FaultKind,
     /// `latency`: how long the request waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<String>,
@@ -72,7 +72,7 @@ pub struct FaultSpec {
     /// `error`: a file holding the body, read when the rule loads; relative to the rule file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_file: Option<String>,
-    /// `error`: a real service's error (SPEC §3.3), such as `"aws.throttling"`;
+    /// `error`: a real service's error (README "Error presets"), such as `"aws.throttling"`;
     /// `status`, `headers` and `body` given as well override the preset's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
@@ -143,17 +143,17 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// The kind as users write it, for logs and metrics.
-    pub fn kind(&self) -> &'static str {
+    /// The kind the fault was written as, for logs and metrics.
+    pub fn kind(&self) -> FaultKind {
         match self {
-            Fault::Latency { .. } => "latency",
-            Fault::Bandwidth { .. } => "bandwidth",
-            Fault::Dribble { .. } => "dribble",
-            Fault::Truncate { .. } => "truncate",
-            Fault::Respond(response) if response.unavailable => "unavailable",
-            Fault::Respond(_) => "error",
-            Fault::Abort(_) => "abort",
-            Fault::Blackhole { .. } | Fault::Refuse => "unavailable",
+            Fault::Latency { .. } => FaultKind::Latency,
+            Fault::Bandwidth { .. } => FaultKind::Bandwidth,
+            Fault::Dribble { .. } => FaultKind::Dribble,
+            Fault::Truncate { .. } => FaultKind::Truncate,
+            Fault::Respond(response) if response.unavailable => FaultKind::Unavailable,
+            Fault::Respond(_) => FaultKind::Error,
+            Fault::Abort(_) => FaultKind::Abort,
+            Fault::Blackhole { .. } | Fault::Refuse => FaultKind::Unavailable,
         }
     }
 }
@@ -171,19 +171,131 @@ pub struct SyntheticResponse {
     pub request_ids: Option<RequestIdStyle>,
 }
 
-/// The fields each kind takes; any other field given is an error.
-const FIELDS_OF_KIND: [(&str, &[&str]); 7] = [
-    ("bandwidth", &["rate"]),
-    ("dribble", &["chunks", "over"]),
-    ("truncate", &["after_bytes", "then"]),
-    ("latency", &["delay", "jitter", "distribution", "side"]),
-    (
-        "error",
-        &["status", "headers", "body", "body_file", "preset"],
-    ),
-    ("abort", &["mode"]),
-    ("unavailable", &["mode", "max_hold", "retry_after"]),
-];
+/// The kinds of fault (README "Rules"): parsed from `kind` once, so
+/// that every `match` on a kind is exhaustive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    Latency,
+    Error,
+    Abort,
+    Unavailable,
+    Bandwidth,
+    Dribble,
+    Truncate,
+}
+
+impl FaultKind {
+    /// Every kind, in the order messages list them.
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::Latency,
+        FaultKind::Error,
+        FaultKind::Abort,
+        FaultKind::Unavailable,
+        FaultKind::Bandwidth,
+        FaultKind::Dribble,
+        FaultKind::Truncate,
+    ];
+
+    /// The kind as users write it, in files, logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Latency => "latency",
+            FaultKind::Error => "error",
+            FaultKind::Abort => "abort",
+            FaultKind::Unavailable => "unavailable",
+            FaultKind::Bandwidth => "bandwidth",
+            FaultKind::Dribble => "dribble",
+            FaultKind::Truncate => "truncate",
+        }
+    }
+
+    /// The fields this kind takes; any other field given is an error.
+    fn fields(self) -> &'static [&'static str] {
+        match self {
+            FaultKind::Latency => &["delay", "jitter", "distribution", "side"],
+            FaultKind::Error => &["status", "headers", "body", "body_file", "preset"],
+            FaultKind::Abort => &["mode"],
+            FaultKind::Unavailable => &["mode", "max_hold", "retry_after"],
+            FaultKind::Bandwidth => &["rate"],
+            FaultKind::Dribble => &["chunks", "over"],
+            FaultKind::Truncate => &["after_bytes", "then"],
+        }
+    }
+}
+
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == text)
+            .ok_or_else(|| {
+                let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                format!(
+                    "unknown fault kind {text:?}; expected one of {}",
+                    known.join(", ")
+                )
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for FaultKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The contents of the `body_file`s that rules name, read by the load step
+/// (validation itself reads no file). Keyed by the file's path as the
+/// rule names it, joined to the folder of the rule file.
+#[derive(Debug, Clone, Default)]
+pub struct BodyFiles {
+    files: BTreeMap<PathBuf, Result<Bytes, String>>,
+}
+
+/// No file read: for rules that must carry their body inline.
+static NO_FILES: BodyFiles = BodyFiles {
+    files: BTreeMap::new(),
+};
+
+impl BodyFiles {
+    /// What reading `path` gave: its bytes, or why it could not be read.
+    pub fn insert(&mut self, path: PathBuf, contents: Result<Bytes, String>) {
+        self.files.insert(path, contents);
+    }
+
+    fn get(&self, path: &Path) -> Option<&Result<Bytes, String>> {
+        self.files.get(path)
+    }
+}
+
+/// Where a fault's `body_file` is resolved, and the files already read.
+#[derive(Debug, Clone, Copy)]
+pub struct BodySource<'a> {
+    /// The folder of the rule file: `body_file` is relative to it.
+    pub base_dir: &'a Path,
+    pub files: &'a BodyFiles,
+}
+
+impl BodySource<'static> {
+    /// No `body_file` can be found: rules added through the API carry their
+    /// body inline, and tests validate from strings.
+    pub fn inline() -> Self {
+        BodySource {
+            base_dir: Path::new("."),
+            files: &NO_FILES,
+        }
+    }
+}
 
 impl FaultSpec {
     /// The fields given, by name.
@@ -214,213 +326,42 @@ impl FaultSpec {
             .collect()
     }
 
-    /// Validates the fault; `base_dir` resolves `body_file`.
-    pub fn validate(&self, base_dir: &Path, at: &FieldPath) -> Result<Fault, Vec<FieldError>> {
+    /// The `body_file` this fault reads, resolved against `base_dir`: the
+    /// load step reads it before validation.
+    pub fn body_path(&self, base_dir: &Path) -> Option<PathBuf> {
+        self.body_file.as_ref().map(|file| base_dir.join(file))
+    }
+
+    /// Validates the fault. Pure: a `body_file` is looked up in `bodies`.
+    pub fn validate(
+        &self,
+        bodies: BodySource<'_>,
+        at: &FieldPath,
+    ) -> Result<Fault, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let Some((kind, allowed)) = FIELDS_OF_KIND.iter().find(|(kind, _)| *kind == self.kind)
-        else {
-            return Err(vec![FieldError::new(
-                at.key("kind"),
-                format!(
-                    "unknown fault kind {:?}; expected one of latency, error, abort, unavailable, bandwidth, dribble, truncate",
-                    self.kind
-                ),
-            )]);
-        };
+        let allowed = self.kind.fields();
         for field in self.given() {
             if !allowed.contains(&field) {
                 errors.push(FieldError::new(
                     at.key(field),
                     format!(
-                        "`{field}` does not apply to kind = \"{kind}\" (it takes {})",
+                        "`{field}` does not apply to kind = \"{}\" (it takes {})",
+                        self.kind,
                         allowed.join(", ")
                     ),
                 ));
             }
         }
-        let delay = fault_duration(&self.delay, at, "delay", &mut errors);
-        let jitter = fault_duration(&self.jitter, at, "jitter", &mut errors);
-        let max_hold = fault_duration(&self.max_hold, at, "max_hold", &mut errors);
-        let retry_after = fault_duration(&self.retry_after, at, "retry_after", &mut errors);
-        let mode = self.mode.as_deref();
-        let over = fault_duration(&self.over, at, "over", &mut errors);
-
-        let fault = match *kind {
-            "bandwidth" => match self.rate.as_deref().map(parse_rate) {
-                Some(Ok(bytes_per_sec)) => Fault::Bandwidth { bytes_per_sec },
-                Some(Err(e)) => {
-                    errors.push(FieldError::new(at.key("rate"), e));
-                    Fault::Bandwidth { bytes_per_sec: 1 }
-                }
-                None => {
-                    errors.push(FieldError::new(
-                        at.key("kind"),
-                        "kind = \"bandwidth\" needs `rate`",
-                    ));
-                    Fault::Bandwidth { bytes_per_sec: 1 }
-                }
-            },
-            "dribble" => {
-                let chunks = self.chunks.unwrap_or(0);
-                if chunks == 0 {
-                    errors.push(FieldError::new(
-                        at.key("chunks"),
-                        "kind = \"dribble\" needs `chunks` of at least 1",
-                    ));
-                }
-                if self.over.is_none() {
-                    errors.push(FieldError::new(
-                        at.key("kind"),
-                        "kind = \"dribble\" needs `over`",
-                    ));
-                }
-                Fault::Dribble {
-                    chunks: chunks.max(1),
-                    over: over.unwrap_or_default(),
-                }
+        let fault = match self.kind {
+            FaultKind::Latency => self.latency(at, &mut errors),
+            FaultKind::Error => {
+                Fault::Respond(Arc::new(self.error_response(bodies, at, &mut errors)))
             }
-            "truncate" => {
-                let then = match self.then.as_deref() {
-                    None | Some("reset") => AbortMode::Reset,
-                    Some("close") => AbortMode::Close,
-                    Some(other) => {
-                        errors.push(FieldError::new(
-                            at.key("then"),
-                            format!("unknown then {other:?}; expected reset or close"),
-                        ));
-                        AbortMode::Reset
-                    }
-                };
-                if self.after_bytes.is_none() {
-                    errors.push(FieldError::new(
-                        at.key("kind"),
-                        "kind = \"truncate\" needs `after_bytes`",
-                    ));
-                }
-                Fault::Truncate {
-                    after_bytes: self.after_bytes.unwrap_or(0),
-                    then,
-                }
-            }
-            "latency" => {
-                let side = match self.side.as_deref() {
-                    None | Some("request") => Side::Request,
-                    Some("response") => Side::Response,
-                    Some(other) => {
-                        errors.push(FieldError::new(
-                            at.key("side"),
-                            format!("unknown side {other:?}; expected request or response"),
-                        ));
-                        Side::Request
-                    }
-                };
-                let delay = match (&self.delay, &self.distribution) {
-                    (Some(_), None) => Delay::Fixed {
-                        delay: delay.unwrap_or_default(),
-                        jitter: jitter.unwrap_or_default(),
-                    },
-                    (None, Some(distribution)) => {
-                        if self.jitter.is_some() {
-                            errors.push(FieldError::new(
-                                at.key("jitter"),
-                                "jitter goes with `delay`; a distribution has its own spread",
-                            ));
-                        }
-                        distribution
-                            .validate(&at.key("distribution"), &mut errors)
-                            .unwrap_or(Delay::Fixed {
-                                delay: Duration::ZERO,
-                                jitter: Duration::ZERO,
-                            })
-                    }
-                    (Some(_), Some(_)) => {
-                        errors.push(FieldError::new(
-                            at.key("distribution"),
-                            "give either `delay` or `distribution`, not both",
-                        ));
-                        Delay::Fixed {
-                            delay: Duration::ZERO,
-                            jitter: Duration::ZERO,
-                        }
-                    }
-                    (None, None) => {
-                        errors.push(FieldError::new(
-                            at.key("kind"),
-                            "kind = \"latency\" needs `delay` or `distribution`",
-                        ));
-                        Delay::Fixed {
-                            delay: Duration::ZERO,
-                            jitter: Duration::ZERO,
-                        }
-                    }
-                };
-                Fault::Latency { delay, side }
-            }
-            "error" => Fault::Respond(Arc::new(self.error_response(base_dir, at, &mut errors))),
-            "abort" => match mode {
-                Some("reset") => Fault::Abort(AbortMode::Reset),
-                Some("close") => Fault::Abort(AbortMode::Close),
-                Some("empty") => Fault::Abort(AbortMode::Empty),
-                Some("garbage") => Fault::Abort(AbortMode::Garbage),
-                _ => {
-                    errors.push(bad_mode(at, "abort", mode, "reset, close, empty, garbage"));
-                    Fault::Abort(AbortMode::Reset)
-                }
-            },
-            _ => match mode {
-                None | Some("status") => {
-                    if self.max_hold.is_some() {
-                        errors.push(FieldError::new(
-                            at.key("max_hold"),
-                            "max_hold applies to mode = \"blackhole\" only",
-                        ));
-                    }
-                    Fault::Respond(Arc::new(service_unavailable(
-                        retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
-                    )))
-                }
-                Some("blackhole") => {
-                    if self.retry_after.is_some() {
-                        errors.push(FieldError::new(
-                            at.key("retry_after"),
-                            "retry_after applies to mode = \"status\" only",
-                        ));
-                    }
-                    let max_hold = max_hold.unwrap_or(DEFAULT_MAX_HOLD);
-                    if max_hold.is_zero() {
-                        errors.push(FieldError::new(
-                            at.key("max_hold"),
-                            "max_hold must be more than zero",
-                        ));
-                    }
-                    Fault::Blackhole { max_hold }
-                }
-                Some("refuse") => {
-                    for (field, given) in [
-                        ("max_hold", self.max_hold.is_some()),
-                        ("retry_after", self.retry_after.is_some()),
-                    ] {
-                        if given {
-                            errors.push(FieldError::new(
-                                at.key(field),
-                                format!("{field} does not apply to mode = \"refuse\""),
-                            ));
-                        }
-                    }
-                    Fault::Refuse
-                }
-                _ => {
-                    errors.push(bad_mode(
-                        at,
-                        "unavailable",
-                        mode,
-                        "status, blackhole, refuse",
-                    ));
-                    Fault::Blackhole {
-                        max_hold: DEFAULT_MAX_HOLD,
-                    }
-                }
-            },
+            FaultKind::Abort => self.abort(at, &mut errors),
+            FaultKind::Unavailable => self.unavailable(at, &mut errors),
+            FaultKind::Bandwidth => self.bandwidth(at, &mut errors),
+            FaultKind::Dribble => self.dribble(at, &mut errors),
+            FaultKind::Truncate => self.truncate(at, &mut errors),
         };
         if errors.is_empty() {
             Ok(fault)
@@ -429,11 +370,195 @@ impl FaultSpec {
         }
     }
 
+    fn latency(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Fault {
+        let delay = fault_duration(&self.delay, at, "delay", errors);
+        let jitter = fault_duration(&self.jitter, at, "jitter", errors);
+        let side = match self.side.as_deref() {
+            None | Some("request") => Side::Request,
+            Some("response") => Side::Response,
+            Some(other) => {
+                errors.push(FieldError::new(
+                    at.key("side"),
+                    format!("unknown side {other:?}; expected request or response"),
+                ));
+                Side::Request
+            }
+        };
+        let no_delay = Delay::Fixed {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+        };
+        let delay = match (&self.delay, &self.distribution) {
+            (Some(_), None) => Delay::Fixed {
+                delay: delay.unwrap_or_default(),
+                jitter: jitter.unwrap_or_default(),
+            },
+            (None, Some(distribution)) => {
+                if self.jitter.is_some() {
+                    errors.push(FieldError::new(
+                        at.key("jitter"),
+                        "jitter goes with `delay`; a distribution has its own spread",
+                    ));
+                }
+                distribution
+                    .validate(&at.key("distribution"), errors)
+                    .unwrap_or(no_delay)
+            }
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    at.key("distribution"),
+                    "give either `delay` or `distribution`, not both",
+                ));
+                no_delay
+            }
+            (None, None) => {
+                errors.push(FieldError::new(
+                    at.key("kind"),
+                    "kind = \"latency\" needs `delay` or `distribution`",
+                ));
+                no_delay
+            }
+        };
+        Fault::Latency { delay, side }
+    }
+
+    fn abort(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Fault {
+        let mode = self.mode.as_deref();
+        Fault::Abort(match mode {
+            Some("reset") => AbortMode::Reset,
+            Some("close") => AbortMode::Close,
+            Some("empty") => AbortMode::Empty,
+            Some("garbage") => AbortMode::Garbage,
+            _ => {
+                errors.push(bad_mode(at, "abort", mode, "reset, close, empty, garbage"));
+                AbortMode::Reset
+            }
+        })
+    }
+
+    fn unavailable(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Fault {
+        let max_hold = fault_duration(&self.max_hold, at, "max_hold", errors);
+        let retry_after = fault_duration(&self.retry_after, at, "retry_after", errors);
+        let mut not_for = |field: &str, given: bool, mode: &str| {
+            if given {
+                errors.push(FieldError::new(
+                    at.key(field),
+                    format!("{field} applies to mode = \"{mode}\" only"),
+                ));
+            }
+        };
+        match self.mode.as_deref() {
+            None | Some("status") => {
+                not_for("max_hold", self.max_hold.is_some(), "blackhole");
+                Fault::Respond(Arc::new(service_unavailable(
+                    retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
+                )))
+            }
+            Some("blackhole") => {
+                not_for("retry_after", self.retry_after.is_some(), "status");
+                let max_hold = max_hold.unwrap_or(DEFAULT_MAX_HOLD);
+                if max_hold.is_zero() {
+                    errors.push(FieldError::new(
+                        at.key("max_hold"),
+                        "max_hold must be more than zero",
+                    ));
+                }
+                Fault::Blackhole { max_hold }
+            }
+            Some("refuse") => {
+                for (field, given) in [
+                    ("max_hold", self.max_hold.is_some()),
+                    ("retry_after", self.retry_after.is_some()),
+                ] {
+                    if given {
+                        errors.push(FieldError::new(
+                            at.key(field),
+                            format!("{field} does not apply to mode = \"refuse\""),
+                        ));
+                    }
+                }
+                Fault::Refuse
+            }
+            Some(other) => {
+                errors.push(bad_mode(
+                    at,
+                    "unavailable",
+                    Some(other),
+                    "status, blackhole, refuse",
+                ));
+                Fault::Refuse
+            }
+        }
+    }
+
+    fn bandwidth(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Fault {
+        let bytes_per_sec = match self.rate.as_deref().map(parse_rate) {
+            Some(Ok(bytes_per_sec)) => bytes_per_sec,
+            Some(Err(e)) => {
+                errors.push(FieldError::new(at.key("rate"), e));
+                1
+            }
+            None => {
+                errors.push(FieldError::new(
+                    at.key("kind"),
+                    "kind = \"bandwidth\" needs `rate`",
+                ));
+                1
+            }
+        };
+        Fault::Bandwidth { bytes_per_sec }
+    }
+
+    fn dribble(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Fault {
+        let over = fault_duration(&self.over, at, "over", errors);
+        let chunks = self.chunks.unwrap_or(0);
+        if chunks == 0 {
+            errors.push(FieldError::new(
+                at.key("chunks"),
+                "kind = \"dribble\" needs `chunks` of at least 1",
+            ));
+        }
+        if self.over.is_none() {
+            errors.push(FieldError::new(
+                at.key("kind"),
+                "kind = \"dribble\" needs `over`",
+            ));
+        }
+        Fault::Dribble {
+            chunks: chunks.max(1),
+            over: over.unwrap_or_default(),
+        }
+    }
+
+    fn truncate(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Fault {
+        let then = match self.then.as_deref() {
+            None | Some("reset") => AbortMode::Reset,
+            Some("close") => AbortMode::Close,
+            Some(other) => {
+                errors.push(FieldError::new(
+                    at.key("then"),
+                    format!("unknown then {other:?}; expected reset or close"),
+                ));
+                AbortMode::Reset
+            }
+        };
+        if self.after_bytes.is_none() {
+            errors.push(FieldError::new(
+                at.key("kind"),
+                "kind = \"truncate\" needs `after_bytes`",
+            ));
+        }
+        Fault::Truncate {
+            after_bytes: self.after_bytes.unwrap_or(0),
+            then,
+        }
+    }
+
     /// The answer of an `error` fault, built once: the preset's, if any,
     /// with the rule's own `status`, `headers` and `body` over it.
     fn error_response(
         &self,
-        base_dir: &Path,
+        bodies: BodySource<'_>,
         at: &FieldPath,
         errors: &mut Vec<FieldError>,
     ) -> SyntheticResponse {
@@ -480,16 +605,23 @@ impl FaultSpec {
                 None
             }
             (Some(body), None) => Some(Bytes::from(body.clone())),
-            (None, Some(file)) => match std::fs::read(base_dir.join(file)) {
-                Ok(bytes) => Some(Bytes::from(bytes)),
-                Err(e) => {
-                    errors.push(FieldError::new(
-                        at.key("body_file"),
-                        format!("cannot read body_file {:?}: {e}", base_dir.join(file)),
-                    ));
-                    None
+            (None, Some(file)) => {
+                let path = bodies.base_dir.join(file);
+                match bodies.files.get(&path) {
+                    Some(Ok(bytes)) => Some(bytes.clone()),
+                    Some(Err(why)) => {
+                        errors.push(FieldError::new(at.key("body_file"), why.clone()));
+                        None
+                    }
+                    None => {
+                        errors.push(FieldError::new(
+                            at.key("body_file"),
+                            format!("body_file {path:?} was not read with the rule file"),
+                        ));
+                        None
+                    }
                 }
-            },
+            }
             (None, None) => None,
         };
         let mut response = match preset.flatten() {
@@ -536,12 +668,17 @@ impl Shaping {
                 );
             }
             Fault::Dribble { chunks, over } => self.dribble = Some((chunks, over)),
-            Fault::Truncate { after_bytes, then }
-                if self.truncate.is_none_or(|(after, _)| after_bytes < after) =>
-            {
-                self.truncate = Some((after_bytes, then));
+            Fault::Truncate { after_bytes, then } => {
+                if self.truncate.is_none_or(|(after, _)| after_bytes < after) {
+                    self.truncate = Some((after_bytes, then));
+                }
             }
-            _ => {}
+            // Not shaping faults: the planner never adds them here.
+            Fault::Latency { .. }
+            | Fault::Respond(_)
+            | Fault::Abort(_)
+            | Fault::Blackhole { .. }
+            | Fault::Refuse => {}
         }
     }
 }
@@ -668,7 +805,7 @@ mod tests {
     fn fault(toml_text: &str) -> Result<Fault, Vec<String>> {
         let spec: FaultSpec =
             toml::from_str(toml_text).map_err(|e| vec![e.message().to_owned()])?;
-        spec.validate(Path::new("."), &FieldPath::root().key("fault"))
+        spec.validate(BodySource::inline(), &FieldPath::root().key("fault"))
             .map_err(|errors| errors.iter().map(|e| e.to_string()).collect())
     }
 
@@ -694,7 +831,8 @@ mod tests {
         let errors = fault("kind = \"explode\"").unwrap_err();
         assert_eq!(
             errors,
-            vec!["fault.kind: unknown fault kind \"explode\"; expected one of latency, error, abort, unavailable, bandwidth, dribble, truncate"]
+            // Parsed with the file: the message comes from the schema.
+            vec!["unknown fault kind \"explode\"; expected one of latency, error, abort, unavailable, bandwidth, dribble, truncate"]
         );
         let errors = fault("kind = \"latency\"\nlatency = \"1s\"").unwrap_err();
         assert!(

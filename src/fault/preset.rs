@@ -1,4 +1,4 @@
-//! Error presets (SPEC §3.3): the documented wire format of real cloud API
+//! Error presets (README "Error presets"): the documented wire format of real cloud API
 //! errors (status, headers, body) as one table, and the fresh request ids
 //! each injected response carries, so an SDK's retry and error
 //! classification code sees what it would see in a real outage.

@@ -1,10 +1,21 @@
 //! Doing it: the request pipeline. For each request, in order:
-//! route (which upstream), plan (which faults, decided up front by
-//! [`crate::fault::plan`]), apply before upstream (delay, answer, abort or
-//! hold), forward (the pooled client), and mark the response.
+//! route (which upstream: the front door's part), decide (which faults,
+//! [`crate::plan::decide`]), then either forward at once (no fault: the fast
+//! path) or run the fault phases of [`inject`]: before upstream (delay,
+//! answer, abort or hold), forward, after upstream (response latency,
+//! shaping, marking). Errors stay typed ([`ProxyError`]) until the edge,
+//! [`Proxy::handle`], which records the request and turns an error into a
+//! response with [`synthetic::rescue`], the one place that does.
+//!
+//! Two seams keep new protocols out of the pipeline: a front door is an
+//! [`Entry`] and its routing (a plain listener or an upstream's dedicated
+//! port today); an upstream is reached through its connector
+//! ([`connector`]).
 
 mod body;
+mod connector;
 mod forward;
+mod inject;
 mod pool;
 mod shape;
 pub mod synthetic;
@@ -14,57 +25,42 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
-use tracing::debug;
+use prometheus::IntGauge;
 
+use body::RequestBody;
 pub use body::ResponseBody;
-use body::{ReadAhead, Replayed, RequestBody};
 
 use crate::config::{Config, RouteConfig, UpstreamConfig};
-use crate::fault::{self, AbortMode, Action, Plan, RequestView};
+use crate::control::{Published, Snapshot};
 use crate::metrics::{Metrics, UpstreamMetrics};
-use crate::rules::{Release, RuleSet};
+use crate::plan::{self, Decision, RequestView};
 use crate::server::ConnInfo;
 use crate::traffic::Tally;
-use pool::UpstreamClient;
-use prometheus::IntGauge;
-use synthetic::{ProxyError, X_FAULTLINE_RULE};
-
-/// How much of a request body an abort in `close` mode reads before closing,
-/// so the close is a clean FIN rather than an RST for unread data.
-const CLOSE_DRAIN_LIMIT: u64 = 1 << 20;
-const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
-/// How long `empty` and `garbage` aborts may take to read a whole request.
-const FULL_DRAIN_TIME: Duration = Duration::from_secs(10);
-/// How much of a blackholed request's body is kept while it is held, to be
-/// forwarded if the kill switch lets it out. Past this the body is still
-/// read, so a client that leaves is noticed, but thrown away: such a
-/// request can only be closed, not forwarded.
-const HOLD_KEEP_LIMIT: u64 = 1 << 20;
+use connector::Connectors;
+use synthetic::ProxyError;
 
 /// A timeout that never fires, and the longest one kept.
 const NO_TIMEOUT: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
 
 /// Where a connection came in: a shared listener with routes, or an
-/// upstream's dedicated port.
+/// upstream's dedicated port. A new front door (TLS, a forward proxy) is a
+/// new way in here and a new arm in [`Proxy::route`].
 #[derive(Debug, Clone, Copy)]
 pub enum Entry {
     Listener(usize),
     Upstream(usize),
 }
 
-/// The state every request shares: upstreams, routes, the current rule
-/// snapshot and the upstream client.
+/// The state every request shares: upstreams, routes, the published rule
+/// snapshot and the upstream connectors.
 pub struct Proxy {
     upstreams: Vec<UpstreamConfig>,
     /// Per listener index, its routes.
     routes: Vec<ListenerRoutes>,
-    rules: ArcSwap<RuleSet>,
-    /// Told whenever the rule snapshot changes (dedicated ports watch it).
-    rules_changed: tokio::sync::watch::Sender<()>,
-    client: UpstreamClient,
+    published: Arc<Published>,
+    connectors: Connectors,
     upstream_timeout: Duration,
     mark_faults: bool,
     active_faults: AtomicUsize,
@@ -78,8 +74,28 @@ pub struct Proxy {
     dedicated_inflight: Vec<IntGauge>,
 }
 
+/// Why the pipeline gives neither the upstream's response nor an injected one.
+#[derive(Debug, thiserror::Error)]
+enum Unanswered {
+    /// The proxy's own failure, answered by [`synthetic::rescue`] at the edge.
+    #[error(transparent)]
+    Error(#[from] ProxyError),
+    /// An injected abort or blackhole on an HTTP/2 stream: hyper resets
+    /// that stream alone.
+    #[error(transparent)]
+    Aborted(#[from] StreamAborted),
+}
+
+/// A decision, with the snapshot it was made from: the halt signal of its
+/// faults, and the counters of the rules that fired.
+struct Plan {
+    decision: Decision,
+    snapshot: Arc<Snapshot>,
+    upstream: usize,
+}
+
 impl Proxy {
-    pub fn new(config: &Config, rules: RuleSet, metrics: Metrics) -> Self {
+    pub fn new(config: &Config, published: Arc<Published>, metrics: Metrics) -> Self {
         let mut routes = vec![ListenerRoutes::default(); config.listeners.len()];
         for route in &config.routes {
             let listener = &mut routes[route.listener];
@@ -106,9 +122,8 @@ impl Proxy {
             metrics,
             upstreams: config.upstreams.clone(),
             routes,
-            rules: ArcSwap::from_pointee(rules),
-            rules_changed: tokio::sync::watch::Sender::new(()),
-            client: UpstreamClient::new(&config.upstreams, &config.proxy),
+            published,
+            connectors: Connectors::new(&config.upstreams, &config.proxy),
             // Capped so a deadline can always be added to an instant:
             // thirty years is no timeout at all, as tokio's own far future.
             upstream_timeout: config.proxy.upstream_timeout.min(NO_TIMEOUT),
@@ -122,27 +137,17 @@ impl Proxy {
         &self.metrics
     }
 
-    /// The rule snapshot new requests will use.
-    pub fn rules(&self) -> Arc<RuleSet> {
-        self.rules.load_full()
-    }
-
-    /// Replaces the rule snapshot; requests in flight keep theirs.
-    pub fn set_rules(&self, rules: RuleSet) {
-        self.rules.store(Arc::new(rules));
-        self.rules_changed.send_replace(());
+    /// Where the rule snapshots this proxy reads are published.
+    pub fn published(&self) -> &Arc<Published> {
+        &self.published
     }
 
     /// The running counts of each upstream's traffic, by upstream index.
-    pub fn tally(&self, upstream: usize) -> Option<&Arc<Tally>> {
+    pub fn tallies(&self) -> Vec<Arc<Tally>> {
         self.upstream_metrics
-            .get(upstream)
-            .map(UpstreamMetrics::tally)
-    }
-
-    /// Wakes on every change of the rule snapshot.
-    pub fn subscribe_rules(&self) -> tokio::sync::watch::Receiver<()> {
-        self.rules_changed.subscribe()
+            .iter()
+            .map(|m| Arc::clone(m.tally()))
+            .collect()
     }
 
     pub fn upstreams(&self) -> &[UpstreamConfig] {
@@ -177,6 +182,9 @@ impl Proxy {
         })
     }
 
+    /// The edge of the pipeline: everything before it returns typed
+    /// errors; here the request is recorded, and an error becomes its
+    /// response.
     async fn handle(
         &self,
         conn: &Connection,
@@ -191,45 +199,70 @@ impl Proxy {
         let Some(upstream) = self.route(conn.entry, &request) else {
             return Ok(synthetic::rescue(&ProxyError::NoRoute));
         };
-        let metrics = &self.upstream_metrics[upstream];
         let method = request.method().clone();
+        let (outcome, end) = self.pipeline(upstream, conn, request, start).await;
+        let metrics = &self.upstream_metrics[upstream];
+        let elapsed = end.saturating_duration_since(start);
+        match outcome {
+            Ok(response) => {
+                let by_fault = response.extensions().get::<ByFault>().is_some();
+                metrics.record_request(&method, response.status(), elapsed, by_fault);
+                Ok(response)
+            }
+            Err(Unanswered::Error(error)) => {
+                metrics.record_upstream_error(error.reason());
+                let response = synthetic::rescue(&error);
+                metrics.record_request(&method, response.status(), elapsed, false);
+                Ok(response)
+            }
+            Err(Unanswered::Aborted(aborted)) => {
+                metrics.record_unanswered(&method, elapsed);
+                Err(aborted)
+            }
+        }
+    }
+
+    /// Decides, then does: forwards at once when no rule fires, else runs
+    /// the fault phases. Gives the outcome and when it came.
+    async fn pipeline(
+        &self,
+        upstream: usize,
+        conn: &Connection,
+        request: Request<Incoming>,
+        start: Instant,
+    ) -> (Result<Response<ResponseBody>, Unanswered>, Instant) {
         let plan = {
-            let rules = self.rules.load();
+            let snapshot = self.published.load();
             let view = RequestView {
                 method: request.method(),
                 path: request.uri().path(),
                 headers: request.headers(),
                 client_ip: conn.client_ip.as_bytes(),
             };
-            fault::plan(&rules, upstream, &view)
+            plan::decide(&snapshot.rules, upstream, &view).map(|decision| Plan {
+                decision,
+                // Kept only when a fault needs it: one atomic load per plain request.
+                snapshot: arc_swap::Guard::into_inner(snapshot),
+                upstream,
+            })
         };
-        let (result, end) = match plan {
+        match plan {
             // Sent as it came: the time read on arrival stands for both.
-            None => {
-                let (response, answered) = self
-                    .forward(upstream, conn, request.map(RequestBody::from), start)
-                    .await;
-                (Ok(response), answered)
-            }
+            None => match self
+                .forward(upstream, conn, request.map(RequestBody::from), start)
+                .await
+            {
+                Ok((response, answered)) => (Ok(response), answered),
+                Err(error) => (Err(error.into()), Instant::now()),
+            },
             // Boxed: a fault's future is several times the size of a plain
             // forward, and every request's future would be that big, and
             // copied so, if it were kept inline.
             Some(plan) => {
-                let result = Box::pin(self.inject(plan, upstream, conn, request, start)).await;
-                (result, Instant::now())
+                let outcome = Box::pin(self.inject(plan, conn, request, start)).await;
+                (outcome, Instant::now())
             }
-        };
-        let elapsed = end.saturating_duration_since(start);
-        match &result {
-            Ok(response) => metrics.record_request(
-                &method,
-                response.status(),
-                elapsed,
-                response.extensions().get::<ByFault>().is_some(),
-            ),
-            Err(StreamAborted) => metrics.record_unanswered(&method, elapsed),
         }
-        result
     }
 
     /// The upstream for a request: the dedicated one, or the first matching route.
@@ -250,123 +283,35 @@ impl Proxy {
         }
     }
 
-    async fn inject(
+    /// Sends `request` to `upstream`; `sent` is the time it leaves. Gives
+    /// the upstream's response and when it came. A clock read costs tens of
+    /// nanoseconds on a VM, so a plain request reads it twice: on arrival
+    /// (passed here as `sent`) and when the response comes (in the pool).
+    async fn forward(
         &self,
-        plan: Plan,
         upstream: usize,
         conn: &Connection,
-        request: Request<Incoming>,
-        start: Instant,
-    ) -> Result<Response<ResponseBody>, StreamAborted> {
-        let metrics = &self.upstream_metrics[upstream];
-        let Some(_active) = ActiveFault::enter(&self.active_faults, self.max_active_faults) else {
-            debug!("max_active_faults reached; request passes unharmed");
-            metrics.record_overflow();
-            // Not injected: the rules keep their `times` budget.
-            for candidate in &plan.rules {
-                candidate.rule.counters.give_back(candidate.rule.times);
+        request: Request<RequestBody>,
+        sent: Instant,
+    ) -> Result<(Response<ResponseBody>, Instant), ProxyError> {
+        let target = &self.upstreams[upstream];
+        let request = forward::upstream_request(target, &conn.client_ip, request);
+        let deadline = tokio::time::Instant::from_std(sent + self.upstream_timeout);
+        let sending = self.connectors.send(upstream, request, sent);
+        match tokio::time::timeout_at(deadline, sending).await {
+            Ok(Ok((response, answered))) => {
+                self.upstream_metrics[upstream]
+                    .record_upstream(answered.saturating_duration_since(sent));
+                let (mut parts, body) = response.into_parts();
+                forward::remove_hop_by_hop(&mut parts.headers);
+                let response = Response::from_parts(parts, ResponseBody::Upstream(body));
+                Ok((response, answered))
             }
-            return Ok(self
-                .forward_now(upstream, conn, request.map(RequestBody::from))
-                .await);
-        };
-        // Counted when decided: a client that leaves mid-fault was still faulted.
-        for candidate in &plan.rules {
-            candidate.injected.inc();
-            candidate.rule.counters.record_injected();
+            Ok(Err(e)) => Err(ProxyError::from_upstream(&target.name, e)),
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                upstream: target.name.clone(),
+            }),
         }
-        let release = &plan.release;
-        if !plan.delay.is_zero() {
-            sleep_unless_released(plan.delay, release).await;
-        }
-        if release.is_released() {
-            return Ok(self
-                .forward_now(upstream, conn, request.map(RequestBody::from))
-                .await);
-        }
-        // HTTP/2 carries other requests on the same connection: fail only this stream.
-        let multiplexed = request.version() == Version::HTTP_2;
-        let method = request.method().clone();
-        let mut response = match plan.action {
-            Action::Forward => {
-                let response = self
-                    .forward_now(upstream, conn, request.map(RequestBody::from))
-                    .await;
-                let proxy_error = response
-                    .headers()
-                    .contains_key(&synthetic::X_FAULTLINE_ERROR);
-                if !plan.response_delay.is_zero() && !proxy_error {
-                    // The upstream answered; its headers wait.
-                    sleep_unless_released(plan.response_delay, release).await;
-                }
-                response
-            }
-            Action::Respond(response) => {
-                let mut response = synthetic::injected(&response);
-                response.extensions_mut().insert(ByFault);
-                response
-            }
-            Action::Abort(_) if multiplexed => return Err(StreamAborted),
-            Action::Abort(mode) => {
-                if mode != AbortMode::Reset {
-                    let (limit, time) = match mode {
-                        AbortMode::Close => (CLOSE_DRAIN_LIMIT, CLOSE_DRAIN_TIME),
-                        _ => (u64::MAX, FULL_DRAIN_TIME),
-                    };
-                    let (parts, body) = request.into_parts();
-                    let mut read = Box::new(Replayed::new(body));
-                    if drain(&mut read, limit, time, release).await && read.is_whole() {
-                        let request = Request::from_parts(parts, RequestBody::Replayed(read));
-                        return Ok(self.forward_now(upstream, conn, request).await);
-                    }
-                }
-                metrics.record_unanswered(&method, start.elapsed());
-                conn.info.control.abort(mode);
-                // The connection task drops this request with its connection.
-                return std::future::pending().await;
-            }
-            Action::Blackhole { max_hold } => {
-                let (parts, body) = request.into_parts();
-                let mut held = Box::new(Replayed::new(body));
-                if hold(&mut held, max_hold, release).await == Held::Released && held.is_whole() {
-                    let request = Request::from_parts(parts, RequestBody::Replayed(held));
-                    return Ok(self.forward_now(upstream, conn, request).await);
-                }
-                if multiplexed {
-                    return Err(StreamAborted);
-                }
-                metrics.record_unanswered(&method, start.elapsed());
-                conn.info.control.abort(AbortMode::Close);
-                return std::future::pending().await;
-            }
-        };
-        if release.is_released() {
-            // Halted while waiting: the response goes back as it is.
-            return Ok(response);
-        }
-        // A 502 or 504 after an injected delay is the proxy's own error, not an injected one.
-        let proxy_error = response
-            .headers()
-            .contains_key(&synthetic::X_FAULTLINE_ERROR);
-        if !plan.shaping.is_none() && !proxy_error {
-            let control = (!multiplexed).then(|| Arc::clone(&conn.info.control));
-            response = response.map(|body| {
-                ResponseBody::Shaped(Box::new(shape::ShapedBody::new(
-                    body,
-                    plan.shaping,
-                    control,
-                    Arc::clone(&plan.release),
-                )))
-            });
-        }
-        if self.mark_faults && !proxy_error {
-            for candidate in &plan.rules {
-                response
-                    .headers_mut()
-                    .append(X_FAULTLINE_RULE.clone(), candidate.rule.name_header.clone());
-            }
-        }
-        Ok(response)
     }
 
     /// [`Self::forward`] for a request sent now, after a fault held it.
@@ -375,44 +320,17 @@ impl Proxy {
         upstream: usize,
         conn: &Connection,
         request: Request<RequestBody>,
-    ) -> Response<ResponseBody> {
-        let (response, _) = self.forward(upstream, conn, request, Instant::now()).await;
-        response
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let (response, _) = self
+            .forward(upstream, conn, request, Instant::now())
+            .await?;
+        Ok(response)
     }
 
-    /// Sends `request` to `upstream`; `sent` is the time it leaves. Gives
-    /// the upstream's response, or the proxy's own error response, and when
-    /// it came. A clock read costs tens of nanoseconds on a VM, so a plain
-    /// request reads it twice: on arrival (passed here as `sent`) and when
-    /// the response comes (in the pool).
-    async fn forward(
-        &self,
-        upstream: usize,
-        conn: &Connection,
-        request: Request<RequestBody>,
-        sent: Instant,
-    ) -> (Response<ResponseBody>, Instant) {
-        let target = &self.upstreams[upstream];
-        let metrics = &self.upstream_metrics[upstream];
-        let request = forward::upstream_request(target, &conn.client_ip, request);
-        let deadline = tokio::time::Instant::from_std(sent + self.upstream_timeout);
-        let outcome =
-            tokio::time::timeout_at(deadline, self.client.send(upstream, request, sent)).await;
-        let error = match outcome {
-            Ok(Ok((response, answered))) => {
-                metrics.record_upstream(answered.saturating_duration_since(sent));
-                let (mut parts, body) = response.into_parts();
-                forward::remove_hop_by_hop(&mut parts.headers);
-                let response = Response::from_parts(parts, ResponseBody::Upstream(body));
-                return (response, answered);
-            }
-            Ok(Err(e)) => ProxyError::from_upstream(&target.name, e),
-            Err(_) => ProxyError::UpstreamTimeout {
-                upstream: target.name.clone(),
-            },
-        };
-        metrics.record_upstream_error(error.reason());
-        (synthetic::rescue(&error), Instant::now())
+    /// Counts a request that ends with no response at all (an injected
+    /// abort or blackhole that closes its HTTP/1.1 connection).
+    fn record_unanswered(&self, upstream: usize, method: &Method, since: Instant) {
+        self.upstream_metrics[upstream].record_unanswered(method, since.elapsed());
     }
 }
 
@@ -459,70 +377,6 @@ fn strip_port(host: &str) -> &str {
         return host.find(']').map_or(host, |end| &host[..=end]);
     }
     host.rsplit_once(':').map_or(host, |(name, _)| name)
-}
-
-/// Reads a request body before an abort, up to `limit` bytes and `time`,
-/// keeping what a halt would forward. `true` when the kill switch fired
-/// meanwhile.
-async fn drain(body: &mut Replayed, limit: u64, time: Duration, release: &Release) -> bool {
-    let read = async {
-        loop {
-            match body.read_ahead().await {
-                ReadAhead::More if body.buffered() > limit => return,
-                ReadAhead::More if body.buffered() > HOLD_KEEP_LIMIT => body.discard(),
-                ReadAhead::More => {}
-                ReadAhead::Ended | ReadAhead::Failed => return,
-            }
-        }
-    };
-    tokio::select! {
-        biased;
-        () = release.released() => true,
-        () = read => false,
-        () = tokio::time::sleep(time) => false,
-    }
-}
-
-/// Sleeps for `delay`, or until the kill switch releases the request.
-async fn sleep_unless_released(delay: Duration, release: &Release) {
-    tokio::select! {
-        biased;
-        () = release.released() => {}
-        () = tokio::time::sleep(delay) => {}
-    }
-}
-
-/// How a blackhole hold ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Held {
-    /// `max_hold` passed.
-    Expired,
-    /// The body broke off: the client is gone.
-    ClientLeft,
-    /// The kill switch let the request out.
-    Released,
-}
-
-/// Holds a blackholed request for `max_hold`, reading its body ahead all
-/// the while, so that hyper notices a client that leaves, and so the body
-/// can still be forwarded if the kill switch lets the request out.
-async fn hold(body: &mut Replayed, max_hold: Duration, release: &Release) -> Held {
-    let read = async {
-        loop {
-            match body.read_ahead().await {
-                ReadAhead::More if body.buffered() > HOLD_KEEP_LIMIT => body.discard(),
-                ReadAhead::More => {}
-                ReadAhead::Failed => return Held::ClientLeft,
-                ReadAhead::Ended => std::future::pending().await,
-            }
-        }
-    };
-    tokio::select! {
-        biased;
-        () = release.released() => Held::Released,
-        held = read => held,
-        () = tokio::time::sleep(max_hold) => Held::Expired,
-    }
 }
 
 /// A request in flight on a listener, for `faultline_inflight_requests`.

@@ -13,8 +13,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::body::{BoxError, ResponseBody};
+use crate::control::HaltSignal;
 use crate::fault::Shaping;
-use crate::rules::Release;
 use crate::server::ConnControl;
 
 /// How long a truncated body waits for its last bytes to flush before the
@@ -44,8 +44,8 @@ pub struct ShapedBody {
     /// Truncated: the connection is failing; nothing more is sent.
     cut: bool,
     /// The kill switch: once cancelled, the rest of the body goes unshaped.
-    release: Arc<Release>,
-    released: Pin<Box<WaitForCancellationFutureOwned>>,
+    halt: Arc<HaltSignal>,
+    halted: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl std::fmt::Debug for ShapedBody {
@@ -61,7 +61,7 @@ impl ShapedBody {
         inner: ResponseBody,
         shaping: Shaping,
         control: Option<Arc<ConnControl>>,
-        release: Arc<Release>,
+        halt: Arc<HaltSignal>,
     ) -> Self {
         let total = inner.size_hint().exact();
         let pieces_left = shaping.dribble.map_or(0, |(chunks, _)| chunks);
@@ -77,8 +77,8 @@ impl ShapedBody {
             sleep: None,
             cutting: false,
             cut: false,
-            released: Box::pin(release.released_owned()),
-            release,
+            halted: Box::pin(halt.halted_owned()),
+            halt,
         }
     }
 
@@ -148,7 +148,7 @@ impl Body for ShapedBody {
             if this.cut {
                 return Poll::Pending;
             }
-            if !this.cutting && this.release.is_released() {
+            if !this.cutting && this.halt.is_halted() {
                 // Halted: what is left goes as it comes.
                 this.sleep = None;
                 if !this.pending.is_empty() {
@@ -164,7 +164,7 @@ impl Body for ShapedBody {
                         // Too late to let go: the cut has begun.
                         return Poll::Pending;
                     }
-                    ready!(this.released.as_mut().poll(cx));
+                    ready!(this.halted.as_mut().poll(cx));
                     continue;
                 }
                 this.sleep = None;
@@ -193,7 +193,7 @@ impl Body for ShapedBody {
                     // The client keeps the original content-length and sees a broken body.
                     this.cut = true;
                     if let Some(control) = &this.control {
-                        control.abort(then);
+                        control.abort(super::inject::ending(then));
                     }
                     return Poll::Ready(Some(Err("body truncated by an injected fault".into())));
                 }

@@ -189,17 +189,16 @@ pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Res
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use http_body_util::BodyExt;
 
     use super::*;
     use crate::diagnostic::FieldPath;
-    use crate::fault::{Fault, FaultSpec};
+    use crate::fault::{BodySource, Fault, FaultSpec};
 
     fn preset_response(toml_text: &str) -> SyntheticResponse {
         let spec: FaultSpec = toml::from_str(toml_text).unwrap();
-        match spec.validate(Path::new("."), &FieldPath::root().key("fault")) {
+        match spec.validate(BodySource::inline(), &FieldPath::root().key("fault")) {
             Ok(Fault::Respond(response)) => (*response).clone(),
             other => panic!("expected a response fault, got {other:?}"),
         }

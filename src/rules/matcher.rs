@@ -33,8 +33,26 @@ pub struct MatchSpec {
     pub headers: BTreeMap<String, String>,
 }
 
+/// What a rule knows of an upstream: its name and labels.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamIdentity<'a> {
+    pub name: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+impl<'a> From<&'a UpstreamConfig> for UpstreamIdentity<'a> {
+    fn from(upstream: &'a UpstreamConfig) -> Self {
+        Self {
+            name: &upstream.name,
+            labels: &upstream.labels,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Matcher {
+    /// As written, for views and for comparing definitions.
+    spec: MatchSpec,
     upstreams: Option<GlobSet>,
     labels: Vec<(String, GlobMatcher)>,
     methods: Vec<Method>,
@@ -167,6 +185,7 @@ impl MatchSpec {
 
         if errors.is_empty() {
             Ok(Matcher {
+                spec: self.clone(),
                 upstreams,
                 labels,
                 methods,
@@ -180,10 +199,15 @@ impl MatchSpec {
 }
 
 impl Matcher {
+    /// The conditions as written.
+    pub fn spec(&self) -> &MatchSpec {
+        &self.spec
+    }
+
     /// The conditions that depend on the upstream alone.
-    pub fn applies_to_upstream(&self, upstream: &UpstreamConfig) -> bool {
+    pub fn applies_to_upstream(&self, upstream: UpstreamIdentity<'_>) -> bool {
         if let Some(set) = &self.upstreams {
-            if !set.is_match(&upstream.name) {
+            if !set.is_match(upstream.name) {
                 return false;
             }
         }
@@ -240,15 +264,12 @@ mod tests {
         }
     }
 
-    fn upstream(name: &str, region: &str) -> UpstreamConfig {
-        UpstreamConfig {
-            name: name.into(),
-            scheme: http::uri::Scheme::HTTP,
-            authority: "127.0.0.1:1".parse().unwrap(),
-            host_header: HeaderValue::from_static("127.0.0.1:1"),
-            labels: [("region".to_owned(), region.to_owned())].into(),
-            listen: None,
-        }
+    fn applies(m: &Matcher, name: &str, region: &str) -> bool {
+        let labels = [("region".to_owned(), region.to_owned())].into();
+        m.applies_to_upstream(UpstreamIdentity {
+            name,
+            labels: &labels,
+        })
     }
 
     #[test]
@@ -258,9 +279,9 @@ mod tests {
             labels: [("region".to_owned(), "us-east-*".to_owned())].into(),
             ..Default::default()
         });
-        assert!(m.applies_to_upstream(&upstream("lambda-use1", "us-east-1")));
-        assert!(!m.applies_to_upstream(&upstream("lambda-usw2", "us-west-2")));
-        assert!(!m.applies_to_upstream(&upstream("orders-use1", "us-east-1")));
+        assert!(applies(&m, "lambda-use1", "us-east-1"));
+        assert!(!applies(&m, "lambda-usw2", "us-west-2"));
+        assert!(!applies(&m, "orders-use1", "us-east-1"));
     }
 
     #[test]

@@ -1,51 +1,36 @@
-//! Which requests are affected: the rule schema of SPEC §3, its validation,
-//! and the immutable [`RuleSet`] snapshot the request path reads.
+//! Which requests are affected: the rule schema (README "Rules"), its pure
+//! validation into a [`Rule`], matching ([`Matcher`]), and the immutable
+//! [`RuleSet`] snapshot the request path reads.
 //!
 //! A snapshot resolves, once, which enabled rules can apply to each upstream
 //! (upstream names and labels are static), so a request only checks the
-//! rules of its own upstream, in evaluation order.
+//! rules of its own upstream, in evaluation order. Reading rule files is the
+//! load step's ([`crate::book`]); runtime switches are [`crate::control`]'s,
+//! and reach the snapshot as [`LiveRule`]s, never written into a [`Rule`].
 
-mod load;
 mod matcher;
+mod snapshot;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use globset::{GlobSet, GlobSetBuilder};
 use http::{HeaderName, HeaderValue};
-use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::config::{is_valid_name, UpstreamConfig};
+use crate::config::is_valid_name;
 use crate::diagnostic::{FieldError, FieldPath};
-use crate::fault::{Fault, FaultSpec};
-use crate::metrics::Metrics;
-use crate::scenario::{Scenario, ScenarioSpec};
+use crate::fault::{BodySource, Fault, FaultSpec};
 
-pub use load::{load_dir, load_dir_reserving, load_sources, load_sources_reserving, RuleText};
-pub use matcher::{MatchSpec, Matcher};
+pub use matcher::{MatchSpec, Matcher, UpstreamIdentity};
+pub use snapshot::{Candidate, LiveRule, RuleSet, UpstreamRules};
 
-/// A rule file: `[[rule]]` tables, and `[[scenario]]` tables that drive them.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleFile {
-    #[serde(default)]
-    pub rule: Vec<RuleSpec>,
-    #[serde(default)]
-    pub scenario: Vec<ScenarioSpec>,
-}
+/// The longest rule name: it rides on responses as `x-faultline-rule`, in
+/// URLs of the admin API and in metric labels.
+pub const MAX_NAME_LEN: usize = 128;
 
-/// Everything the rule files define, validated.
-#[derive(Debug, Clone, Default)]
-pub struct RuleBook {
-    /// In evaluation order: files sorted by path, rules in file order.
-    pub rules: Vec<Arc<Rule>>,
-    pub scenarios: Vec<Arc<Scenario>>,
-}
-
-/// One rule as written, in a file or (later) an API body.
+/// One rule as written, in a file or an API body.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
@@ -86,15 +71,22 @@ pub enum RuleSource {
     Api,
 }
 
-/// A validated rule.
+/// A validated rule, as defined. Runtime switches never change it: they
+/// live in [`crate::control`] and reach requests through [`LiveRule`].
 #[derive(Debug)]
 pub struct Rule {
-    pub spec: RuleSpec,
+    pub name: String,
+    pub description: Option<String>,
     pub source: RuleSource,
+    /// The definition's own switch and probability, before any runtime change.
+    pub enabled: bool,
+    pub probability: f64,
     pub matcher: Matcher,
     pub fault: Fault,
-    pub times: Option<u64>,
-    pub every: Option<u64>,
+    /// The fault as written: what the API shows, and what a scenario's
+    /// patch is laid over.
+    pub fault_spec: FaultSpec,
+    pub turns: Turns,
     pub sticky: Option<Sticky>,
     /// The rule's name as a header value, for `x-faultline-rule`.
     pub(crate) name_header: HeaderValue,
@@ -105,11 +97,30 @@ pub struct Rule {
     pub counters: Arc<RuleCounters>,
 }
 
+/// Which matching requests a rule may take: `times` and `every`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Turns {
+    /// Inject at most this many times since the rule was last enabled.
+    pub times: Option<u64>,
+    /// Only every Nth matching request.
+    pub every: Option<u64>,
+}
+
 /// What a sticky rule hashes to decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sticky {
     Header(HeaderName),
     ClientIp,
+}
+
+impl fmt::Display for Sticky {
+    /// As written in a rule file.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sticky::Header(name) => write!(f, "header:{name}"),
+            Sticky::ClientIp => f.write_str("client_ip"),
+        }
+    }
 }
 
 /// A rule's running counts.
@@ -196,85 +207,101 @@ impl RuleCounters {
 }
 
 impl Rule {
-    /// Whether this rule makes the upstream refuse every connection: an
-    /// enabled `refuse` fault that takes every request, every time.
-    pub fn refuses(&self, upstream: &UpstreamConfig) -> bool {
-        matches!(self.fault, Fault::Refuse)
-            && self.enabled()
-            && self.probability() >= 1.0
-            && self.times.is_none()
-            && self.every.is_none()
-            && self.matcher.takes_every_request()
-            && self.matcher.applies_to_upstream(upstream)
-    }
-
     pub fn name(&self) -> &str {
-        &self.spec.name
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.spec.enabled
-    }
-
-    pub fn probability(&self) -> f64 {
-        self.spec.probability
+        &self.name
     }
 
     /// The same rule with another fault (a scenario's `set`); it shares
     /// this one's counters.
-    pub fn with_fault(&self, spec: FaultSpec, fault: Fault) -> Rule {
-        let mut rule = self.with_switches(self.enabled(), self.probability());
-        rule.spec.fault = spec;
-        rule.fault = fault;
-        rule
+    pub fn with_fault(&self, fault_spec: FaultSpec, fault: Fault) -> Rule {
+        Rule {
+            fault_spec,
+            fault,
+            ..self.clone_sharing_counters()
+        }
     }
 
-    /// The same rule, switched on or off and with another probability;
-    /// it shares this one's counters.
-    pub fn with_switches(&self, enabled: bool, probability: f64) -> Rule {
+    /// A copy that shares this rule's counters.
+    fn clone_sharing_counters(&self) -> Rule {
         Rule {
-            spec: RuleSpec {
-                enabled,
-                probability,
-                ..self.spec.clone()
-            },
+            name: self.name.clone(),
+            description: self.description.clone(),
             source: self.source.clone(),
+            enabled: self.enabled,
+            probability: self.probability,
             matcher: self.matcher.clone(),
             fault: self.fault.clone(),
-            times: self.times,
-            every: self.every,
+            fault_spec: self.fault_spec.clone(),
+            turns: self.turns,
             sticky: self.sticky.clone(),
             name_header: self.name_header.clone(),
             salt: self.salt,
             counters: Arc::clone(&self.counters),
         }
     }
+
+    /// The same definition with `counters`: a reloaded rule keeps its counts.
+    pub fn with_counters(&self, counters: Arc<RuleCounters>) -> Rule {
+        Rule {
+            counters,
+            ..self.clone_sharing_counters()
+        }
+    }
+
+    /// Whether `other` defines the same rule: the same text, and for an
+    /// `error` fault the same body (a `body_file` may have changed).
+    pub fn same_definition(&self, other: &Rule) -> bool {
+        let same_body = match (&self.fault, &other.fault) {
+            (Fault::Respond(mine), Fault::Respond(theirs)) => mine.body == theirs.body,
+            _ => true,
+        };
+        self.name == other.name
+            && self.description == other.description
+            && self.source == other.source
+            && self.enabled == other.enabled
+            && self.probability == other.probability
+            && self.matcher.spec() == other.matcher.spec()
+            && self.fault_spec == other.fault_spec
+            && self.turns == other.turns
+            && self.sticky == other.sticky
+            && same_body
+    }
+}
+
+/// Whether `name` may name a rule or a scenario: a lowercase slug of at most
+/// [`MAX_NAME_LEN`] characters. The message says why not.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "{what} name is {} characters long; at most {MAX_NAME_LEN} are allowed",
+            name.len()
+        ));
+    }
+    if name.is_empty() || !is_valid_name(name) || name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "invalid {what} name {name:?}: use a-z, 0-9, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
 }
 
 impl RuleSpec {
-    /// Validates the rule. `base_dir` resolves `body_file`; `upstream_names`
-    /// catches references to upstreams that do not exist.
+    /// Validates the rule. Pure: `bodies` holds the `body_file`s the load
+    /// step read; `upstream_names` catches references to upstreams that do
+    /// not exist.
     pub fn validate(
         self,
         source: RuleSource,
-        base_dir: &Path,
+        bodies: BodySource<'_>,
         upstream_names: &[&str],
         at: &FieldPath,
     ) -> Result<Rule, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let label = format!("rule {:?}", self.name);
-        if self.name.is_empty()
-            || !is_valid_name(&self.name)
-            || self.name.bytes().any(|b| b.is_ascii_uppercase())
-        {
-            errors.push(FieldError::new(
-                at.key("name"),
-                format!(
-                    "invalid rule name {:?}: use a-z, 0-9, '.', '_' and '-'",
-                    self.name
-                ),
-            ));
+        if let Err(message) = check_name("rule", &self.name) {
+            errors.push(FieldError::new(at.key("name"), message));
         }
+        // A name too long to print whole is cut in every later message.
+        let label = format!("rule {:?}", shorten(&self.name));
         if !(0.0..=1.0).contains(&self.probability) {
             errors.push(FieldError::new(
                 at.key("probability"),
@@ -311,327 +338,114 @@ impl RuleSpec {
                 }
             },
         };
-        let matcher = self.matcher.compile(upstream_names, &at.key("match"));
-        let fault = self.fault.validate(base_dir, &at.key("fault"));
         // Name the rule in every message: a reader of `check` output looks for it.
-        let mut named = |result_errors: Vec<FieldError>| {
-            errors.extend(
-                result_errors
-                    .into_iter()
-                    .map(|e| FieldError::new(e.field, format!("{label}: {}", e.message))),
-            );
+        let named = |problems: Vec<FieldError>| {
+            problems
+                .into_iter()
+                .map(|e| FieldError::new(e.field, format!("{label}: {}", e.message)))
         };
-        let (matcher, fault) = match (matcher, fault) {
-            (Ok(m), Ok(f)) => (Some(m), Some(f)),
-            (m, f) => {
-                if let Err(e) = &m {
-                    named(e.clone());
-                }
-                if let Err(e) = &f {
-                    named(e.clone());
-                }
-                (m.ok(), f.ok())
-            }
-        };
+        let matcher = self
+            .matcher
+            .compile(upstream_names, &at.key("match"))
+            .map_err(|problems| errors.extend(named(problems)))
+            .ok();
+        let fault = self
+            .fault
+            .validate(bodies, &at.key("fault"))
+            .map_err(|problems| errors.extend(named(problems)))
+            .ok();
         match (matcher, fault) {
             (Some(matcher), Some(fault)) if errors.is_empty() => Ok(Rule {
                 name_header: HeaderValue::from_str(&self.name)
                     .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
-                salt: stable_hash(&self.name),
+                salt: fnv1a(self.name.as_bytes()),
                 counters: Arc::default(),
-                times: self.times,
-                every: self.every,
+                turns: Turns {
+                    times: self.times,
+                    every: self.every,
+                },
                 sticky,
-                spec: self,
+                enabled: self.enabled,
+                probability: self.probability,
+                name: self.name,
+                description: self.description,
                 source,
                 matcher,
                 fault,
+                fault_spec: self.fault,
             }),
             _ => Err(errors),
         }
     }
 }
 
-/// FNV-1a: stable across runs and builds, unlike the std hasher.
-fn stable_hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+/// At most the first 40 characters of a name, for messages.
+fn shorten(name: &str) -> String {
+    match name.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_owned(),
+    }
+}
+
+/// FNV-1a: stable across runs and builds, unlike the std hasher. Seeded
+/// decisions replay only while it stays the same.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-/// The immutable rule snapshot one request reads.
-#[derive(Debug)]
-pub struct RuleSet {
-    rules: Vec<Arc<Rule>>,
-    /// Per upstream index: the enabled rules that can apply to it.
-    by_upstream: Vec<UpstreamRules>,
-    /// Per upstream index: whether its dedicated port must refuse connections.
-    refused: Vec<bool>,
-    seed: u64,
-    /// Fired by the kill switch: requests inside a fault of this snapshot
-    /// stop waiting and are forwarded.
-    release: Arc<Release>,
-}
-
-/// The kill switch's signal to the requests inside a snapshot's faults.
-/// Checking it is one atomic load and sharing it one `Arc` count, so a
-/// faulted request takes no lock unless it actually waits.
-#[derive(Debug, Default)]
-pub struct Release {
-    released: AtomicBool,
-    token: CancellationToken,
-}
-
-impl Release {
-    /// Lets every waiting request go; later checks see it at once.
-    pub fn release(&self) {
-        self.released.store(true, Ordering::Release);
-        self.token.cancel();
-    }
-
-    pub fn is_released(&self) -> bool {
-        self.released.load(Ordering::Acquire)
-    }
-
-    /// Completes when the requests are let go.
-    pub async fn released(&self) {
-        self.token.cancelled().await;
-    }
-
-    /// [`Release::released`] as a future a body can keep.
-    pub fn released_owned(&self) -> WaitForCancellationFutureOwned {
-        self.token.clone().cancelled_owned()
-    }
-}
-
-/// The enabled rules that can apply to one upstream, in evaluation order,
-/// with their path globs joined into one set: a request's path is matched
-/// once, however many rules there are.
-#[derive(Debug, Default)]
-pub struct UpstreamRules {
-    rules: Box<[Candidate]>,
-    /// Glob `i` is the path of `rules[path_owner[i]]`.
-    paths: PathIndex,
-    path_owner: Box<[usize]>,
-    /// Indices of the rules with no path condition.
-    pathless: Box<[usize]>,
-}
-
-/// A rule that can apply to an upstream, with its injected-fault counter
-/// for that upstream resolved when the snapshot was built.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub rule: Arc<Rule>,
-    pub injected: IntCounter,
-}
-
-impl UpstreamRules {
-    fn new(rules: Vec<Candidate>) -> Self {
-        let mut set = GlobSetBuilder::new();
-        let mut path_owner = Vec::new();
-        let mut pathless = Vec::new();
-        for (i, candidate) in rules.iter().enumerate() {
-            match candidate.rule.matcher.path_glob() {
-                Some(glob) => {
-                    set.add(glob.clone());
-                    path_owner.push(i);
-                }
-                None => pathless.push(i),
-            }
-        }
-        let paths = if path_owner.is_empty() {
-            PathIndex::None
-        } else {
-            match set.build() {
-                Ok(set) => PathIndex::Set(set),
-                // Too large for one automaton: match glob by glob instead.
-                Err(_) => PathIndex::Each(
-                    path_owner
-                        .iter()
-                        .filter_map(|&i| rules[i].rule.matcher.path_glob())
-                        .map(|glob| glob.compile_matcher())
-                        .collect(),
-                ),
-            }
-        };
-        Self {
-            rules: rules.into(),
-            paths,
-            path_owner: path_owner.into(),
-            pathless: pathless.into(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
-    /// The rules whose path condition holds for `path`, or that have none,
-    /// in evaluation order.
-    pub fn for_path(&self, path: &str) -> impl Iterator<Item = &Candidate> {
-        // The common case, no path glob matching, walks the pathless rules
-        // without allocating.
-        let globs: Vec<usize> = match &self.paths {
-            PathIndex::None => Vec::new(),
-            PathIndex::Set(set) if set.is_match(path) => set.matches(path),
-            PathIndex::Set(_) => Vec::new(),
-            PathIndex::Each(matchers) => (0..matchers.len())
-                .filter(|&i| matchers[i].is_match(path))
-                .collect(),
-        };
-        let matched: Vec<usize> = if globs.is_empty() {
-            globs
-        } else {
-            let mut owners: Vec<usize> = globs
-                .into_iter()
-                .map(|glob| self.path_owner[glob])
-                .chain(self.pathless.iter().copied())
-                .collect();
-            owners.sort_unstable();
-            owners
-        };
-        let indices = if matched.is_empty() {
-            Indices::Pathless(self.pathless.iter())
-        } else {
-            Indices::Matched(matched.into_iter())
-        };
-        indices.map(|i| &self.rules[i])
-    }
-}
-
-/// The path globs of an upstream's rules, ready to match.
-#[derive(Debug, Default)]
-enum PathIndex {
-    #[default]
-    None,
-    Set(GlobSet),
-    Each(Vec<globset::GlobMatcher>),
-}
-
-/// Rule indices to walk, without boxing an iterator per request.
-enum Indices<'a> {
-    Pathless(std::slice::Iter<'a, usize>),
-    Matched(std::vec::IntoIter<usize>),
-}
-
-impl Iterator for Indices<'_> {
-    type Item = usize;
-
-    fn next(&mut self) -> Option<usize> {
-        match self {
-            Indices::Pathless(indices) => indices.next().copied(),
-            Indices::Matched(indices) => indices.next(),
-        }
-    }
-}
-
-impl RuleSet {
-    /// `rules` in evaluation order: files sorted by path, rules in file order.
-    /// Resolves each rule's metric handles and sets `faultline_rule_enabled`.
-    pub fn new(
-        rules: Vec<Arc<Rule>>,
-        upstreams: &[UpstreamConfig],
-        seed: u64,
-        metrics: &Metrics,
-    ) -> Self {
-        for rule in &rules {
-            metrics.set_rule_enabled(rule.name(), rule.enabled());
-        }
-        let by_upstream = upstreams
-            .iter()
-            .map(|upstream| {
-                UpstreamRules::new(
-                    rules
-                        .iter()
-                        .filter(|rule| rule.enabled() && rule.matcher.applies_to_upstream(upstream))
-                        .map(|rule| Candidate {
-                            injected: metrics.faults_injected(
-                                rule.name(),
-                                rule.fault.kind(),
-                                upstream,
-                            ),
-                            rule: Arc::clone(rule),
-                        })
-                        .collect(),
-                )
-            })
-            .collect();
-        let refused = upstreams
-            .iter()
-            .map(|upstream| rules.iter().any(|rule| rule.refuses(upstream)))
-            .collect();
-        Self {
-            rules,
-            by_upstream,
-            refused,
-            seed,
-            release: Arc::default(),
-        }
-    }
-
-    /// The snapshot with the kill switch's signal: halting fires it.
-    pub fn released_by(mut self, release: Arc<Release>) -> Self {
-        self.release = release;
-        self
-    }
-
-    /// Fired when the requests inside this snapshot's faults must be let go.
-    pub fn release(&self) -> &Arc<Release> {
-        &self.release
-    }
-
-    /// Every rule, enabled or not, in evaluation order.
-    pub fn rules(&self) -> &[Arc<Rule>] {
-        &self.rules
-    }
-
-    /// The enabled rules that can apply to requests for this upstream.
-    pub fn candidates(&self, upstream: usize) -> Option<&UpstreamRules> {
-        self.by_upstream
-            .get(upstream)
-            .filter(|rules| !rules.is_empty())
-    }
-
-    /// Whether the upstream's dedicated port must refuse connections now.
-    pub fn refuses(&self, upstream: usize) -> bool {
-        self.refused.get(upstream).copied().unwrap_or(false)
-    }
-
-    pub fn seed(&self) -> u64 {
-        self.seed
-    }
 }
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
+
+    fn validate(text: &str) -> Result<Rule, Vec<String>> {
+        let spec: RuleSpec = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        let source = BodySource::inline();
+        spec.validate(RuleSource::Api, source, &[], &FieldPath::root())
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+    }
 
     #[test]
     fn rule_names_are_lowercase_slugs() {
-        let spec: RuleSpec =
-            toml::from_str("name = \"Bad Name\"\n[fault]\nkind = \"abort\"\nmode = \"reset\"")
-                .unwrap();
-        let errors = spec
-            .validate(RuleSource::Api, Path::new("."), &[], &FieldPath::root())
+        let errors = validate("name = \"Bad Name\"\n[fault]\nkind = \"abort\"\nmode = \"reset\"")
             .unwrap_err();
         assert_eq!(
-            errors[0].to_string(),
+            errors[0],
             "name: invalid rule name \"Bad Name\": use a-z, 0-9, '.', '_' and '-'"
         );
     }
 
     #[test]
+    fn rule_names_have_a_length_limit() {
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        let errors = validate(&format!(
+            "name = \"{long}\"\n[fault]\nkind = \"abort\"\nmode = \"reset\""
+        ))
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![format!(
+                "name: rule name is {} characters long; at most {MAX_NAME_LEN} are allowed",
+                MAX_NAME_LEN + 1
+            )]
+        );
+        let longest = "a".repeat(MAX_NAME_LEN);
+        assert!(validate(&format!(
+            "name = \"{longest}\"\n[fault]\nkind = \"abort\"\nmode = \"reset\""
+        ))
+        .is_ok());
+    }
+
+    #[test]
     fn messages_name_the_rule() {
-        let spec: RuleSpec = toml::from_str(
+        let errors = validate(
             "name = \"slow\"\nprobability = 1.5\n[fault]\nkind = \"error\"\nstatus = 1000",
         )
-        .unwrap();
-        let errors = spec
-            .validate(RuleSource::Api, Path::new("."), &[], &FieldPath::root())
-            .unwrap_err();
-        let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        .unwrap_err();
         assert_eq!(
-            messages,
+            errors,
             vec![
                 "probability: rule \"slow\": probability 1.5 is not between 0 and 1",
                 "fault.status: rule \"slow\": status 1000 is not an HTTP status from 200 to 599",
@@ -640,10 +454,22 @@ mod tests {
     }
 
     #[test]
+    fn validation_reads_no_file() {
+        let errors = validate(
+            "name = \"teapot\"\n[fault]\nkind = \"error\"\nstatus = 418\nbody_file = \"Cargo.toml\"",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec!["fault.body_file: rule \"teapot\": body_file \"./Cargo.toml\" was not read with the rule file"]
+        );
+    }
+
+    #[test]
     fn hashes_are_stable() {
         // Seeded runs replay only while these stay the same.
-        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(stable_hash("use1-brownout-503"), 0x7a39_d393_ad99_f4b5);
-        assert_ne!(stable_hash("a"), stable_hash("b"));
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"use1-brownout-503"), 0x7a39_d393_ad99_f4b5);
+        assert_ne!(fnv1a(b"a"), fnv1a(b"b"));
     }
 }

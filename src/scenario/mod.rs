@@ -1,4 +1,4 @@
-//! Rehearsal timelines (SPEC §4): the `[[scenario]]` schema and its
+//! Rehearsal timelines (README "Scenarios"): the `[[scenario]]` schema and its
 //! validation ([`spec`]), the guard that stops a run when the healthy side
 //! suffers ([`guard`]), and the per-step report of a run ([`report`]).
 //!

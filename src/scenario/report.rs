@@ -1,4 +1,4 @@
-//! The report of a run (SPEC §4): for each step, its real start and end,
+//! The report of a run (README "Scenarios"): for each step, its real start and end,
 //! and the traffic that passed meanwhile, per region and per upstream, with
 //! the faults each rule injected.
 //!

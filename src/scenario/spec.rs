@@ -1,4 +1,4 @@
-//! `[[scenario]]` as written (SPEC §4) and its validation against the rules
+//! `[[scenario]]` as written (README "Scenarios") and its validation against the rules
 //! it drives.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::is_valid_name;
 use crate::diagnostic::{FieldError, FieldPath};
-use crate::fault::FaultSpec;
-use crate::rules::{MatchSpec, Matcher, Rule};
+use crate::fault::{BodyFiles, BodySource, Fault, FaultSpec};
+use crate::rules::{check_name, MatchSpec, Matcher, Rule, RuleSource};
 
 /// The longest a scenario may last: longer than any outage worth rehearsing.
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -118,11 +117,20 @@ pub struct Step {
 }
 
 /// One step's change to one rule.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct RuleChange {
     pub enabled: Option<bool>,
     pub probability: Option<f64>,
-    pub fault: Option<toml::Table>,
+    /// The rule's fault once this step's patch is laid over the patches of
+    /// the steps before it: validated with the scenario, not when it plays.
+    pub fault: Option<Arc<PatchedFault>>,
+}
+
+/// A fault as a scenario's patches leave it.
+#[derive(Debug)]
+pub struct PatchedFault {
+    pub spec: FaultSpec,
+    pub fault: Fault,
 }
 
 /// A validated guard.
@@ -161,21 +169,26 @@ pub fn merge_patch(earlier: &mut toml::Table, later: &toml::Table) {
     }
 }
 
-/// The rule as a scenario's accumulated fault patch leaves it; it shares
-/// the rule's counters.
-pub fn patched_rule(
+/// The fault a rule has under a scenario's accumulated patch. A
+/// `body_file` is resolved against the rule's own file, as the rule's is.
+pub fn patch_fault(
     rule: &Rule,
     patch: &toml::Table,
+    bodies: &BodyFiles,
     at: &FieldPath,
-) -> Result<Rule, Vec<FieldError>> {
-    let spec = patched_fault(&rule.spec.fault, patch)
+) -> Result<PatchedFault, Vec<FieldError>> {
+    let spec = patched_fault(&rule.fault_spec, patch)
         .map_err(|message| vec![FieldError::new(at.clone(), message)])?;
     let base_dir = match &rule.source {
-        crate::rules::RuleSource::File(path) => path.parent().unwrap_or(Path::new(".")),
-        crate::rules::RuleSource::Api => Path::new("."),
+        RuleSource::File(path) => path.parent().unwrap_or(Path::new(".")),
+        RuleSource::Api => Path::new("."),
     };
-    let fault = spec.validate(base_dir, at)?;
-    Ok(rule.with_fault(spec, fault))
+    let source = BodySource {
+        base_dir,
+        files: bodies,
+    };
+    let fault = spec.validate(source, at)?;
+    Ok(PatchedFault { spec, fault })
 }
 
 fn duration(text: &str, at: FieldPath, errors: &mut Vec<FieldError>) -> Option<Duration> {
@@ -194,19 +207,14 @@ impl ScenarioSpec {
         self,
         source: &Path,
         rules: &[Arc<Rule>],
+        bodies: &BodyFiles,
         upstream_names: &[&str],
         at: &FieldPath,
     ) -> Result<Scenario, Vec<FieldError>> {
         let mut errors = Vec::new();
         let label = format!("scenario {:?}", self.name);
-        if !is_valid_name(&self.name) || self.name.bytes().any(|b| b.is_ascii_uppercase()) {
-            errors.push(FieldError::new(
-                at.key("name"),
-                format!(
-                    "invalid scenario name {:?}: use a-z, 0-9, '.', '_' and '-'",
-                    self.name
-                ),
-            ));
+        if let Err(message) = check_name("scenario", &self.name) {
+            errors.push(FieldError::new(at.key("name"), message));
         }
         let total = duration(&self.duration, at.key("duration"), &mut errors);
         if let Some(total) = total {
@@ -308,18 +316,20 @@ impl ScenarioSpec {
                         ));
                     }
                 }
+                let mut patched = None;
                 if let Some(fault) = &set.fault {
                     let patch = patches.entry(name.clone()).or_default();
                     merge_patch(patch, fault);
-                    if let Err(problems) = patched_rule(rule, patch, &set_at.key("fault")) {
-                        errors.extend(problems.into_iter().map(|e| {
+                    match patch_fault(rule, patch, bodies, &set_at.key("fault")) {
+                        Ok(fault) => patched = Some(Arc::new(fault)),
+                        Err(problems) => errors.extend(problems.into_iter().map(|e| {
                             FieldError::new(e.field, format!("rule {name:?}: {}", e.message))
-                        }));
+                        })),
                     }
                 }
                 let change = changes.entry(name.clone()).or_default();
                 change.probability = set.probability;
-                change.fault = set.fault.clone();
+                change.fault = patched;
             }
             if step.enable.is_empty() && step.disable.is_empty() && step.set.is_empty() {
                 errors.push(FieldError::new(
@@ -418,7 +428,7 @@ impl GuardSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{load_sources, RuleText};
+    use crate::book::{load_sources, RuleText};
 
     const RULES: &str = "[[rule]]\nname = \"slow\"\nenabled = false\n[rule.fault]\nkind = \"latency\"\ndelay = \"100ms\"\n\n[[rule]]\nname = \"fail\"\nenabled = false\n[rule.fault]\nkind = \"error\"\nstatus = 503\n";
 
@@ -468,7 +478,7 @@ mod tests {
         let base: FaultSpec = toml::from_str("kind = \"latency\"\ndelay = \"1s\"").unwrap();
         let patch: toml::Table = toml::from_str("kind = \"error\"\nstatus = 503").unwrap();
         let fault = patched_fault(&base, &patch).unwrap();
-        assert_eq!(fault.kind, "error");
+        assert_eq!(fault.kind, crate::fault::FaultKind::Error);
         assert_eq!(fault.delay, None);
         let patch: toml::Table = toml::from_str("delay = \"3s\"").unwrap();
         assert_eq!(

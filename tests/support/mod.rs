@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use faultline::app::{App, Running};
+use faultline::book;
 use faultline::config::Config;
-use faultline::rules;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -273,7 +273,7 @@ impl TestProxy {
         // A real rules folder, so reloads and the watcher have files to read.
         std::fs::create_dir_all(&config.proxy.rules_dir).unwrap();
         std::fs::write(config.proxy.rules_dir.join("test.toml"), rules).unwrap();
-        let rules = rules::load_dir(&config.proxy.rules_dir, &names)
+        let rules = book::load_dir(&config.proxy.rules_dir, &names)
             .map_err(|d| faultline::diagnostic::render(&d))?;
         let rules_dir = config.proxy.rules_dir.clone();
         let running = App::new(config, rules)

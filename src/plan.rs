@@ -1,9 +1,12 @@
-//! Decide, then do: turning the rules that match a request into one [`Plan`].
+//! Decide, then do: turning the rules that match a request into one
+//! [`Decision`], a pure function of a rule snapshot, a view of the request
+//! and a seeded random stream.
 //!
-//! Planning is pure but for one counter per rule: a rule's n-th matching
-//! request draws from a random stream seeded by (seed, rule name, n), so with
-//! a fixed seed the same sequence of requests gets the same decisions, and
-//! adding or removing one rule does not reshuffle the others.
+//! Pure but for one counter per rule: a rule's n-th matching request draws
+//! from a random stream seeded by (seed, rule name, n), so with a fixed seed
+//! the same sequence of requests gets the same decisions, and adding or
+//! removing one rule does not reshuffle the others. Doing it (sleeping,
+//! answering, dropping) is [`crate::proxy`]'s.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,8 +16,8 @@ use http::{HeaderMap, Method};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::{AbortMode, Fault, Shaping, Side, SyntheticResponse};
-use crate::rules::{Candidate, Release, Rule, RuleSet, Sticky};
+use crate::fault::{AbortMode, Fault, Shaping, Side, SyntheticResponse};
+use crate::rules::{fnv1a, Candidate, RuleSet, Sticky};
 
 /// What the planner looks at in a request.
 #[derive(Debug, Clone, Copy)]
@@ -26,21 +29,19 @@ pub struct RequestView<'a> {
     pub client_ip: &'a [u8],
 }
 
-/// What the request path must do for one request.
+/// What must happen to one request.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct Decision {
     /// Injected latency before the request is forwarded (latencies add up).
     pub delay: Duration,
     /// Injected latency after the upstream answered, before its headers go back.
     pub response_delay: Duration,
     /// How the response body is paced or cut.
     pub shaping: Shaping,
-    /// The rules that injected something, in evaluation order.
-    pub rules: Vec<Candidate>,
+    /// The rules that injected something, in evaluation order, as indices
+    /// into the upstream's rules in the snapshot ([`crate::rules::UpstreamRules::get`]).
+    pub fired: Vec<usize>,
     pub action: Action,
-    /// The kill switch: once cancelled, the request stops waiting and is
-    /// forwarded untouched.
-    pub release: Arc<Release>,
 }
 
 /// The step after the delay: forward, or the first terminal fault.
@@ -52,11 +53,11 @@ pub enum Action {
     Blackhole { max_hold: Duration },
 }
 
-/// Plans one request; `None` when no rule injects anything (the fast path).
-pub fn plan(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Option<Plan> {
+/// Decides for one request; `None` when no rule injects anything (the fast path).
+pub fn decide(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Option<Decision> {
     let candidates = rules.candidates(upstream)?;
-    let mut planned: Option<Plan> = None;
-    for candidate in candidates.for_path(request.path) {
+    let mut decided: Option<Decision> = None;
+    for (index, candidate) in candidates.for_path(request.path) {
         let rule = &candidate.rule;
         if !rule
             .matcher
@@ -64,43 +65,42 @@ pub fn plan(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Opti
         {
             continue;
         }
-        if !rule.counters.take_turn(rule.every) {
+        if !rule.counters.take_turn(rule.turns.every) {
             continue;
         }
-        let mut rng = needs_randomness(rule).then(|| {
+        let mut rng = needs_randomness(candidate).then(|| {
             let draw = rule.counters.draws.fetch_add(1, Ordering::Relaxed);
             stream(rules.seed(), rule.salt, draw)
         });
-        let hit = match sticky_key(rule, request) {
-            Some(key) => sticky_hits(rules.seed(), rule.salt, key, rule.probability()),
-            None => rng.as_mut().map_or(rule.probability() >= 1.0, |rng| {
-                hits(rule.probability(), rng)
+        let hit = match sticky_key(candidate, request) {
+            Some(key) => sticky_hits(rules.seed(), rule.salt, key, candidate.probability),
+            None => rng.as_mut().map_or(candidate.probability >= 1.0, |rng| {
+                hits(candidate.probability, rng)
             }),
         };
-        if !hit || !rule.counters.take_one(rule.times) {
+        if !hit || !rule.counters.take_one(rule.turns.times) {
             continue;
         }
-        let plan = planned.get_or_insert_with(|| Plan {
+        let decision = decided.get_or_insert_with(|| Decision {
             delay: Duration::ZERO,
             response_delay: Duration::ZERO,
             shaping: Shaping::default(),
-            rules: Vec::new(),
+            fired: Vec::new(),
             action: Action::Forward,
-            release: Arc::clone(rules.release()),
         });
-        plan.rules.push(candidate.clone());
+        decision.fired.push(index);
         let action = match &rule.fault {
             Fault::Latency { delay, side } => {
                 let delay = delay.sample(rng.as_mut());
                 let total = match side {
-                    Side::Request => &mut plan.delay,
-                    Side::Response => &mut plan.response_delay,
+                    Side::Request => &mut decision.delay,
+                    Side::Response => &mut decision.response_delay,
                 };
                 *total = total.saturating_add(delay);
                 continue;
             }
             Fault::Bandwidth { .. } | Fault::Dribble { .. } | Fault::Truncate { .. } => {
-                plan.shaping.add(&rule.fault);
+                decision.shaping.add(&rule.fault);
                 continue;
             }
             Fault::Respond(response) => Action::Respond(Arc::clone(response)),
@@ -111,25 +111,26 @@ pub fn plan(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Opti
             },
         };
         // The first terminal fault ends the evaluation.
-        plan.action = action;
+        decision.action = action;
         break;
     }
-    planned
+    decided
 }
 
 /// Whether deciding for this rule takes a random number: not for a sure
 /// hit with a fixed delay, the common case, which then touches no shared counter.
-fn needs_randomness(rule: &Rule) -> bool {
-    let p = rule.probability();
-    let random_delay = matches!(&rule.fault, Fault::Latency { delay, .. } if delay.is_random());
+fn needs_randomness(candidate: &Candidate) -> bool {
+    let p = candidate.probability;
+    let random_delay =
+        matches!(&candidate.rule.fault, Fault::Latency { delay, .. } if delay.is_random());
     // A sticky rule decides by its caller's hash, but falls back to a draw
     // for a request that lacks the sticky header.
     (p > 0.0 && p < 1.0) || random_delay
 }
 
 /// The value a sticky rule hashes, when the request has it.
-fn sticky_key<'a>(rule: &Rule, request: &RequestView<'a>) -> Option<&'a [u8]> {
-    match rule.sticky.as_ref()? {
+fn sticky_key<'a>(candidate: &Candidate, request: &RequestView<'a>) -> Option<&'a [u8]> {
+    match candidate.rule.sticky.as_ref()? {
         Sticky::Header(name) => request.headers.get(name).map(|v| v.as_bytes()),
         Sticky::ClientIp => Some(request.client_ip),
     }
@@ -137,9 +138,7 @@ fn sticky_key<'a>(rule: &Rule, request: &RequestView<'a>) -> Option<&'a [u8]> {
 
 /// A sticky decision: the same caller, seed and rule always decide the same.
 pub fn sticky_hits(seed: u64, salt: u64, key: &[u8], probability: f64) -> bool {
-    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = fnv1a(key);
     let unit = (splitmix64(seed ^ splitmix64(salt ^ hash)) >> 11) as f64 / (1u64 << 53) as f64;
     unit < probability
 }
@@ -171,43 +170,55 @@ fn splitmix64(mut x: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::collections::BTreeMap;
 
     use super::*;
-    use crate::config::UpstreamConfig;
     use crate::diagnostic::FieldPath;
-    use crate::fault::Delay;
-    use crate::rules::{RuleFile, RuleSource};
+    use crate::fault::{BodySource, Delay};
+    use crate::rules::{LiveRule, RuleSource, RuleSpec, UpstreamIdentity};
 
-    fn upstreams() -> Vec<UpstreamConfig> {
-        ["orders-use1", "orders-usw2"]
-            .iter()
-            .zip(["us-east-1", "us-west-2"])
-            .map(|(name, region)| UpstreamConfig {
-                name: (*name).into(),
-                scheme: http::uri::Scheme::HTTP,
-                authority: "127.0.0.1:1".parse().unwrap(),
-                host_header: http::HeaderValue::from_static("127.0.0.1:1"),
-                labels: [("region".to_owned(), region.to_owned())].into(),
-                listen: None,
-            })
-            .collect()
+    /// `[[rule]]` tables, validated: the planner needs no file, config or metrics.
+    #[derive(serde::Deserialize)]
+    struct Rules {
+        rule: Vec<RuleSpec>,
     }
 
     fn rule_set(text: &str, seed: u64) -> RuleSet {
-        let upstreams = upstreams();
-        let file: RuleFile = toml::from_str(text).unwrap();
-        let rules = file
+        let east: BTreeMap<String, String> = [("region".into(), "us-east-1".into())].into();
+        let west: BTreeMap<String, String> = [("region".into(), "us-west-2".into())].into();
+        let upstreams = [
+            UpstreamIdentity {
+                name: "orders-use1",
+                labels: &east,
+            },
+            UpstreamIdentity {
+                name: "orders-usw2",
+                labels: &west,
+            },
+        ];
+        let source = BodySource::inline();
+        let specs: Rules = toml::from_str(text).unwrap();
+        let rules = specs
             .rule
             .into_iter()
             .map(|spec| {
-                Arc::new(
-                    spec.validate(RuleSource::Api, Path::new("."), &[], &FieldPath::root())
-                        .unwrap(),
-                )
+                let rule = spec
+                    .validate(RuleSource::Api, source, &[], &FieldPath::root())
+                    .unwrap();
+                LiveRule::as_defined(Arc::new(rule))
             })
             .collect();
-        RuleSet::new(rules, &upstreams, seed, &crate::metrics::Metrics::new())
+        RuleSet::new(rules, upstreams, seed)
+    }
+
+    /// The names of the rules a decision fired, for upstream 0.
+    fn fired(rules: &RuleSet, decision: &Decision) -> Vec<String> {
+        let candidates = rules.candidates(0).unwrap();
+        decision
+            .fired
+            .iter()
+            .map(|&i| candidates.get(i).unwrap().rule.name().to_owned())
+            .collect()
     }
 
     fn view<'a>(path: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
@@ -219,8 +230,8 @@ mod tests {
         }
     }
 
-    fn plan_get(rules: &RuleSet, upstream: usize) -> Option<Plan> {
-        plan(rules, upstream, &view("/", &HeaderMap::new()))
+    fn plan_get(rules: &RuleSet, upstream: usize) -> Option<Decision> {
+        decide(rules, upstream, &view("/", &HeaderMap::new()))
     }
 
     const MIXED: &str = r#"
@@ -258,8 +269,7 @@ mode = "reset"
         let rules = rule_set(MIXED, 1);
         let plan = plan_get(&rules, 0).unwrap();
         assert_eq!(plan.delay, Duration::from_millis(150));
-        let names: Vec<&str> = plan.rules.iter().map(|c| c.rule.name()).collect();
-        assert_eq!(names, ["slow", "slower", "fail"]);
+        assert_eq!(fired(&rules, &plan), ["slow", "slower", "fail"]);
         assert!(matches!(plan.action, Action::Respond(ref r) if r.status == 503));
     }
 
@@ -273,8 +283,8 @@ mode = "reset"
             1,
         );
         let names = |path: &str| -> Vec<String> {
-            plan(&rules, 0, &view(path, &HeaderMap::new()))
-                .map(|p| p.rules.iter().map(|c| c.rule.name().to_owned()).collect())
+            decide(&rules, 0, &view(path, &HeaderMap::new()))
+                .map(|decision| fired(&rules, &decision))
                 .unwrap_or_default()
         };
         assert_eq!(names("/x/1"), ["a", "b", "c"]);

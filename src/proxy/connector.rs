@@ -1,0 +1,54 @@
+//! The upstream seam: the pipeline asks for "this request, sent to that
+//! upstream" and gets the upstream's response, whatever carries it.
+//!
+//! Each upstream has one [`Connector`], chosen from its config when the
+//! proxy starts. Today every upstream is plain HTTP/1.1 through the pooled
+//! [`UpstreamClient`]; a TLS or HTTP/2 connector is a new variant here and a
+//! new arm in [`Connectors::send`], and nothing else in the pipeline
+//! changes. An enum rather than a trait object: the hot path matches on it
+//! instead of boxing every request's future.
+
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use super::body::RequestBody;
+use super::pool::{UpstreamClient, UpstreamError};
+use crate::config::{ProxyConfig, UpstreamConfig};
+
+/// How requests reach one upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connector {
+    /// Plain HTTP/1.1 over pooled TCP connections.
+    Http1,
+}
+
+/// Every upstream's connector, by upstream index.
+pub(super) struct Connectors {
+    by_upstream: Vec<Connector>,
+    http1: UpstreamClient,
+}
+
+impl Connectors {
+    pub(super) fn new(upstreams: &[UpstreamConfig], settings: &ProxyConfig) -> Self {
+        Self {
+            by_upstream: upstreams.iter().map(|_| Connector::Http1).collect(),
+            http1: UpstreamClient::new(upstreams, settings),
+        }
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) to upstream `index`;
+    /// gives the response and the time it came. `now` is the time the caller
+    /// already read.
+    pub(super) async fn send(
+        &self,
+        index: usize,
+        request: Request<RequestBody>,
+        now: Instant,
+    ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
+        match self.by_upstream[index] {
+            Connector::Http1 => self.http1.send(index, request, now).await,
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The fault phases of the pipeline, named by when they run (as pingora
+//! names its `ProxyHttp` hooks): [`Proxy::before_upstream`] (delay, then
+//! answer, abort or hold), forward, [`Proxy::after_upstream`] (response
+//! latency), then [`Proxy::shape`] and [`Proxy::mark`] on the way back.
+//! Each phase takes the plan [`crate::plan::decide`] made and only sleeps,
+//! answers or drops: nothing here decides.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use super::body::{ReadAhead, Replayed, RequestBody, ResponseBody};
+use super::synthetic::{self, X_FAULTLINE_RULE};
+use super::{shape, ActiveFault, ByFault, Connection, Plan, Proxy, StreamAborted, Unanswered};
+use crate::control::HaltSignal;
+use crate::fault::AbortMode;
+use crate::plan::Action;
+use crate::server::Ending;
+
+/// How much of a request body an abort in `close` mode reads before closing,
+/// so the close is a clean FIN rather than an RST for unread data.
+const CLOSE_DRAIN_LIMIT: u64 = 1 << 20;
+const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
+/// How long `empty` and `garbage` aborts may take to read a whole request.
+const FULL_DRAIN_TIME: Duration = Duration::from_secs(10);
+/// How much of a blackholed request's body is kept while it is held, to be
+/// forwarded if the kill switch lets it out. Past this the body is still
+/// read, so a client that leaves is noticed, but thrown away: such a
+/// request can only be closed, not forwarded.
+const HOLD_KEEP_LIMIT: u64 = 1 << 20;
+
+/// What the phase before the upstream leaves to do.
+enum BeforeUpstream {
+    /// Send the request on (no terminal fault, or the kill switch let it go).
+    Forward(Request<RequestBody>),
+    /// The fault answered: this goes back instead of the upstream's response.
+    Answer(Response<ResponseBody>),
+}
+
+impl Proxy {
+    /// Runs a planned fault: before upstream, forward, after upstream.
+    pub(super) async fn inject(
+        &self,
+        plan: Plan,
+        conn: &Connection,
+        request: Request<Incoming>,
+        start: Instant,
+    ) -> Result<Response<ResponseBody>, Unanswered> {
+        let Plan {
+            decision,
+            snapshot,
+            upstream,
+        } = plan;
+        let candidates = snapshot.rules.candidates(upstream);
+        let fired = || {
+            decision
+                .fired
+                .iter()
+                .filter_map(move |&i| Some((i, candidates?.get(i)?)))
+        };
+        let Some(_active) = ActiveFault::enter(&self.active_faults, self.max_active_faults) else {
+            debug!("max_active_faults reached; request passes unharmed");
+            self.upstream_metrics[upstream].record_overflow();
+            // Not injected: the rules keep their `times` budget.
+            for (_, candidate) in fired() {
+                candidate
+                    .rule
+                    .counters
+                    .give_back(candidate.rule.turns.times);
+            }
+            return Ok(self
+                .forward_now(upstream, conn, request.map(RequestBody::from))
+                .await?);
+        };
+        // Counted when decided: a client that leaves mid-fault was still faulted.
+        for (i, candidate) in fired() {
+            snapshot.count_injected(upstream, i);
+            candidate.rule.counters.record_injected();
+        }
+        let halt = &snapshot.halt;
+        // HTTP/2 carries other requests on the same connection: fail only this stream.
+        let multiplexed = request.version() == Version::HTTP_2;
+        let response = match self
+            .before_upstream(
+                &decision.action,
+                decision.delay,
+                halt,
+                conn,
+                request,
+                start,
+                upstream,
+            )
+            .await?
+        {
+            BeforeUpstream::Answer(response) => response,
+            BeforeUpstream::Forward(request) => {
+                let response = self.forward_now(upstream, conn, request).await?;
+                self.after_upstream(decision.response_delay, halt).await;
+                response
+            }
+        };
+        if halt.is_halted() {
+            // Halted while waiting: the response goes back as it is.
+            return Ok(response);
+        }
+        let response = self.shape(response, &decision.shaping, multiplexed, conn, halt);
+        Ok(self.mark(response, fired().map(|(_, c)| &c.rule.name_header)))
+    }
+
+    /// Before the upstream: the injected delay, then the terminal fault.
+    #[allow(clippy::too_many_arguments)]
+    async fn before_upstream(
+        &self,
+        action: &Action,
+        delay: Duration,
+        halt: &HaltSignal,
+        conn: &Connection,
+        request: Request<Incoming>,
+        start: Instant,
+        upstream: usize,
+    ) -> Result<BeforeUpstream, Unanswered> {
+        if !delay.is_zero() {
+            sleep_unless_halted(delay, halt).await;
+        }
+        let multiplexed = request.version() == Version::HTTP_2;
+        if halt.is_halted() {
+            return Ok(BeforeUpstream::Forward(request.map(RequestBody::from)));
+        }
+        match action {
+            Action::Forward => Ok(BeforeUpstream::Forward(request.map(RequestBody::from))),
+            Action::Respond(response) => {
+                let mut response = synthetic::injected(response);
+                response.extensions_mut().insert(ByFault);
+                Ok(BeforeUpstream::Answer(response))
+            }
+            Action::Abort(_) if multiplexed => Err(StreamAborted.into()),
+            &Action::Abort(mode) => {
+                if mode != AbortMode::Reset {
+                    let (limit, time) = match mode {
+                        AbortMode::Close => (CLOSE_DRAIN_LIMIT, CLOSE_DRAIN_TIME),
+                        AbortMode::Reset | AbortMode::Empty | AbortMode::Garbage => {
+                            (u64::MAX, FULL_DRAIN_TIME)
+                        }
+                    };
+                    let (parts, body) = request.into_parts();
+                    let mut read = Box::new(Replayed::new(body));
+                    if drain(&mut read, limit, time, halt).await && read.is_whole() {
+                        let request = Request::from_parts(parts, RequestBody::Replayed(read));
+                        return Ok(BeforeUpstream::Forward(request));
+                    }
+                    self.record_unanswered(upstream, &parts.method, start);
+                } else {
+                    self.record_unanswered(upstream, request.method(), start);
+                }
+                conn.info.control.abort(ending(mode));
+                // Never completes: the connection task sees the abort and
+                // drops the connection, and this request's future with it.
+                std::future::pending().await
+            }
+            &Action::Blackhole { max_hold } => {
+                let (parts, body) = request.into_parts();
+                let mut held = Box::new(Replayed::new(body));
+                if hold(&mut held, max_hold, halt).await == Held::Halted && held.is_whole() {
+                    let request = Request::from_parts(parts, RequestBody::Replayed(held));
+                    return Ok(BeforeUpstream::Forward(request));
+                }
+                if multiplexed {
+                    return Err(StreamAborted.into());
+                }
+                self.record_unanswered(upstream, &parts.method, start);
+                conn.info.control.abort(Ending::Close);
+                // Never completes: the connection task drops it with the connection.
+                std::future::pending().await
+            }
+        }
+    }
+
+    /// After the upstream answered: its headers wait out a response-side latency.
+    async fn after_upstream(&self, response_delay: Duration, halt: &HaltSignal) {
+        if !response_delay.is_zero() {
+            sleep_unless_halted(response_delay, halt).await;
+        }
+    }
+
+    /// On the way back: body-shaping faults wrap the response body.
+    fn shape(
+        &self,
+        response: Response<ResponseBody>,
+        shaping: &crate::fault::Shaping,
+        multiplexed: bool,
+        conn: &Connection,
+        halt: &Arc<HaltSignal>,
+    ) -> Response<ResponseBody> {
+        if shaping.is_none() {
+            return response;
+        }
+        // On HTTP/2 a cut fails the stream, never the shared connection.
+        let control = (!multiplexed).then(|| Arc::clone(&conn.info.control));
+        response.map(|body| {
+            ResponseBody::Shaped(Box::new(shape::ShapedBody::new(
+                body,
+                *shaping,
+                control,
+                Arc::clone(halt),
+            )))
+        })
+    }
+
+    /// On the way back: one `x-faultline-rule` per rule that acted.
+    fn mark<'a>(
+        &self,
+        mut response: Response<ResponseBody>,
+        rules: impl Iterator<Item = &'a http::HeaderValue>,
+    ) -> Response<ResponseBody> {
+        if self.mark_faults {
+            for name in rules {
+                response
+                    .headers_mut()
+                    .append(X_FAULTLINE_RULE.clone(), name.clone());
+            }
+        }
+        response
+    }
+}
+
+/// How an injected abort ends the connection.
+pub(super) fn ending(mode: AbortMode) -> Ending {
+    match mode {
+        AbortMode::Reset => Ending::Reset,
+        // `empty` has read the whole request: a FIN says no response comes.
+        AbortMode::Close | AbortMode::Empty => Ending::Close,
+        AbortMode::Garbage => Ending::Garbage,
+    }
+}
+
+/// Reads a request body before an abort, up to `limit` bytes and `time`,
+/// keeping what a halt would forward. `true` when the kill switch fired
+/// meanwhile.
+async fn drain(body: &mut Replayed, limit: u64, time: Duration, halt: &HaltSignal) -> bool {
+    let read = async {
+        loop {
+            match body.read_ahead().await {
+                ReadAhead::More if body.buffered() > limit => return,
+                ReadAhead::More if body.buffered() > HOLD_KEEP_LIMIT => body.discard(),
+                ReadAhead::More => {}
+                ReadAhead::Ended | ReadAhead::Failed => return,
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        () = halt.halted() => true,
+        () = read => false,
+        () = tokio::time::sleep(time) => false,
+    }
+}
+
+/// Sleeps for `delay`, or until the kill switch lets the request go.
+async fn sleep_unless_halted(delay: Duration, halt: &HaltSignal) {
+    tokio::select! {
+        biased;
+        () = halt.halted() => {}
+        () = tokio::time::sleep(delay) => {}
+    }
+}
+
+/// How a blackhole hold ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// `max_hold` passed.
+    Expired,
+    /// The body broke off: the client is gone.
+    ClientLeft,
+    /// The kill switch let the request out.
+    Halted,
+}
+
+/// Holds a blackholed request for `max_hold`, reading its body ahead all
+/// the while, so that hyper notices a client that leaves, and so the body
+/// can still be forwarded if the kill switch lets the request out.
+async fn hold(body: &mut Replayed, max_hold: Duration, halt: &HaltSignal) -> Held {
+    let read = async {
+        loop {
+            match body.read_ahead().await {
+                ReadAhead::More if body.buffered() > HOLD_KEEP_LIMIT => body.discard(),
+                ReadAhead::More => {}
+                ReadAhead::Failed => return Held::ClientLeft,
+                ReadAhead::Ended => std::future::pending().await,
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        () = halt.halted() => Held::Halted,
+        held = read => held,
+        () = tokio::time::sleep(max_hold) => Held::Expired,
+    }
+}
