@@ -643,9 +643,11 @@ impl Control {
         let timer = tokio::runtime::Handle::try_current().ok().map(|runtime| {
             let me = self.me.clone();
             let name = name.to_owned();
+            // Due from now, not from when the timer's task first runs.
+            let due = tokio::time::Instant::now() + ttl;
             runtime
                 .spawn(async move {
-                    tokio::time::sleep(ttl).await;
+                    tokio::time::sleep_until(due).await;
                     if let Some(control) = me.upgrade() {
                         control.expire(&name, id);
                     }
@@ -891,5 +893,136 @@ mod tests {
         fixture.control.halt("test");
         assert!(before.halt.is_halted());
         assert!(!fixture.snapshot().halt.is_halted());
+    }
+
+    #[test]
+    fn the_reload_merge_keeps_unchanged_entries_and_counts_of_changed_ones() {
+        let fixture = Fixture::new(&format!("{}{}", rule("kept", ""), rule("edited", "")));
+        fixture.published("edited").rule.counters.record_injected();
+        let dir = fixture.dir.path();
+        let source = |text: String| RuleText {
+            path: dir.join("rules.toml"),
+            text,
+        };
+        let book = book::load_sources(
+            &[source(format!(
+                "{}{}{}",
+                rule("kept", ""),
+                rule("edited", "probability = 0.5"),
+                rule("new", "")
+            ))],
+            &["orders"],
+        )
+        .unwrap();
+        let entries = std::mem::take(&mut fixture.control.lock().entries);
+        let (merged, summary) = merge(entries, book.rules);
+        assert_eq!(summary.unchanged, 1);
+        assert_eq!(summary.changed, ["edited"]);
+        assert_eq!(summary.added, ["new"]);
+        assert!(summary.removed.is_empty());
+        assert_eq!(summary.rules, 3);
+        let names: Vec<&str> = merged.iter().map(Entry::name).collect();
+        assert_eq!(names, ["kept", "edited", "new"]);
+        assert_eq!(merged[1].rule.counters.injected(), 1);
+        assert_eq!(merged[1].rule.probability, 0.5);
+
+        let (merged, summary) = merge(merged, Vec::new());
+        assert!(merged.is_empty());
+        assert_eq!(summary.removed, ["edited", "kept", "new"]);
+    }
+
+    /// Lets every task that is due run, without moving the paused clock.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn ttl(ttl: Duration) -> Change {
+        Change {
+            enabled: Some(true),
+            ttl: Some(Some(ttl)),
+            ..Change::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ttl_turns_the_rule_off_when_it_runs_out_and_not_before() {
+        let fixture = Fixture::new(&rule("flaky", "enabled = false"));
+        fixture
+            .control
+            .change("flaky", ttl(Duration::from_secs(600)), "test")
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(600) - Duration::from_millis(1)).await;
+        settle().await;
+        assert!(fixture.view("flaky").enabled, "expired early");
+        assert!(fixture.published("flaky").enabled);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        assert!(!fixture.view("flaky").enabled, "did not expire on time");
+        assert!(!fixture.published("flaky").enabled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newer_ttl_supersedes_the_older_one() {
+        let fixture = Fixture::new(&rule("flaky", "enabled = false"));
+        let control = &fixture.control;
+        control
+            .change("flaky", ttl(Duration::from_secs(60)), "test")
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        control
+            .change("flaky", ttl(Duration::from_secs(60)), "test")
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(31)).await;
+        settle().await;
+        assert!(fixture.view("flaky").enabled, "the superseded timer fired");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        settle().await;
+        assert!(!fixture.view("flaky").enabled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scenario_steps_apply_at_their_offsets_divided_by_the_speed() {
+        let rules = format!(
+            "{}{}[[scenario]]\nname = \"outage\"\nduration = \"4h\"\n\
+             [[scenario.step]]\nat = \"0s\"\nenable = [\"first\"]\n\
+             [[scenario.step]]\nat = \"1h\"\nenable = [\"second\"]\n\
+             [[scenario.step]]\nat = \"2h\"\ndisable = [\"first\"]\n",
+            rule("first", "enabled = false"),
+            rule("second", "enabled = false"),
+        );
+        let fixture = Fixture::new(&rules);
+        let enabled = |name: &str| fixture.published(name).enabled;
+        // Played ten times faster: a step at 1h is due after 6 minutes.
+        fixture
+            .control
+            .start_scenario("outage", 10.0, "test")
+            .unwrap();
+        assert!(enabled("first"), "the step at 0s applies at once");
+        assert!(!enabled("second"));
+
+        tokio::time::advance(Duration::from_secs(360) - Duration::from_millis(1)).await;
+        settle().await;
+        assert!(!enabled("second"), "the 1h step applied early");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        assert!(enabled("second"), "the 1h step did not apply on time");
+
+        tokio::time::advance(Duration::from_secs(360)).await;
+        settle().await;
+        assert!(!enabled("first"), "the 2h step did not apply on time");
+
+        // The run ends at 4h / 10 = 24 minutes, and its changes are undone.
+        tokio::time::advance(Duration::from_secs(720) - Duration::from_millis(1)).await;
+        settle().await;
+        assert_eq!(fixture.control.scenario("outage").unwrap().state, "running");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        assert_ne!(fixture.control.scenario("outage").unwrap().state, "running");
+        assert!(
+            !enabled("first") && !enabled("second"),
+            "the run's changes were not undone"
+        );
     }
 }

@@ -197,12 +197,15 @@ impl Control {
         state.next_run += 1;
         let id = state.next_run;
         let stop = CancellationToken::new();
+        // Read from tokio's clock: steps are due on it, and a test that
+        // pauses it plays a whole run in no real time.
+        let started = tokio::time::Instant::now();
         let run = Run {
             id,
             scenario: Arc::clone(&scenario),
             speed,
             state: RunState::Running,
-            started: Instant::now(),
+            started: started.into_std(),
             started_at: SystemTime::now(),
             ended_at: None,
             reason: None,
@@ -212,7 +215,6 @@ impl Control {
             end_mark: None,
             stop: stop.clone(),
         };
-        let started = tokio::time::Instant::from_std(run.started);
         state.runs.insert(name.to_owned(), run);
         let metrics = self.metrics();
         metrics.set_scenario(name, true, None);
