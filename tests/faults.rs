@@ -341,7 +341,11 @@ async fn on_http2_an_abort_fails_only_its_own_stream() {
             .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // On the connection before the streams that fail: the upstream has it.
+    wait_until("the slow request to reach the upstream", async || {
+        upstream.requests() == 1
+    })
+    .await;
     for path in ["/rst", "/hole"] {
         let result = client
             .request(Request::get(format!("{url}{path}")).body(empty()).unwrap())
@@ -373,7 +377,7 @@ async fn shutdown_drops_what_the_grace_period_did_not_finish() {
     )
     .await;
     let held = tokio::spawn(raw_get(proxy.addr("edge"), "/"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.until_injected("hole", 1).await;
     let start = Instant::now();
     proxy.shutdown().await;
     let (_, received) = tokio::time::timeout(Duration::from_secs(3), held)
