@@ -295,7 +295,8 @@ async fn halt_releases_a_request_already_waiting_in_a_30s_delay() {
         let reply = get(&url).await;
         (reply, Instant::now())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Inside the delay: the rule counted it, the upstream has not seen it.
+    proxy.until_injected("slow", 1).await;
     assert_eq!(upstream.requests(), 0, "the delay did not hold the request");
 
     let halted = proxy.admin("POST", "/api/halt", None).await;
@@ -364,7 +365,12 @@ async fn halt_forwards_a_blackholed_upload_whole() {
         let request = Request::post(url).body(full("the upload")).unwrap();
         send(&client(), request).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.until_injected("hole", 1).await;
+    assert_eq!(
+        upstream.requests(),
+        0,
+        "the blackhole did not hold the request"
+    );
     proxy.admin("POST", "/api/halt", None).await;
     let reply = tokio::time::timeout(Duration::from_secs(2), held)
         .await
@@ -627,7 +633,15 @@ async fn halt_forwards_a_request_an_abort_was_still_reading() {
         .write_all(b"POST /echo HTTP/1.1\r\nhost: test\r\ncontent-length: 10\r\nconnection: close\r\n\r\nhello")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The abort holds the request, reading its body. Had the rule not
+    // fired, the request would wait upstream for the rest of its body, and
+    // the test would pass all the same.
+    proxy.until_injected("hang-up", 1).await;
+    assert_eq!(
+        upstream.requests(),
+        0,
+        "the request went upstream unfaulted"
+    );
     proxy.admin("POST", "/api/halt", None).await;
     stream.write_all(b"world").await.unwrap();
     let mut response = String::new();

@@ -205,15 +205,23 @@ async fn shutdown_stops_accepting_and_drains_in_flight_requests() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, port) = run_binary(&upstream, dir.path()).await;
 
-    let in_flight = tokio::spawn(get_owned(format!("http://127.0.0.1:{port}/sleep/1500")));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let in_flight = tokio::spawn(get_owned(format!("http://127.0.0.1:{port}/sleep/3000")));
+    wait_until("the request to reach the upstream", async || {
+        upstream.requests() == 1
+    })
+    .await;
     terminate(&child);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
+    wait_until("new connections to be refused", async || {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
-            .is_err(),
-        "new connections must be refused once shutdown starts"
+            .is_err()
+    })
+    .await;
+    // Refused while the request is still in flight: the listener closed
+    // when shutdown started, not when the process exited.
+    assert!(
+        !in_flight.is_finished(),
+        "the listener stayed open until the in-flight request finished"
     );
     let reply = in_flight.await.unwrap();
     assert_eq!(reply.status, 200, "the in-flight request must finish");

@@ -5,6 +5,8 @@
 mod support;
 
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -213,20 +215,26 @@ async fn ctl_starts_follows_and_reports_a_scenario() {
     assert!(list.contains("blip"), "{list}");
     assert!(list.contains("idle"), "{list}");
 
-    // Traffic while the run plays, so the report has something to show.
+    // Traffic for as long as the run plays, so the report has something
+    // to show; the sleep only paces it.
     let url = proxy.url("edge");
-    let traffic = tokio::spawn(async move {
-        let mut codes = Vec::new();
-        for _ in 0..20 {
-            codes.push(get(&url).await.status.as_u16());
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let done = Arc::clone(&done);
+        async move {
+            let mut codes = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                codes.push(get(&url).await.status.as_u16());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            codes
         }
-        codes
     });
     let args = [
         "--admin", &admin, "scenario", "start", "blip", "--speed", "600", "--follow",
     ];
     let out = assert_ok(&ctl(&args, None).await);
+    done.store(true, Ordering::Relaxed);
     assert!(out.contains("blip: running"), "{out}");
     assert!(out.contains("completed"), "{out}");
     assert!(out.contains("STEP"), "{out}");

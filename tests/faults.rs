@@ -250,9 +250,14 @@ async fn a_client_leaving_an_injected_delay_frees_everything() {
         .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.until_injected("slow", 1).await;
     drop(stream);
-    // Had the request survived its client, it would reach the upstream after the delay.
+    // The proxy saw the client leave: it dropped the request.
+    proxy.until_no_request_in_flight("edge").await;
+    // A negative check, so a sleep: had the request survived its client
+    // (say, in a task of its own), it would reach the upstream when the
+    // delay ends, at most 700 ms from now. The request was inside the delay
+    // before the client left, so this cannot pass by accident.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
         upstream.requests(),
@@ -278,9 +283,10 @@ async fn assert_leaving_frees_the_blackhole(request: &[u8]) {
     let proxy = TestProxy::start(&edge_config(&[&upstream], "max_active_faults = 1"), &rules).await;
     let mut stream = TcpStream::connect(proxy.addr("edge")).await.unwrap();
     stream.write_all(request).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.until_injected("hole", 1).await;
     drop(stream);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The proxy saw the client leave: it dropped the held request.
+    proxy.until_no_request_in_flight("edge").await;
     let reply = get(&format!("{}/other", proxy.url("edge"))).await;
     assert_eq!(
         reply.header("x-faultline-rule"),
@@ -335,7 +341,11 @@ async fn on_http2_an_abort_fails_only_its_own_stream() {
             .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // On the connection before the streams that fail: the upstream has it.
+    wait_until("the slow request to reach the upstream", async || {
+        upstream.requests() == 1
+    })
+    .await;
     for path in ["/rst", "/hole"] {
         let result = client
             .request(Request::get(format!("{url}{path}")).body(empty()).unwrap())
@@ -367,7 +377,7 @@ async fn shutdown_drops_what_the_grace_period_did_not_finish() {
     )
     .await;
     let held = tokio::spawn(raw_get(proxy.addr("edge"), "/"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.until_injected("hole", 1).await;
     let start = Instant::now();
     proxy.shutdown().await;
     let (_, received) = tokio::time::timeout(Duration::from_secs(3), held)

@@ -312,11 +312,13 @@ async fn refuse_closes_the_dedicated_port_and_reopens_it() {
     let upstream = TestUpstream::start("orders-use1").await;
     let proxy = TestProxy::start(&refuse_config(&upstream), REFUSE).await;
     let addr = proxy.running().upstream_addr("orders-use1").unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let error = TcpStream::connect(addr)
-        .await
-        .expect_err("the port must refuse");
-    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+    // The port closes once the rule snapshot is seen, just after start.
+    wait_until("the dedicated port to refuse", async || {
+        TcpStream::connect(addr)
+            .await
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+    .await;
 
     // The rule turns off: the port accepts again within 100 ms.
     let off = Instant::now();
@@ -348,8 +350,12 @@ async fn refuse_closes_the_dedicated_port_and_reopens_it() {
         .expect("the open connection must end")
         .expect_err("with a reset");
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(TcpStream::connect(addr).await.is_err());
+    wait_until("the dedicated port to refuse again", async || {
+        TcpStream::connect(addr)
+            .await
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -387,13 +393,14 @@ async fn requests_let_through_by_the_cap_keep_the_times_budget() {
     held.write_all(b"GET /hole HTTP/1.1\r\nhost: t\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.until_injected("hole", 1).await;
     let url = format!("{}/t", proxy.url("edge"));
     for _ in 0..3 {
         assert_eq!(get(&url).await.status, 200, "the cap lets it pass");
     }
     drop(held);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The proxy saw the client leave: the slot is free again.
+    proxy.until_no_request_in_flight("edge").await;
     let seen: Vec<u16> = {
         let mut seen = Vec::new();
         for _ in 0..3 {

@@ -333,7 +333,7 @@ async fn the_blast_radius_cap_lets_requests_pass_and_counts_them() {
     tokio::io::AsyncWriteExt::write_all(&mut held, b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.until_injected("hole", 1).await;
     // …so the next ones pass unharmed, and are counted.
     for _ in 0..3 {
         assert_eq!(get(&proxy.url("edge")).await.status, 200);

@@ -41,7 +41,10 @@ async fn a_streamed_response_gives_its_connection_back_once_read() {
     for path in ["/bytes/4194304", "/chunked/4194304", "/hello", "/hello"] {
         let reply = get_on(&client, format!("{}{path}", proxy.url("edge"))).await;
         assert_eq!(reply.status, 200, "{path}");
-        // The body is read; give the pool a moment to take the connection back.
+        // The body is read; the pool takes the connection back from a task
+        // of its own, and shows no state a test can wait on, so this gives it
+        // a moment. A wait cannot hide a leak: a connection never given
+        // back makes the next request dial, and the count below fail.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(east.connections(), 1);
@@ -109,7 +112,10 @@ async fn an_upstream_that_closes_idle_connections_loses_no_request() {
     for _ in 0..5 {
         let reply = get_on(&client, proxy.url("edge")).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
-        // Past the upstream's own keep-alive timeout.
+        // The time passing is the test: idle past the upstream's own
+        // keep-alive timeout (50 ms), and long enough for the proxy to see
+        // the close (a request racing the close in flight is a different
+        // case). Five connections below prove each idle one was ended.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(upstream.connections(), 5);
@@ -155,6 +161,8 @@ async fn idle_connections_stay_open_within_pool_idle_timeout() {
     let upstream = RawUpstream::start(Ending::KeepAlive).await;
     let proxy = TestProxy::start(&raw_config(upstream.addr, ""), "").await;
     assert_eq!(get(&proxy.url("edge")).await.status, 200);
+    // The time passing is the test: idle for a while, well within the
+    // default timeout; the checks below say the connection stayed.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(get(&proxy.url("edge")).await.status, 200);
     assert_eq!(upstream.closed_by_proxy(), 0);
@@ -169,7 +177,9 @@ async fn upstream_timeout_holds_on_a_reused_connection() {
     let at = |path: &str| get_on(&client, format!("{}{path}", proxy.url("edge")));
     assert_eq!(at("/sleep/1").await.status, 200);
     // Idle for longer than the timeout: each request gets a deadline of
-    // its own, not one counted from the connection's last use.
+    // its own, not one counted from the connection's last use. The time
+    // passing is the test; the two connections counted below say the idle
+    // one was reused.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let reply = at("/sleep/50").await;
     assert_eq!(reply.status, 200, "{}", reply.text());

@@ -334,6 +334,39 @@ impl TestProxy {
         self.running().listener_addr(listener).unwrap()
     }
 
+    /// Rule `name`'s `injected` count, from `GET /api/rules/NAME`.
+    pub async fn injected(&self, name: &str) -> u64 {
+        let reply = self.admin("GET", &format!("/api/rules/{name}"), None).await;
+        let rule: serde_json::Value = serde_json::from_slice(&reply.body)
+            .unwrap_or_else(|e| panic!("GET /api/rules/{name}: {e}: {}", reply.text()));
+        rule["injected"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no injected count: {rule}"))
+    }
+
+    /// Waits until rule `name` has injected `n` faults: a request sent
+    /// before is inside its fault now (counted when decided).
+    pub async fn until_injected(&self, name: &str, n: u64) {
+        let what = format!("rule {name} to inject {n} faults");
+        wait_until(&what, async || self.injected(name).await >= n).await;
+    }
+
+    /// One series of `/metrics`, written as exposed (`name{label="v"}`).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = get(&format!("{}/metrics", self.admin_url())).await.text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| value.parse().unwrap())
+    }
+
+    /// Waits until no request is in flight on `listener`: the proxy has
+    /// answered, or dropped, every request it read there.
+    pub async fn until_no_request_in_flight(&self, listener: &str) {
+        let series = format!("faultline_inflight_requests{{listener=\"{listener}\"}}");
+        let what = format!("{series} to fall to 0");
+        wait_until(&what, async || self.metric(&series).await == Some(0.0)).await;
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
@@ -376,6 +409,22 @@ pub fn edge_config(upstreams: &[&TestUpstream], extra_proxy: &str) -> String {
         upstreams[0].name
     ));
     text
+}
+
+// ---------------------------------------------------------------------------
+// Waiting on state, never on a fixed sleep.
+
+/// Polls `check` until it holds; panics saying what it waited for after
+/// 10 s, loose enough for a loaded 2-core machine.
+pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 10 s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------
