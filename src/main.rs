@@ -183,10 +183,15 @@ fn check(config_path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(problems) => {
+            // On the same stream as the problems, so that every line stays
+            // whole however the two streams are merged.
             for problem in &problems {
                 println!("{problem}");
             }
-            eprintln!("{} problem(s) found", problems.len());
+            match problems.len() {
+                1 => println!("1 problem found"),
+                n => println!("{n} problems found"),
+            }
             ExitCode::FAILURE
         }
     }

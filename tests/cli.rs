@@ -112,6 +112,7 @@ fn check_prints_every_problem_with_its_position() {
             "rules/b.toml:2:1: error: rule \"throttle\" is defined twice; first at rules/a.toml:2:1",
             "rules/b.toml:11:1: error: rule[1].fault.delay: rule \"slow\": invalid duration \"soon\" (expected number at 0); expected a value like \"250ms\", \"1.5s\" or \"3h45m\"",
             "rules/c.toml:3:1: error: rule \"typo\": unknown field `enabeld`, expected one of `name`, `description`, `enabled`, `probability`, `match`, `fault`, `times`, `every`, `sticky`",
+            "5 problems found",
         ],
         "{stdout}"
     );
@@ -127,8 +128,82 @@ fn check_reports_config_problems_at_their_line() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "faultline.toml:12:1: error: route[0].upstream: route 0 names upstream \"orders\", which is not defined (known: orders-use1)\n"
+        "faultline.toml:12:1: error: route[0].upstream: route 0 names upstream \"orders\", which is not defined (known: orders-use1)\n1 problem found\n"
     );
+}
+
+#[test]
+fn check_names_the_scenario_a_schema_error_is_in() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "faultline.toml", CONFIG);
+    write(
+        dir.path(),
+        "rules/a.toml",
+        "[[rule]]\nname = \"r1\"\n[rule.fault]\nkind = \"latency\"\ndelay = \"1s\"\n\n[[scenario]]\nname = \"s1\"\nduration = \"1m\"\nbogus = 1\n[[scenario.step]]\nat = \"0s\"\nenable = [\"r1\"]\n",
+    );
+    let out = faultline(&["check"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "rules/a.toml:10:1: error: scenario \"s1\": unknown field `bogus`, expected one of `name`, `description`, `duration`, `step`, `guard`\n1 problem found\n"
+    );
+}
+
+#[test]
+fn check_refuses_a_body_file_that_is_a_fifo_or_too_large_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "faultline.toml", CONFIG);
+    let fifo = dir.path().join("rules/pipe.json");
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::write(dir.path().join("rules/big.json"), vec![b' '; (1 << 20) + 1]).unwrap();
+    let rule = |name: &str, file: &str| {
+        format!("[[rule]]\nname = \"{name}\"\n[rule.fault]\nkind = \"error\"\nstatus = 503\nbody_file = \"{file}\"\n")
+    };
+    write(
+        dir.path(),
+        "rules/a.toml",
+        &format!("{}{}", rule("piped", "pipe.json"), rule("big", "big.json")),
+    );
+    // A FIFO opened for reading would block until a writer came: `check` must not.
+    let mut child = Command::new(BIN)
+        .arg("check")
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("`faultline check` hangs on a FIFO body_file");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].starts_with(
+            "rules/a.toml:6:1: error: rule[0].fault.body_file: rule \"piped\": body_file "
+        ) && lines[0].ends_with("pipe.json\" is not a regular file"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with(
+            "rules/a.toml:12:1: error: rule[1].fault.body_file: rule \"big\": body_file "
+        ) && lines[1]
+            .ends_with("big.json\" is larger than 1024 KiB, the most a body_file may hold"),
+        "{stdout}"
+    );
+    assert_eq!(lines[2], "2 problems found");
 }
 
 #[test]
@@ -403,6 +478,7 @@ fn check_validates_scenarios_against_the_rules() {
         [
             "rules/outage.toml:6:19: error: scenario[0].step[0].enable[1]: scenario \"outage\": no rule file defines a rule named \"fast\"",
             "rules/outage.toml:8:1: error: scenario[0].step[1].at: scenario \"outage\": at = \"2h\" is not before the end of the scenario (1h)",
+            "2 problems found",
         ]
     );
 }
