@@ -195,3 +195,31 @@ async fn the_upstream_sees_forwarding_headers_and_its_own_host() {
         assert!(!seen.headers.contains_key(hop), "{hop} was forwarded");
     }
 }
+
+#[tokio::test]
+async fn faultline_headers_belong_to_faultline_alone() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let proxy = TestProxy::start(&edge_config(&[&upstream], ""), "").await;
+    let request = Request::get(format!("{}/hello", proxy.url("edge")))
+        .header("x-faultline-rule", "forged-by-client")
+        .header("x-faultline-error", "forged-by-client")
+        .body(empty())
+        .unwrap();
+    let reply = send(&client(), request).await;
+    assert_eq!(reply.status, 200);
+    let seen = upstream.last_seen();
+    assert!(
+        !seen
+            .headers
+            .keys()
+            .any(|k| k.as_str().starts_with("x-faultline-")),
+        "a client's x-faultline-* headers reached the upstream: {:?}",
+        seen.headers
+    );
+
+    let reply = get(&format!("{}/forged-marks", proxy.url("edge"))).await;
+    assert_eq!(reply.status, 504, "the upstream's own status comes back");
+    assert_eq!(reply.header("x-faultline-error"), None);
+    assert_eq!(reply.header("x-faultline-rule"), None);
+    assert_eq!(reply.text(), "the upstream's own 504");
+}

@@ -87,7 +87,10 @@ fn append_to_list(existing: &HeaderValue, addition: &HeaderValue) -> HeaderValue
 }
 
 /// Removes the headers that concern one connection only (RFC 9110 §7.6.1),
-/// including any named in `Connection`.
+/// including any named in `Connection`, and every `x-faultline-*` header:
+/// those are faultline's own marks, so a client's never reaches the
+/// upstream and an upstream's never reaches the client looking like one
+/// faultline made.
 ///
 /// Runs on every request and response, most of which carry no hop-by-hop
 /// header or only `connection: keep-alive`: one pass over the names finds
@@ -101,6 +104,16 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     if present & hop_by_hop_bit(&header::CONNECTION) != 0 {
         remove_connection_named(headers);
+    }
+    if present & OWNED_BIT != 0 {
+        let owned: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| is_owned(name))
+            .cloned()
+            .collect();
+        for name in owned {
+            headers.remove(name);
+        }
     }
     for (at, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << at) != 0 {
@@ -155,8 +168,17 @@ fn hop_by_hop_bit(name: &HeaderName) -> u16 {
         "upgrade" => 1 << 6,
         "proxy-authenticate" => 1 << 7,
         "proxy-authorization" => 1 << 8,
+        _ if is_owned(name) => OWNED_BIT,
         _ => 0,
     }
+}
+
+/// The bit of the `x-faultline-*` headers in [`hop_by_hop_bit`].
+const OWNED_BIT: u16 = 1 << 15;
+
+/// Whether faultline owns the header: `x-faultline-*` marks only it sets.
+fn is_owned(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-faultline-")
 }
 
 /// Headers that concern one connection only, in the order of their bits
@@ -211,6 +233,21 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn faultline_headers_are_faultlines_alone() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-faultline-error",
+            HeaderValue::from_static("upstream_timeout"),
+        );
+        headers.insert("x-faultline-rule", HeaderValue::from_static("not-mine"));
+        headers.insert("x-faultline", HeaderValue::from_static("kept"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-faultline", "x-kept"]);
     }
 
     #[test]

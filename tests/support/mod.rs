@@ -175,6 +175,14 @@ async fn upstream_answer(
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Response::new(Full::from("slept").boxed())
         }
+        // An upstream that sends faultline's own marks (another proxy's,
+        // or a forgery): the proxy must not pass them off as its own.
+        "forged-marks" => Response::builder()
+            .status(504)
+            .header("x-faultline-error", "upstream_timeout")
+            .header("x-faultline-rule", "forged")
+            .body(Full::from("the upstream's own 504").boxed())
+            .unwrap(),
         "status" => {
             let code: u16 = arg.parse().unwrap_or(500);
             Response::builder()
