@@ -662,6 +662,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> AdminRe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// A failure's status, `error`, `field` and `message`.
     fn answer(failure: &Failure) -> (u16, &str, Option<&str>, &str) {
@@ -859,5 +860,104 @@ mod tests {
         let failure = new_rule(r#"{"name":"x","fault":{"kind":"latency","delay":1e400}}"#)
             .expect_err("out of range");
         assert_eq!(answer(&failure).0, 400);
+    }
+
+    /// What any body gives when it is refused: a `400` with a code and a message.
+    fn assert_refusal(failure: &Failure) {
+        let (status, code, _, message) = answer(failure);
+        assert_eq!(status, 400, "{}", failure.body);
+        assert!(!code.is_empty() && !message.is_empty(), "{}", failure.body);
+    }
+
+    /// Parses `bytes` as every admin body; each is a value or a refusal.
+    fn every_body(bytes: &[u8]) {
+        let results = [
+            parse::<NewRule>(bytes).and_then(NewRule::into_parts).err(),
+            parse::<RulePatch>(bytes)
+                .and_then(RulePatch::into_change)
+                .err(),
+            parse::<Enable>(bytes).err(),
+            parse::<Start>(bytes).err(),
+            parse::<NoFields>(bytes).err(),
+        ];
+        for failure in results.iter().flatten() {
+            assert_refusal(failure);
+        }
+    }
+
+    /// Keys the bodies and the rule schema know, and others.
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(vec![
+                "name", "ttl", "enabled", "probability", "speed", "description", "match",
+                "fault", "kind", "status", "path", "upstreams", "headers", "body", "delay",
+                "mode", "rate", "preset", "times", "every", "sticky", "chunks", "over",
+            ])
+            .prop_map(str::to_owned),
+            1 => ".{0,8}",
+        ]
+    }
+
+    /// JSON values that come near the schemas: durations, fault kinds,
+    /// numbers of every JSON kind, nested objects with known keys.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            (0.0..=1.0f64).prop_map(Value::from),
+            prop::sample::select(vec![
+                "5m",
+                "1.5s",
+                "250ms",
+                "soon",
+                "",
+                "error",
+                "abort",
+                "latency",
+                "reset",
+                "aws.throttling",
+                "/tea",
+                "header:x-user",
+                "64KiB/s",
+            ])
+            .prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec((key(), inner), 0..6)
+                    .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_give_a_value_or_a_refusal(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            every_body(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_objects_give_a_value_or_a_refusal(
+            fields in prop::collection::vec((key(), json_value()), 0..8),
+        ) {
+            let body = Value::Object(fields.into_iter().collect());
+            every_body(&serde_json::to_vec(&body).unwrap());
+        }
+
+        #[test]
+        fn arbitrary_json_gives_a_value_or_a_refusal(value in json_value(), cut in any::<prop::sample::Index>()) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            every_body(&bytes);
+            // And the same document cut short.
+            every_body(&bytes[..cut.index(bytes.len() + 1)]);
+        }
     }
 }
