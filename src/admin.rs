@@ -28,10 +28,17 @@
 //! disabled rule, a scenario already running or driving the same rule, a
 //! rule a scenario drives), `413` body too large, `422` reload rejected.
 //!
+//! Each body is one struct (a `Body`): unknown fields are refused, and
+//! a bad value is named by its path: `"field": "fault.status"`, and a
+//! message that starts `fault.status: `. A rule may take
+//! [`MAX_BODY_BYTES`], the other bodies [`MAX_SWITCH_BODY_BYTES`]; routes
+//! that take no body (`reload`, `halt`, `resume`, `DELETE`) never read one.
+//!
 //! With a token configured, every `/api/*` call needs `Authorization:
 //! Bearer TOKEN`, compared in constant time.
 
 use std::convert::Infallible;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +48,8 @@ use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICAT
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use serde::Serialize;
+use serde::de::{self, DeserializeOwned, Deserializer};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
@@ -54,8 +62,11 @@ use crate::rules::RuleSpec;
 use tracing::warn;
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// The largest admin request body: a rule with an inline error body fits.
+/// The largest body of `POST /api/rules`: a rule with an inline error body fits.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// The largest body of the other routes that take one (a rule's switches,
+/// a scenario's speed): a few fields, with room to spare.
+pub const MAX_SWITCH_BODY_BYTES: usize = 4 << 10;
 /// How long a client may take to send an admin request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,6 +80,7 @@ pub struct Admin {
 type AdminResponse = Response<Full<Bytes>>;
 
 /// An answer that is not a success, as JSON.
+#[derive(Debug)]
 struct Failure {
     status: StatusCode,
     body: Value,
@@ -271,8 +283,7 @@ impl Admin {
             (["status"], _) => Err(method_not_allowed("GET")),
             (["rules"], &Method::GET) => ok(&control.rules()),
             (["rules"], &Method::POST) => {
-                let body = read_json_object(request).await?;
-                let (spec, ttl) = new_rule(body)?;
+                let (spec, ttl) = read::<NewRule>(request).await?.into_parts()?;
                 let view = control.add(spec, ttl, &caller)?;
                 let mut response = json_response(StatusCode::CREATED, &view);
                 if let Ok(location) = HeaderValue::from_str(&format!("/api/rules/{}", view.name)) {
@@ -283,8 +294,7 @@ impl Admin {
             (["rules"], _) => Err(method_not_allowed("GET, POST")),
             (["rules", name], &Method::GET) => ok(&control.rule(name)?),
             (["rules", name], &Method::PATCH) => {
-                let body = read_json_object(request).await?;
-                let change = patch(body)?;
+                let change = read::<RulePatch>(request).await?.into_change()?;
                 ok(&control.change(name, change, &caller)?)
             }
             (["rules", name], &Method::DELETE) => {
@@ -295,13 +305,7 @@ impl Admin {
             }
             (["rules", _], _) => Err(method_not_allowed("GET, PATCH, DELETE")),
             (["rules", name, "enable"], &Method::POST) => {
-                let body = read_optional_json_object(request).await?;
-                // No `ttl`: a TTL already counting down stays; `null` removes it.
-                let ttl = match take_fields(body, &["ttl"])?.remove("ttl") {
-                    None => None,
-                    Some(Value::Null) => Some(None),
-                    Some(value) => Some(Some(parse_ttl(&value)?)),
-                };
+                let Enable { ttl } = read(request).await?;
                 let change = Change {
                     enabled: Some(true),
                     probability: None,
@@ -310,7 +314,7 @@ impl Admin {
                 ok(&control.change(name, change, &caller)?)
             }
             (["rules", name, "disable"], &Method::POST) => {
-                take_fields(read_optional_json_object(request).await?, &[])?;
+                let NoFields {} = read(request).await?;
                 let change = Change {
                     enabled: Some(false),
                     ..Change::default()
@@ -337,17 +341,11 @@ impl Admin {
             (["scenarios", name], &Method::GET) => ok(&control.scenario(name)?),
             (["scenarios", _], _) => Err(method_not_allowed("GET")),
             (["scenarios", name, "start"], &Method::POST) => {
-                let body = read_optional_json_object(request).await?;
-                let speed = match take_fields(body, &["speed"])?.remove("speed") {
-                    None | Some(Value::Null) => 1.0,
-                    Some(value) => value.as_f64().ok_or_else(|| {
-                        Failure::bad_request("speed must be a number, such as 60").field("speed")
-                    })?,
-                };
-                ok(&control.start_scenario(name, speed, &caller)?)
+                let Start { speed } = read(request).await?;
+                ok(&control.start_scenario(name, speed.unwrap_or(1.0), &caller)?)
             }
             (["scenarios", name, "stop"], &Method::POST) => {
-                take_fields(read_optional_json_object(request).await?, &[])?;
+                let NoFields {} = read(request).await?;
                 ok(&control.stop_scenario(name, &caller)?)
             }
             (["scenarios", _, "start" | "stop"], _) => Err(method_not_allowed("POST")),
@@ -367,103 +365,237 @@ fn bearer_token(header: &[u8]) -> Option<&[u8]> {
     Some(token.trim_ascii())
 }
 
-/// A rule to add: the file schema as JSON, and an optional `ttl`.
-fn new_rule(mut body: Map<String, Value>) -> Result<(RuleSpec, Option<Duration>), Failure> {
-    let ttl = match body.remove("ttl") {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(parse_ttl(&value)?),
-    };
-    let spec: RuleSpec = serde_path_to_error::deserialize(Value::Object(body)).map_err(|e| {
-        let field = e.path().to_string();
-        let failure = Failure::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_rule",
-            e.inner().to_string(),
-        );
-        if field == "." {
-            failure
-        } else {
-            failure.field(field)
-        }
-    })?;
-    Ok((spec, ttl))
+// ---------------------------------------------------------------------------
+// Request bodies: one struct per route, parsed with `serde_path_to_error` so
+// that a bad field is named by its path.
+
+/// An admin request body: its schema, how large it may be, and the `error`
+/// code a bad value in it gets.
+trait Body: DeserializeOwned {
+    /// The most bytes it may take; past it the answer is `413`.
+    const LIMIT: usize;
+    /// Whether no body (or only whitespace) stands for `{}`.
+    const OPTIONAL: bool;
+    /// The code of a field with a value it does not take; an unknown field
+    /// is `invalid_request`.
+    const INVALID: &'static str;
 }
 
-/// `PATCH /api/rules/{name}`: `enabled`, `probability`, `ttl` (`null` removes it).
-fn patch(body: Map<String, Value>) -> Result<Change, Failure> {
-    let body = take_fields(body, &["enabled", "probability", "ttl"])?;
-    if body.is_empty() {
-        return Err(Failure::bad_request(
-            "nothing to change: give `enabled`, `probability` or `ttl`",
+/// `POST /api/rules`: a rule in the file schema, and an optional `ttl`.
+///
+/// Every other field is the rule's, and [`RuleSpec`] (itself
+/// `deny_unknown_fields`) refuses those it does not know. It is read in a
+/// second step, from [`rule`](Self::rule), so that its errors keep their
+/// paths (`fault.status`); a flattened `RuleSpec` would lose them.
+#[derive(Debug, Deserialize)]
+struct NewRule {
+    #[serde(default, deserialize_with = "optional_ttl")]
+    ttl: Option<Duration>,
+    #[serde(flatten)]
+    rule: Map<String, Value>,
+}
+
+impl Body for NewRule {
+    const LIMIT: usize = MAX_BODY_BYTES;
+    const OPTIONAL: bool = false;
+    const INVALID: &'static str = "invalid_rule";
+}
+
+impl NewRule {
+    fn into_parts(self) -> Result<(RuleSpec, Option<Duration>), Failure> {
+        let spec = serde_path_to_error::deserialize(Value::Object(self.rule)).map_err(|e| {
+            // An unknown field of a rule is an invalid rule, as in a file.
+            at_path("invalid_rule", e.path(), without_position(e.inner()))
+        })?;
+        Ok((spec, self.ttl))
+    }
+}
+
+/// `PATCH /api/rules/{name}`: any of `enabled`, `probability`, `ttl`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulePatch {
+    #[serde(default, deserialize_with = "not_null")]
+    enabled: Option<bool>,
+    #[serde(default, deserialize_with = "not_null")]
+    probability: Option<f64>,
+    #[serde(default, deserialize_with = "ttl_switch")]
+    ttl: Option<Option<Duration>>,
+}
+
+impl Body for RulePatch {
+    const LIMIT: usize = MAX_SWITCH_BODY_BYTES;
+    const OPTIONAL: bool = false;
+    const INVALID: &'static str = "invalid_rule";
+}
+
+impl RulePatch {
+    fn into_change(self) -> Result<Change, Failure> {
+        let RulePatch {
+            enabled,
+            probability,
+            ttl,
+        } = self;
+        if enabled.is_none() && probability.is_none() && ttl.is_none() {
+            return Err(Failure::bad_request(
+                "nothing to change: give `enabled`, `probability` or `ttl`",
+            ));
+        }
+        Ok(Change {
+            enabled,
+            probability,
+            ttl,
+        })
+    }
+}
+
+/// `POST /api/rules/{name}/enable`: an optional `ttl`. Without one a TTL
+/// already counting down stays; `null` removes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Enable {
+    #[serde(default, deserialize_with = "ttl_switch")]
+    ttl: Option<Option<Duration>>,
+}
+
+impl Body for Enable {
+    const LIMIT: usize = MAX_SWITCH_BODY_BYTES;
+    const OPTIONAL: bool = true;
+    const INVALID: &'static str = "invalid_rule";
+}
+
+/// `POST /api/scenarios/{name}/start`: an optional `speed` (1 when absent or
+/// `null`; its range is the control's to check).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Start {
+    #[serde(default)]
+    speed: Option<f64>,
+}
+
+impl Body for Start {
+    const LIMIT: usize = MAX_SWITCH_BODY_BYTES;
+    const OPTIONAL: bool = true;
+    const INVALID: &'static str = "invalid_request";
+}
+
+/// `POST .../disable` and `POST .../stop`: nothing, or `{}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+impl Body for NoFields {
+    const LIMIT: usize = MAX_SWITCH_BODY_BYTES;
+    const OPTIONAL: bool = true;
+    const INVALID: &'static str = "invalid_request";
+}
+
+/// A duration string such as `"5m"`.
+struct Ttl(Duration);
+
+impl<'de> Deserialize<'de> for Ttl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Ttl, D::Error> {
+        struct Text;
+        impl de::Visitor<'_> for Text {
+            type Value = Ttl;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"5m\"")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Ttl, E> {
+                crate::duration::parse(text).map(Ttl).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
+/// `"ttl": "5m"` or `null` (none).
+fn optional_ttl<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    Ok(Option::<Ttl>::deserialize(deserializer)?.map(|Ttl(ttl)| ttl))
+}
+
+/// `"ttl": "5m"` sets a TTL and `"ttl": null` removes it; the field's
+/// absence (the `default`, `None`) leaves it as it is.
+fn ttl_switch<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<Duration>>, D::Error> {
+    optional_ttl(deserializer).map(Some)
+}
+
+/// A switch that may be absent but not `null`.
+fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Reads a body of at most `B::LIMIT` bytes and parses it.
+async fn read<B: Body>(request: Request<Incoming>) -> Result<B, Failure> {
+    let bytes = read_body(request, B::LIMIT).await?;
+    parse(&bytes)
+}
+
+/// A whole body as `B`: `invalid_json` unless it is one JSON object (or
+/// nothing, where `B` allows that), then `B`'s schema, with the path of the
+/// first field that does not fit it.
+fn parse<B: Body>(bytes: &[u8]) -> Result<B, Failure> {
+    let invalid_json =
+        |message: String| Failure::new(StatusCode::BAD_REQUEST, "invalid_json", message);
+    let bytes: &[u8] = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None if B::OPTIONAL => b"{}",
+        None => return Err(invalid_json("the request needs a JSON object body".into())),
+        Some(_) => bytes,
+    };
+    // The syntax first, so that a broken document is `invalid_json` wherever
+    // it breaks, not an error at the first field that came before.
+    serde_json::from_slice::<de::IgnoredAny>(bytes)
+        .map_err(|e| invalid_json(format!("invalid JSON: {e}")))?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // serde would take a struct from an array too.
+        return Err(invalid_json(
+            "the request body must be a JSON object".into(),
         ));
     }
-    let mut change = Change::default();
-    for (key, value) in body {
-        match key.as_str() {
-            "enabled" => {
-                change.enabled = Some(value.as_bool().ok_or_else(|| {
-                    Failure::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_rule",
-                        "enabled must be true or false",
-                    )
-                    .field("enabled")
-                })?);
-            }
-            "probability" => {
-                change.probability = Some(value.as_f64().ok_or_else(|| {
-                    Failure::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_rule",
-                        "probability must be a number from 0 to 1",
-                    )
-                    .field("probability")
-                })?);
-            }
-            _ => {
-                change.ttl = Some(match value {
-                    Value::Null => None,
-                    value => Some(parse_ttl(&value)?),
-                });
-            }
-        }
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes)).map_err(
+        |e: serde_path_to_error::Error<serde_json::Error>| {
+            let message = without_position(e.inner());
+            let code = if message.starts_with("unknown field") {
+                "invalid_request"
+            } else {
+                B::INVALID
+            };
+            at_path(code, e.path(), message)
+        },
+    )
+}
+
+/// A `400` about the field at `path`: `field` names it, and so does the
+/// message, as a rule file's errors do (`ttl: invalid duration …`).
+fn at_path(code: &str, path: &serde_path_to_error::Path, message: String) -> Failure {
+    let field = path.to_string();
+    if field == "." {
+        Failure::new(StatusCode::BAD_REQUEST, code, message)
+    } else {
+        Failure::new(StatusCode::BAD_REQUEST, code, format!("{field}: {message}")).field(field)
     }
-    Ok(change)
 }
 
-/// Refuses keys other than `allowed`.
-fn take_fields(body: Map<String, Value>, allowed: &[&str]) -> Result<Map<String, Value>, Failure> {
-    if let Some(unknown) = body.keys().find(|k| !allowed.contains(&k.as_str())) {
-        let expected = if allowed.is_empty() {
-            "no fields".to_owned()
-        } else {
-            allowed
-                .iter()
-                .map(|a| format!("`{a}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Err(Failure::bad_request(format!(
-            "unknown field `{unknown}`, expected {expected}"
-        ))
-        .field(unknown));
+/// serde_json's message without its ` at line L column C`: the path says
+/// where, and a one-line body has no lines to speak of.
+fn without_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    match text.strip_suffix(&position) {
+        Some(message) => message.to_owned(),
+        None => text,
     }
-    Ok(body)
 }
 
-fn parse_ttl(value: &Value) -> Result<Duration, Failure> {
-    let invalid = |message: String| {
-        Failure::new(StatusCode::BAD_REQUEST, "invalid_rule", message).field("ttl")
-    };
-    let text = value
-        .as_str()
-        .ok_or_else(|| invalid("ttl must be a duration string such as \"5m\"".to_owned()))?;
-    crate::duration::parse(text).map_err(|e| invalid(format!("ttl: {e}")))
-}
-
-/// Reads a body of at most [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`].
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, Failure> {
-    let body = Limited::new(request.into_body(), MAX_BODY_BYTES);
+/// Reads a body of at most `limit` bytes within [`BODY_TIMEOUT`].
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Failure> {
+    let body = Limited::new(request.into_body(), limit);
     match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
         Err(_) => Err(Failure::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -476,51 +608,12 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Failure> {
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("admin request bodies are limited to {MAX_BODY_BYTES} bytes"),
+            format!("this request's body is limited to {limit} bytes"),
         )),
         Ok(Err(e)) => Err(Failure::bad_request(format!(
             "cannot read the request body: {e}"
         ))),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-    }
-}
-
-async fn read_json_object(request: Request<Incoming>) -> Result<Map<String, Value>, Failure> {
-    let bytes = read_body(request).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Failure::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "the request needs a JSON object body",
-        ));
-    }
-    parse_object(&bytes)
-}
-
-/// An empty body is an empty object.
-async fn read_optional_json_object(
-    request: Request<Incoming>,
-) -> Result<Map<String, Value>, Failure> {
-    let bytes = read_body(request).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    parse_object(&bytes)
-}
-
-fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, Failure> {
-    match serde_json::from_slice(bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Failure::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "the request body must be a JSON object",
-        )),
-        Err(e) => Err(Failure::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("invalid JSON: {e}"),
-        )),
     }
 }
 
@@ -565,4 +658,307 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> AdminRe
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A failure's status, `error`, `field` and `message`.
+    fn answer(failure: &Failure) -> (u16, &str, Option<&str>, &str) {
+        (
+            failure.status.as_u16(),
+            failure.body["error"].as_str().unwrap_or_default(),
+            failure.body["field"].as_str(),
+            failure.body["message"].as_str().unwrap_or_default(),
+        )
+    }
+
+    fn refused<B: Body + fmt::Debug>(body: &str) -> Failure {
+        parse::<B>(body.as_bytes()).expect_err(body)
+    }
+
+    fn new_rule(body: &str) -> Result<(RuleSpec, Option<Duration>), Failure> {
+        parse::<NewRule>(body.as_bytes()).and_then(NewRule::into_parts)
+    }
+
+    fn patch(body: &str) -> Result<Change, Failure> {
+        parse::<RulePatch>(body.as_bytes()).and_then(RulePatch::into_change)
+    }
+
+    #[test]
+    fn a_mistyped_field_is_named_by_its_path() {
+        let failure = refused::<RulePatch>(r#"{"ttl": 5}"#);
+        assert_eq!(
+            answer(&failure),
+            (
+                400,
+                "invalid_rule",
+                Some("ttl"),
+                "ttl: invalid type: integer `5`, expected a duration string such as \"5m\""
+            )
+        );
+        let failure = refused::<RulePatch>(r#"{"enabled": "yes"}"#);
+        assert_eq!(
+            answer(&failure),
+            (
+                400,
+                "invalid_rule",
+                Some("enabled"),
+                "enabled: invalid type: string \"yes\", expected a boolean"
+            )
+        );
+        let failure = refused::<Start>(r#"{"speed": "fast"}"#);
+        assert_eq!(
+            answer(&failure),
+            (
+                400,
+                "invalid_request",
+                Some("speed"),
+                "speed: invalid type: string \"fast\", expected f64"
+            )
+        );
+        let failure = new_rule(r#"{"name":"x","fault":{"kind":"error","status":"teapot"}}"#)
+            .expect_err("a string status");
+        let (status, code, field, message) = answer(&failure);
+        assert_eq!(
+            (status, code, field),
+            (400, "invalid_rule", Some("fault.status"))
+        );
+        assert!(
+            message.starts_with("fault.status: invalid type"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_bad_ttl_says_what_a_duration_looks_like() {
+        for body in [
+            r#"{"name":"x","ttl":"soon","fault":{"kind":"abort"}}"#,
+            r#"{"name":"x","ttl":true,"fault":{"kind":"abort"}}"#,
+        ] {
+            let failure = new_rule(body).expect_err(body);
+            let (status, code, field, message) = answer(&failure);
+            assert_eq!(
+                (status, code, field),
+                (400, "invalid_rule", Some("ttl")),
+                "{body}"
+            );
+            assert!(message.starts_with("ttl: "), "{message}");
+        }
+        let Enable { ttl } = parse(br#"{"ttl": "1.5s"}"#).unwrap();
+        assert_eq!(ttl, Some(Some(Duration::from_millis(1500))));
+        assert_eq!(
+            answer(&refused::<Enable>(r#"{"ttl": "soon"}"#)).2,
+            Some("ttl")
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_with_the_fields_there_are() {
+        let failure = refused::<RulePatch>(r#"{"colour": "red"}"#);
+        let (status, code, field, message) = answer(&failure);
+        assert_eq!(
+            (status, code, field),
+            (400, "invalid_request", Some("colour"))
+        );
+        assert!(
+            message.contains("expected one of `enabled`, `probability`, `ttl`"),
+            "{message}"
+        );
+        let failure = refused::<NoFields>(r#"{"force": true}"#);
+        assert_eq!(
+            answer(&failure),
+            (
+                400,
+                "invalid_request",
+                Some("force"),
+                "force: unknown field `force`, there are no fields"
+            )
+        );
+        assert_eq!(answer(&refused::<Start>(r#"{"sped": 2}"#)).2, Some("sped"));
+        // A rule's own fields are the rule schema's to refuse.
+        let failure = new_rule(r#"{"name":"x","probabilty":0.5,"fault":{"kind":"abort"}}"#)
+            .expect_err("a typo");
+        let (status, code, field, message) = answer(&failure);
+        assert_eq!(
+            (status, code, field),
+            (400, "invalid_rule", Some("probabilty"))
+        );
+        assert!(message.contains("expected one of `name`"), "{message}");
+    }
+
+    #[test]
+    fn the_bodies_of_the_spec_parse() {
+        let (spec, ttl) =
+            new_rule(r#"{"name":"tea","match":{"path":"/tea"},"fault":{"kind":"error","status":418},"ttl":"10m"}"#)
+                .unwrap();
+        assert_eq!(
+            (spec.name.as_str(), ttl),
+            ("tea", Some(Duration::from_secs(600)))
+        );
+        let (_, ttl) = new_rule(r#"{"name":"tea","fault":{"kind":"abort"},"ttl":null}"#).unwrap();
+        assert_eq!(ttl, None);
+
+        let change = patch(r#"{"enabled": true, "probability": 0.5, "ttl": "1h"}"#).unwrap();
+        assert_eq!(change.enabled, Some(true));
+        assert_eq!(change.probability, Some(0.5));
+        assert_eq!(change.ttl, Some(Some(Duration::from_secs(3600))));
+        assert_eq!(patch(r#"{"ttl": null}"#).unwrap().ttl, Some(None));
+        assert_eq!(patch(r#"{"probability": 0}"#).unwrap().ttl, None);
+
+        let Enable { ttl } = parse(b"").unwrap();
+        assert_eq!(ttl, None, "no body keeps a TTL counting down");
+        let Enable { ttl } = parse(br#"{"ttl": null}"#).unwrap();
+        assert_eq!(ttl, Some(None));
+        let Start { speed } = parse(br#"{"speed": 60}"#).unwrap();
+        assert_eq!(speed, Some(60.0));
+        let Start { speed } = parse(b" \r\n").unwrap();
+        assert_eq!(speed, None);
+        let NoFields {} = parse(b"{}").unwrap();
+    }
+
+    #[test]
+    fn a_patch_must_change_something_and_a_switch_cannot_be_null() {
+        let failure = patch("{}").expect_err("nothing to change");
+        assert_eq!(answer(&failure).1, "invalid_request");
+        for body in [r#"{"enabled": null}"#, r#"{"probability": null}"#] {
+            let failure = patch(body).expect_err(body);
+            assert_eq!(answer(&failure).1, "invalid_rule", "{body}");
+            assert!(answer(&failure).2.is_some(), "{body}");
+        }
+        let failure = patch(r#"{"enabled": true, "enabled": false}"#).expect_err("twice");
+        assert!(answer(&failure).3.contains("duplicate field `enabled`"));
+    }
+
+    #[test]
+    fn only_a_json_object_is_a_body() {
+        for (body, message) in [
+            ("", "the request needs a JSON object body"),
+            ("[true, 0.5]", "the request body must be a JSON object"),
+            ("\"enabled\"", "the request body must be a JSON object"),
+        ] {
+            let failure = refused::<RulePatch>(body);
+            assert_eq!(
+                answer(&failure),
+                (400, "invalid_json", None, message),
+                "{body:?}"
+            );
+        }
+        for body in ["{not json", r#"{"ttl": 5"#, r#"{"colour": 1, "#, "{} {}"] {
+            let failure = refused::<RulePatch>(body);
+            let (status, code, _, message) = answer(&failure);
+            assert_eq!((status, code), (400, "invalid_json"), "{body:?}");
+            assert!(message.starts_with("invalid JSON: "), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_number_past_f64_is_named_by_its_path() {
+        let failure = refused::<RulePatch>(r#"{"probability": 1e400}"#);
+        assert_eq!(answer(&failure).2, Some("probability"));
+        let failure = new_rule(r#"{"name":"x","fault":{"kind":"latency","delay":1e400}}"#)
+            .expect_err("out of range");
+        assert_eq!(answer(&failure).0, 400);
+    }
+
+    /// What any body gives when it is refused: a `400` with a code and a message.
+    fn assert_refusal(failure: &Failure) {
+        let (status, code, _, message) = answer(failure);
+        assert_eq!(status, 400, "{}", failure.body);
+        assert!(!code.is_empty() && !message.is_empty(), "{}", failure.body);
+    }
+
+    /// Parses `bytes` as every admin body; each is a value or a refusal.
+    fn every_body(bytes: &[u8]) {
+        let results = [
+            parse::<NewRule>(bytes).and_then(NewRule::into_parts).err(),
+            parse::<RulePatch>(bytes)
+                .and_then(RulePatch::into_change)
+                .err(),
+            parse::<Enable>(bytes).err(),
+            parse::<Start>(bytes).err(),
+            parse::<NoFields>(bytes).err(),
+        ];
+        for failure in results.iter().flatten() {
+            assert_refusal(failure);
+        }
+    }
+
+    /// Keys the bodies and the rule schema know, and others.
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(vec![
+                "name", "ttl", "enabled", "probability", "speed", "description", "match",
+                "fault", "kind", "status", "path", "upstreams", "headers", "body", "delay",
+                "mode", "rate", "preset", "times", "every", "sticky", "chunks", "over",
+            ])
+            .prop_map(str::to_owned),
+            1 => ".{0,8}",
+        ]
+    }
+
+    /// JSON values that come near the schemas: durations, fault kinds,
+    /// numbers of every JSON kind, nested objects with known keys.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            (0.0..=1.0f64).prop_map(Value::from),
+            prop::sample::select(vec![
+                "5m",
+                "1.5s",
+                "250ms",
+                "soon",
+                "",
+                "error",
+                "abort",
+                "latency",
+                "reset",
+                "aws.throttling",
+                "/tea",
+                "header:x-user",
+                "64KiB/s",
+            ])
+            .prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec((key(), inner), 0..6)
+                    .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_give_a_value_or_a_refusal(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            every_body(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_objects_give_a_value_or_a_refusal(
+            fields in prop::collection::vec((key(), json_value()), 0..8),
+        ) {
+            let body = Value::Object(fields.into_iter().collect());
+            every_body(&serde_json::to_vec(&body).unwrap());
+        }
+
+        #[test]
+        fn arbitrary_json_gives_a_value_or_a_refusal(value in json_value(), cut in any::<prop::sample::Index>()) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            every_body(&bytes);
+            // And the same document cut short.
+            every_body(&bytes[..cut.index(bytes.len() + 1)]);
+        }
+    }
 }
