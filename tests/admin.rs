@@ -158,6 +158,26 @@ async fn bad_requests_get_a_precise_error_and_change_nothing() {
         "invalid_rule",
     );
     assert_eq!(bad_upstream["field"], "match.upstreams[0]");
+    let long_name = format!(
+        r#"{{"name":"{}","fault":{{"kind":"abort","mode":"reset"}}}}"#,
+        "a".repeat(129)
+    );
+    let too_long = assert_error(
+        &proxy.admin("POST", "/api/rules", Some(&long_name)).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_rule",
+    );
+    assert_eq!(too_long["field"], "name");
+    assert_eq!(
+        too_long["message"],
+        "name: rule name is 129 characters long; at most 128 are allowed"
+    );
+    let unknown_kind = assert_error(
+        &post(r#"{"name":"x","fault":{"kind":"nope"}}"#).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_rule",
+    );
+    assert_eq!(unknown_kind["field"], "fault.kind");
     assert_error(
         &post(r#"{"name":"use1-503","fault":{"kind":"abort"}}"#).await,
         StatusCode::CONFLICT,
