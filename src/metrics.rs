@@ -26,6 +26,7 @@ pub const UPSTREAM_DURATION_SECONDS: &str = "faultline_upstream_duration_seconds
 pub const FAULTS_INJECTED_TOTAL: &str = "faultline_faults_injected_total";
 pub const FAULTS_OVERFLOW_TOTAL: &str = "faultline_faults_overflow_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "faultline_upstream_errors_total";
+pub const CLIENT_ERRORS_TOTAL: &str = "faultline_client_errors_total";
 pub const RULE_ENABLED: &str = "faultline_rule_enabled";
 pub const HALTED: &str = "faultline_halted";
 pub const SCENARIO_RUNNING: &str = "faultline_scenario_running";
@@ -58,11 +59,39 @@ const METHOD_SLOTS: usize = METHODS.len() + 1;
 const CODE_SLOTS: usize = 500;
 
 /// Why the proxy could not get an answer from an upstream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorReason {
     Connect,
     Timeout,
     Protocol,
+}
+
+/// Why a request failed by its client's doing: never the upstream's, never
+/// an injected fault's, and never counted against a guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientErrorReason {
+    /// Not valid HTTP: a missing or repeated `Host`, a broken chunked body.
+    Protocol,
+    /// The client left before its request body was whole.
+    Aborted,
+    /// The request body stalled past `upstream_timeout`.
+    Timeout,
+}
+
+impl ClientErrorReason {
+    pub const ALL: [ClientErrorReason; 3] = [
+        ClientErrorReason::Protocol,
+        ClientErrorReason::Aborted,
+        ClientErrorReason::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientErrorReason::Protocol => "protocol",
+            ClientErrorReason::Aborted => "aborted",
+            ClientErrorReason::Timeout => "timeout",
+        }
+    }
 }
 
 /// Every family of README "Metrics", registered in one registry.
@@ -75,6 +104,7 @@ pub struct Metrics {
     faults_injected: IntCounterVec,
     faults_overflow: IntCounterVec,
     upstream_errors: IntCounterVec,
+    client_errors: IntCounterVec,
     rule_enabled: IntGaugeVec,
     halted: IntGauge,
     scenario_running: IntGaugeVec,
@@ -145,6 +175,11 @@ impl Metrics {
                 "Errors reaching upstreams, made by the proxy and never injected.",
                 &["upstream", "reason"],
             ),
+            client_errors: counter_vec(
+                CLIENT_ERRORS_TOTAL,
+                "Requests that failed by their client's doing, never the upstream's.",
+                &["reason"],
+            ),
             rule_enabled: gauge_vec(RULE_ENABLED, "1 when the rule is enabled.", &["rule"]),
             halted: IntGauge::new(HALTED, "1 while the kill switch is on.")
                 .expect("metric definitions are static"),
@@ -170,13 +205,14 @@ impl Metrics {
             ),
         };
         let registry = &metrics.registry;
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.upstream_duration.clone()),
             Box::new(metrics.faults_injected.clone()),
             Box::new(metrics.faults_overflow.clone()),
             Box::new(metrics.upstream_errors.clone()),
+            Box::new(metrics.client_errors.clone()),
             Box::new(metrics.rule_enabled.clone()),
             Box::new(metrics.halted.clone()),
             Box::new(metrics.scenario_running.clone()),
@@ -191,6 +227,9 @@ impl Metrics {
         }
         for outcome in ["applied", "rejected"] {
             metrics.rules_reloads.with_label_values(&[outcome]);
+        }
+        for reason in ClientErrorReason::ALL {
+            metrics.client_errors.with_label_values(&[reason.as_str()]);
         }
         let build_info = gauge_vec(
             BUILD_INFO,
@@ -275,6 +314,13 @@ impl Metrics {
     pub fn record_reload(&self, applied: bool) {
         let outcome = if applied { "applied" } else { "rejected" };
         self.rules_reloads.with_label_values(&[outcome]).inc();
+    }
+
+    /// `faultline_client_errors_total` for each reason, in the order of
+    /// [`ClientErrorReason::ALL`]: resolved once, counted per request.
+    pub fn client_errors(&self) -> [IntCounter; 3] {
+        ClientErrorReason::ALL
+            .map(|reason| self.client_errors.with_label_values(&[reason.as_str()]))
     }
 
     pub fn inflight(&self, listener: &str) -> IntGauge {

@@ -75,6 +75,12 @@ impl Tally {
         self.latency[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request already counted as a success turned out a failure: its
+    /// upstream cut the response body short.
+    pub fn record_cut(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counts alone, for a guard's frequent look.
     pub fn counts(&self) -> Counts {
         Counts {

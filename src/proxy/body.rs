@@ -2,6 +2,8 @@
 //! as it arrives, or a body the proxy made itself.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -9,13 +11,14 @@ use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::shape::ShapedBody;
+use crate::metrics::{UpstreamErrorReason, UpstreamMetrics};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An enum rather than a boxed body: no allocation per response.
 #[derive(Debug)]
 pub enum ResponseBody {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Synthetic(Full<Bytes>),
     /// Paced or cut by a body-shaping fault (boxed: rare, and large).
     Shaped(Box<ShapedBody>),
@@ -36,9 +39,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ResponseBody::Upstream(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|result| result.map_err(BoxError::from))),
+            ResponseBody::Upstream(body) => body.poll_frame(cx),
             ResponseBody::Shaped(body) => Pin::new(body.as_mut()).poll_frame(cx),
             ResponseBody::Synthetic(body) => Pin::new(body)
                 .poll_frame(cx)
@@ -48,7 +49,7 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream(body) => body.is_end_stream(),
+            ResponseBody::Upstream(body) => body.body.is_end_stream(),
             ResponseBody::Shaped(body) => body.is_end_stream(),
             ResponseBody::Synthetic(body) => body.is_end_stream(),
         }
@@ -56,10 +57,43 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Upstream(body) => body.size_hint(),
+            ResponseBody::Upstream(body) => body.body.size_hint(),
             ResponseBody::Shaped(body) => body.size_hint(),
             ResponseBody::Synthetic(body) => body.size_hint(),
         }
+    }
+}
+
+/// An upstream's response body, streamed; one that breaks off is counted
+/// as the upstream's protocol error.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    body: Incoming,
+    metrics: Arc<UpstreamMetrics>,
+    /// The request was counted as a success when its headers came: a cut
+    /// body makes it a failure for guards and reports.
+    counted_success: bool,
+}
+
+impl UpstreamBody {
+    pub fn new(body: Incoming, metrics: Arc<UpstreamMetrics>, counted_success: bool) -> Self {
+        Self {
+            body,
+            metrics,
+            counted_success,
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.metrics
+                .record_upstream_error(UpstreamErrorReason::Protocol);
+            if std::mem::take(&mut self.counted_success) {
+                self.metrics.tally().record_cut();
+            }
+        }
+        polled.map(|frame| frame.map(|result| result.map_err(BoxError::from)))
     }
 }
 
@@ -67,14 +101,46 @@ impl Body for ResponseBody {
 /// the kill switch let out of a blackhole, what was read of it while held
 /// followed by the rest.
 #[derive(Debug)]
-pub enum RequestBody {
+pub struct RequestBody {
+    source: Source,
+    /// Set once the body is whole, when someone watches for it
+    /// ([`RequestBody::watch_whole`]).
+    whole: Option<Arc<AtomicBool>>,
+}
+
+#[derive(Debug)]
+enum Source {
     Client(Incoming),
     Replayed(Box<Replayed>),
 }
 
 impl From<Incoming> for RequestBody {
     fn from(body: Incoming) -> Self {
-        RequestBody::Client(body)
+        RequestBody {
+            source: Source::Client(body),
+            whole: None,
+        }
+    }
+}
+
+impl RequestBody {
+    /// What a held request read of its body, then the rest.
+    pub fn replayed(replayed: Box<Replayed>) -> Self {
+        RequestBody {
+            source: Source::Replayed(replayed),
+            whole: None,
+        }
+    }
+
+    /// A flag set once the body has been sent whole; `None` for a body that
+    /// is whole already (most requests: no allocation for them).
+    pub fn watch_whole(&mut self) -> Option<Arc<AtomicBool>> {
+        if self.is_end_stream() {
+            return None;
+        }
+        let whole = Arc::new(AtomicBool::new(false));
+        self.whole = Some(Arc::clone(&whole));
+        Some(whole)
     }
 }
 
@@ -144,17 +210,46 @@ pub enum ReadAhead {
     Failed,
 }
 
+/// The client's request body failed while it was sent on: a broken
+/// chunked encoding, or the client leaving mid-upload. Its own type, so the
+/// error hyper's client reports can be told from the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body failed")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+impl ClientBodyError {
+    /// Whether the client went away, rather than sent something broken.
+    pub fn is_abandoned(&self) -> bool {
+        if self.0.is_incomplete_message() || self.0.is_canceled() {
+            return true;
+        }
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&self.0);
+        while let Some(e) = current {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind::*;
+                return matches!(
+                    io.kind(),
+                    UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+                );
+            }
+            current = e.source();
+        }
+        false
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
-            RequestBody::Replayed(replayed) => {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.source {
+            Source::Client(body) => Pin::new(body).poll_frame(cx),
+            Source::Replayed(replayed) => {
                 if let Some(frame) = replayed.frames.pop_front() {
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -163,23 +258,28 @@ impl Body for RequestBody {
                     None => Poll::Ready(None),
                 }
             }
+        };
+        if let Some(whole) = &this.whole {
+            let ended = match &polled {
+                Poll::Ready(None) => true,
+                Poll::Ready(Some(Ok(_))) => this.source.is_end_stream(),
+                Poll::Ready(Some(Err(_))) | Poll::Pending => false,
+            };
+            if ended {
+                whole.store(true, Ordering::Release);
+            }
         }
+        polled.map(|frame| frame.map(|result| result.map_err(ClientBodyError)))
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Client(body) => body.is_end_stream(),
-            RequestBody::Replayed(replayed) => {
-                replayed.frames.is_empty()
-                    && replayed.rest.as_ref().is_none_or(|r| r.is_end_stream())
-            }
-        }
+        self.source.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Client(body) => body.size_hint(),
-            RequestBody::Replayed(replayed) => {
+        match &self.source {
+            Source::Client(body) => body.size_hint(),
+            Source::Replayed(replayed) => {
                 let queued: u64 = replayed
                     .frames
                     .iter()
@@ -196,6 +296,18 @@ impl Body for RequestBody {
                     hint.set_upper(upper + queued);
                 }
                 hint
+            }
+        }
+    }
+}
+
+impl Source {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Client(body) => body.is_end_stream(),
+            Source::Replayed(replayed) => {
+                replayed.frames.is_empty()
+                    && replayed.rest.as_ref().is_none_or(|r| r.is_end_stream())
             }
         }
     }

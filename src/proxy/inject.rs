@@ -148,7 +148,7 @@ impl Proxy {
                     let (parts, body) = request.into_parts();
                     let mut read = Box::new(Replayed::new(body));
                     if drain(&mut read, limit, time, halt).await && read.is_whole() {
-                        let request = Request::from_parts(parts, RequestBody::Replayed(read));
+                        let request = Request::from_parts(parts, RequestBody::replayed(read));
                         return Ok(BeforeUpstream::Forward(request));
                     }
                     self.record_unanswered(upstream, &parts.method, start);
@@ -164,7 +164,7 @@ impl Proxy {
                 let (parts, body) = request.into_parts();
                 let mut held = Box::new(Replayed::new(body));
                 if hold(&mut held, max_hold, halt).await == Held::Halted && held.is_whole() {
-                    let request = Request::from_parts(parts, RequestBody::Replayed(held));
+                    let request = Request::from_parts(parts, RequestBody::replayed(held));
                     return Ok(BeforeUpstream::Forward(request));
                 }
                 if multiplexed {

@@ -25,21 +25,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 
-use body::RequestBody;
 pub use body::ResponseBody;
+use body::{RequestBody, UpstreamBody};
 
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::control::{Published, Snapshot};
-use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::metrics::{ClientErrorReason, Metrics, UpstreamMetrics};
 use crate::plan::{self, Decision, RequestView};
 use crate::server::ConnInfo;
-use crate::traffic::Tally;
+use crate::traffic::{Outcome, Tally};
 use connector::Connectors;
-use synthetic::ProxyError;
+use synthetic::{Blame, ProxyError};
 
 /// A timeout that never fires, and the longest one kept.
 const NO_TIMEOUT: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
@@ -66,12 +66,14 @@ pub struct Proxy {
     active_faults: AtomicUsize,
     max_active_faults: usize,
     metrics: Metrics,
-    /// Per upstream index.
-    upstream_metrics: Vec<UpstreamMetrics>,
+    /// Per upstream index; shared with the response bodies streaming from it.
+    upstream_metrics: Vec<Arc<UpstreamMetrics>>,
     /// `faultline_inflight_requests` per listener index, then per upstream
     /// index for dedicated ports (labelled with the upstream's name).
     listener_inflight: Vec<IntGauge>,
     dedicated_inflight: Vec<IntGauge>,
+    /// `faultline_client_errors_total`, in the order of [`ClientErrorReason::ALL`].
+    client_errors: [IntCounter; 3],
 }
 
 /// Why the pipeline gives neither the upstream's response nor an injected one.
@@ -106,7 +108,7 @@ impl Proxy {
             upstream_metrics: config
                 .upstreams
                 .iter()
-                .map(|u| metrics.upstream(u))
+                .map(|u| Arc::new(metrics.upstream(u)))
                 .collect(),
             listener_inflight: config
                 .listeners
@@ -119,6 +121,7 @@ impl Proxy {
                 // Apart from listener names, which may be the same.
                 .map(|u| metrics.inflight(&format!("upstream:{}", u.name)))
                 .collect(),
+            client_errors: metrics.client_errors(),
             metrics,
             upstreams: config.upstreams.clone(),
             routes,
@@ -196,6 +199,10 @@ impl Proxy {
             Entry::Upstream(i) => &self.dedicated_inflight[i],
         };
         let _inflight = Inflight::enter(inflight);
+        if let Err(error) = check_host(&request) {
+            self.record_client_error(&error);
+            return Ok(synthetic::rescue(&error));
+        }
         let Some(upstream) = self.route(conn.entry, &request) else {
             return Ok(synthetic::rescue(&ProxyError::NoRoute));
         };
@@ -210,7 +217,11 @@ impl Proxy {
                 Ok(response)
             }
             Err(Unanswered::Error(error)) => {
-                metrics.record_upstream_error(error.reason());
+                match error.blame() {
+                    Blame::Upstream(reason) => metrics.record_upstream_error(reason),
+                    Blame::Client(_) => self.record_client_error(&error),
+                    Blame::Config => {}
+                }
                 let response = synthetic::rescue(&error);
                 metrics.record_request(&method, response.status(), elapsed, false);
                 Ok(response)
@@ -291,23 +302,30 @@ impl Proxy {
         &self,
         upstream: usize,
         conn: &Connection,
-        request: Request<RequestBody>,
+        mut request: Request<RequestBody>,
         sent: Instant,
     ) -> Result<(Response<ResponseBody>, Instant), ProxyError> {
         let target = &self.upstreams[upstream];
+        // A timeout while the client is still sending its body is the client's stall.
+        let upload_whole = request.body_mut().watch_whole();
         let request = forward::upstream_request(target, &conn.client_ip, request);
         let deadline = tokio::time::Instant::from_std(sent + self.upstream_timeout);
         let sending = self.connectors.send(upstream, request, sent);
         match tokio::time::timeout_at(deadline, sending).await {
             Ok(Ok((response, answered))) => {
-                self.upstream_metrics[upstream]
-                    .record_upstream(answered.saturating_duration_since(sent));
+                let metrics = &self.upstream_metrics[upstream];
+                metrics.record_upstream(answered.saturating_duration_since(sent));
                 let (mut parts, body) = response.into_parts();
                 forward::remove_hop_by_hop(&mut parts.headers);
+                let success = Outcome::of_status(parts.status) == Outcome::Success;
+                let body = UpstreamBody::new(body, Arc::clone(metrics), success);
                 let response = Response::from_parts(parts, ResponseBody::Upstream(body));
                 Ok((response, answered))
             }
             Ok(Err(e)) => Err(ProxyError::from_upstream(&target.name, e)),
+            Err(_) if upload_whole.is_some_and(|whole| !whole.load(Ordering::Acquire)) => {
+                Err(ProxyError::ClientTimeout)
+            }
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 upstream: target.name.clone(),
             }),
@@ -325,6 +343,16 @@ impl Proxy {
             .forward(upstream, conn, request, Instant::now())
             .await?;
         Ok(response)
+    }
+
+    /// Counts a request its client failed: never the upstream's error.
+    fn record_client_error(&self, error: &ProxyError) {
+        if let Blame::Client(reason) = error.blame() {
+            let slot = ClientErrorReason::ALL.iter().position(|r| *r == reason);
+            if let Some(counter) = slot.and_then(|i| self.client_errors.get(i)) {
+                counter.inc();
+            }
+        }
     }
 
     /// Counts a request that ends with no response at all (an injected
@@ -360,6 +388,22 @@ struct Connection {
     entry: Entry,
     client_ip: HeaderValue,
     info: ConnInfo,
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`; no
+/// request carries two. One lookup of a standard header per request.
+fn check_host(request: &Request<Incoming>) -> Result<(), ProxyError> {
+    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+    let reason = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => "more than one Host header",
+        (None, _) if request.version() == Version::HTTP_11 => {
+            "an HTTP/1.1 request without a Host header"
+        }
+        _ => return Ok(()),
+    };
+    Err(ProxyError::ClientProtocol {
+        reason: reason.to_owned(),
+    })
 }
 
 /// The request's host name, port removed: `Host`, else the URI authority (HTTP/2).

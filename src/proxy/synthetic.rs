@@ -8,11 +8,11 @@ use bytes::Bytes;
 use http::header::{HeaderName, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
-use super::body::ResponseBody;
+use super::body::{ClientBodyError, ResponseBody};
 use super::pool::UpstreamError;
 use crate::fault::preset::{self, X_AMZN_REQUEST_ID, X_AMZ_ID_2, X_AMZ_REQUEST_ID};
 use crate::fault::{RequestIdStyle, SyntheticResponse};
-use crate::metrics::UpstreamErrorReason;
+use crate::metrics::{ClientErrorReason, UpstreamErrorReason};
 
 /// Names the rule that injected a response.
 pub static X_FAULTLINE_RULE: HeaderName = HeaderName::from_static("x-faultline-rule");
@@ -38,11 +38,41 @@ pub enum ProxyError {
         #[source]
         source: UpstreamError,
     },
+    /// The request is not valid HTTP (RFC 9112 §3.2: one `Host`, no fewer,
+    /// no more), or its body broke off or was malformed.
+    #[error("the client's request is not valid HTTP: {reason}")]
+    ClientProtocol { reason: String },
+    /// The client left while its request body was still being sent on.
+    #[error("the client left before its request body was whole")]
+    ClientAborted,
+    /// The client's request body stalled: `upstream_timeout` passed before
+    /// it was whole.
+    #[error("the client's request body stalled: it was not whole within upstream_timeout")]
+    ClientTimeout,
+}
+
+/// Whose failure a [`ProxyError`] is, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// No route: the configuration's.
+    Config,
+    Upstream(UpstreamErrorReason),
+    Client(ClientErrorReason),
 }
 
 impl ProxyError {
-    /// Classifies an error of the upstream client.
+    /// Classifies an error of the upstream client. A failure of the
+    /// client's own request body is the client's, not the upstream's.
     pub fn from_upstream(upstream: &str, error: UpstreamError) -> Self {
+        if let Some(client) = client_body_error(&error) {
+            return if client.is_abandoned() {
+                ProxyError::ClientAborted
+            } else {
+                ProxyError::ClientProtocol {
+                    reason: error_message(client),
+                }
+            };
+        }
         let upstream = upstream.to_owned();
         // A connect that timed out is still a failure to connect: the
         // upstream is unreachable, not slow.
@@ -68,17 +98,22 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "upstream_connect",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
+            ProxyError::ClientProtocol { .. } | ProxyError::ClientAborted => "client_protocol",
+            ProxyError::ClientTimeout => "client_timeout",
         }
     }
 
-    /// The `reason` of `faultline_upstream_errors_total`.
-    pub fn reason(&self) -> UpstreamErrorReason {
+    /// Whose failure it is: `faultline_upstream_errors_total` or
+    /// `faultline_client_errors_total`, and which reason.
+    pub fn blame(&self) -> Blame {
         match self {
-            ProxyError::UpstreamTimeout { .. } => UpstreamErrorReason::Timeout,
-            ProxyError::UpstreamConnect { .. } => UpstreamErrorReason::Connect,
-            ProxyError::NoRoute | ProxyError::UpstreamProtocol { .. } => {
-                UpstreamErrorReason::Protocol
-            }
+            ProxyError::NoRoute => Blame::Config,
+            ProxyError::UpstreamTimeout { .. } => Blame::Upstream(UpstreamErrorReason::Timeout),
+            ProxyError::UpstreamConnect { .. } => Blame::Upstream(UpstreamErrorReason::Connect),
+            ProxyError::UpstreamProtocol { .. } => Blame::Upstream(UpstreamErrorReason::Protocol),
+            ProxyError::ClientProtocol { .. } => Blame::Client(ClientErrorReason::Protocol),
+            ProxyError::ClientAborted => Blame::Client(ClientErrorReason::Aborted),
+            ProxyError::ClientTimeout => Blame::Client(ClientErrorReason::Timeout),
         }
     }
 
@@ -89,8 +124,25 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientProtocol { .. } | ProxyError::ClientAborted => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
+}
+
+/// The client's request body failing, as hyper's client reports it when it
+/// could not read the body it was sending on.
+fn client_body_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a ClientBodyError> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(client) = e.downcast_ref::<ClientBodyError>() {
+            return Some(client);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// Whether a connect timeout is somewhere in the error's chain.

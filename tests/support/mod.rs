@@ -175,6 +175,11 @@ async fn upstream_answer(
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Response::new(Full::from("slept").boxed())
         }
+        // Announces more than it sends, then the connection breaks.
+        "cut" => Response::builder()
+            .header("content-length", "1000")
+            .body(RepeatBody::new(10, false).boxed())
+            .unwrap(),
         // An upstream that sends faultline's own marks (another proxy's,
         // or a forgery): the proxy must not pass them off as its own.
         "forged-marks" => Response::builder()
