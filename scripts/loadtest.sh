@@ -41,6 +41,30 @@
 #   faultline-100ms the added p50 latency (median p50 of faultline-100ms minus
 #   median p50 of faultline-light) and its raw p50 and p99.
 #
+#   MEMORY=1 measures memory instead of speed: RSS per idle keep-alive
+#   connection (method: /work/shared/MEASUREMENTS.md, "Memory per idle
+#   keep-alive connection"). Each target runs as a fresh process, one
+#   worker/thread, in front of the same nginx upstream:
+#
+#     nginx          a second nginx, worker_processes 1, proxy_pass with
+#                    upstream keep-alive (measured: its worker process)
+#     haproxy        HAProxy, nbthread 1
+#     faultline      faultline, no rules, workers = 1
+#     faultline-base $BASELINE_BIN set up the same way (only with BASELINE_BIN)
+#     faultline-blackhole
+#                    faultline with one rule holding every request in a
+#                    blackhole; its connections wait for an answer instead
+#                    of idling (the cost of a held request, not of an idle
+#                    connection)
+#
+#   A round starts the target, sends 50 warm-up requests (one per
+#   connection), reads VmRSS from /proc/PID/status, opens MEM_CONNS
+#   connections with scripts/conns.py (each sends one GET, reads the
+#   response and stays open), waits MEM_SETTLE seconds, reads VmRSS again,
+#   closes them and stops the target. The report gives the median over
+#   rounds of (after - before) / MEM_CONNS in KB (1 KB = 1,024 bytes, as
+#   /proc counts) and the ratios to HAProxy and nginx.
+#
 #   This is a benchmark, not a test: nothing in the test suite runs it, and it
 #   asserts nothing about speed. It exits non-zero only when something is
 #   broken (a target fails to start or answer, wrk fails, or wrk sees non-2xx
@@ -52,6 +76,8 @@
 #   BASELINE_BIN=/path/to/old/faultline ROUNDS=4 scripts/loadtest.sh   # A/B
 #   TARGETS="direct haproxy" scripts/loadtest.sh   # subset, no faultline needed
 #   PIN=1 ROUNDS=5 DURATION=20s CONNS=64 scripts/loadtest.sh
+#   MEMORY=1 scripts/loadtest.sh                # KB per idle connection
+#   MEMORY=1 MEM_TARGETS="haproxy faultline" MEM_CONNS=5000 scripts/loadtest.sh
 #
 #   Environment (defaults in brackets):
 #     TARGETS        subset of "direct faultline faultline-base faultline-1k
@@ -69,11 +95,20 @@
 #     BASELINE_BIN   a second faultline binary (e.g. an older build) to run as
 #                    target faultline-base; needed by that target, and adds it
 #                    to the default TARGETS [unset]
+#     MEMORY=1       measure RSS per idle connection instead (see above);
+#                    ROUNDS, PIN, FAULTLINE_BIN and BASELINE_BIN apply, the
+#                    wrk settings do not
+#     MEM_TARGETS    subset of "nginx haproxy faultline faultline-base
+#                    faultline-blackhole" [all but faultline-base, plus
+#                    faultline-base when BASELINE_BIN is set]
+#     MEM_CONNS      connections held per round [2000]
+#     MEM_SETTLE     seconds between the last connection and the second
+#                    RSS reading [1]
 #     KEEP_TMP=1     keep the temp dir (configs, logs, raw wrk output)
 #     READY_TIMEOUT  seconds to wait for each server to answer [30]
 #
 #   Needs: wrk, nginx, haproxy (installed with apt-get when missing), curl,
-#   python3, and cargo unless FAULTLINE_BIN is set. Run it on an otherwise
+#   python3 (with MEMORY=1, scripts/conns.py beside this script), and cargo unless FAULTLINE_BIN is set. Run it on an otherwise
 #   idle machine; with 2 cores, PIN=1 keeps the load generator and the proxy
 #   from fighting over the same core.
 
@@ -105,6 +140,14 @@ PIN="${PIN:-0}"
 KEEP_TMP="${KEEP_TMP:-0}"
 ALLOW_ERRORS="${ALLOW_ERRORS:-0}"
 READY_TIMEOUT="${READY_TIMEOUT:-30}"
+MEMORY="${MEMORY:-0}"
+MEM_CONNS="${MEM_CONNS:-2000}"
+MEM_SETTLE="${MEM_SETTLE:-1}"
+if [[ -n "$BASELINE_BIN" ]]; then
+  MEM_TARGETS="${MEM_TARGETS:-nginx haproxy faultline faultline-base faultline-blackhole}"
+else
+  MEM_TARGETS="${MEM_TARGETS:-nginx haproxy faultline faultline-blackhole}"
+fi
 
 log() { printf '[loadtest] %s\n' "$*" >&2; }
 die() { printf '[loadtest] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -162,6 +205,26 @@ done
 need_faultline=0
 if [[ -n "${WANT[faultline]:-}" || -n "${WANT[faultline-1k]:-}" || -n "${WANT[faultline-100ms]:-}" ]]; then
   need_faultline=1
+fi
+if [[ "$MEMORY" == 1 ]]; then
+  [[ "$MEM_CONNS" =~ ^[1-9][0-9]*$ ]] || die "MEM_CONNS must be a positive integer (got '$MEM_CONNS')"
+  [[ "$MEM_SETTLE" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "MEM_SETTLE must be a number of seconds (got '$MEM_SETTLE')"
+  [[ -f "$SCRIPT_DIR/conns.py" ]] || die "MEMORY=1 needs $SCRIPT_DIR/conns.py"
+  need_faultline=0
+  for t in $MEM_TARGETS; do
+    case "$t" in
+      nginx | haproxy | faultline-base) ;;
+      faultline | faultline-blackhole) need_faultline=1 ;;
+      *) die "unknown target '$t' in MEM_TARGETS (known: nginx haproxy faultline faultline-base faultline-blackhole)" ;;
+    esac
+  done
+  if [[ " $MEM_TARGETS " == *" faultline-base "* && -z "$BASELINE_BIN" ]]; then
+    die "memory target faultline-base needs BASELINE_BIN"
+  fi
+  # The wrk targets are not started in this mode.
+  WANT=()
+  if [[ -n "$BASELINE_BIN" && " $MEM_TARGETS " == *" faultline-base "* ]]; then WANT[faultline-base]=1; fi
+  if [[ " $MEM_TARGETS " == *" haproxy "* ]]; then WANT[haproxy]=1; fi
 fi
 
 # ------------------------------------------------------------- dependencies
@@ -413,6 +476,211 @@ start_faultline() {
   check_target "$name"
 }
 
+# write_haproxy_config FILE PORT [MAXCONN]
+write_haproxy_config() {
+  cat >"$1" <<EOF
+global
+    nbthread 1
+${3:+    maxconn $3}
+
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+${3:+    maxconn $3}
+
+frontend edge
+    bind 127.0.0.1:$2
+    default_backend bench
+
+backend bench
+    http-reuse always
+    server nginx 127.0.0.1:$P_NGINX
+EOF
+}
+
+# ----------------------------------------------------------- MEMORY=1 mode
+if [[ "$MEMORY" == 1 ]]; then
+  # Every target needs a descriptor per held connection, and so does the client.
+  want_fds=$((MEM_CONNS + 1024))
+  if [[ "$(ulimit -n)" != unlimited && "$(ulimit -n)" -lt $want_fds ]]; then
+    ulimit -n "$want_fds" 2>/dev/null ||
+      die "MEM_CONNS=$MEM_CONNS needs $want_fds descriptors; ulimit -n is $(ulimit -n) (hard $(ulimit -Hn))"
+  fi
+  MEM_PORT="$P_FL"
+  MEM_RESULTS="$TMP/memory.tsv"
+  : >"$MEM_RESULTS"
+
+  # The nginx under test: a reverse proxy like the others.
+  write_nginx_proxy_config() { # FILE PREFIX
+    cat >"$1" <<EOF
+worker_processes 1;
+worker_rlimit_nofile $want_fds;
+daemon off;
+pid $2/nginx.pid;
+error_log $2/logs/error.log warn;
+
+events {
+    worker_connections $want_fds;
+}
+
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $2/tmp/client_body;
+    proxy_temp_path $2/tmp/proxy;
+    fastcgi_temp_path $2/tmp/fastcgi;
+    uwsgi_temp_path $2/tmp/uwsgi;
+    scgi_temp_path $2/tmp/scgi;
+
+    upstream bench {
+        server 127.0.0.1:$P_NGINX;
+        keepalive 32;
+    }
+
+    server {
+        listen 127.0.0.1:$MEM_PORT;
+        location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+  }
+
+  # mem_start TARGET: starts a fresh TARGET on $MEM_PORT; sets MEM_PID (the
+  # process to stop) and MEM_RSS_PID (the process whose RSS counts).
+  mem_start() {
+    local name="$1" dir="$TMP/mem-$1" bin="$FAULTLINE" i
+    mkdir -p "$dir"
+    LOGF[$name]="$dir/stderr.log"
+    PORT[$name]="$MEM_PORT"
+    case "$name" in
+      nginx)
+        mkdir -p "$dir/logs" "$dir/tmp"
+        write_nginx_proxy_config "$dir/nginx.conf" "$dir"
+        "${CPU1[@]}" nginx -p "$dir" -e "$dir/logs/error.log" -c "$dir/nginx.conf" >"${LOGF[$name]}" 2>&1 &
+        ;;
+      haproxy)
+        write_haproxy_config "$dir/haproxy.cfg" "$MEM_PORT" "$want_fds"
+        "${CPU1[@]}" haproxy -db -f "$dir/haproxy.cfg" >"${LOGF[$name]}" 2>&1 &
+        ;;
+      faultline | faultline-base | faultline-blackhole)
+        mkdir -p "$dir/rules"
+        if [[ "$name" == faultline-blackhole ]]; then
+          # Held far longer than a round lasts; the round ends by closing.
+          printf '[[rule]]\nname = "hold"\n\n[rule.match]\nupstreams = ["bench"]\npath = "/held/**"\n\n[rule.fault]\nkind = "unavailable"\nmode = "blackhole"\nmax_hold = "10m"\n' >"$dir/rules/hold.toml"
+        fi
+        write_faultline_config "$dir/faultline.toml" "$MEM_PORT" "$P_ADMIN1" "$dir/rules"
+        if [[ "$name" == faultline-base ]]; then bin="$BASELINE_BIN"; fi
+        "${CPU1[@]}" "$bin" run -c "$dir/faultline.toml" >"${LOGF[$name]}" 2>&1 &
+        ;;
+    esac
+    MEM_PID=$!
+    PIDS+=("$MEM_PID")
+    PIDOF[$name]=$MEM_PID
+    wait_ready "$name" "$MEM_PORT"
+    check_target "$name"
+    MEM_RSS_PID=$MEM_PID
+    if [[ "$name" == nginx ]]; then
+      # The worker serves the connections; the master only watches it.
+      MEM_RSS_PID=""
+      for ((i = 0; i < 50; i++)); do
+        MEM_RSS_PID="$(pgrep -P "$MEM_PID" | head -n1 || true)"
+        [[ -n "$MEM_RSS_PID" ]] && break
+        sleep 0.1
+      done
+      [[ -n "$MEM_RSS_PID" ]] || die "no nginx worker process under pid $MEM_PID"
+    fi
+  }
+
+  mem_stop() { # mem_stop PID: TERM, then KILL after 5 s
+    local pid="$1" i
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      pkill -KILL -P "$pid" 2>/dev/null || true
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  }
+
+  rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+  # mem_round TARGET ROUND: one fresh process, one reading.
+  mem_round() {
+    local name="$1" r="$2" before after line="" mode=idle path=/ status=0 client_pid client_in
+    mem_start "$name"
+    if [[ "$name" == faultline-blackhole ]]; then
+      mode=pending
+      path=/held/x
+    fi
+    "${CPU0[@]}" python3 "$SCRIPT_DIR/conns.py" "$MEM_PORT" 50 --hold 0 >/dev/null ||
+      die "warm-up requests to $name failed"
+    sleep 0.5
+    before="$(rss_kb "$MEM_RSS_PID")"
+    # The client holds the connections until its stdin closes (at most 120 s).
+    coproc MEMCLIENT { "${CPU0[@]}" python3 "$SCRIPT_DIR/conns.py" "$MEM_PORT" "$MEM_CONNS" --mode "$mode" --path "$path" --hold 120; }
+    client_pid=$MEMCLIENT_PID
+    client_in=${MEMCLIENT[1]}
+    read -r -t 120 line <&"${MEMCLIENT[0]}" || true
+    sleep "$MEM_SETTLE"
+    after="$(rss_kb "$MEM_RSS_PID")"
+    exec {client_in}>&-
+    wait "$client_pid" || status=$?
+    mem_stop "$MEM_PID"
+    [[ "$line" == "ready opened=$MEM_CONNS ok=$MEM_CONNS failed=0" ]] ||
+      die "$name round $r: the client reported '${line:-nothing}' (status $status), expected all $MEM_CONNS connections ok"
+    printf '%s\t%d\t%d\t%d\n' "$name" "$r" "$before" "$after" >>"$MEM_RESULTS"
+    log "$(printf 'round %d/%d  %-20s RSS %7d kB -> %7d kB  %6.2f KB per connection' "$r" "$ROUNDS" "$name" "$before" "$after" \
+      "$(awk -v a="$after" -v b="$before" -v n="$MEM_CONNS" 'BEGIN { print (a - b) / n }')")"
+  }
+
+  log "memory: targets='$MEM_TARGETS' rounds=$ROUNDS connections=$MEM_CONNS settle=${MEM_SETTLE}s pin=$PIN"
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for t in $MEM_TARGETS; do
+      mem_round "$t" "$r"
+    done
+  done
+
+  echo
+  python3 - "$MEM_RESULTS" "$MEM_CONNS" $MEM_TARGETS <<'EOF'
+import sys
+from statistics import median
+
+path, conns, order = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+rows = {}
+for line in open(path):
+    t, r, before, after = line.split("\t")
+    rows.setdefault(t, []).append((int(before), int(after)))
+per = {t: median((a - b) / conns for b, a in rs) for t, rs in rows.items()}
+print(f"RSS per connection, {conns} connections, median of rounds (KB = 1,024 bytes)")
+print(f"{'target':<22}{'KB/conn':>9}{'before kB':>11}{'after kB':>10}{'rounds':>8}  per round")
+for t in order:
+    rs = rows[t]
+    each = " ".join(f"{(a - b) / conns:.2f}" for b, a in rs)
+    print(f"{t:<22}{per[t]:>9.2f}{median(b for b, _ in rs):>11.0f}"
+          f"{median(a for _, a in rs):>10.0f}{len(rs):>8}  {each}")
+print()
+print("ratios (of medians):")
+for a, b in [("faultline", "haproxy"), ("faultline", "nginx"), ("faultline", "faultline-base"),
+             ("faultline-blackhole", "faultline")]:
+    if a in per and b in per and per[b] > 0:
+        print(f"  {a + ' / ' + b:<44}{per[a] / per[b]:>8.2f}")
+EOF
+  exit 0
+fi
+
 # The plain instance also serves faultline-light, the baseline of
 # faultline-100ms.
 if [[ -n "${WANT[faultline]:-}" || -n "${WANT[faultline-100ms]:-}" ]]; then
@@ -480,27 +748,7 @@ fi
 if [[ -n "${WANT[haproxy]:-}" ]]; then
   HAP="$TMP/haproxy"
   mkdir -p "$HAP"
-  cat >"$HAP/haproxy.cfg" <<EOF
-global
-    nbthread 1
-
-defaults
-    mode http
-    option http-keep-alive
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-request 10s
-    timeout http-keep-alive 60s
-
-frontend edge
-    bind 127.0.0.1:$P_HAPROXY
-    default_backend bench
-
-backend bench
-    http-reuse always
-    server nginx 127.0.0.1:$P_NGINX
-EOF
+  write_haproxy_config "$HAP/haproxy.cfg" "$P_HAPROXY"
   LOGF[haproxy]="$HAP/haproxy.log"
   haproxy -c -q -f "$HAP/haproxy.cfg" >"${LOGF[haproxy]}" 2>&1 || {
     sed 's/^/    /' "${LOGF[haproxy]}" >&2
