@@ -401,6 +401,52 @@ async fn halt_forwards_a_blackholed_upload_whole() {
 }
 
 #[tokio::test]
+async fn disabling_a_blackhole_rule_lets_go_of_what_it_holds() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let holes = format!(
+        "{}{}",
+        rule(
+            "hole",
+            "",
+            "path = \"/hole/**\"",
+            "kind = \"unavailable\"\nmode = \"blackhole\"\nmax_hold = \"1h\"",
+        ),
+        rule(
+            "other-hole",
+            "",
+            "path = \"/other/**\"",
+            "kind = \"unavailable\"\nmode = \"blackhole\"\nmax_hold = \"1h\"",
+        )
+    );
+    let proxy = proxy(&upstream, &holes).await;
+    let post = |path: &str| {
+        let url = format!("{}{path}", proxy.url("edge"));
+        tokio::spawn(async move {
+            let request = Request::post(url).body(full("the upload")).unwrap();
+            send(&client(), request).await
+        })
+    };
+    let held = post("/hole/a");
+    let other = post("/other/b");
+    proxy.until_injected("hole", 1).await;
+    proxy.until_injected("other-hole", 1).await;
+    assert_eq!(upstream.requests(), 0, "the blackholes did not hold");
+
+    let disabled = proxy.admin("POST", "/api/rules/hole/disable", None).await;
+    assert_eq!(disabled.status, StatusCode::OK);
+    let reply = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("disabling the rule did not let its request go")
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "the upload");
+    // The other rule is still on: what it holds stays held.
+    assert!(!other.is_finished(), "another rule's request was let go");
+    assert_eq!(upstream.requests(), 1);
+    other.abort();
+}
+
+#[tokio::test]
 async fn a_rule_enabled_with_a_ttl_turns_itself_off() {
     let upstream = TestUpstream::start("orders-use1").await;
     let proxy = proxy(&upstream, &unavailable_503()).await;

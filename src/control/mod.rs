@@ -195,6 +195,16 @@ struct Entry {
     expiry: Option<Expiry>,
     /// What a running scenario does to the rule; it wins over the switches.
     overlay: Option<Overlay>,
+    /// Given when the rule turns off or goes: the requests its blackhole
+    /// holds are let go, as a halt lets them go.
+    off: Arc<HaltSignal>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // A deleted or removed rule holds nothing any more.
+        self.off.halt();
+    }
 }
 
 /// When an enabled rule turns itself off.
@@ -220,6 +230,7 @@ impl Entry {
             probability: None,
             expiry: None,
             overlay: None,
+            off: Arc::default(),
         }
     }
 
@@ -313,6 +324,17 @@ impl Control {
     /// Builds the snapshot of the current state and publishes it.
     fn publish(&self, state: &mut State) {
         let metrics = self.metrics();
+        for entry in &mut state.entries {
+            match (entry.enabled(), entry.off.is_halted()) {
+                // Turned off: let go of what it holds.
+                (false, false) => entry.off.halt(),
+                // On again: a fresh signal for what it will hold.
+                (true, true) => entry.off = Arc::default(),
+                (true, false) | (false, true) => {}
+            }
+        }
+        let rule_off: Vec<Arc<HaltSignal>> =
+            state.entries.iter().map(|e| Arc::clone(&e.off)).collect();
         let rules: Vec<LiveRule> = state.entries.iter().map(Entry::live).collect();
         let names: HashSet<String> = rules.iter().map(|r| r.rule.name().to_owned()).collect();
         for gone in state.published.difference(&names) {
@@ -324,7 +346,7 @@ impl Control {
         state.published = names;
         let upstreams = self.upstreams();
         let set = RuleSet::new(rules, upstreams.iter().map(Into::into), self.seed);
-        let snapshot = Snapshot::new(set, upstreams, metrics, Arc::clone(&state.halt));
+        let snapshot = Snapshot::new(set, upstreams, metrics, Arc::clone(&state.halt), rule_off);
         self.wiring.published.store(snapshot);
     }
 
@@ -746,14 +768,16 @@ fn merge(entries: Vec<Entry>, rules: Vec<Arc<Rule>>) -> (Vec<Entry>, ReloadSumma
 
 /// A file rule whose definition changed: it keeps its counters, and each
 /// runtime switch the file did not change.
-fn carry_over(previous: Entry, rule: &Rule) -> Entry {
+fn carry_over(mut previous: Entry, rule: &Rule) -> Entry {
     let rule = Arc::new(rule.with_counters(Arc::clone(&previous.rule.counters)));
     let keep_enabled = previous.rule.enabled == rule.enabled;
     let keep_probability = previous.rule.probability == rule.probability;
     let mut entry = Entry::new(rule);
+    // Still the same rule: what it holds stays held while it stays on.
+    std::mem::swap(&mut entry.off, &mut previous.off);
     if keep_enabled {
         entry.enabled = previous.enabled;
-        entry.expiry = previous.expiry;
+        entry.expiry = previous.expiry.take();
     }
     if keep_probability {
         entry.probability = previous.probability;
@@ -929,6 +953,40 @@ mod tests {
         let (merged, summary) = merge(merged, Vec::new());
         assert!(merged.is_empty());
         assert_eq!(summary.removed, ["edited", "kept", "new"]);
+    }
+
+    #[test]
+    fn turning_a_rule_off_or_removing_it_lets_go_of_what_it_holds() {
+        let fixture = Fixture::new(&format!("{}{}", rule("first", ""), rule("second", "")));
+        let off = |name: &str| {
+            let snapshot = fixture.snapshot();
+            let candidates = snapshot.rules.candidates(0).unwrap();
+            let i = (0..candidates.len())
+                .find(|&i| candidates.get(i).unwrap().rule.name() == name)
+                .unwrap();
+            Arc::clone(snapshot.rule_off(0, i).unwrap())
+        };
+        let first = off("first");
+        let second = off("second");
+        let disable = Change {
+            enabled: Some(false),
+            ..Change::default()
+        };
+        fixture.control.change("first", disable, "test").unwrap();
+        assert!(first.is_halted(), "disabling did not let go");
+        assert!(!second.is_halted(), "another rule let go");
+        let enable = Change {
+            enabled: Some(true),
+            ..Change::default()
+        };
+        fixture.control.change("first", enable, "test").unwrap();
+        assert!(
+            !off("first").is_halted(),
+            "a re-enabled rule must hold again"
+        );
+
+        fixture.edit(&rule("first", ""));
+        assert!(second.is_halted(), "a removed rule did not let go");
     }
 
     /// Lets every task that is due run, without moving the paused clock.

@@ -59,6 +59,9 @@ pub struct Snapshot {
     /// Given when the proxy halts: requests inside this snapshot's faults
     /// stop waiting.
     pub halt: Arc<HaltSignal>,
+    /// Per rule, in the order of [`RuleSet::rules`]: given when that rule
+    /// turns off or goes, so the requests its blackhole holds are let go.
+    rule_off: Vec<Arc<HaltSignal>>,
 }
 
 impl Snapshot {
@@ -69,6 +72,7 @@ impl Snapshot {
         upstreams: &[UpstreamConfig],
         metrics: &Metrics,
         halt: Arc<HaltSignal>,
+        rule_off: Vec<Arc<HaltSignal>>,
     ) -> Self {
         let injected = upstreams
             .iter()
@@ -89,6 +93,7 @@ impl Snapshot {
             rules,
             injected,
             halt,
+            rule_off,
         }
     }
 
@@ -98,7 +103,14 @@ impl Snapshot {
             rules: RuleSet::new(Vec::new(), upstreams.iter().map(Into::into), 0),
             injected: Vec::new(),
             halt: Arc::default(),
+            rule_off: Vec::new(),
         }
+    }
+
+    /// The signal given when the `candidate`-th rule of `upstream` turns off.
+    pub fn rule_off(&self, upstream: usize, candidate: usize) -> Option<&Arc<HaltSignal>> {
+        let candidate = self.rules.candidates(upstream)?.get(candidate)?;
+        self.rule_off.get(candidate.index)
     }
 
     /// Counts a fault the `candidate`-th rule of `upstream` injected.

@@ -53,7 +53,8 @@ impl Proxy {
             decision,
             snapshot,
             upstream,
-        } = plan;
+        } = &plan;
+        let upstream = *upstream;
         let candidates = snapshot.rules.candidates(upstream);
         let fired = || {
             decision
@@ -83,18 +84,7 @@ impl Proxy {
         let halt = &snapshot.halt;
         // HTTP/2 carries other requests on the same connection: fail only this stream.
         let multiplexed = request.version() == Version::HTTP_2;
-        let response = match self
-            .before_upstream(
-                &decision.action,
-                decision.delay,
-                halt,
-                conn,
-                request,
-                start,
-                upstream,
-            )
-            .await?
-        {
+        let response = match self.before_upstream(&plan, conn, request, start).await? {
             BeforeUpstream::Answer(response) => response,
             BeforeUpstream::Forward(request) => {
                 let response = self.forward_now(upstream, conn, request).await?;
@@ -111,17 +101,15 @@ impl Proxy {
     }
 
     /// Before the upstream: the injected delay, then the terminal fault.
-    #[allow(clippy::too_many_arguments)]
     async fn before_upstream(
         &self,
-        action: &Action,
-        delay: Duration,
-        halt: &HaltSignal,
+        plan: &Plan,
         conn: &Connection,
         request: Request<Incoming>,
         start: Instant,
-        upstream: usize,
     ) -> Result<BeforeUpstream, Unanswered> {
+        let (action, delay, upstream) = (&plan.decision.action, plan.decision.delay, plan.upstream);
+        let halt = &plan.snapshot.halt;
         if !delay.is_zero() {
             sleep_unless_halted(delay, halt).await;
         }
@@ -161,9 +149,16 @@ impl Proxy {
                 std::future::pending().await
             }
             &Action::Blackhole { max_hold } => {
+                // The blackhole's rule fired last: turning it off lets the request go.
+                let rule_off = plan
+                    .decision
+                    .fired
+                    .last()
+                    .and_then(|&i| plan.snapshot.rule_off(upstream, i));
                 let (parts, body) = request.into_parts();
                 let mut held = Box::new(Replayed::new(body));
-                if hold(&mut held, max_hold, halt).await == Held::Halted && held.is_whole() {
+                let let_go = hold(&mut held, max_hold, halt, rule_off.map(Arc::as_ref)).await;
+                if let_go == Held::Halted && held.is_whole() {
                     let request = Request::from_parts(parts, RequestBody::replayed(held));
                     return Ok(BeforeUpstream::Forward(request));
                 }
@@ -274,14 +269,26 @@ enum Held {
     Expired,
     /// The body broke off: the client is gone.
     ClientLeft,
-    /// The kill switch let the request out.
+    /// The kill switch, or the rule turning off, let the request out.
     Halted,
 }
 
 /// Holds a blackholed request for `max_hold`, reading its body ahead all
 /// the while, so that hyper notices a client that leaves, and so the body
-/// can still be forwarded if the kill switch lets the request out.
-async fn hold(body: &mut Replayed, max_hold: Duration, halt: &HaltSignal) -> Held {
+/// can still be forwarded if the kill switch, or its rule turning off, lets
+/// the request out.
+async fn hold(
+    body: &mut Replayed,
+    max_hold: Duration,
+    halt: &HaltSignal,
+    rule_off: Option<&HaltSignal>,
+) -> Held {
+    let rule_off = async {
+        match rule_off {
+            Some(off) => off.halted().await,
+            None => std::future::pending().await,
+        }
+    };
     let read = async {
         loop {
             match body.read_ahead().await {
@@ -295,6 +302,7 @@ async fn hold(body: &mut Replayed, max_hold: Duration, halt: &HaltSignal) -> Hel
     tokio::select! {
         biased;
         () = halt.halted() => Held::Halted,
+        () = rule_off => Held::Halted,
         held = read => held,
         () = tokio::time::sleep(max_hold) => Held::Expired,
     }

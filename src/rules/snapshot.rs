@@ -69,6 +69,8 @@ pub struct UpstreamRules {
 pub struct Candidate {
     pub rule: Arc<Rule>,
     pub probability: f64,
+    /// The rule's position in [`RuleSet::rules`].
+    pub index: usize,
 }
 
 impl UpstreamRules {
@@ -197,12 +199,14 @@ impl RuleSet {
                 UpstreamRules::new(
                     rules
                         .iter()
-                        .filter(|live| {
+                        .enumerate()
+                        .filter(|(_, live)| {
                             live.enabled && live.rule.matcher.applies_to_upstream(upstream)
                         })
-                        .map(|live| Candidate {
+                        .map(|(index, live)| Candidate {
                             rule: Arc::clone(&live.rule),
                             probability: live.probability,
+                            index,
                         })
                         .collect(),
                 )
