@@ -189,6 +189,12 @@ impl Replayed {
             Some(Ok(frame)) => {
                 self.buffered += frame.data_ref().map_or(0, |d| d.len() as u64);
                 if !self.discarding {
+                    // Copied to its own size: a slice of hyper's read buffer
+                    // would keep the whole buffer, about twice the bytes kept.
+                    let frame = match frame.into_data() {
+                        Ok(data) => Frame::data(Bytes::copy_from_slice(&data)),
+                        Err(frame) => frame,
+                    };
                     self.frames.push_back(frame);
                 }
                 ReadAhead::More
