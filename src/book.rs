@@ -486,3 +486,121 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Arbitrary rule files give problems or a rule book, never a panic.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A value of one of the types rule files use, as TOML text.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|x| format!("{x:?}")),
+            any::<bool>().prop_map(|b| b.to_string()),
+            "[a-zA-Z0-9 ./*_:-]{0,12}".prop_map(|s| format!("{s:?}")),
+            prop::sample::select(vec![
+                "\"1s\"",
+                "\"-5ms\"",
+                "\"400000000000y\"",
+                "\"0s\"",
+                "\"64KiB/s\"",
+                "\"/**\"",
+                "\"[\"",
+                "\"{a,b}\"",
+                "\"header:x\"",
+                "\"client_ip\"",
+                "[]",
+                "{}",
+                "\"aws.throttling\"",
+                "\"blackhole\"",
+                "\"refuse\"",
+                "\"lognormal\"",
+            ])
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    /// A key rule files know, in a table they know, or noise.
+    fn line() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "name",
+            "description",
+            "enabled",
+            "probability",
+            "times",
+            "every",
+            "sticky",
+            "kind",
+            "delay",
+            "jitter",
+            "side",
+            "status",
+            "body",
+            "body_file",
+            "preset",
+            "mode",
+            "max_hold",
+            "retry_after",
+            "rate",
+            "chunks",
+            "over",
+            "after_bytes",
+            "then",
+            "upstreams",
+            "labels",
+            "methods",
+            "path",
+            "headers",
+            "duration",
+            "at",
+            "enable",
+            "disable",
+            "max_error_ratio",
+            "window",
+            "min_requests",
+            "bogus",
+        ]);
+        let table = prop::sample::select(vec![
+            "[[rule]]",
+            "[rule.fault]",
+            "[rule.match]",
+            "[rule.fault.distribution]",
+            "[[scenario]]",
+            "[[scenario.step]]",
+            "[scenario.guard]",
+            "[scenario.step.set.a]",
+        ]);
+        prop_oneof![
+            3 => (key, value()).prop_map(|(k, v)| format!("{k} = {v}")),
+            1 => table.prop_map(str::to_owned),
+            1 => "[^\n]{0,20}",
+        ]
+    }
+
+    fn check(text: &str) {
+        let source = RuleText {
+            path: PathBuf::from("rules/r.toml"),
+            text: text.to_owned(),
+        };
+        // Either outcome is fine; a panic fails the property.
+        let _ = validate_sources(&[source], &BodyFiles::default(), &["a", "b"], &[]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_text_gives_problems_or_rules(text in "\\PC{0,300}") {
+            check(&text);
+        }
+
+        #[test]
+        fn arbitrary_rule_files_give_problems_or_rules(lines in prop::collection::vec(line(), 0..40)) {
+            check(&lines.join("\n"));
+        }
+    }
+}

@@ -352,3 +352,44 @@ mod tests {
         assert!(messages[2].starts_with("match.path: invalid path glob \"/a/[\""));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Arbitrary match conditions compile or are refused, and a compiled
+    //! matcher answers any request, never panicking.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof!["\\PC{0,12}", "[a-z*?/{},\\[\\]!-]{0,12}"]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_conditions_compile_or_are_refused_and_match_anything(
+            upstreams in prop::collection::vec(text(), 0..3),
+            labels in prop::collection::btree_map(text(), text(), 0..3),
+            methods in prop::collection::vec(text(), 0..3),
+            path in prop::option::of(text()),
+            headers in prop::collection::btree_map(text(), text(), 0..3),
+            request_path in "\\PC{0,40}",
+            method in text(),
+            name in text(),
+        ) {
+            let spec = MatchSpec { upstreams, labels: labels.clone(), methods, path, headers };
+            let Ok(matcher) = spec.compile(&["a", "b"], &FieldPath::root()) else {
+                return Ok(());
+            };
+            let _ = matcher.applies_to_upstream(UpstreamIdentity { name: &name, labels: &labels });
+            if let Some(glob) = matcher.path_glob() {
+                let _ = glob.compile_matcher().is_match(&request_path);
+            }
+            let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
+            let _ = matcher.matches_method_and_headers(&method, &HeaderMap::new());
+        }
+    }
+}
