@@ -119,6 +119,8 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+# shellcheck source=scripts/common.sh
+source "$SCRIPT_DIR/common.sh"
 
 BASELINE_BIN="${BASELINE_BIN:-}"
 # Every known target, in canonical order; the default list leaves out
@@ -309,16 +311,7 @@ cleanup() {
     kill -TERM "$pid" 2>/dev/null || true
   done
   for pid in "${PIDS[@]}"; do
-    for ((i = 0; i < 50; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      # Stubborn: kill it and whatever it forked (nginx workers).
-      pkill -KILL -P "$pid" 2>/dev/null || true
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
+    stop_pid "$pid"
   done
   if [[ "$KEEP_TMP" == 1 ]]; then
     log "kept temp dir: $TMP"
@@ -601,19 +594,7 @@ EOF
     fi
   }
 
-  mem_stop() { # mem_stop PID: TERM, then KILL after 5 s
-    local pid="$1" i
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      pkill -KILL -P "$pid" 2>/dev/null || true
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  }
+  mem_stop() { stop_pid "$1"; }
 
   rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 

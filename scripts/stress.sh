@@ -62,6 +62,8 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+# shellcheck source=scripts/common.sh
+source "$SCRIPT_DIR/common.sh"
 CONNS_PY="$SCRIPT_DIR/conns.py"
 
 HEADER_TIMEOUT="${HEADER_TIMEOUT:-2}"
@@ -134,17 +136,7 @@ cleanup() {
   local rc=$? pid i
   trap - EXIT INT TERM
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for ((i = 0; i < 50; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      pkill -KILL -P "$pid" 2>/dev/null || true
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  done
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
   if [[ "$KEEP_TMP" == 1 ]]; then log "kept temp dir: $TMP"; else rm -rf "$TMP"; fi
   exit "$rc"
 }
