@@ -35,18 +35,54 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::fault::AbortMode;
 use crate::socket::SendStream;
 
-/// [`ConnControl`] states. Every state past [`DRAIN`] ends the connection now.
-const OPEN: u8 = 0;
-/// Finish the request in flight, then close.
-const DRAIN: u8 = 1;
-const RESET: u8 = 2;
-const CLOSE: u8 = 3;
-const GARBAGE: u8 = 4;
+/// How an aborted connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// An RST: zero linger, unsent data discarded.
+    Reset,
+    /// A FIN.
+    Close,
+    /// A few bytes that are not HTTP ([`GARBAGE_BYTES`]), then a FIN.
+    Garbage,
+}
 
-/// What an `abort` in `garbage` mode sends: not HTTP by any reading.
+/// Where a connection stands, as [`ConnControl`] keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// Finish the request in flight, then close.
+    Drain,
+    /// End now, this way.
+    Ended(Ending),
+}
+
+impl State {
+    fn to_u8(self) -> u8 {
+        match self {
+            State::Open => 0,
+            State::Drain => 1,
+            State::Ended(Ending::Reset) => 2,
+            State::Ended(Ending::Close) => 3,
+            State::Ended(Ending::Garbage) => 4,
+        }
+    }
+
+    fn from_u8(code: u8) -> State {
+        match code {
+            0 => State::Open,
+            1 => State::Drain,
+            2 => State::Ended(Ending::Reset),
+            3 => State::Ended(Ending::Close),
+            4 => State::Ended(Ending::Garbage),
+            // Only `to_u8` stores into `ConnControl::state`.
+            _ => unreachable!("connection state {code} was never stored"),
+        }
+    }
+}
+
+/// What an [`Ending::Garbage`] sends: not HTTP by any reading.
 const GARBAGE_BYTES: &[u8] =
     b"\x00\x17\xfe\xff\x16garbage: faultline injected bytes that are not HTTP\r\n\x00";
 
@@ -56,35 +92,34 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Lets the request path, or shutdown, end a connection.
 #[derive(Debug, Default)]
 pub struct ConnControl {
-    /// [`OPEN`], [`DRAIN`], [`RESET`], [`CLOSE`] or [`GARBAGE`].
+    /// A [`State`], as [`State::to_u8`] writes it.
     state: AtomicU8,
     /// The connection's task, woken when the state changes.
     task: AtomicWaker,
 }
 
 impl ConnControl {
-    /// Ends the connection with no response: RST for `Reset`, FIN for `Close`.
-    pub fn abort(&self, mode: AbortMode) {
-        let code = match mode {
-            AbortMode::Reset => RESET,
-            AbortMode::Close | AbortMode::Empty => CLOSE,
-            AbortMode::Garbage => GARBAGE,
-        };
-        self.state.store(code, Ordering::Release);
+    /// Ends the connection now, with no response, as `ending` says.
+    pub fn abort(&self, ending: Ending) {
+        self.state
+            .store(State::Ended(ending).to_u8(), Ordering::Release);
         self.task.wake();
     }
 
     /// Lets the request in flight finish, then closes the connection.
     fn drain(&self) {
         // An abort already asked for stays.
-        let _ = self
-            .state
-            .compare_exchange(OPEN, DRAIN, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.state.compare_exchange(
+            State::Open.to_u8(),
+            State::Drain.to_u8(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         self.task.wake();
     }
 
-    fn mode(&self) -> u8 {
-        self.state.load(Ordering::Acquire)
+    fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
     }
 }
 
@@ -171,16 +206,16 @@ where
                 // Registered before the state is read: a change made after
                 // the read wakes this task again.
                 control.task.register(cx.waker());
-                match control.mode() {
-                    OPEN => {}
-                    DRAIN if !draining => {
+                match control.state() {
+                    State::Open => {}
+                    State::Drain if !draining => {
                         draining = true;
                         connection.as_mut().graceful_shutdown();
                     }
-                    DRAIN => {}
+                    State::Drain => {}
                     // Returning drops the connection: the socket closes as
-                    // the mode asks, whatever the connection was doing.
-                    _ => return Poll::Ready(Ok(())),
+                    // the ending asks, whatever the connection was doing.
+                    State::Ended(_) => return Poll::Ready(Ok(())),
                 }
                 connection.as_mut().poll(cx)
             })
@@ -194,7 +229,7 @@ where
     // Stop accepting at once: the listening socket closes here.
     drop(listener);
     if stop.reset.is_cancelled() {
-        open.end_all(AbortMode::Reset);
+        open.end_all(Ending::Reset);
         return;
     }
     open.drain_all();
@@ -204,7 +239,7 @@ where
         .is_err()
     {
         warn!(listener = ?local, ?grace, "grace period over; closing the connections still open");
-        open.end_all(AbortMode::Close);
+        open.end_all(Ending::Close);
     }
 }
 
@@ -243,9 +278,9 @@ impl OpenConnections {
         }
     }
 
-    fn end_all(&self, mode: AbortMode) {
+    fn end_all(&self, ending: Ending) {
         for control in self.lock().controls.values() {
-            control.abort(mode);
+            control.abort(ending);
         }
     }
 
@@ -294,8 +329,8 @@ fn is_per_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// A client socket that ends with an RST instead of a FIN when its
-/// connection was aborted in `reset` mode.
+/// A client socket that ends with an RST instead of a FIN, or with garbage
+/// before the FIN, when its connection was aborted that way.
 struct AbortableStream {
     stream: SendStream,
     control: Arc<ConnControl>,
@@ -303,16 +338,16 @@ struct AbortableStream {
 
 impl Drop for AbortableStream {
     fn drop(&mut self) {
-        match self.control.mode() {
+        match self.control.state() {
             // Zero linger: close() sends RST and discards unsent data.
-            RESET => {
+            State::Ended(Ending::Reset) => {
                 let _ = self.stream.get_ref().set_zero_linger();
             }
             // A few bytes fit the socket buffer: no need to wait for writability.
-            GARBAGE => {
+            State::Ended(Ending::Garbage) => {
                 let _ = self.stream.get_ref().try_write(GARBAGE_BYTES);
             }
-            _ => {}
+            State::Ended(Ending::Close) | State::Open | State::Drain => {}
         }
     }
 }
@@ -354,5 +389,35 @@ impl AsyncWrite for AbortableStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_survives_the_atomic() {
+        let states = [
+            State::Open,
+            State::Drain,
+            State::Ended(Ending::Reset),
+            State::Ended(Ending::Close),
+            State::Ended(Ending::Garbage),
+        ];
+        for state in states {
+            assert_eq!(State::from_u8(state.to_u8()), state);
+        }
+    }
+
+    #[test]
+    fn a_drain_does_not_undo_an_abort() {
+        let control = ConnControl::default();
+        control.abort(Ending::Garbage);
+        control.drain();
+        assert_eq!(control.state(), State::Ended(Ending::Garbage));
+        let control = ConnControl::default();
+        control.drain();
+        assert_eq!(control.state(), State::Drain);
     }
 }

@@ -26,7 +26,7 @@ use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::fault::{self, AbortMode, Action, Plan, RequestView};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::rules::{Release, RuleSet};
-use crate::server::ConnInfo;
+use crate::server::{self, ConnInfo};
 use crate::traffic::Tally;
 use pool::UpstreamClient;
 use prometheus::IntGauge;
@@ -321,7 +321,7 @@ impl Proxy {
                     }
                 }
                 metrics.record_unanswered(&method, start.elapsed());
-                conn.info.control.abort(mode);
+                conn.info.control.abort(ending(mode));
                 // The connection task drops this request with its connection.
                 return std::future::pending().await;
             }
@@ -336,7 +336,7 @@ impl Proxy {
                     return Err(StreamAborted);
                 }
                 metrics.record_unanswered(&method, start.elapsed());
-                conn.info.control.abort(AbortMode::Close);
+                conn.info.control.abort(server::Ending::Close);
                 return std::future::pending().await;
             }
         };
@@ -459,6 +459,16 @@ fn strip_port(host: &str) -> &str {
         return host.find(']').map_or(host, |end| &host[..=end]);
     }
     host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// How the connection ends for an abort in `mode`: `empty` has read the
+/// whole request by then, so it closes like `close`.
+fn ending(mode: AbortMode) -> server::Ending {
+    match mode {
+        AbortMode::Reset => server::Ending::Reset,
+        AbortMode::Close | AbortMode::Empty => server::Ending::Close,
+        AbortMode::Garbage => server::Ending::Garbage,
+    }
 }
 
 /// Reads a request body before an abort, up to `limit` bytes and `time`,

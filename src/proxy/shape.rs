@@ -193,7 +193,7 @@ impl Body for ShapedBody {
                     // The client keeps the original content-length and sees a broken body.
                     this.cut = true;
                     if let Some(control) = &this.control {
-                        control.abort(then);
+                        control.abort(super::ending(then));
                     }
                     return Poll::Ready(Some(Err("body truncated by an injected fault".into())));
                 }
