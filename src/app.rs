@@ -24,7 +24,7 @@ use crate::proxy::{Entry, Proxy};
 use crate::reload;
 use crate::rules::{self, Rule, RuleBook, RuleSet, RuleSource, RuleText};
 use crate::scenario::Scenario;
-use crate::server::{self, Stop};
+use crate::server::{self, Limits, Stop};
 
 /// A validated configuration and its rules, not yet bound to any port.
 #[derive(Debug)]
@@ -150,6 +150,9 @@ impl App {
 
         let shutdown = CancellationToken::new();
         let grace = config.proxy.shutdown_grace;
+        let limits = Limits {
+            header_timeout: config.proxy.header_timeout,
+        };
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
         for (listener, entry, name) in bound {
@@ -165,6 +168,7 @@ impl App {
                 Entry::Listener(_) => tokio::spawn(server::serve(
                     listener,
                     move |conn| proxy.service(entry, conn),
+                    limits,
                     Stop::draining(shutdown.clone(), grace),
                 )),
                 Entry::Upstream(upstream) => tokio::spawn(serve_dedicated(
@@ -172,6 +176,7 @@ impl App {
                     addr,
                     upstream,
                     proxy,
+                    limits,
                     Stop::draining(shutdown.clone(), grace),
                 )),
             };
@@ -196,6 +201,7 @@ impl App {
                     Arc::clone(&api).handle(conn.peer, request)
                 })
             },
+            limits,
             Stop::draining(shutdown.clone(), grace),
         )));
         if let (RuleFiles::Dir(dir), true) = (&self.files, config.proxy.watch_rules) {
@@ -239,6 +245,7 @@ async fn serve_dedicated(
     addr: SocketAddr,
     upstream: usize,
     proxy: Arc<Proxy>,
+    limits: Limits,
     stop: Stop,
 ) {
     let mut changes = proxy.subscribe_rules();
@@ -270,6 +277,7 @@ async fn serve_dedicated(
         let mut task = tokio::spawn(server::serve(
             socket,
             move |conn| proxy_for_service.service(Entry::Upstream(upstream), conn),
+            limits,
             serving,
         ));
         loop {

@@ -11,6 +11,14 @@
 //! channel) would take a lock each time the connection wakes, several times
 //! per request. The accept loop keeps every open connection's control, so
 //! shutdown can reach them all.
+//!
+//! A client must send its first request's head within the header timeout
+//! of being accepted, and each later head within the same time of asking
+//! for it (for HTTP/1.1, that includes the idle wait between requests), or
+//! its connection is closed: a silent or trickling client cannot hold a
+//! file descriptor for long. hyper-util first reads to tell HTTP/1.1 from
+//! h2c, and that read has no timeout of its own, so the first deadline is
+//! kept here, from accept until the service sees the first request.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -18,7 +26,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -89,6 +97,22 @@ const GARBAGE_BYTES: &[u8] =
 /// How long the accept loop waits after an error such as running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How long a client may take before its connection is closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// For the first request's head, counted from accept; for each later
+    /// head on HTTP/1.1, counted from the end of the previous response.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout: crate::config::DEFAULT_HEADER_TIMEOUT,
+        }
+    }
+}
+
 /// Lets the request path, or shutdown, end a connection.
 #[derive(Debug, Default)]
 pub struct ConnControl {
@@ -96,6 +120,8 @@ pub struct ConnControl {
     state: AtomicU8,
     /// The connection's task, woken when the state changes.
     task: AtomicWaker,
+    /// The first request's head has arrived: its deadline is over.
+    greeted: AtomicBool,
 }
 
 impl ConnControl {
@@ -120,6 +146,15 @@ impl ConnControl {
 
     fn state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Set and read on the connection's own task: no ordering needed.
+    fn greet(&self) {
+        self.greeted.store(true, Ordering::Relaxed);
+    }
+
+    fn greeted(&self) -> bool {
+        self.greeted.load(Ordering::Relaxed)
     }
 }
 
@@ -153,8 +188,9 @@ impl Stop {
 
 /// Accepts connections until `stop` says so: then lets in-flight requests
 /// finish for at most the grace period before the remaining connections are
-/// dropped, or resets them all at once.
-pub async fn serve<M, S, B>(listener: TcpListener, make_service: M, stop: Stop)
+/// dropped, or resets them all at once. Clients slower than `limits` are
+/// disconnected.
+pub async fn serve<M, S, B>(listener: TcpListener, make_service: M, limits: Limits, stop: Stop)
 where
     M: Fn(ConnInfo) -> S,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
@@ -164,9 +200,15 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let header_timeout = limits.header_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A timer makes hyper enforce its header read timeout (slow-loris clients).
-    builder.http1().timer(TokioTimer::new());
+    // hyper's header read timeout needs a timer. It runs from when hyper
+    // starts reading a head: after the first bytes for the first request,
+    // after the previous response for the next ones.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
     let open = Arc::new(OpenConnections::default());
     let local = listener.local_addr().ok();
@@ -185,13 +227,18 @@ where
                 }
             },
         };
+        // The deadline of the first request's head runs from here.
+        let first_head = tokio::time::sleep(header_timeout);
         // Small requests and responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let control = Arc::new(ConnControl::default());
-        let service = make_service(ConnInfo {
-            peer,
+        let service = Greeting {
+            service: make_service(ConnInfo {
+                peer,
+                control: Arc::clone(&control),
+            }),
             control: Arc::clone(&control),
-        });
+        };
         let io = TokioIo::new(AbortableStream {
             stream: SendStream::new(stream),
             control: Arc::clone(&control),
@@ -201,6 +248,7 @@ where
         tokio::spawn(async move {
             let _registration = registration;
             let mut connection = pin!(connection);
+            let mut first_head = pin!(Some(first_head));
             let mut draining = false;
             let ended = poll_fn(|cx| {
                 // Registered before the state is read: a change made after
@@ -217,7 +265,19 @@ where
                     // the ending asks, whatever the connection was doing.
                     State::Ended(_) => return Poll::Ready(Ok(())),
                 }
-                connection.as_mut().poll(cx)
+                let polled = connection.as_mut().poll(cx);
+                if polled.is_pending() {
+                    if let Some(deadline) = first_head.as_mut().as_pin_mut() {
+                        if control.greeted() {
+                            // Later heads are hyper's to time.
+                            first_head.set(None);
+                        } else if deadline.poll(cx).is_ready() {
+                            debug!(%peer, ?header_timeout, "closing a connection that sent no request");
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                }
+                polled
             })
             .await;
             if let Err(e) = ended {
@@ -316,6 +376,27 @@ impl Drop for Registration {
         if registry.controls.is_empty() {
             self.open.emptied.notify_waiters();
         }
+    }
+}
+
+/// A connection's service, which tells its [`ConnControl`] that a request
+/// head has arrived.
+struct Greeting<S> {
+    service: S,
+    control: Arc<ConnControl>,
+}
+
+impl<S, R> Service<R> for Greeting<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, request: R) -> S::Future {
+        self.control.greet();
+        self.service.call(request)
     }
 }
 
