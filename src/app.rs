@@ -127,12 +127,12 @@ impl App {
         let proxy = Arc::new(Proxy::new(&config, no_rules, metrics.clone()));
         let control = Control::new(Arc::clone(&proxy), self.files.clone(), self.book, seed);
 
-        let admin = bind(config.admin.listen, "the admin API").await?;
+        let admin = bind(config.admin.listen, "the admin API")?;
         let mut bound = Vec::new();
         for (i, listener) in config.listeners.iter().enumerate() {
             let what = format!("listener {:?}", listener.name);
             bound.push((
-                bind(listener.listen, &what).await?,
+                bind(listener.listen, &what)?,
                 Entry::Listener(i),
                 listener.name.clone(),
             ));
@@ -141,7 +141,7 @@ impl App {
             if let Some(addr) = upstream.listen {
                 let what = format!("the dedicated port of upstream {:?}", upstream.name);
                 bound.push((
-                    bind(addr, &what).await?,
+                    bind(addr, &what)?,
                     Entry::Upstream(i),
                     upstream.name.clone(),
                 ));
@@ -305,7 +305,7 @@ async fn reopen(addr: SocketAddr, stop: &Stop) -> Option<TcpListener> {
     let mut wait = REOPEN_RETRY;
     let mut warned = false;
     loop {
-        match TcpListener::bind(addr).await {
+        match server::bind(addr) {
             Ok(socket) => {
                 info!(%addr, "accepting connections again");
                 return Some(socket);
@@ -324,14 +324,12 @@ async fn reopen(addr: SocketAddr, stop: &Stop) -> Option<TcpListener> {
     }
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr,
-            what: what.to_owned(),
-            source,
-        })
+fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    server::bind(addr).map_err(|source| StartError::Bind {
+        addr,
+        what: what.to_owned(),
+        source,
+    })
 }
 
 fn entry_kind(entry: Entry) -> &'static str {

@@ -38,10 +38,10 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::socket::SendStream;
 
@@ -96,6 +96,28 @@ const GARBAGE_BYTES: &[u8] =
 
 /// How long the accept loop waits after an error such as running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The accept queue a listener asks for. The kernel silently caps it at
+/// its own limit (`net.core.somaxconn` on Linux, 4096 by default since
+/// 5.4; `kern.ipc.somaxconn` on the BSDs), so every listener gets the
+/// system's maximum; tokio's `bind` asks for 128.
+const LISTEN_BACKLOG: u32 = i32::MAX.unsigned_abs();
+
+/// Binds a listening socket on `addr` with the longest accept queue the
+/// system allows, so a burst of connections, or a pause in accepting
+/// (out of file descriptors), does not drop connection attempts.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As tokio's `bind` does: a restarted proxy takes its port back at
+    // once, even with connections of the last run in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// How long a client may take before its connection is closed.
 #[derive(Debug, Clone, Copy)]
@@ -212,6 +234,7 @@ where
     builder.http2().timer(TokioTimer::new());
     let open = Arc::new(OpenConnections::default());
     let local = listener.local_addr().ok();
+    let mut failures = AcceptFailures::default();
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -221,12 +244,23 @@ where
                 Ok(accepted) => accepted,
                 Err(e) if is_per_connection_error(&e) => continue,
                 Err(e) => {
-                    warn!(error = %e, listener = ?local, "accept failed; backing off");
+                    // The listener stays readable, so retrying at once
+                    // would spin; one line per run of failures, not per try.
+                    if failures.failed() {
+                        warn!(
+                            error = %e,
+                            listener = ?local,
+                            "accept failed; retrying every {ACCEPT_BACKOFF:?} until it succeeds"
+                        );
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
         };
+        if let Some(failed) = failures.succeeded() {
+            info!(listener = ?local, failed, "accepting connections again");
+        }
         // The deadline of the first request's head runs from here.
         let first_head = tokio::time::sleep(header_timeout);
         // Small requests and responses must not wait for Nagle.
@@ -379,6 +413,28 @@ impl Drop for Registration {
     }
 }
 
+/// Failed accepts in a row, so a run of them is logged once.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    in_a_row: u64,
+}
+
+impl AcceptFailures {
+    /// Counts a failure; `true` when it starts a run.
+    fn failed(&mut self) -> bool {
+        self.in_a_row += 1;
+        self.in_a_row == 1
+    }
+
+    /// Ends the run, if any: how many accepts failed in it.
+    fn succeeded(&mut self) -> Option<u64> {
+        match std::mem::take(&mut self.in_a_row) {
+            0 => None,
+            failed => Some(failed),
+        }
+    }
+}
+
 /// A connection's service, which tells its [`ConnControl`] that a request
 /// head has arrived.
 struct Greeting<S> {
@@ -489,6 +545,18 @@ mod tests {
         for state in states {
             assert_eq!(State::from_u8(state.to_u8()), state);
         }
+    }
+
+    #[test]
+    fn a_run_of_accept_failures_is_reported_once() {
+        let mut failures = AcceptFailures::default();
+        assert_eq!(failures.succeeded(), None);
+        assert!(failures.failed(), "the first failure is logged");
+        assert!(!failures.failed());
+        assert!(!failures.failed());
+        assert_eq!(failures.succeeded(), Some(3));
+        assert_eq!(failures.succeeded(), None);
+        assert!(failures.failed(), "a new run is logged again");
     }
 
     #[test]
