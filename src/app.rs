@@ -25,7 +25,7 @@ use crate::proxy::{Entry, Proxy};
 use crate::reload;
 use crate::rules::{LiveRule, Rule, RuleSource};
 use crate::scenario::Scenario;
-use crate::server::{self, Stop};
+use crate::server::{self, Limits, Stop};
 
 /// A validated configuration and its rules, not yet bound to any port.
 #[derive(Debug)]
@@ -134,12 +134,12 @@ impl App {
         };
         let control = Control::new(wiring, self.files.clone(), self.book, seed);
 
-        let admin = bind(config.admin.listen, "the admin API").await?;
+        let admin = bind(config.admin.listen, "the admin API")?;
         let mut bound = Vec::new();
         for (i, listener) in config.listeners.iter().enumerate() {
             let what = format!("listener {:?}", listener.name);
             bound.push((
-                bind(listener.listen, &what).await?,
+                bind(listener.listen, &what)?,
                 Entry::Listener(i),
                 listener.name.clone(),
             ));
@@ -148,7 +148,7 @@ impl App {
             if let Some(addr) = upstream.listen {
                 let what = format!("the dedicated port of upstream {:?}", upstream.name);
                 bound.push((
-                    bind(addr, &what).await?,
+                    bind(addr, &what)?,
                     Entry::Upstream(i),
                     upstream.name.clone(),
                 ));
@@ -157,6 +157,9 @@ impl App {
 
         let shutdown = CancellationToken::new();
         let grace = config.proxy.shutdown_grace;
+        let limits = Limits {
+            header_timeout: config.proxy.header_timeout,
+        };
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
         for (listener, entry, name) in bound {
@@ -172,6 +175,7 @@ impl App {
                 Entry::Listener(_) => tokio::spawn(server::serve(
                     listener,
                     move |conn| proxy.service(entry, conn),
+                    limits,
                     Stop::draining(shutdown.clone(), grace),
                 )),
                 Entry::Upstream(upstream) => tokio::spawn(serve_dedicated(
@@ -179,6 +183,7 @@ impl App {
                     addr,
                     upstream,
                     proxy,
+                    limits,
                     Stop::draining(shutdown.clone(), grace),
                 )),
             };
@@ -203,6 +208,7 @@ impl App {
                     Arc::clone(&api).handle(conn.peer, request)
                 })
             },
+            limits,
             Stop::draining(shutdown.clone(), grace),
         )));
         if let (RuleFiles::Dir(dir), true) = (&self.files, config.proxy.watch_rules) {
@@ -246,6 +252,7 @@ async fn serve_dedicated(
     addr: SocketAddr,
     upstream: usize,
     proxy: Arc<Proxy>,
+    limits: Limits,
     stop: Stop,
 ) {
     let published = Arc::clone(proxy.published());
@@ -278,6 +285,7 @@ async fn serve_dedicated(
         let mut task = tokio::spawn(server::serve(
             socket,
             move |conn| proxy_for_service.service(Entry::Upstream(upstream), conn),
+            limits,
             serving,
         ));
         loop {
@@ -305,7 +313,7 @@ async fn reopen(addr: SocketAddr, stop: &Stop) -> Option<TcpListener> {
     let mut wait = REOPEN_RETRY;
     let mut warned = false;
     loop {
-        match TcpListener::bind(addr).await {
+        match server::bind(addr) {
             Ok(socket) => {
                 info!(%addr, "accepting connections again");
                 return Some(socket);
@@ -324,14 +332,12 @@ async fn reopen(addr: SocketAddr, stop: &Stop) -> Option<TcpListener> {
     }
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr,
-            what: what.to_owned(),
-            source,
-        })
+fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    server::bind(addr).map_err(|source| StartError::Bind {
+        addr,
+        what: what.to_owned(),
+        source,
+    })
 }
 
 fn entry_kind(entry: Entry) -> &'static str {

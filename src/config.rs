@@ -21,6 +21,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_ACTIVE_FAULTS: usize = 10_000;
 
 // ---------------------------------------------------------------------------
@@ -59,6 +60,7 @@ pub struct ProxySection {
     pub connect_timeout: Option<String>,
     pub upstream_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
+    pub header_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub mark_faults: Option<bool>,
     pub watch_rules: Option<bool>,
@@ -122,6 +124,10 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     /// How long an idle upstream connection is kept for reuse.
     pub pool_idle_timeout: Duration,
+    /// How long a client may take to send a request's head: from connecting
+    /// for the first, from the previous response for the next (HTTP/1.1).
+    /// A connection that does not is closed.
+    pub header_timeout: Duration,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
     pub mark_faults: bool,
@@ -561,6 +567,11 @@ fn validate_proxy(
         "pool_idle_timeout",
         DEFAULT_POOL_IDLE_TIMEOUT,
     );
+    let header_timeout = duration(
+        &section.header_timeout,
+        "header_timeout",
+        DEFAULT_HEADER_TIMEOUT,
+    );
     let shutdown_grace = duration(
         &section.shutdown_grace,
         "shutdown_grace",
@@ -592,6 +603,7 @@ fn validate_proxy(
         connect_timeout,
         upstream_timeout,
         pool_idle_timeout,
+        header_timeout,
         shutdown_grace,
         mark_faults: section.mark_faults.unwrap_or(true),
         watch_rules: section.watch_rules.unwrap_or(true),
@@ -728,6 +740,7 @@ upstream = "orders-use1"
         assert_eq!(config.proxy.rules_dir, Path::new("/etc/faultline/rules"));
         assert_eq!(config.proxy.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT);
         assert_eq!(config.proxy.pool_idle_timeout, DEFAULT_POOL_IDLE_TIMEOUT);
+        assert_eq!(config.proxy.header_timeout, DEFAULT_HEADER_TIMEOUT);
         assert!(config.proxy.mark_faults);
         assert_eq!(config.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
         assert_eq!(config.upstreams[0].host_header, "127.0.0.1:9101");
@@ -784,6 +797,20 @@ upstream = "a"
         assert!(errors
             .iter()
             .any(|e| e.contains("duplicate upstream name \"a\"")));
+    }
+
+    #[test]
+    fn header_timeout_is_a_positive_duration() {
+        let config = parse(&format!("[proxy]\nheader_timeout = \"300ms\"\n{MINIMAL}")).unwrap();
+        assert_eq!(config.proxy.header_timeout, Duration::from_millis(300));
+        assert_eq!(
+            messages(&format!("[proxy]\nheader_timeout = \"0s\"\n{MINIMAL}")),
+            vec!["proxy.header_timeout: header_timeout must be more than zero"]
+        );
+        assert!(
+            messages(&format!("[proxy]\nheader_timeout = 30\n{MINIMAL}"))[0]
+                .contains("invalid type"),
+        );
     }
 
     #[test]

@@ -309,6 +309,7 @@ pub async fn serve_upstream(
             let identity = Arc::clone(&identity);
             hyper::service::service_fn(move |request| answer(Arc::clone(&identity), request))
         },
+        server::Limits::default(),
         stop,
     )
     .await;

@@ -11,6 +11,14 @@
 //! channel) would take a lock each time the connection wakes, several times
 //! per request. The accept loop keeps every open connection's control, so
 //! shutdown can reach them all.
+//!
+//! A client must send its first request's head within the header timeout
+//! of being accepted, and each later head within the same time of asking
+//! for it (for HTTP/1.1, that includes the idle wait between requests), or
+//! its connection is closed: a silent or trickling client cannot hold a
+//! file descriptor for long. hyper-util first reads to tell HTTP/1.1 from
+//! h2c, and that read has no timeout of its own, so the first deadline is
+//! kept here, from accept until the service sees the first request.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -18,7 +26,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,71 +38,145 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::socket::SendStream;
 
-/// [`ConnControl`] states. Every state past [`DRAIN`] ends the connection now.
-const OPEN: u8 = 0;
-/// Finish the request in flight, then close.
-const DRAIN: u8 = 1;
-const RESET: u8 = 2;
-const CLOSE: u8 = 3;
-const GARBAGE: u8 = 4;
+/// How an aborted connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// An RST: zero linger, unsent data discarded.
+    Reset,
+    /// A FIN.
+    Close,
+    /// A few bytes that are not HTTP ([`GARBAGE_BYTES`]), then a FIN.
+    Garbage,
+}
 
-/// What an `abort` in `garbage` mode sends: not HTTP by any reading.
+/// Where a connection stands, as [`ConnControl`] keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// Finish the request in flight, then close.
+    Drain,
+    /// End now, this way.
+    Ended(Ending),
+}
+
+impl State {
+    fn to_u8(self) -> u8 {
+        match self {
+            State::Open => 0,
+            State::Drain => 1,
+            State::Ended(Ending::Reset) => 2,
+            State::Ended(Ending::Close) => 3,
+            State::Ended(Ending::Garbage) => 4,
+        }
+    }
+
+    fn from_u8(code: u8) -> State {
+        match code {
+            0 => State::Open,
+            1 => State::Drain,
+            2 => State::Ended(Ending::Reset),
+            3 => State::Ended(Ending::Close),
+            4 => State::Ended(Ending::Garbage),
+            // Only `to_u8` stores into `ConnControl::state`.
+            _ => unreachable!("connection state {code} was never stored"),
+        }
+    }
+}
+
+/// What an [`Ending::Garbage`] sends: not HTTP by any reading.
 const GARBAGE_BYTES: &[u8] =
     b"\x00\x17\xfe\xff\x16garbage: faultline injected bytes that are not HTTP\r\n\x00";
 
 /// How long the accept loop waits after an error such as running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// How a connection is ended at once, with no response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// TCP RST: the client sees "connection reset by peer".
-    Reset,
-    /// FIN.
-    Close,
-    /// Bytes that are not HTTP, then FIN.
-    Garbage,
+/// The accept queue a listener asks for. The kernel silently caps it at
+/// its own limit (`net.core.somaxconn` on Linux, 4096 by default since
+/// 5.4; `kern.ipc.somaxconn` on the BSDs), so every listener gets the
+/// system's maximum; tokio's `bind` asks for 128.
+const LISTEN_BACKLOG: u32 = i32::MAX.unsigned_abs();
+
+/// Binds a listening socket on `addr` with the longest accept queue the
+/// system allows, so a burst of connections, or a pause in accepting
+/// (out of file descriptors), does not drop connection attempts.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As tokio's `bind` does: a restarted proxy takes its port back at
+    // once, even with connections of the last run in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// How long a client may take before its connection is closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// For the first request's head, counted from accept; for each later
+    /// head on HTTP/1.1, counted from the end of the previous response.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout: crate::config::DEFAULT_HEADER_TIMEOUT,
+        }
+    }
 }
 
 /// Lets the request path, or shutdown, end a connection.
 #[derive(Debug, Default)]
 pub struct ConnControl {
-    /// [`OPEN`], [`DRAIN`], [`RESET`], [`CLOSE`] or [`GARBAGE`].
+    /// A [`State`], as [`State::to_u8`] writes it.
     state: AtomicU8,
     /// The connection's task, woken when the state changes.
     task: AtomicWaker,
+    /// The first request's head has arrived: its deadline is over.
+    greeted: AtomicBool,
 }
 
 impl ConnControl {
-    /// Ends the connection now, with no response.
+    /// Ends the connection now, with no response, as `ending` says.
     pub fn abort(&self, ending: Ending) {
-        let code = match ending {
-            Ending::Reset => RESET,
-            Ending::Close => CLOSE,
-            Ending::Garbage => GARBAGE,
-        };
-        self.state.store(code, Ordering::Release);
+        self.state
+            .store(State::Ended(ending).to_u8(), Ordering::Release);
         self.task.wake();
     }
 
     /// Lets the request in flight finish, then closes the connection.
     fn drain(&self) {
         // An abort already asked for stays.
-        let _ = self
-            .state
-            .compare_exchange(OPEN, DRAIN, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.state.compare_exchange(
+            State::Open.to_u8(),
+            State::Drain.to_u8(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         self.task.wake();
     }
 
-    fn mode(&self) -> u8 {
-        self.state.load(Ordering::Acquire)
+    fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Set and read on the connection's own task: no ordering needed.
+    fn greet(&self) {
+        self.greeted.store(true, Ordering::Relaxed);
+    }
+
+    fn greeted(&self) -> bool {
+        self.greeted.load(Ordering::Relaxed)
     }
 }
 
@@ -128,8 +210,9 @@ impl Stop {
 
 /// Accepts connections until `stop` says so: then lets in-flight requests
 /// finish for at most the grace period before the remaining connections are
-/// dropped, or resets them all at once.
-pub async fn serve<M, S, B>(listener: TcpListener, make_service: M, stop: Stop)
+/// dropped, or resets them all at once. Clients slower than `limits` are
+/// disconnected.
+pub async fn serve<M, S, B>(listener: TcpListener, make_service: M, limits: Limits, stop: Stop)
 where
     M: Fn(ConnInfo) -> S,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
@@ -139,12 +222,19 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let header_timeout = limits.header_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A timer makes hyper enforce its header read timeout (slow-loris clients).
-    builder.http1().timer(TokioTimer::new());
+    // hyper's header read timeout needs a timer. It runs from when hyper
+    // starts reading a head: after the first bytes for the first request,
+    // after the previous response for the next ones.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
     let open = Arc::new(OpenConnections::default());
     let local = listener.local_addr().ok();
+    let mut failures = AcceptFailures::default();
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -154,19 +244,35 @@ where
                 Ok(accepted) => accepted,
                 Err(e) if is_per_connection_error(&e) => continue,
                 Err(e) => {
-                    warn!(error = %e, listener = ?local, "accept failed; backing off");
+                    // The listener stays readable, so retrying at once
+                    // would spin; one line per run of failures, not per try.
+                    if failures.failed() {
+                        warn!(
+                            error = %e,
+                            listener = ?local,
+                            "accept failed; retrying every {ACCEPT_BACKOFF:?} until it succeeds"
+                        );
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
         };
+        if let Some(failed) = failures.succeeded() {
+            info!(listener = ?local, failed, "accepting connections again");
+        }
+        // The deadline of the first request's head runs from here.
+        let first_head = tokio::time::sleep(header_timeout);
         // Small requests and responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let control = Arc::new(ConnControl::default());
-        let service = BoxedFuture(make_service(ConnInfo {
-            peer,
+        let service = Greeting {
+            service: make_service(ConnInfo {
+                peer,
+                control: Arc::clone(&control),
+            }),
             control: Arc::clone(&control),
-        }));
+        };
         let io = TokioIo::new(AbortableStream {
             stream: SendStream::new(stream),
             control: Arc::clone(&control),
@@ -176,23 +282,36 @@ where
         tokio::spawn(async move {
             let _registration = registration;
             let mut connection = pin!(connection);
+            let mut first_head = pin!(Some(first_head));
             let mut draining = false;
             let ended = poll_fn(|cx| {
                 // Registered before the state is read: a change made after
                 // the read wakes this task again.
                 control.task.register(cx.waker());
-                match control.mode() {
-                    OPEN => {}
-                    DRAIN if !draining => {
+                match control.state() {
+                    State::Open => {}
+                    State::Drain if !draining => {
                         draining = true;
                         connection.as_mut().graceful_shutdown();
                     }
-                    DRAIN => {}
+                    State::Drain => {}
                     // Returning drops the connection: the socket closes as
-                    // the mode asks, whatever the connection was doing.
-                    _ => return Poll::Ready(Ok(())),
+                    // the ending asks, whatever the connection was doing.
+                    State::Ended(_) => return Poll::Ready(Ok(())),
                 }
-                connection.as_mut().poll(cx)
+                let polled = connection.as_mut().poll(cx);
+                if polled.is_pending() {
+                    if let Some(deadline) = first_head.as_mut().as_pin_mut() {
+                        if control.greeted() {
+                            // Later heads are hyper's to time.
+                            first_head.set(None);
+                        } else if deadline.poll(cx).is_ready() {
+                            debug!(%peer, ?header_timeout, "closing a connection that sent no request");
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                }
+                polled
             })
             .await;
             if let Err(e) = ended {
@@ -215,29 +334,6 @@ where
     {
         warn!(listener = ?local, ?grace, "grace period over; closing the connections still open");
         open.end_all(Ending::Close);
-    }
-}
-
-/// A service whose futures live on the heap only while a request runs.
-///
-/// hyper keeps a connection's request future in a box of the future's own
-/// size from the connection's start to its end, so an idle keep-alive
-/// connection would hold the whole proxy pipeline's state (2.2 KB) while
-/// waiting; boxed per request, it holds a pointer (idle keep-alive
-/// connection: 19.5 KB to 17.0 KB resident, `MEMORY=1 scripts/loadtest.sh`).
-struct BoxedFuture<S>(S);
-
-impl<S, R> Service<R> for BoxedFuture<S>
-where
-    S: Service<R>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn call(&self, request: R) -> Self::Future {
-        Box::pin(self.0.call(request))
     }
 }
 
@@ -317,6 +413,56 @@ impl Drop for Registration {
     }
 }
 
+/// Failed accepts in a row, so a run of them is logged once.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    in_a_row: u64,
+}
+
+impl AcceptFailures {
+    /// Counts a failure; `true` when it starts a run.
+    fn failed(&mut self) -> bool {
+        self.in_a_row += 1;
+        self.in_a_row == 1
+    }
+
+    /// Ends the run, if any: how many accepts failed in it.
+    fn succeeded(&mut self) -> Option<u64> {
+        match std::mem::take(&mut self.in_a_row) {
+            0 => None,
+            failed => Some(failed),
+        }
+    }
+}
+
+/// A connection's service, which tells its [`ConnControl`] that a request
+/// head has arrived.
+struct Greeting<S> {
+    service: S,
+    control: Arc<ConnControl>,
+}
+
+/// The request future is boxed per request: hyper keeps a connection's
+/// request future in a box of the future's own size from the connection's
+/// start to its end, so an idle keep-alive connection would hold the whole
+/// proxy pipeline's state (2.2 KB) while waiting; boxed per request, it
+/// holds a pointer (idle keep-alive connection: 19.5 KB to 17.0 KB
+/// resident, `MEMORY=1 scripts/loadtest.sh`).
+impl<S, R> Service<R> for Greeting<S>
+where
+    S: Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn call(&self, request: R) -> Self::Future {
+        self.control.greet();
+        Box::pin(self.service.call(request))
+    }
+}
+
 /// Accept errors that concern one connection, not the listener.
 fn is_per_connection_error(e: &io::Error) -> bool {
     matches!(
@@ -327,8 +473,8 @@ fn is_per_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// A client socket that ends with an RST instead of a FIN when its
-/// connection was aborted in `reset` mode.
+/// A client socket that ends with an RST instead of a FIN, or with garbage
+/// before the FIN, when its connection was aborted that way.
 struct AbortableStream {
     stream: SendStream,
     control: Arc<ConnControl>,
@@ -336,16 +482,16 @@ struct AbortableStream {
 
 impl Drop for AbortableStream {
     fn drop(&mut self) {
-        match self.control.mode() {
+        match self.control.state() {
             // Zero linger: close() sends RST and discards unsent data.
-            RESET => {
+            State::Ended(Ending::Reset) => {
                 let _ = self.stream.get_ref().set_zero_linger();
             }
             // A few bytes fit the socket buffer: no need to wait for writability.
-            GARBAGE => {
+            State::Ended(Ending::Garbage) => {
                 let _ = self.stream.get_ref().try_write(GARBAGE_BYTES);
             }
-            _ => {}
+            State::Ended(Ending::Close) | State::Open | State::Drain => {}
         }
     }
 }
@@ -387,5 +533,47 @@ impl AsyncWrite for AbortableStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_survives_the_atomic() {
+        let states = [
+            State::Open,
+            State::Drain,
+            State::Ended(Ending::Reset),
+            State::Ended(Ending::Close),
+            State::Ended(Ending::Garbage),
+        ];
+        for state in states {
+            assert_eq!(State::from_u8(state.to_u8()), state);
+        }
+    }
+
+    #[test]
+    fn a_run_of_accept_failures_is_reported_once() {
+        let mut failures = AcceptFailures::default();
+        assert_eq!(failures.succeeded(), None);
+        assert!(failures.failed(), "the first failure is logged");
+        assert!(!failures.failed());
+        assert!(!failures.failed());
+        assert_eq!(failures.succeeded(), Some(3));
+        assert_eq!(failures.succeeded(), None);
+        assert!(failures.failed(), "a new run is logged again");
+    }
+
+    #[test]
+    fn a_drain_does_not_undo_an_abort() {
+        let control = ConnControl::default();
+        control.abort(Ending::Garbage);
+        control.drain();
+        assert_eq!(control.state(), State::Ended(Ending::Garbage));
+        let control = ConnControl::default();
+        control.drain();
+        assert_eq!(control.state(), State::Drain);
     }
 }
