@@ -116,7 +116,12 @@ async fn an_idle_keep_alive_connection_is_closed() {
         .unwrap();
     let connection = tokio::spawn(connection);
     let response = sender
-        .send_request(Request::get("/x").body(empty()).unwrap())
+        .send_request(
+            Request::get("/x")
+                .header("host", "orders")
+                .body(empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
@@ -142,7 +147,12 @@ async fn a_keep_alive_client_is_unaffected() {
     for path in ["/first", "/sleep/700", "/third"] {
         sender.ready().await.unwrap();
         let response = sender
-            .send_request(Request::get(path).body(empty()).unwrap())
+            .send_request(
+                Request::get(path)
+                    .header("host", "orders")
+                    .body(empty())
+                    .unwrap(),
+            )
             .await
             .unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(response.status(), 200, "{path}");
