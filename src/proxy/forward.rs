@@ -17,18 +17,32 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 ///
 /// Each header is looked up once, through its entry: this runs for every
 /// request, and each lookup of a custom name hashes the whole name.
+///
+/// A request that breaks RFC 9112 §3.2 (an HTTP/1.1 request without a
+/// `Host`, or any request with two) is refused with the reason: checked
+/// here, in the one lookup of `Host` the rewriting makes anyway.
 pub fn upstream_request<B>(
     upstream: &UpstreamConfig,
     client_ip: &HeaderValue,
     request: Request<B>,
-) -> Request<B> {
+) -> Result<Request<B>, &'static str> {
     let (mut parts, body) = request.into_parts();
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
 
     let original_host = match headers.entry(HOST) {
         // Every `Host` line goes; the first is the client's.
-        Entry::Occupied(mut host) => host.insert_mult(upstream.host_header.clone()).next(),
+        Entry::Occupied(mut host) => {
+            let mut sent = host.insert_mult(upstream.host_header.clone());
+            let first = sent.next();
+            if sent.next().is_some() {
+                return Err("more than one Host header");
+            }
+            first
+        }
+        Entry::Vacant(_) if parts.version == Version::HTTP_11 => {
+            return Err("an HTTP/1.1 request without a Host header");
+        }
         Entry::Vacant(host) => {
             host.insert(upstream.host_header.clone());
             // HTTP/2 carries the host in the :authority pseudo-header.
@@ -74,7 +88,7 @@ pub fn upstream_request<B>(
     );
     // Upstreams are spoken to over HTTP/1.1 whatever the client used.
     parts.version = Version::HTTP_11;
-    Request::from_parts(parts, body)
+    Ok(Request::from_parts(parts, body))
 }
 
 /// `existing, addition` as one header value.
@@ -158,7 +172,8 @@ fn named_in(line: &HeaderValue) -> impl Iterator<Item = &[u8]> {
 /// The bit of `name` in [`HOP_BY_HOP`], or 0. A match on the name compares
 /// lengths first, so most names are ruled out at once.
 fn hop_by_hop_bit(name: &HeaderName) -> u16 {
-    match name.as_str() {
+    let name = name.as_str();
+    match name {
         "connection" => 1 << 0,
         "keep-alive" => 1 << 1,
         "proxy-connection" => 1 << 2,
@@ -168,7 +183,7 @@ fn hop_by_hop_bit(name: &HeaderName) -> u16 {
         "upgrade" => 1 << 6,
         "proxy-authenticate" => 1 << 7,
         "proxy-authorization" => 1 << 8,
-        _ if is_owned(name) => OWNED_BIT,
+        _ if is_owned_name(name) => OWNED_BIT,
         _ => 0,
     }
 }
@@ -177,8 +192,14 @@ fn hop_by_hop_bit(name: &HeaderName) -> u16 {
 const OWNED_BIT: u16 = 1 << 15;
 
 /// Whether faultline owns the header: `x-faultline-*` marks only it sets.
+/// Runs for every header of every message: most names are ruled out by
+/// their first byte.
 fn is_owned(name: &HeaderName) -> bool {
-    name.as_str().starts_with("x-faultline-")
+    is_owned_name(name.as_str())
+}
+
+fn is_owned_name(name: &str) -> bool {
+    name.as_bytes().first() == Some(&b'x') && name.starts_with("x-faultline-")
 }
 
 /// Headers that concern one connection only, in the order of their bits
@@ -273,20 +294,45 @@ mod tests {
     }
 
     #[test]
-    fn every_host_line_is_replaced_and_the_first_is_forwarded() {
+    fn the_host_is_replaced_and_forwarded() {
         let request = Request::builder()
             .uri("/a?b")
             .header(HOST, "first.example")
-            .header(HOST, "second.example")
             .body(())
             .unwrap();
         let client = HeaderValue::from_static("127.0.0.1");
-        let sent = upstream_request(&upstream(), &client, request);
+        let sent = upstream_request(&upstream(), &client, request).unwrap();
         let hosts: Vec<_> = sent.headers().get_all(HOST).iter().collect();
         assert_eq!(hosts, ["10.0.0.9:8080"]);
         assert_eq!(sent.headers()[&X_FORWARDED_HOST], "first.example");
         assert_eq!(sent.headers()[&X_FORWARDED_FOR], "127.0.0.1");
         assert_eq!(sent.uri(), "/a?b");
+    }
+
+    #[test]
+    fn a_request_without_exactly_one_host_is_refused() {
+        let client = HeaderValue::from_static("127.0.0.1");
+        let two = Request::builder()
+            .uri("/")
+            .header(HOST, "first.example")
+            .header(HOST, "second.example")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            upstream_request(&upstream(), &client, two).unwrap_err(),
+            "more than one Host header"
+        );
+        let none = Request::builder().uri("/").body(()).unwrap();
+        assert_eq!(
+            upstream_request(&upstream(), &client, none).unwrap_err(),
+            "an HTTP/1.1 request without a Host header"
+        );
+        let old = Request::builder()
+            .uri("/")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
+        assert!(upstream_request(&upstream(), &client, old).is_ok());
     }
 
     #[test]
@@ -299,7 +345,7 @@ mod tests {
             .body(())
             .unwrap();
         let client = HeaderValue::from_static("127.0.0.1");
-        let sent = upstream_request(&upstream(), &client, request);
+        let sent = upstream_request(&upstream(), &client, request).unwrap();
         assert_eq!(sent.headers()[HOST], "10.0.0.9:8080");
         assert_eq!(sent.headers()[&X_FORWARDED_HOST], "client.example");
         assert!(!sent.headers().contains_key("x-secret"));
@@ -310,12 +356,13 @@ mod tests {
     fn an_earlier_proxys_proto_and_host_are_kept() {
         let request = Request::builder()
             .uri("http://inner.example/")
+            .version(Version::HTTP_2)
             .header(&X_FORWARDED_PROTO, "https")
             .header(&X_FORWARDED_HOST, "outer.example")
             .body(())
             .unwrap();
         let client = HeaderValue::from_static("127.0.0.1");
-        let sent = upstream_request(&upstream(), &client, request);
+        let sent = upstream_request(&upstream(), &client, request).unwrap();
         assert_eq!(sent.headers()[&X_FORWARDED_PROTO], "https");
         assert_eq!(sent.headers()[&X_FORWARDED_HOST], "outer.example");
         assert_eq!(sent.headers()[HOST], "10.0.0.9:8080");
@@ -323,13 +370,14 @@ mod tests {
     }
 
     #[test]
-    fn the_authority_stands_in_for_a_missing_host() {
+    fn the_authority_stands_in_for_a_missing_host_on_http2() {
         let request = Request::builder()
             .uri("http://inner.example:81/x")
+            .version(Version::HTTP_2)
             .body(())
             .unwrap();
         let client = HeaderValue::from_static("127.0.0.1");
-        let sent = upstream_request(&upstream(), &client, request);
+        let sent = upstream_request(&upstream(), &client, request).unwrap();
         assert_eq!(sent.headers()[&X_FORWARDED_HOST], "inner.example:81");
         assert_eq!(sent.headers()[&X_FORWARDED_PROTO], "http");
     }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Method, Request, Response, Version};
+use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use prometheus::{IntCounter, IntGauge};
 
@@ -199,10 +199,6 @@ impl Proxy {
             Entry::Upstream(i) => &self.dedicated_inflight[i],
         };
         let _inflight = Inflight::enter(inflight);
-        if let Err(error) = check_host(&request) {
-            self.record_client_error(&error);
-            return Ok(synthetic::rescue(&error));
-        }
         let Some(upstream) = self.route(conn.entry, &request) else {
             return Ok(synthetic::rescue(&ProxyError::NoRoute));
         };
@@ -308,7 +304,12 @@ impl Proxy {
         let target = &self.upstreams[upstream];
         // A timeout while the client is still sending its body is the client's stall.
         let upload_whole = request.body_mut().watch_whole();
-        let request = forward::upstream_request(target, &conn.client_ip, request);
+        let request =
+            forward::upstream_request(target, &conn.client_ip, request).map_err(|reason| {
+                ProxyError::ClientProtocol {
+                    reason: reason.to_owned(),
+                }
+            })?;
         let deadline = tokio::time::Instant::from_std(sent + self.upstream_timeout);
         let sending = self.connectors.send(upstream, request, sent);
         match tokio::time::timeout_at(deadline, sending).await {
@@ -388,22 +389,6 @@ struct Connection {
     entry: Entry,
     client_ip: HeaderValue,
     info: ConnInfo,
-}
-
-/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`; no
-/// request carries two. One lookup of a standard header per request.
-fn check_host(request: &Request<Incoming>) -> Result<(), ProxyError> {
-    let mut hosts = request.headers().get_all(http::header::HOST).iter();
-    let reason = match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => "more than one Host header",
-        (None, _) if request.version() == Version::HTTP_11 => {
-            "an HTTP/1.1 request without a Host header"
-        }
-        _ => return Ok(()),
-    };
-    Err(ProxyError::ClientProtocol {
-        reason: reason.to_owned(),
-    })
 }
 
 /// The request's host name, port removed: `Host`, else the URI authority (HTTP/2).
