@@ -25,7 +25,7 @@ use crate::traffic::{Counts, Tally};
 pub const MAX_SPEED: f64 = 10_000.0;
 /// The slowest: a hundred times slower than real time. Below it the timing
 /// arithmetic would overflow, and no rehearsal wants it.
-pub const MIN_SPEED: f64 = 0.01;
+pub(super) const MIN_SPEED: f64 = 0.01;
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

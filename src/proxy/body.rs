@@ -13,7 +13,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use super::shape::ShapedBody;
 use crate::metrics::{UpstreamErrorReason, UpstreamMetrics};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An enum rather than a boxed body: no allocation per response.
 #[derive(Debug)]
@@ -101,7 +101,7 @@ impl UpstreamBody {
 /// the kill switch let out of a blackhole, what was read of it while held
 /// followed by the rest.
 #[derive(Debug)]
-pub struct RequestBody {
+pub(super) struct RequestBody {
     source: Source,
     /// Set once the body is whole, when someone watches for it
     /// ([`RequestBody::watch_whole`]).
@@ -125,7 +125,7 @@ impl From<Incoming> for RequestBody {
 
 impl RequestBody {
     /// What a held request read of its body, then the rest.
-    pub fn replayed(replayed: Box<Replayed>) -> Self {
+    pub(super) fn replayed(replayed: Box<Replayed>) -> Self {
         RequestBody {
             source: Source::Replayed(replayed),
             whole: None,
@@ -134,7 +134,7 @@ impl RequestBody {
 
     /// A flag set once the body has been sent whole; `None` for a body that
     /// is whole already (most requests: no allocation for them).
-    pub fn watch_whole(&mut self) -> Option<Arc<AtomicBool>> {
+    pub(super) fn watch_whole(&mut self) -> Option<Arc<AtomicBool>> {
         if self.is_end_stream() {
             return None;
         }
@@ -146,7 +146,7 @@ impl RequestBody {
 
 /// Frames read ahead of forwarding, then the body they came from.
 #[derive(Debug, Default)]
-pub struct Replayed {
+pub(super) struct Replayed {
     frames: std::collections::VecDeque<Frame<Bytes>>,
     buffered: u64,
     rest: Option<Incoming>,
@@ -155,7 +155,7 @@ pub struct Replayed {
 }
 
 impl Replayed {
-    pub fn new(rest: Incoming) -> Self {
+    pub(super) fn new(rest: Incoming) -> Self {
         Replayed {
             rest: Some(rest),
             ..Replayed::default()
@@ -163,24 +163,24 @@ impl Replayed {
     }
 
     /// Bytes read ahead so far.
-    pub fn buffered(&self) -> u64 {
+    pub(super) fn buffered(&self) -> u64 {
         self.buffered
     }
 
     /// From now on, frames read ahead are thrown away.
-    pub fn discard(&mut self) {
+    pub(super) fn discard(&mut self) {
         self.discarding = true;
         self.frames.clear();
     }
 
     /// Whether everything read ahead is still here to forward.
-    pub fn is_whole(&self) -> bool {
+    pub(super) fn is_whole(&self) -> bool {
         !self.discarding
     }
 
     /// Reads one more frame ahead; `false` when the body has ended or failed
     /// (a failed body means the client left).
-    pub async fn read_ahead(&mut self) -> ReadAhead {
+    pub(super) async fn read_ahead(&mut self) -> ReadAhead {
         use http_body_util::BodyExt;
         let Some(rest) = self.rest.as_mut() else {
             return ReadAhead::Ended;
@@ -210,7 +210,7 @@ impl Replayed {
 
 /// What reading one frame ahead found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadAhead {
+pub(super) enum ReadAhead {
     More,
     Ended,
     Failed,
@@ -221,11 +221,11 @@ pub enum ReadAhead {
 /// error hyper's client reports can be told from the upstream's.
 #[derive(Debug, thiserror::Error)]
 #[error("reading the client's request body failed")]
-pub struct ClientBodyError(#[source] pub hyper::Error);
+pub(super) struct ClientBodyError(#[source] pub hyper::Error);
 
 impl ClientBodyError {
     /// Whether the client went away, rather than sent something broken.
-    pub fn is_abandoned(&self) -> bool {
+    pub(super) fn is_abandoned(&self) -> bool {
         if self.0.is_incomplete_message() || self.0.is_canceled() {
             return true;
         }

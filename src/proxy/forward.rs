@@ -21,7 +21,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// A request that breaks RFC 9112 §3.2 (an HTTP/1.1 request without a
 /// `Host`, or any request with two) is refused with the reason: checked
 /// here, in the one lookup of `Host` the rewriting makes anyway.
-pub fn upstream_request<B>(
+pub(super) fn upstream_request<B>(
     upstream: &UpstreamConfig,
     client_ip: &HeaderValue,
     request: Request<B>,
@@ -109,7 +109,7 @@ fn append_to_list(existing: &HeaderValue, addition: &HeaderValue) -> HeaderValue
 /// Runs on every request and response, most of which carry no hop-by-hop
 /// header or only `connection: keep-alive`: one pass over the names finds
 /// those present, and only they are looked up and removed.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let present = headers
         .keys()
         .fold(0u16, |present, name| present | hop_by_hop_bit(name));

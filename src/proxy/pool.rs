@@ -54,7 +54,7 @@ pub enum UpstreamError {
 }
 
 /// The one client every request to every upstream goes through.
-pub struct UpstreamClient {
+pub(super) struct UpstreamClient {
     connector: HttpConnector,
     idle_timeout: Duration,
     /// Per upstream index: where it is dialled, and its idle connections.
@@ -75,7 +75,7 @@ struct Idle {
 }
 
 impl UpstreamClient {
-    pub fn new(upstreams: &[UpstreamConfig], settings: &ProxyConfig) -> Self {
+    pub(super) fn new(upstreams: &[UpstreamConfig], settings: &ProxyConfig) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
@@ -99,7 +99,7 @@ impl UpstreamClient {
     /// the time it came. `now` is the time the caller already read:
     /// connections idle since before `now` minus the idle timeout are not
     /// used.
-    pub async fn send(
+    pub(super) async fn send(
         &self,
         index: usize,
         mut request: Request<RequestBody>,

@@ -1,6 +1,8 @@
 //! Fixtures that read like sentences: a test upstream, a proxy started from
 //! TOML text, and a client. Everything binds `127.0.0.1:0`.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// A module of each test crate: not every test uses every helper, and its
+// `pub` items are for the tests, not for a public API.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
