@@ -529,6 +529,9 @@ fn validate_admin(
     AdminConfig { listen, token }
 }
 
+/// The longest timeout or grace period a setting may ask for.
+pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 fn validate_proxy(
     section: &ProxySection,
     base_dir: &Path,
@@ -538,11 +541,19 @@ fn validate_proxy(
     let mut duration = |value: &Option<String>, key: &str, default: Duration| match value {
         None => default,
         Some(text) => match crate::duration::parse(text) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
+            Ok(d) if !d.is_zero() && d <= MAX_SETTING_DURATION => d,
+            Ok(d) if d.is_zero() => {
                 errors.push(FieldError::new(
                     at.key(key),
                     format!("{key} must be more than zero"),
+                ));
+                default
+            }
+            Ok(_) => {
+                // Deadlines are added to the clock: past this they overflow.
+                errors.push(FieldError::new(
+                    at.key(key),
+                    format!("{key} {text:?} is longer than 10 years, the longest a setting may be"),
                 ));
                 default
             }
@@ -810,6 +821,10 @@ upstream = "a"
         assert!(
             messages(&format!("[proxy]\nheader_timeout = 30\n{MINIMAL}"))[0]
                 .contains("invalid type"),
+        );
+        assert_eq!(
+            messages(&format!("[proxy]\nheader_timeout = \"300000000000y\"\n{MINIMAL}")),
+            vec!["proxy.header_timeout: header_timeout \"300000000000y\" is longer than 10 years, the longest a setting may be"]
         );
     }
 

@@ -440,6 +440,11 @@ async fn disabling_a_blackhole_rule_lets_go_of_what_it_holds() {
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.text(), "the upload");
+    assert_eq!(
+        reply.header("x-faultline-rule"),
+        None,
+        "a request let go comes back untouched, as after a halt"
+    );
     // The other rule is still on: what it holds stays held.
     assert!(!other.is_finished(), "another rule's request was let go");
     assert_eq!(upstream.requests(), 1);

@@ -160,3 +160,85 @@ async fn an_upstream_that_cuts_its_body_short_is_counted_as_its_protocol_error()
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_an_upload_is_the_upstreams_timeout() {
+    // Accepts, never reads: the proxy's sending of the body stalls on the
+    // upstream, not on the client.
+    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deaf_addr = deaf.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = deaf.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let upstream = TestUpstream::start("orders-use1").await;
+    let config = edge_config(&[&upstream], "upstream_timeout = \"500ms\"")
+        .replace(&upstream.url(), &format!("http://{deaf_addr}"));
+    let proxy = TestProxy::start(&config, "").await;
+    let size = 64 << 20;
+    let stream = TcpStream::connect(proxy.addr("edge")).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+        write.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..size / chunk.len() {
+            write.write_all(&chunk).await?;
+        }
+        std::io::Result::Ok(())
+    });
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), read.read(&mut answer))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(
+        answer.contains("x-faultline-error: upstream_timeout"),
+        "{answer}"
+    );
+    assert_eq!(
+        proxy.metric(CLIENT_TIMEOUT).await,
+        Some(0.0),
+        "the client was blamed"
+    );
+    writer.abort();
+    held.abort();
+}
+
+#[tokio::test]
+async fn a_held_upload_let_go_to_a_slow_upstream_is_the_upstreams_timeout() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let hole = rule(
+        "hole",
+        "",
+        "",
+        "kind = \"unavailable\"\nmode = \"blackhole\"\nmax_hold = \"1h\"",
+    );
+    let proxy = TestProxy::start(
+        &edge_config(&[&upstream], "upstream_timeout = \"500ms\""),
+        &hole,
+    )
+    .await;
+    let url = format!("{}/sleep/3000", proxy.url("edge"));
+    let held = tokio::spawn(async move {
+        let request = http::Request::post(url).body(full("hello")).unwrap();
+        send(&client(), request).await
+    });
+    proxy.until_injected("hole", 1).await;
+    proxy.admin("POST", "/api/halt", None).await;
+    let reply = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the halt did not let the upload go")
+        .unwrap();
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.header("x-faultline-error"), Some("upstream_timeout"));
+    assert_eq!(
+        proxy.metric(CLIENT_TIMEOUT).await,
+        Some(0.0),
+        "the client was blamed"
+    );
+}

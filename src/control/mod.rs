@@ -200,13 +200,6 @@ struct Entry {
     off: Arc<HaltSignal>,
 }
 
-impl Drop for Entry {
-    fn drop(&mut self) {
-        // A deleted or removed rule holds nothing any more.
-        self.off.halt();
-    }
-}
-
 /// When an enabled rule turns itself off.
 struct Expiry {
     at: SystemTime,
@@ -512,7 +505,8 @@ impl Control {
         if !state.entries[i].is_api() {
             return Err(ControlError::FileRule(name.to_owned()));
         }
-        state.entries.remove(i);
+        // A deleted rule holds nothing any more.
+        state.entries.remove(i).off.halt();
         info!(target: "faultline::audit", caller, rule = name, "rule deleted");
         self.publish(&mut state);
         Ok(())
@@ -759,6 +753,10 @@ fn merge(entries: Vec<Entry>, rules: Vec<Arc<Rule>>) -> (Vec<Entry>, ReloadSumma
         };
         merged.push(entry);
     }
+    // A removed rule holds nothing any more.
+    for removed in old.values() {
+        removed.off.halt();
+    }
     summary.removed = old.into_keys().collect();
     summary.removed.sort();
     merged.extend(api);
@@ -768,16 +766,16 @@ fn merge(entries: Vec<Entry>, rules: Vec<Arc<Rule>>) -> (Vec<Entry>, ReloadSumma
 
 /// A file rule whose definition changed: it keeps its counters, and each
 /// runtime switch the file did not change.
-fn carry_over(mut previous: Entry, rule: &Rule) -> Entry {
+fn carry_over(previous: Entry, rule: &Rule) -> Entry {
     let rule = Arc::new(rule.with_counters(Arc::clone(&previous.rule.counters)));
     let keep_enabled = previous.rule.enabled == rule.enabled;
     let keep_probability = previous.rule.probability == rule.probability;
     let mut entry = Entry::new(rule);
     // Still the same rule: what it holds stays held while it stays on.
-    std::mem::swap(&mut entry.off, &mut previous.off);
+    entry.off = previous.off;
     if keep_enabled {
         entry.enabled = previous.enabled;
-        entry.expiry = previous.expiry.take();
+        entry.expiry = previous.expiry;
     }
     if keep_probability {
         entry.probability = previous.probability;

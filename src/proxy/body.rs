@@ -103,9 +103,9 @@ impl UpstreamBody {
 #[derive(Debug)]
 pub(super) struct RequestBody {
     source: Source,
-    /// Set once the body is whole, when someone watches for it
-    /// ([`RequestBody::watch_whole`]).
-    whole: Option<Arc<AtomicBool>>,
+    /// Whether the last read of the client's body found nothing to read yet,
+    /// when someone watches for it ([`RequestBody::watch_client`]).
+    waiting: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug)]
@@ -118,7 +118,7 @@ impl From<Incoming> for RequestBody {
     fn from(body: Incoming) -> Self {
         RequestBody {
             source: Source::Client(body),
-            whole: None,
+            waiting: None,
         }
     }
 }
@@ -128,19 +128,23 @@ impl RequestBody {
     pub(super) fn replayed(replayed: Box<Replayed>) -> Self {
         RequestBody {
             source: Source::Replayed(replayed),
-            whole: None,
+            waiting: None,
         }
     }
 
-    /// A flag set once the body has been sent whole; `None` for a body that
-    /// is whole already (most requests: no allocation for them).
-    pub(super) fn watch_whole(&mut self) -> Option<Arc<AtomicBool>> {
+    /// A flag that says, at any moment, whether sending the body on is
+    /// waiting for the client: set while the last read of the client's body
+    /// found nothing yet, cleared once bytes came. A timeout that finds it
+    /// set is the client's stall; one that finds it clear (the upstream not
+    /// reading, or the body never asked for) is the upstream's. `None` for a
+    /// body that is whole already (most requests: no allocation for them).
+    pub(super) fn watch_client(&mut self) -> Option<Arc<AtomicBool>> {
         if self.is_end_stream() {
             return None;
         }
-        let whole = Arc::new(AtomicBool::new(false));
-        self.whole = Some(Arc::clone(&whole));
-        Some(whole)
+        let waiting = Arc::new(AtomicBool::new(false));
+        self.waiting = Some(Arc::clone(&waiting));
+        Some(waiting)
     }
 }
 
@@ -265,15 +269,8 @@ impl Body for RequestBody {
                 }
             }
         };
-        if let Some(whole) = &this.whole {
-            let ended = match &polled {
-                Poll::Ready(None) => true,
-                Poll::Ready(Some(Ok(_))) => this.source.is_end_stream(),
-                Poll::Ready(Some(Err(_))) | Poll::Pending => false,
-            };
-            if ended {
-                whole.store(true, Ordering::Release);
-            }
+        if let Some(waiting) = &this.waiting {
+            waiting.store(polled.is_pending(), Ordering::Release);
         }
         polled.map(|frame| frame.map(|result| result.map_err(ClientBodyError)))
     }

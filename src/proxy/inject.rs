@@ -34,8 +34,11 @@ const HOLD_KEEP_LIMIT: u64 = 1 << 20;
 
 /// What the phase before the upstream leaves to do.
 enum BeforeUpstream {
-    /// Send the request on (no terminal fault, or the kill switch let it go).
+    /// Send the request on; the after-upstream phases still apply.
     Forward(Request<RequestBody>),
+    /// The kill switch, or the rule turning off, let the request go: it is
+    /// sent on, and its response comes back untouched.
+    LetGo(Request<RequestBody>),
     /// The fault answered: this goes back instead of the upstream's response.
     Answer(Response<ResponseBody>),
 }
@@ -86,6 +89,9 @@ impl Proxy {
         let multiplexed = request.version() == Version::HTTP_2;
         let response = match self.before_upstream(&plan, conn, request, start).await? {
             BeforeUpstream::Answer(response) => response,
+            BeforeUpstream::LetGo(request) => {
+                return Ok(self.forward_now(upstream, conn, request).await?);
+            }
             BeforeUpstream::Forward(request) => {
                 let response = self.forward_now(upstream, conn, request).await?;
                 self.after_upstream(decision.response_delay, halt).await;
@@ -115,7 +121,7 @@ impl Proxy {
         }
         let multiplexed = request.version() == Version::HTTP_2;
         if halt.is_halted() {
-            return Ok(BeforeUpstream::Forward(request.map(RequestBody::from)));
+            return Ok(BeforeUpstream::LetGo(request.map(RequestBody::from)));
         }
         match action {
             Action::Forward => Ok(BeforeUpstream::Forward(request.map(RequestBody::from))),
@@ -137,7 +143,7 @@ impl Proxy {
                     let mut read = Box::new(Replayed::new(body));
                     if drain(&mut read, limit, time, halt).await && read.is_whole() {
                         let request = Request::from_parts(parts, RequestBody::replayed(read));
-                        return Ok(BeforeUpstream::Forward(request));
+                        return Ok(BeforeUpstream::LetGo(request));
                     }
                     self.record_unanswered(upstream, &parts.method, start);
                 } else {
@@ -160,7 +166,7 @@ impl Proxy {
                 let let_go = hold(&mut held, max_hold, halt, rule_off.map(Arc::as_ref)).await;
                 if let_go == Held::Halted && held.is_whole() {
                     let request = Request::from_parts(parts, RequestBody::replayed(held));
-                    return Ok(BeforeUpstream::Forward(request));
+                    return Ok(BeforeUpstream::LetGo(request));
                 }
                 if multiplexed {
                     return Err(StreamAborted.into());

@@ -213,12 +213,17 @@ impl Proxy {
                 Ok(response)
             }
             Err(Unanswered::Error(error)) => {
+                let response = synthetic::rescue(&error);
                 match error.blame() {
                     Blame::Upstream(reason) => metrics.record_upstream_error(reason),
+                    // Gone before the answer: counted as the client's, not as a request.
+                    Blame::Client(ClientErrorReason::Aborted) => {
+                        self.record_client_error(&error);
+                        return Ok(response);
+                    }
                     Blame::Client(_) => self.record_client_error(&error),
                     Blame::Config => {}
                 }
-                let response = synthetic::rescue(&error);
                 metrics.record_request(&method, response.status(), elapsed, false);
                 Ok(response)
             }
@@ -302,8 +307,8 @@ impl Proxy {
         sent: Instant,
     ) -> Result<(Response<ResponseBody>, Instant), ProxyError> {
         let target = &self.upstreams[upstream];
-        // A timeout while the client is still sending its body is the client's stall.
-        let upload_whole = request.body_mut().watch_whole();
+        // A timeout while waiting on the client for its body is the client's stall.
+        let waiting_on_client = request.body_mut().watch_client();
         let request =
             forward::upstream_request(target, &conn.client_ip, request).map_err(|reason| {
                 ProxyError::ClientProtocol {
@@ -324,7 +329,7 @@ impl Proxy {
                 Ok((response, answered))
             }
             Ok(Err(e)) => Err(ProxyError::from_upstream(&target.name, e)),
-            Err(_) if upload_whole.is_some_and(|whole| !whole.load(Ordering::Acquire)) => {
+            Err(_) if waiting_on_client.is_some_and(|waiting| waiting.load(Ordering::Acquire)) => {
                 Err(ProxyError::ClientTimeout)
             }
             Err(_) => Err(ProxyError::UpstreamTimeout {
