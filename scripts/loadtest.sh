@@ -42,7 +42,7 @@
 #   median p50 of faultline-light) and its raw p50 and p99.
 #
 #   MEMORY=1 measures memory instead of speed: RSS per idle keep-alive
-#   connection (method: /work/shared/MEASUREMENTS.md, "Memory per idle
+#   connection (method: the shared MEASUREMENTS.md, "Memory per idle
 #   keep-alive connection"). Each target runs as a fresh process, one
 #   worker/thread, in front of the same nginx upstream:
 #

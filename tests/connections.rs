@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use http::Request;
 use hyper_util::rt::TokioIo;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Far above `header_timeout` below, far below hyper's own 30 s.
@@ -25,7 +25,7 @@ async fn proxy_with_header_timeout(upstream: &TestUpstream) -> TestProxy {
 
 /// Reads until the proxy ends the connection, discarding whatever it sent
 /// first; panics if it is still open after [`LOOSE`].
-async fn until_closed(stream: &mut TcpStream) {
+async fn until_closed(stream: &mut (impl AsyncRead + Unpin), what: &str) {
     let read_to_end = async {
         let mut buf = [0u8; 1024];
         loop {
@@ -33,13 +33,13 @@ async fn until_closed(stream: &mut TcpStream) {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
-                Err(e) => panic!("unexpected read error: {e}"),
+                Err(e) => panic!("{what}: unexpected read error: {e}"),
             }
         }
     };
     tokio::time::timeout(LOOSE, read_to_end)
         .await
-        .expect("the proxy kept the connection open");
+        .unwrap_or_else(|_| panic!("{what}: the proxy kept the connection open"));
 }
 
 #[tokio::test]
@@ -47,12 +47,12 @@ async fn a_connection_that_never_sends_a_byte_is_closed() {
     let upstream = TestUpstream::start("orders-use1").await;
     let proxy = proxy_with_header_timeout(&upstream).await;
     let mut silent = TcpStream::connect(proxy.addr("edge")).await.unwrap();
-    until_closed(&mut silent).await;
+    until_closed(&mut silent, "a silent client").await;
     // The admin listener is held to the same limit.
     let mut silent = TcpStream::connect(proxy.running().admin_addr())
         .await
         .unwrap();
-    until_closed(&mut silent).await;
+    until_closed(&mut silent, "a silent admin client").await;
     assert_eq!(upstream.requests(), 0);
 }
 
@@ -86,20 +86,7 @@ async fn a_slowloris_is_closed_however_it_starts() {
             // Dropping the write half would send a FIN: silence instead.
             std::future::pending::<()>().await;
         });
-        let read_to_end = async {
-            let mut buf = [0u8; 1024];
-            loop {
-                match read.read(&mut buf).await {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
-                    Err(e) => panic!("{what}: unexpected read error: {e}"),
-                }
-            }
-        };
-        tokio::time::timeout(LOOSE, read_to_end)
-            .await
-            .unwrap_or_else(|_| panic!("{what}: the proxy kept the connection open"));
+        until_closed(&mut read, what).await;
         trickle.abort();
         let _ = trickle.await;
     }
