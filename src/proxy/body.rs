@@ -11,7 +11,8 @@ use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::shape::ShapedBody;
-use crate::metrics::{UpstreamErrorReason, UpstreamMetrics};
+use super::Connection;
+use crate::metrics::UpstreamErrorReason;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -66,20 +67,37 @@ impl Body for ResponseBody {
 
 /// An upstream's response body, streamed; one that breaks off is counted
 /// as the upstream's protocol error.
-#[derive(Debug)]
 pub struct UpstreamBody {
     body: Incoming,
-    metrics: Arc<UpstreamMetrics>,
+    /// The connection the request came on, and through it the upstream's
+    /// metrics: a handle of the connection's own, so counting a cut costs
+    /// no shared atomic per response.
+    conn: Arc<Connection>,
+    upstream: usize,
     /// The request was counted as a success when its headers came: a cut
     /// body makes it a failure for guards and reports.
     counted_success: bool,
 }
 
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
 impl UpstreamBody {
-    pub fn new(body: Incoming, metrics: Arc<UpstreamMetrics>, counted_success: bool) -> Self {
+    pub(super) fn new(
+        body: Incoming,
+        conn: Arc<Connection>,
+        upstream: usize,
+        counted_success: bool,
+    ) -> Self {
         Self {
             body,
-            metrics,
+            conn,
+            upstream,
             counted_success,
         }
     }
@@ -87,10 +105,11 @@ impl UpstreamBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(Some(Err(_))) = &polled {
-            self.metrics
-                .record_upstream_error(UpstreamErrorReason::Protocol);
-            if std::mem::take(&mut self.counted_success) {
-                self.metrics.tally().record_cut();
+            if let Some(metrics) = self.conn.proxy.upstream_metrics.get(self.upstream) {
+                metrics.record_upstream_error(UpstreamErrorReason::Protocol);
+                if std::mem::take(&mut self.counted_success) {
+                    metrics.tally().record_cut();
+                }
             }
         }
         polled.map(|frame| frame.map(|result| result.map_err(BoxError::from)))

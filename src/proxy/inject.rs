@@ -48,7 +48,7 @@ impl Proxy {
     pub(super) async fn inject(
         &self,
         plan: Plan,
-        conn: &Connection,
+        conn: &Arc<Connection>,
         request: Request<Incoming>,
         start: Instant,
     ) -> Result<Response<ResponseBody>, Unanswered> {
@@ -110,7 +110,7 @@ impl Proxy {
     async fn before_upstream(
         &self,
         plan: &Plan,
-        conn: &Connection,
+        conn: &Arc<Connection>,
         request: Request<Incoming>,
         start: Instant,
     ) -> Result<BeforeUpstream, Unanswered> {
@@ -192,7 +192,7 @@ impl Proxy {
         response: Response<ResponseBody>,
         shaping: &crate::fault::Shaping,
         multiplexed: bool,
-        conn: &Connection,
+        conn: &Arc<Connection>,
         halt: &Arc<HaltSignal>,
     ) -> Response<ResponseBody> {
         if shaping.is_none() {

@@ -66,8 +66,8 @@ pub struct Proxy {
     active_faults: AtomicUsize,
     max_active_faults: usize,
     metrics: Metrics,
-    /// Per upstream index; shared with the response bodies streaming from it.
-    upstream_metrics: Vec<Arc<UpstreamMetrics>>,
+    /// Per upstream index.
+    upstream_metrics: Vec<UpstreamMetrics>,
     /// `faultline_inflight_requests` per listener index, then per upstream
     /// index for dedicated ports (labelled with the upstream's name).
     listener_inflight: Vec<IntGauge>,
@@ -108,7 +108,7 @@ impl Proxy {
             upstream_metrics: config
                 .upstreams
                 .iter()
-                .map(|u| Arc::new(metrics.upstream(u)))
+                .map(|u| metrics.upstream(u))
                 .collect(),
             listener_inflight: config
                 .listeners
@@ -190,7 +190,7 @@ impl Proxy {
     /// response.
     async fn handle(
         &self,
-        conn: &Connection,
+        conn: &Arc<Connection>,
         request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, StreamAborted> {
         let start = Instant::now();
@@ -239,7 +239,7 @@ impl Proxy {
     async fn pipeline(
         &self,
         upstream: usize,
-        conn: &Connection,
+        conn: &Arc<Connection>,
         request: Request<Incoming>,
         start: Instant,
     ) -> (Result<Response<ResponseBody>, Unanswered>, Instant) {
@@ -302,7 +302,7 @@ impl Proxy {
     async fn forward(
         &self,
         upstream: usize,
-        conn: &Connection,
+        conn: &Arc<Connection>,
         mut request: Request<RequestBody>,
         sent: Instant,
     ) -> Result<(Response<ResponseBody>, Instant), ProxyError> {
@@ -324,7 +324,7 @@ impl Proxy {
                 let (mut parts, body) = response.into_parts();
                 forward::remove_hop_by_hop(&mut parts.headers);
                 let success = Outcome::of_status(parts.status) == Outcome::Success;
-                let body = UpstreamBody::new(body, Arc::clone(metrics), success);
+                let body = UpstreamBody::new(body, Arc::clone(conn), upstream, success);
                 let response = Response::from_parts(parts, ResponseBody::Upstream(body));
                 Ok((response, answered))
             }
@@ -342,7 +342,7 @@ impl Proxy {
     async fn forward_now(
         &self,
         upstream: usize,
-        conn: &Connection,
+        conn: &Arc<Connection>,
         request: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (response, _) = self
