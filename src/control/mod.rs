@@ -959,8 +959,9 @@ mod tests {
         let off = |name: &str| {
             let snapshot = fixture.snapshot();
             let candidates = snapshot.rules.candidates(0).unwrap();
-            let i = (0..candidates.len())
-                .find(|&i| candidates.get(i).unwrap().rule.name() == name)
+            let i = candidates
+                .iter()
+                .position(|c| c.rule.name() == name)
                 .unwrap();
             Arc::clone(snapshot.rule_off(0, i).unwrap())
         };

@@ -81,8 +81,8 @@ impl Snapshot {
                 let Some(candidates) = rules.candidates(i) else {
                     return Vec::new();
                 };
-                (0..candidates.len())
-                    .filter_map(|j| candidates.get(j))
+                candidates
+                    .iter()
                     .map(|c| {
                         metrics.faults_injected(c.rule.name(), c.rule.fault.kind().name(), upstream)
                     })

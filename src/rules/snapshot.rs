@@ -114,9 +114,10 @@ impl UpstreamRules {
         self.rules.is_empty()
     }
 
-    /// How many rules can apply to the upstream.
-    pub fn len(&self) -> usize {
-        self.rules.len()
+    /// Every rule that can apply to the upstream, in evaluation order (the
+    /// order of [`UpstreamRules::get`]'s indices).
+    pub fn iter(&self) -> impl Iterator<Item = &Candidate> {
+        self.rules.iter()
     }
 
     /// The `i`-th rule, in evaluation order.
