@@ -81,6 +81,22 @@ pub struct UpstreamSection {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub listen: Option<String>,
+    #[serde(default)]
+    pub host: HostMode,
+}
+
+/// Which `Host` an upstream is sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostMode {
+    /// The upstream's own authority, from its `url` (the default): what a
+    /// server behind a reverse proxy usually expects.
+    #[default]
+    Upstream,
+    /// The client's `Host` (or HTTP/2 `:authority`), unchanged: requests
+    /// signed over `Host` (AWS SigV4) still verify, and virtual hosts and
+    /// absolute URLs the upstream builds name what the client asked for.
+    Preserve,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +165,8 @@ pub struct UpstreamConfig {
     pub authority: Authority,
     /// The `Host` header sent upstream: the upstream's authority.
     pub host_header: HeaderValue,
+    /// Whether requests keep their own `Host` instead.
+    pub host: HostMode,
     pub labels: BTreeMap<String, String>,
     /// A dedicated port whose every request goes to this upstream.
     pub listen: Option<SocketAddr>,
@@ -338,6 +356,7 @@ impl Config {
                     scheme,
                     authority,
                     host_header,
+                    host: section.host,
                     labels: section.labels.clone(),
                     listen,
                 });

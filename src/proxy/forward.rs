@@ -1,11 +1,12 @@
 //! The header rewriting of a reverse proxy: hop-by-hop headers out,
-//! `x-forwarded-*` in, `Host` set to the upstream, the target in origin form.
+//! `x-forwarded-*` in, `Host` set to the upstream (or kept, with
+//! `host = "preserve"`), the target in origin form.
 
 use http::header::{self, Entry, HeaderName, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Uri, Version};
 
-use crate::config::UpstreamConfig;
+use crate::config::{HostMode, UpstreamConfig};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -30,8 +31,19 @@ pub(super) fn upstream_request<B>(
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
 
+    let preserve = upstream.host == HostMode::Preserve;
     let original_host = match headers.entry(HOST) {
-        // Every `Host` line goes; the first is the client's.
+        // With `preserve` the client's line stays as it came, byte for
+        // byte (it may be signed); otherwise every line goes. Either way
+        // there must be exactly one.
+        Entry::Occupied(host) if preserve => {
+            let mut sent = host.iter();
+            let first = sent.next().cloned();
+            if sent.next().is_some() {
+                return Err("more than one Host header");
+            }
+            first
+        }
         Entry::Occupied(mut host) => {
             let mut sent = host.insert_mult(upstream.host_header.clone());
             let first = sent.next();
@@ -44,12 +56,19 @@ pub(super) fn upstream_request<B>(
             return Err("an HTTP/1.1 request without a Host header");
         }
         Entry::Vacant(host) => {
-            host.insert(upstream.host_header.clone());
             // HTTP/2 carries the host in the :authority pseudo-header.
-            parts
+            let authority = parts
                 .uri
                 .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            match &authority {
+                // HTTP/1.1 says it with `Host`, what a signature over
+                // `:authority` covers.
+                Some(authority) if preserve => host.insert(authority.clone()),
+                // HTTP/1.0 without a host names none: the upstream's it is.
+                _ => host.insert(upstream.host_header.clone()),
+            };
+            authority
         }
     };
     match headers.entry(&X_FORWARDED_FOR) {
@@ -288,6 +307,7 @@ mod tests {
             scheme: http::uri::Scheme::HTTP,
             authority: http::uri::Authority::from_static("10.0.0.9:8080"),
             host_header: HeaderValue::from_static("10.0.0.9:8080"),
+            host: Default::default(),
             labels: Default::default(),
             listen: None,
         }
@@ -307,6 +327,46 @@ mod tests {
         assert_eq!(sent.headers()[&X_FORWARDED_HOST], "first.example");
         assert_eq!(sent.headers()[&X_FORWARDED_FOR], "127.0.0.1");
         assert_eq!(sent.uri(), "/a?b");
+    }
+
+    #[test]
+    fn preserve_keeps_the_clients_host_byte_for_byte() {
+        let preserving = UpstreamConfig {
+            host: HostMode::Preserve,
+            ..upstream()
+        };
+        let client = HeaderValue::from_static("127.0.0.1");
+        let request = Request::builder()
+            .uri("/a")
+            .header(HOST, "DynamoDB.us-east-1.amazonaws.com:443")
+            .body(())
+            .unwrap();
+        let sent = upstream_request(&preserving, &client, request).unwrap();
+        let hosts: Vec<_> = sent.headers().get_all(HOST).iter().collect();
+        assert_eq!(hosts, ["DynamoDB.us-east-1.amazonaws.com:443"]);
+        assert_eq!(
+            sent.headers()[&X_FORWARDED_HOST],
+            "DynamoDB.us-east-1.amazonaws.com:443"
+        );
+        // HTTP/2: the :authority becomes the Host.
+        let h2 = Request::builder()
+            .uri("https://s3.us-west-2.amazonaws.com/bucket")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        let sent = upstream_request(&preserving, &client, h2).unwrap();
+        assert_eq!(sent.headers()[HOST], "s3.us-west-2.amazonaws.com");
+        // Two lines are still refused.
+        let two = Request::builder()
+            .uri("/")
+            .header(HOST, "a.example")
+            .header(HOST, "b.example")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            upstream_request(&preserving, &client, two).unwrap_err(),
+            "more than one Host header"
+        );
     }
 
     #[test]
