@@ -310,6 +310,8 @@ mod tests {
             host: Default::default(),
             labels: Default::default(),
             listen: None,
+            listen_tls: None,
+            tls: None,
         }
     }
 
