@@ -73,7 +73,7 @@ pub struct Proxy {
     listener_inflight: Vec<IntGauge>,
     dedicated_inflight: Vec<IntGauge>,
     /// `faultline_client_errors_total`, in the order of [`ClientErrorReason::ALL`].
-    client_errors: [IntCounter; 3],
+    client_errors: [IntCounter; ClientErrorReason::ALL.len()],
 }
 
 /// Why the pipeline gives neither the upstream's response nor an injected one.
@@ -199,6 +199,13 @@ impl Proxy {
             Entry::Upstream(i) => &self.dedicated_inflight[i],
         };
         let _inflight = Inflight::enter(inflight);
+        if request.method() == Method::CONNECT {
+            // A reverse proxy has no tunnel to offer: the client's mistake,
+            // never forwarded. (A forward proxy's front door will serve it.)
+            let error = ProxyError::ConnectNotSupported;
+            self.record_client_error(&error);
+            return Ok(synthetic::rescue(&error));
+        }
         let Some(upstream) = self.route(conn.entry, &request) else {
             return Ok(synthetic::rescue(&ProxyError::NoRoute));
         };
