@@ -19,6 +19,13 @@
 #     faultline-100ms
 #                   wrk -> faultline, one rule injecting a 100ms latency into
 #                   every request -> nginx (accuracy of injected latency)
+#     faultline-tls wrk -> HTTPS -> faultline (TLS listener), no rules ->
+#                   plain nginx (the cost of terminating TLS)
+#     haproxy-tls   wrk -> HTTPS -> HAProxy terminating TLS, 1 thread -> nginx
+#                   (the reference for faultline-tls: the same certificate
+#                   and key, ECDSA P-256, and the same cipher suite,
+#                   TLS_AES_256_GCM_SHA384 on TLS 1.3; keep-alive, so the
+#                   rows measure record encryption, not handshakes)
 #
 #   faultline-100ms is measured under light load (LIGHT_CONNS connections,
 #   not CONNS), so the number is the injected delay rather than queueing. Its
@@ -81,8 +88,9 @@
 #
 #   Environment (defaults in brackets):
 #     TARGETS        subset of "direct faultline faultline-base faultline-1k
-#                    haproxy faultline-100ms" [all five, plus faultline-base
-#                    right after faultline when BASELINE_BIN is set]
+#                    haproxy faultline-100ms faultline-tls haproxy-tls" [all
+#                    but faultline-base, which joins right after faultline
+#                    when BASELINE_BIN is set]
 #     ROUNDS         interleaved measurement rounds [3]
 #     DURATION       wrk duration of one measured run [10s]
 #     WARMUP         wrk duration of the per-target warm-up run [3s]
@@ -108,6 +116,7 @@
 #     READY_TIMEOUT  seconds to wait for each server to answer [30]
 #
 #   Needs: wrk, nginx, haproxy (installed with apt-get when missing), curl,
+#   openssl (for the TLS rows' certificate),
 #   python3 (with MEMORY=1, scripts/conns.py beside this script), and cargo unless FAULTLINE_BIN is set. Run it on an otherwise
 #   idle machine; with 2 cores, PIN=1 keeps the load generator and the proxy
 #   from fighting over the same core.
@@ -125,11 +134,11 @@ source "$SCRIPT_DIR/common.sh"
 BASELINE_BIN="${BASELINE_BIN:-}"
 # Every known target, in canonical order; the default list leaves out
 # faultline-base unless BASELINE_BIN is set.
-ALL_TARGETS="direct faultline faultline-base faultline-1k haproxy faultline-100ms"
+ALL_TARGETS="direct faultline faultline-base faultline-1k haproxy faultline-100ms faultline-tls haproxy-tls"
 if [[ -n "$BASELINE_BIN" ]]; then
   DEFAULT_TARGETS="$ALL_TARGETS"
 else
-  DEFAULT_TARGETS="direct faultline faultline-1k haproxy faultline-100ms"
+  DEFAULT_TARGETS="direct faultline faultline-1k haproxy faultline-100ms faultline-tls haproxy-tls"
 fi
 TARGETS="${TARGETS:-$DEFAULT_TARGETS}"
 ROUNDS="${ROUNDS:-3}"
@@ -205,7 +214,7 @@ done
 [[ "$READY_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "READY_TIMEOUT must be a positive integer (got '$READY_TIMEOUT')"
 
 need_faultline=0
-if [[ -n "${WANT[faultline]:-}" || -n "${WANT[faultline-1k]:-}" || -n "${WANT[faultline-100ms]:-}" ]]; then
+if [[ -n "${WANT[faultline]:-}" || -n "${WANT[faultline-1k]:-}" || -n "${WANT[faultline-100ms]:-}" || -n "${WANT[faultline-tls]:-}" ]]; then
   need_faultline=1
 fi
 if [[ "$MEMORY" == 1 ]]; then
@@ -255,7 +264,8 @@ ensure_pkg() { # ensure_pkg COMMAND PACKAGE
 
 ensure_pkg wrk wrk
 ensure_pkg nginx nginx
-if [[ -n "${WANT[haproxy]:-}" ]]; then ensure_pkg haproxy haproxy; fi
+if [[ -n "${WANT[haproxy]:-}${WANT[haproxy-tls]:-}" ]]; then ensure_pkg haproxy haproxy; fi
+if [[ -n "${WANT[faultline-tls]:-}${WANT[haproxy-tls]:-}" ]]; then ensure_pkg openssl openssl; fi
 ensure_pkg curl curl
 command -v python3 >/dev/null 2>&1 || die "python3 is required for the arithmetic"
 
@@ -325,10 +335,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # Free loopback ports, all held open at once so they are distinct.
-read -r P_NGINX P_FL P_FL1K P_HAPROXY P_FL100 P_FLBASE P_ADMIN1 P_ADMIN2 P_ADMIN3 P_ADMIN4 < <(python3 - <<'EOF'
+read -r P_NGINX P_FL P_FL1K P_HAPROXY P_FL100 P_FLBASE P_ADMIN1 P_ADMIN2 P_ADMIN3 P_ADMIN4 P_FLTLS P_HAPTLS P_ADMIN5 < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(10):
+for _ in range(13):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -337,7 +347,11 @@ EOF
 )
 
 declare -A PORT=([direct]=$P_NGINX [faultline]=$P_FL [faultline-1k]=$P_FL1K [haproxy]=$P_HAPROXY
-  [faultline-100ms]=$P_FL100 [faultline-light]=$P_FL [faultline-base]=$P_FLBASE)
+  [faultline-100ms]=$P_FL100 [faultline-light]=$P_FL [faultline-base]=$P_FLBASE
+  [faultline-tls]=$P_FLTLS [haproxy-tls]=$P_HAPTLS)
+# The rows spoken to over HTTPS (-k: the certificate is made for the run).
+declare -A SCHEME=([faultline-tls]=https [haproxy-tls]=https)
+url_of() { echo "${SCHEME[$1]:-http}://127.0.0.1:${PORT[$1]}/"; }
 # Rows measured on another target's server (for liveness checks and logs).
 declare -A SERVER_OF=([faultline-light]=faultline)
 declare -A LOGF=()
@@ -358,7 +372,7 @@ wait_ready() {
       show_log "$name"
       die "$name failed to start"
     fi
-    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null || true)"
+    code="$(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 "${SCHEME[$name]:-http}://127.0.0.1:$port/" 2>/dev/null || true)"
     [[ -n "$code" && "$code" != "000" ]] && return 0
     if ((SECONDS >= deadline)); then
       log "$name did not answer on 127.0.0.1:$port within ${READY_TIMEOUT}s"
@@ -372,12 +386,12 @@ wait_ready() {
 # check_target NAME: one request must give 200 and the upstream's body.
 check_target() {
   local name="$1" port="${PORT[$1]}" out code body
-  out="$(curl -s --max-time 5 -w '\n%{http_code}' "http://127.0.0.1:$port/" || true)"
+  out="$(curl -sk --max-time 5 -w '\n%{http_code}' "$(url_of "$name")" || true)"
   code="${out##*$'\n'}"
   body="${out%$'\n'*}"
   body="${body%$'\n'}" # the upstream body ends with a newline
   if [[ "$code" != 200 || "$body" != "$EXPECTED_BODY" ]]; then
-    log "GET http://127.0.0.1:$port/ via $name: status '$code', body '$body'"
+    log "GET $(url_of "$name") via $name: status '$code', body '$body'"
     show_log "$name"
     die "$name does not proxy to the upstream correctly (expected 200 '$EXPECTED_BODY')"
   fi
@@ -431,8 +445,24 @@ log "nginx upstream: pid ${PIDOF[direct]}, 127.0.0.1:$P_NGINX"
 wait_ready direct "$P_NGINX"
 check_target direct
 
+# -------------------------------------------------------------------- TLS
+# One certificate and key for both TLS rows: ECDSA P-256, self-signed for
+# 127.0.0.1. Both servers are held to TLS 1.3 with the same suite, the one
+# both pick first for an OpenSSL client (wrk).
+TLS_SUITE="TLS_AES_256_GCM_SHA384"
+TLS_DIR="$TMP/tls"
+if [[ -n "${WANT[faultline-tls]:-}${WANT[haproxy-tls]:-}" ]]; then
+  mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" >/dev/null 2>&1 ||
+    die "openssl could not make the TLS rows' certificate"
+  # HAProxy takes the chain and the key in one file.
+  cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/haproxy.pem"
+fi
+
 # -------------------------------------------------------------- faultline
-# write_faultline_config FILE PORT ADMIN_PORT RULES_DIR
+# write_faultline_config FILE PORT ADMIN_PORT RULES_DIR [LISTENER_EXTRA]
 write_faultline_config() {
   cat >"$1" <<EOF
 [admin]
@@ -445,6 +475,7 @@ workers = 1
 [[listener]]
 name = "edge"
 listen = "127.0.0.1:$2"
+${5:-}
 
 [[upstream]]
 name = "bench"
@@ -469,12 +500,13 @@ start_faultline() {
   check_target "$name"
 }
 
-# write_haproxy_config FILE PORT [MAXCONN]
+# write_haproxy_config FILE PORT [MAXCONN] [BIND_SUFFIX]
 write_haproxy_config() {
   cat >"$1" <<EOF
 global
     nbthread 1
 ${3:+    maxconn $3}
+    ssl-default-bind-ciphersuites $TLS_SUITE
 
 defaults
     mode http
@@ -487,7 +519,7 @@ defaults
 ${3:+    maxconn $3}
 
 frontend edge
-    bind 127.0.0.1:$2
+    bind 127.0.0.1:$2 ${4:-}
     default_backend bench
 
 backend bench
@@ -725,7 +757,40 @@ EOF
   log "faultline-100ms probe: ${probe_time}s, x-faultline-rule: $probe_rule"
 fi
 
+if [[ -n "${WANT[faultline-tls]:-}" ]]; then
+  mkdir -p "$TMP/rules-tls"
+  write_faultline_config "$TMP/faultline-tls.toml" "$P_FLTLS" "$P_ADMIN5" "$TMP/rules-tls" \
+    "tls = { cert = \"$TLS_DIR/cert.pem\", key = \"$TLS_DIR/key.pem\" }"
+  start_faultline faultline-tls "$TMP/faultline-tls.toml"
+fi
+
 # ---------------------------------------------------------------- haproxy
+if [[ -n "${WANT[haproxy-tls]:-}" ]]; then
+  HAPT="$TMP/haproxy-tls"
+  mkdir -p "$HAPT"
+  write_haproxy_config "$HAPT/haproxy.cfg" "$P_HAPTLS" "" "ssl crt $TLS_DIR/haproxy.pem alpn http/1.1 ssl-min-ver TLSv1.3"
+  LOGF[haproxy-tls]="$HAPT/haproxy.log"
+  haproxy -c -q -f "$HAPT/haproxy.cfg" >"${LOGF[haproxy-tls]}" 2>&1 || {
+    sed 's/^/    /' "${LOGF[haproxy-tls]}" >&2
+    die "haproxy rejected its TLS config ($HAPT/haproxy.cfg)"
+  }
+  "${CPU1[@]}" haproxy -db -f "$HAPT/haproxy.cfg" >>"${LOGF[haproxy-tls]}" 2>&1 &
+  PIDOF[haproxy-tls]=$!
+  PIDS+=("$!")
+  log "haproxy-tls: pid ${PIDOF[haproxy-tls]}, 127.0.0.1:$P_HAPTLS"
+  wait_ready haproxy-tls "$P_HAPTLS"
+  check_target haproxy-tls
+fi
+if [[ -n "${WANT[faultline-tls]:-}" && -n "${WANT[haproxy-tls]:-}" ]]; then
+  # The two rows must encrypt alike, or the ratio compares cipher suites.
+  for t in faultline-tls haproxy-tls; do
+    suite="$(openssl s_client -connect "127.0.0.1:${PORT[$t]}" -tls1_3 </dev/null 2>/dev/null |
+      sed -n 's/^ *Cipher *: *//p; s/^New, TLSv1.3, Cipher is //p' | head -n 1)"
+    log "$t negotiates ${suite:-an unknown suite}"
+    [[ "$suite" == "$TLS_SUITE" ]] || die "$t negotiated '${suite}', not $TLS_SUITE: the TLS rows would not compare alike"
+  done
+fi
+
 if [[ -n "${WANT[haproxy]:-}" ]]; then
   HAP="$TMP/haproxy"
   mkdir -p "$HAP"
@@ -794,7 +859,7 @@ run_wrk() {
   local name="$1" dur="$2" out="$3" status=0 conns server
   conns="$(conns_of "$name")"
   server="${SERVER_OF[$name]:-$name}"
-  "${CPU0[@]}" wrk -t1 -c"$conns" -d"$dur" --latency "http://127.0.0.1:${PORT[$name]}/" >"$out" 2>&1 &
+  "${CPU0[@]}" wrk -t1 -c"$conns" -d"$dur" --latency "$(url_of "$name")" >"$out" 2>&1 &
   WRK_PID=$!
   wait "$WRK_PID" || status=$?
   WRK_PID=""
@@ -888,6 +953,8 @@ ratio("faultline / faultline-base  p99", "faultline", "faultline-base", 2)
 ratio("faultline-1k / faultline  rps", "faultline-1k", "faultline", 0)
 ratio("faultline / direct  rps", "faultline", "direct", 0)
 ratio("haproxy / direct  rps", "haproxy", "direct", 0)
+ratio("faultline-tls / haproxy-tls  rps", "faultline-tls", "haproxy-tls", 0)
+ratio("faultline-tls / haproxy-tls  p99", "faultline-tls", "haproxy-tls", 2)
 
 def value(label, v):
     print(f"  {label:<44}{'n/a' if v is None else format(v, '.3f'):>8}")

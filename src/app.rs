@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -25,7 +26,8 @@ use crate::proxy::{Entry, Proxy};
 use crate::reload;
 use crate::rules::{LiveRule, Rule, RuleSource};
 use crate::scenario::Scenario;
-use crate::server::{self, Limits, Stop};
+use crate::server::{self, Limits, Stop, TlsDoor};
+use crate::tls::{ServedCertificate, UpstreamTls};
 
 /// A validated configuration and its rules, not yet bound to any port.
 #[derive(Debug)]
@@ -45,6 +47,9 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    /// A certificate, key or CA file could not be used.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl App {
@@ -89,6 +94,14 @@ impl App {
     /// each, as `PATH: warning: MESSAGE`.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        for upstream in &self.config.upstreams {
+            if upstream.tls.as_ref().is_some_and(|tls| !tls.verify) {
+                warnings.push(format!(
+                    "warning: upstream {:?}: tls.verify = false: its certificate is not checked, so anything on the path can pose as it",
+                    upstream.name
+                ));
+            }
+        }
         for rule in &self.book.rules {
             if !matches!(rule.fault, Fault::Refuse) {
                 continue;
@@ -123,14 +136,21 @@ impl App {
         let config = self.config;
         let seed = config.proxy.seed.unwrap_or_else(random_seed);
         let metrics = Metrics::new();
+        let tls = TlsMaterial::load(&config)?;
         // Empty until the control publishes the rules, before anything binds.
         let published = Arc::new(Published::new(Snapshot::empty(&config.upstreams)));
-        let proxy = Arc::new(Proxy::new(&config, Arc::clone(&published), metrics.clone()));
+        let proxy = Arc::new(Proxy::new(
+            &config,
+            &tls.upstreams,
+            Arc::clone(&published),
+            metrics.clone(),
+        ));
         let wiring = Wiring {
             upstreams: config.upstreams.clone(),
             metrics: metrics.clone(),
             tallies: proxy.tallies(),
             published,
+            certificates: tls.served(),
         };
         let control = Control::new(wiring, self.files.clone(), self.book, seed);
 
@@ -142,6 +162,7 @@ impl App {
                 bind(listener.listen, &what)?,
                 Entry::Listener(i),
                 listener.name.clone(),
+                tls.listeners[i].clone(),
             ));
         }
         for (i, upstream) in config.upstreams.iter().enumerate() {
@@ -151,6 +172,7 @@ impl App {
                     bind(addr, &what)?,
                     Entry::Upstream(i),
                     upstream.name.clone(),
+                    tls.dedicated[i].clone(),
                 ));
             }
         }
@@ -162,29 +184,37 @@ impl App {
         };
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
-        for (listener, entry, name) in bound {
+        for (listener, entry, name, certificate) in bound {
             let addr = listener.local_addr().map_err(|source| StartError::Bind {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 what: name.clone(),
                 source,
             })?;
-            info!(%addr, name, kind = entry_kind(entry), "listening");
+            let door = certificate.map(|certificate| TlsDoor {
+                acceptor: TlsAcceptor::from(certificate.server_config()),
+                failures: metrics.tls_handshake_errors(&name),
+            });
+            let scheme = if door.is_some() { "https" } else { "http" };
+            info!(%addr, name, kind = entry_kind(entry), scheme, "listening");
             listeners.push(BoundListener { name, entry, addr });
             let proxy = Arc::clone(&proxy);
-            let task = match entry {
-                Entry::Listener(_) => tokio::spawn(server::serve(
+            let stop = Stop::draining(shutdown.clone(), grace);
+            let task = match (entry, door) {
+                (Entry::Listener(_), None) => tokio::spawn(server::serve(
                     listener,
                     move |conn| proxy.service(entry, conn),
                     limits,
-                    Stop::draining(shutdown.clone(), grace),
+                    stop,
                 )),
-                Entry::Upstream(upstream) => tokio::spawn(serve_dedicated(
+                (Entry::Listener(_), Some(door)) => tokio::spawn(server::serve_tls(
                     listener,
-                    addr,
-                    upstream,
-                    proxy,
+                    door,
+                    move |conn| proxy.service(entry, conn),
                     limits,
-                    Stop::draining(shutdown.clone(), grace),
+                    stop,
+                )),
+                (Entry::Upstream(upstream), door) => tokio::spawn(serve_dedicated(
+                    listener, addr, upstream, door, proxy, limits, stop,
                 )),
             };
             tasks.push(task);
@@ -251,6 +281,7 @@ async fn serve_dedicated(
     listener: TcpListener,
     addr: SocketAddr,
     upstream: usize,
+    tls: Option<TlsDoor>,
     proxy: Arc<Proxy>,
     limits: Limits,
     stop: Stop,
@@ -282,12 +313,11 @@ async fn serve_dedicated(
         };
         let reset = serving.reset.clone();
         let proxy_for_service = Arc::clone(&proxy);
-        let mut task = tokio::spawn(server::serve(
-            socket,
-            move |conn| proxy_for_service.service(Entry::Upstream(upstream), conn),
-            limits,
-            serving,
-        ));
+        let service = move |conn| proxy_for_service.service(Entry::Upstream(upstream), conn);
+        let mut task = match tls.clone() {
+            None => tokio::spawn(server::serve(socket, service, limits, serving)),
+            Some(door) => tokio::spawn(server::serve_tls(socket, door, service, limits, serving)),
+        };
         loop {
             tokio::select! {
                 _ = &mut task => return,
@@ -300,6 +330,66 @@ async fn serve_dedicated(
         }
         reset.cancel();
         let _ = task.await;
+    }
+}
+
+/// The TLS a start reads: every listener's and dedicated port's
+/// certificate, every `https://` upstream's client side.
+struct TlsMaterial {
+    /// By listener index.
+    listeners: Vec<Option<Arc<ServedCertificate>>>,
+    /// By upstream index: the dedicated port's certificate.
+    dedicated: Vec<Option<Arc<ServedCertificate>>>,
+    /// By upstream index.
+    upstreams: Vec<Option<UpstreamTls>>,
+}
+
+impl TlsMaterial {
+    fn load(config: &Config) -> Result<TlsMaterial, StartError> {
+        let served = |tls: Option<&crate::config::ServedTls>, what: &str| {
+            tls.map(|tls| ServedCertificate::load(&tls.cert, &tls.key))
+                .transpose()
+                .map_err(|e| StartError::Tls(format!("{what}: {e}")))
+        };
+        let mut listeners = Vec::new();
+        for listener in &config.listeners {
+            let what = format!("listener {:?}", listener.name);
+            listeners.push(served(listener.tls.as_ref(), &what)?);
+        }
+        let mut dedicated = Vec::new();
+        let mut upstreams = Vec::new();
+        for upstream in &config.upstreams {
+            let what = format!("upstream {:?}: listen_tls", upstream.name);
+            dedicated.push(served(upstream.listen_tls.as_ref(), &what)?);
+            let Some(settings) = &upstream.tls else {
+                upstreams.push(None);
+                continue;
+            };
+            if !settings.verify {
+                warn!(
+                    upstream = upstream.name,
+                    "tls.verify = false: the upstream's certificate is not checked"
+                );
+            }
+            let tls = UpstreamTls::new(settings, upstream.authority.host(), &[b"http/1.1"])
+                .map_err(|e| StartError::Tls(format!("upstream {:?}: {e}", upstream.name)))?;
+            upstreams.push(Some(tls));
+        }
+        Ok(TlsMaterial {
+            listeners,
+            dedicated,
+            upstreams,
+        })
+    }
+
+    /// Every certificate served, which reloads read again.
+    fn served(&self) -> Vec<Arc<ServedCertificate>> {
+        self.listeners
+            .iter()
+            .chain(&self.dedicated)
+            .flatten()
+            .cloned()
+            .collect()
     }
 }
 

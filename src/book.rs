@@ -10,7 +10,6 @@
 //! problem is reported, with its file, line and column.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -155,37 +154,8 @@ pub fn read_body_files(sources: &[RuleText]) -> BodyFiles {
 }
 
 /// One `body_file`: a regular file of at most [`MAX_BODY_FILE_BYTES`].
-/// Opened without blocking, so a FIFO cannot hang a reload.
 fn read_body_file(path: &Path) -> Result<Bytes, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let cannot = |e: std::io::Error| format!("cannot read body_file {path:?}: {e}");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(cannot)?;
-    let metadata = file.metadata().map_err(cannot)?;
-    if !metadata.is_file() {
-        return Err(format!("body_file {path:?} is not a regular file"));
-    }
-    let too_large = || {
-        format!(
-            "body_file {path:?} is larger than {} KiB, the most a body_file may hold",
-            MAX_BODY_FILE_BYTES / 1024
-        )
-    };
-    if metadata.len() > MAX_BODY_FILE_BYTES {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::with_capacity(metadata.len() as usize);
-    // Bounded again while reading: the file may grow after the look.
-    file.take(MAX_BODY_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(cannot)?;
-    if bytes.len() as u64 > MAX_BODY_FILE_BYTES {
-        return Err(too_large());
-    }
-    Ok(Bytes::from(bytes))
+    crate::files::read_bounded(path, MAX_BODY_FILE_BYTES, "body_file").map(Bytes::from)
 }
 
 /// The folder a rule file's relative paths are resolved against.

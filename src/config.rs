@@ -15,6 +15,7 @@ use http::{HeaderValue, Uri};
 use serde::Deserialize;
 
 use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
+use crate::tls::UpstreamTlsSettings;
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9000";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -71,6 +72,27 @@ pub struct ProxySection {
 pub struct ListenerSection {
     pub name: String,
     pub listen: String,
+    pub tls: Option<ServedTlsSection>,
+}
+
+/// `tls = { cert, key }` on a listener (or `listen_tls` on an upstream's
+/// dedicated port): the PEM chain and key it serves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServedTlsSection {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `tls = { … }` on an `https://` upstream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +105,9 @@ pub struct UpstreamSection {
     pub listen: Option<String>,
     #[serde(default)]
     pub host: HostMode,
+    pub tls: Option<UpstreamTlsSection>,
+    /// TLS on the dedicated port (`listen`).
+    pub listen_tls: Option<ServedTlsSection>,
 }
 
 /// Which `Host` an upstream is sent.
@@ -156,6 +181,16 @@ pub struct ProxyConfig {
 pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
+    /// Serves TLS with this certificate.
+    pub tls: Option<ServedTls>,
+}
+
+/// The certificate a TLS listener or dedicated port serves; paths resolved
+/// against the config file's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -170,6 +205,11 @@ pub struct UpstreamConfig {
     pub labels: BTreeMap<String, String>,
     /// A dedicated port whose every request goes to this upstream.
     pub listen: Option<SocketAddr>,
+    /// TLS on the dedicated port.
+    pub listen_tls: Option<ServedTls>,
+    /// For an `https://` upstream: how it is verified and who faultline
+    /// says it is.
+    pub tls: Option<UpstreamTlsSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -247,13 +287,59 @@ impl Config {
         let base_dir = path.parent().unwrap_or(Path::new("."));
         // The load step reads the environment; validation reads what it was given.
         let variables = Variables::from_process(&text);
-        Self::parse_with(&text, base_dir, &variables).map_err(|errors| match errors {
-            ParseError::Toml(e) => vec![Diagnostic::from_toml(path, &text, &e)],
-            ParseError::Invalid(errors) => errors
+        let at_lines = |errors: Vec<FieldError>| {
+            errors
                 .iter()
                 .map(|e| Diagnostic::from_field(path, &text, e))
-                .collect(),
-        })
+                .collect()
+        };
+        let config =
+            Self::parse_with(&text, base_dir, &variables).map_err(|errors| match errors {
+                ParseError::Toml(e) => vec![Diagnostic::from_toml(path, &text, &e)],
+                ParseError::Invalid(errors) => at_lines(errors),
+            })?;
+        // The load step also reads the certificates and keys the config
+        // names, so a bad one is reported at its line before anything binds.
+        match config.check_tls_files() {
+            problems if problems.is_empty() => Ok(config),
+            problems => Err(at_lines(problems)),
+        }
+    }
+
+    /// Reads every certificate, key and CA file the config names and checks
+    /// them as a start would: unreadable, not PEM, a key that does not
+    /// match its certificate, a certificate out of its validity period.
+    pub fn check_tls_files(&self) -> Vec<FieldError> {
+        let root = FieldPath::root();
+        let mut errors = Vec::new();
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if let Some(tls) = &listener.tls {
+                if let Err(e) = crate::tls::load_certified_key(&tls.cert, &tls.key) {
+                    let at = root.key("listener").index(i).key("tls");
+                    errors.push(FieldError::new(
+                        at,
+                        format!("listener {:?}: {e}", listener.name),
+                    ));
+                }
+            }
+        }
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            let at = root.key("upstream").index(i);
+            if let Some(tls) = &upstream.listen_tls {
+                if let Err(e) = crate::tls::load_certified_key(&tls.cert, &tls.key) {
+                    let message = format!("upstream {:?}: listen_tls: {e}", upstream.name);
+                    errors.push(FieldError::new(at.key("listen_tls"), message));
+                }
+            }
+            if let Some(settings) = &upstream.tls {
+                let host = upstream.authority.host();
+                if let Err(e) = crate::tls::UpstreamTls::new(settings, host, &[]) {
+                    let message = format!("upstream {:?}: {e}", upstream.name);
+                    errors.push(FieldError::new(at.key("tls"), message));
+                }
+            }
+        }
+        errors
     }
 
     /// Parses and validates config text; relative paths are taken from
@@ -317,6 +403,7 @@ impl Config {
             listeners.push(ListenerConfig {
                 name: section.name.clone(),
                 listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+                tls: section.tls.as_ref().map(|tls| served_tls(tls, base_dir)),
             });
         }
 
@@ -351,6 +438,16 @@ impl Config {
                 parse_upstream_url(&section.url, &at.key("url"), &section.name, &mut errors)
             {
                 let (scheme, authority, host_header) = upstream;
+                let tls = upstream_tls(section, &scheme, base_dir, &at, &mut errors);
+                if section.listen_tls.is_some() && listen.is_none() {
+                    errors.push(FieldError::new(
+                        at.key("listen_tls"),
+                        format!(
+                            "upstream {:?}: listen_tls needs a dedicated port: set `listen` too",
+                            section.name
+                        ),
+                    ));
+                }
                 upstreams.push(UpstreamConfig {
                     name: section.name.clone(),
                     scheme,
@@ -359,6 +456,11 @@ impl Config {
                     host: section.host,
                     labels: section.labels.clone(),
                     listen,
+                    listen_tls: section
+                        .listen_tls
+                        .as_ref()
+                        .map(|tls| served_tls(tls, base_dir)),
+                    tls,
                 });
             }
         }
@@ -670,15 +772,11 @@ fn parse_upstream_url(
         Ok(uri) => uri,
         Err(e) => return fail(format!("invalid url {text:?}: {e}")),
     };
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return fail(format!(
-                "url {text:?}: https upstreams are not supported yet; use http://"
-            ))
-        }
-        _ => return fail(format!("url {text:?} must start with http://")),
-    }
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::HTTP,
+        Some("https") => Scheme::HTTPS,
+        _ => return fail(format!("url {text:?} must start with http:// or https://")),
+    };
     let Some(authority) = uri.authority().cloned() else {
         return fail(format!("url {text:?} has no host"));
     };
@@ -691,7 +789,63 @@ fn parse_upstream_url(
         Ok(value) => value,
         Err(_) => return fail(format!("url {text:?} has an invalid host")),
     };
-    Some((Scheme::HTTP, authority, host_header))
+    Some((scheme, authority, host_header))
+}
+
+fn served_tls(section: &ServedTlsSection, base_dir: &Path) -> ServedTls {
+    ServedTls {
+        cert: base_dir.join(&section.cert),
+        key: base_dir.join(&section.key),
+    }
+}
+
+/// The TLS settings of an `https://` upstream (the defaults when it has
+/// no `tls` table); `None` for `http://`, where a `tls` table is an error.
+fn upstream_tls(
+    section: &UpstreamSection,
+    scheme: &Scheme,
+    base_dir: &Path,
+    at: &FieldPath,
+    errors: &mut Vec<FieldError>,
+) -> Option<UpstreamTlsSettings> {
+    if *scheme != Scheme::HTTPS {
+        if section.tls.is_some() {
+            errors.push(FieldError::new(
+                at.key("tls"),
+                format!(
+                    "upstream {:?}: `tls` applies to https:// upstreams; its url is {:?}",
+                    section.name, section.url
+                ),
+            ));
+        }
+        return None;
+    }
+    let default = UpstreamTlsSection::default();
+    let wire = section.tls.as_ref().unwrap_or(&default);
+    if wire.client_cert.is_some() != wire.client_key.is_some() {
+        errors.push(FieldError::new(
+            at.key("tls"),
+            format!(
+                "upstream {:?}: give both tls.client_cert and tls.client_key, or neither",
+                section.name
+            ),
+        ));
+    }
+    if let Some(name) = &wire.server_name {
+        if let Err(e) = crate::tls::server_name(name) {
+            errors.push(FieldError::new(
+                at.key("tls"),
+                format!("upstream {:?}: tls.server_name {e}", section.name),
+            ));
+        }
+    }
+    Some(UpstreamTlsSettings {
+        ca: wire.ca.as_ref().map(|path| base_dir.join(path)),
+        server_name: wire.server_name.clone(),
+        client_cert: wire.client_cert.as_ref().map(|path| base_dir.join(path)),
+        client_key: wire.client_key.as_ref().map(|path| base_dir.join(path)),
+        verify: wire.verify.unwrap_or(true),
+    })
 }
 
 /// Names of listeners, upstreams and rules: `[A-Za-z0-9._-]+`.
@@ -808,7 +962,7 @@ listen = "localhost"
 
 [[upstream]]
 name = "a"
-url = "https://example.com"
+url = "ftp://example.com"
 
 [[upstream]]
 name = "a"
@@ -823,7 +977,7 @@ upstream = "a"
         assert!(errors[0].starts_with("proxy.upstream_timeout: invalid duration \"soon\""));
         assert_eq!(errors[1], "proxy.workers: workers must be at least 1");
         assert!(errors[2].starts_with("listener[0].listen: invalid address \"localhost\""));
-        assert!(errors[3].contains("https upstreams are not supported"));
+        assert!(errors[3].contains("must start with http:// or https://"));
         assert!(errors
             .iter()
             .any(|e| e.contains("duplicate upstream name \"a\"")));

@@ -5,7 +5,8 @@
 //! Each module owns one thing; `use crate::` points down this list's layers
 //! only, never back up (no cycles):
 //!
-//! - [`diagnostic`], [`duration`]: problems in users' files, with line and column; human durations.
+//! - [`diagnostic`], [`duration`], [`files`]: problems in users' files, with line and column; human durations; reading users' files with bounds.
+//! - [`tls`]: TLS both ways: listeners' certificates (swapped on reload), upstreams' trust and identity.
 //! - [`config`]: how the process runs (listeners, upstreams, routes, settings).
 //! - [`fault`]: what happens to a matched request: the fault kinds, written and validated.
 //! - [`rules`]: which requests are affected: rule schema, pure validation, matching, the immutable snapshot.
@@ -34,6 +35,7 @@ pub mod demo;
 pub mod diagnostic;
 pub mod duration;
 pub mod fault;
+pub mod files;
 pub mod metrics;
 pub mod plan;
 pub mod proxy;
@@ -42,4 +44,5 @@ pub mod rules;
 pub mod scenario;
 pub mod server;
 pub mod socket;
+pub mod tls;
 pub mod traffic;

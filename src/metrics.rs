@@ -18,6 +18,7 @@ use prometheus::{
 };
 
 use crate::config::UpstreamConfig;
+use crate::tls::HandshakeFailure;
 use crate::traffic::{Outcome, Tally};
 
 pub const REQUESTS_TOTAL: &str = "faultline_requests_total";
@@ -34,6 +35,7 @@ pub const SCENARIO_STEP: &str = "faultline_scenario_step";
 pub const RULES_RELOADS_TOTAL: &str = "faultline_rules_reloads_total";
 pub const INFLIGHT_REQUESTS: &str = "faultline_inflight_requests";
 pub const BUILD_INFO: &str = "faultline_build_info";
+pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "faultline_tls_handshake_errors_total";
 
 /// From a 1 ms loopback upstream to a 5-minute blackhole: roughly ×2.5 steps.
 const DURATION_BUCKETS: [f64; 18] = [
@@ -62,6 +64,8 @@ const CODE_SLOTS: usize = 500;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorReason {
     Connect,
+    /// The TLS handshake failed.
+    Tls,
     Timeout,
     Protocol,
 }
@@ -115,6 +119,7 @@ pub struct Metrics {
     scenario_step: IntGaugeVec,
     rules_reloads: IntCounterVec,
     inflight: IntGaugeVec,
+    tls_handshake_errors: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -207,9 +212,14 @@ impl Metrics {
                 "Requests in flight, by listener.",
                 &["listener"],
             ),
+            tls_handshake_errors: counter_vec(
+                TLS_HANDSHAKE_ERRORS_TOTAL,
+                "TLS handshakes with clients that failed, by listener and reason.",
+                &["listener", "reason"],
+            ),
         };
         let registry = &metrics.registry;
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.upstream_duration.clone()),
@@ -223,6 +233,7 @@ impl Metrics {
             Box::new(metrics.scenario_step.clone()),
             Box::new(metrics.rules_reloads.clone()),
             Box::new(metrics.inflight.clone()),
+            Box::new(metrics.tls_handshake_errors.clone()),
         ];
         for collector in collectors {
             registry
@@ -284,6 +295,7 @@ impl Metrics {
                 .upstream_duration
                 .with_label_values(&[upstream.name.as_str()]),
             connect_errors: errors("connect"),
+            tls_errors: errors("tls"),
             timeout_errors: errors("timeout"),
             protocol_errors: errors("protocol"),
             faults_overflow: self
@@ -327,6 +339,15 @@ impl Metrics {
             .map(|reason| self.client_errors.with_label_values(&[reason.as_str()]))
     }
 
+    /// `faultline_tls_handshake_errors_total` of one TLS listener, for each
+    /// reason in the order of [`HandshakeFailure::ALL`].
+    pub fn tls_handshake_errors(&self, listener: &str) -> [IntCounter; 4] {
+        HandshakeFailure::ALL.map(|reason| {
+            self.tls_handshake_errors
+                .with_label_values(&[listener, reason.as_str()])
+        })
+    }
+
     pub fn inflight(&self, listener: &str) -> IntGauge {
         self.inflight.with_label_values(&[listener])
     }
@@ -368,6 +389,7 @@ pub struct UpstreamMetrics {
     request_duration: Histogram,
     upstream_duration: Histogram,
     connect_errors: IntCounter,
+    tls_errors: IntCounter,
     timeout_errors: IntCounter,
     protocol_errors: IntCounter,
     faults_overflow: IntCounter,
@@ -451,6 +473,7 @@ impl UpstreamMetrics {
     pub fn record_upstream_error(&self, reason: UpstreamErrorReason) {
         match reason {
             UpstreamErrorReason::Connect => self.connect_errors.inc(),
+            UpstreamErrorReason::Tls => self.tls_errors.inc(),
             UpstreamErrorReason::Timeout => self.timeout_errors.inc(),
             UpstreamErrorReason::Protocol => self.protocol_errors.inc(),
         }
@@ -479,6 +502,8 @@ mod tests {
             host: Default::default(),
             labels: [("region".to_owned(), "us-east-1".to_owned())].into(),
             listen: None,
+            listen_tls: None,
+            tls: None,
         }
     }
 

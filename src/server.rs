@@ -43,13 +43,18 @@ use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Notify;
+use tokio::time::Sleep;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::socket::SendStream;
+use crate::tls::HandshakeFailure;
 
 /// How an aborted connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,12 +238,66 @@ impl Stop {
     }
 }
 
+/// A listener's TLS: what it serves, and where failed handshakes are
+/// counted.
+#[derive(Clone)]
+pub struct TlsDoor {
+    pub acceptor: TlsAcceptor,
+    /// `faultline_tls_handshake_errors_total` of this listener, in the
+    /// order of [`HandshakeFailure::ALL`].
+    pub failures: [IntCounter; 4],
+}
+
+impl std::fmt::Debug for TlsDoor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsDoor")
+    }
+}
+
 /// Accepts connections until `stop` says so: then lets in-flight requests
 /// finish for at most the grace period before the remaining connections are
 /// dropped, or resets them all at once. Clients slower than `limits` are
 /// disconnected.
 pub async fn serve<M, S, B>(listener: TcpListener, make_service: M, limits: Limits, stop: Stop)
 where
+    M: Fn(ConnInfo) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    accept_loop(listener, None, make_service, limits, stop).await;
+}
+
+/// [`serve`], in TLS: each connection's handshake must be done within the
+/// header timeout of accept, or the connection is closed and counted.
+pub async fn serve_tls<M, S, B>(
+    listener: TcpListener,
+    tls: TlsDoor,
+    make_service: M,
+    limits: Limits,
+    stop: Stop,
+) where
+    M: Fn(ConnInfo) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    accept_loop(listener, Some(tls), make_service, limits, stop).await;
+}
+
+async fn accept_loop<M, S, B>(
+    listener: TcpListener,
+    tls: Option<TlsDoor>,
+    make_service: M,
+    limits: Limits,
+    stop: Stop,
+) where
     M: Fn(ConnInfo) -> S,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -257,6 +316,9 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
+    // Shared by the connection tasks, which start hyper themselves (a TLS
+    // connection only after its handshake).
+    let builder = Arc::new(builder);
     let open = Arc::new(OpenConnections::default());
     let local = listener.local_addr().ok();
     let mut failures = AcceptFailures::default();
@@ -300,51 +362,30 @@ where
             }),
             control: Arc::clone(&control),
         };
-        let io = TokioIo::new(AbortableStream {
+        let io = AbortableStream {
             stream: SendStream::new(stream),
             control: Arc::clone(&control),
-        });
-        // With upgrades: a `101` hands the socket over (`hyper::upgrade::on`).
-        let connection = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
+        };
+        let builder = Arc::clone(&builder);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _registration = registration;
-            let mut connection = pin!(connection);
-            let mut first_head = pin!(Some(first_head));
-            let mut draining = false;
-            let ended = poll_fn(|cx| {
-                // Registered before the state is read: a change made after
-                // the read wakes this task again.
-                control.task.register(cx.waker());
-                match control.state() {
-                    State::Open => {}
-                    State::Drain if !draining => {
-                        draining = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    State::Drain => {}
-                    // Returning drops the connection: the socket closes as
-                    // the ending asks, whatever the connection was doing.
-                    State::Ended(_) => return Poll::Ready(Ok(())),
+            let mut first_head = pin!(first_head);
+            let Some(door) = tls else {
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                return drive(connection, &control, first_head, peer, header_timeout).await;
+            };
+            match handshake(&door.acceptor, io, &control, first_head.as_mut()).await {
+                Handshake::Done(stream) => {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    drive(connection, &control, first_head, peer, header_timeout).await;
                 }
-                let polled = connection.as_mut().poll(cx);
-                if polled.is_pending() {
-                    if let Some(deadline) = first_head.as_mut().as_pin_mut() {
-                        if control.greeted() {
-                            // Later heads are hyper's to time.
-                            first_head.set(None);
-                        } else if deadline.poll(cx).is_ready() {
-                            debug!(%peer, ?header_timeout, "closing a connection that sent no request");
-                            return Poll::Ready(Ok(()));
-                        }
-                    }
+                Handshake::Failed(failure) => {
+                    debug!(%peer, reason = failure.as_str(), "TLS handshake failed");
+                    door.failures[failure as usize].inc();
                 }
-                polled
-            })
-            .await;
-            if let Err(e) = ended {
-                debug!(error = %e, %peer, "connection ended with an error");
+                Handshake::Ended => {}
             }
         });
     }
@@ -364,6 +405,138 @@ where
         warn!(listener = ?local, ?grace, "grace period over; closing the connections still open");
         open.end_all(Ending::Close);
     }
+}
+
+/// Serves one connection until it ends: hyper's connection, the control's
+/// drain and abort, and the first head's deadline (`first_head`, running
+/// since accept) until the service sees a request.
+/// Upgrades are enabled: after a `101`, hyper hands the socket over
+/// (`hyper::upgrade::on`) and its connection, and this, ends.
+async fn drive<I, S, B>(
+    connection: auto::UpgradeableConnection<'_, TokioIo<I>, Greeting<S>, TokioExecutor>,
+    control: &ConnControl,
+    first_head: Pin<&mut Sleep>,
+    peer: SocketAddr,
+    header_timeout: Duration,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let mut connection = pin!(connection);
+    let mut first_head = Some(first_head);
+    let mut draining = false;
+    let ended = poll_fn(|cx| {
+        // Registered before the state is read: a change made after
+        // the read wakes this task again.
+        control.task.register(cx.waker());
+        match control.state() {
+            State::Open => {}
+            State::Drain if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            State::Drain => {}
+            // Returning drops the connection: the socket closes as
+            // the ending asks, whatever the connection was doing.
+            State::Ended(_) => return Poll::Ready(Ok(())),
+        }
+        let polled = connection.as_mut().poll(cx);
+        if polled.is_pending() {
+            if let Some(deadline) = first_head.as_mut() {
+                if control.greeted() {
+                    // Later heads are hyper's to time.
+                    first_head = None;
+                } else if deadline.as_mut().poll(cx).is_ready() {
+                    debug!(%peer, ?header_timeout, "closing a connection that sent no request");
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+        polled
+    })
+    .await;
+    if let Err(e) = ended {
+        debug!(error = %e, %peer, "connection ended with an error");
+    }
+}
+
+/// How a TLS handshake ended.
+enum Handshake {
+    /// Boxed: the TLS state is over a kilobyte, and it lives as long as
+    /// the connection anyway.
+    Done(Box<TlsStream<AbortableStream>>),
+    Failed(HandshakeFailure),
+    /// Shutdown ended the connection first.
+    Ended,
+}
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What a client that speaks plain HTTP to a TLS port is told, as nginx
+/// tells it, before the connection closes.
+const TLS_REQUIRED: &[u8] = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\
+content-type: application/json\r\nx-faultline-error: tls_required\r\ncontent-length: 83\r\n\r\n\
+{\"error\":\"tls_required\",\"message\":\"this port speaks TLS: use https:// to reach it\"}";
+
+/// Makes the server side of a TLS handshake within `deadline`, unless the
+/// connection's control ends it first.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    io: AbortableStream,
+    control: &ConnControl,
+    mut deadline: Pin<&mut Sleep>,
+) -> Handshake {
+    let shake = async {
+        // A look at the first byte tells a TLS client from a plain one,
+        // which gets an answer it can read rather than a TLS alert.
+        let mut first = [0u8; 1];
+        match io.stream.get_ref().peek(&mut first).await {
+            Ok(0) | Err(_) => return Err(HandshakeFailure::Closed),
+            Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => {
+                let socket = io.stream.get_ref();
+                // What has arrived is read first: closing a socket with
+                // unread bytes sends an RST, which can lose the answer.
+                let mut unread = [0u8; 4096];
+                while matches!(socket.try_read(&mut unread), Ok(n) if n > 0) {}
+                let _ = socket.try_write(TLS_REQUIRED);
+                return Err(HandshakeFailure::NotTls);
+            }
+            Ok(_) => {}
+        }
+        acceptor.accept(io).await.map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                HandshakeFailure::Closed
+            } else {
+                HandshakeFailure::Protocol
+            }
+        })
+    };
+    tokio::select! {
+        shaken = shake => match shaken {
+            Ok(stream) => Handshake::Done(Box::new(stream)),
+            Err(failure) => Handshake::Failed(failure),
+        },
+        () = &mut deadline => Handshake::Failed(HandshakeFailure::Timeout),
+        () = ended(control) => Handshake::Ended,
+    }
+}
+
+/// Resolves once the connection's control asks it to drain or end.
+async fn ended(control: &ConnControl) {
+    poll_fn(|cx| {
+        control.task.register(cx.waker());
+        match control.state() {
+            State::Open => Poll::Pending,
+            State::Drain | State::Ended(_) => Poll::Ready(()),
+        }
+    })
+    .await;
 }
 
 /// The controls of one accept loop's open connections.

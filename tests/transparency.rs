@@ -140,17 +140,12 @@ async fn responses_through_the_proxy_match_direct_ones() {
         let proxied = exchange(&proxy.url("edge"), case, false).await;
         assert_eq!(direct.status, proxied.status, "{}: status", case.name);
         assert_eq!(direct.body, proxied.body, "{}: body", case.name);
-        let strip = |reply: &Reply| {
-            let mut headers: Vec<(String, Vec<u8>)> = reply
-                .headers
-                .iter()
-                .filter(|(name, _)| !VARYING.contains(&name.as_str()))
-                .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-                .collect();
-            headers.sort();
-            headers
-        };
-        assert_eq!(strip(&direct), strip(&proxied), "{}: headers", case.name);
+        assert_eq!(
+            sorted_headers(&direct),
+            sorted_headers(&proxied),
+            "{}: headers",
+            case.name
+        );
     }
 }
 
@@ -222,4 +217,65 @@ async fn faultline_headers_belong_to_faultline_alone() {
     assert_eq!(reply.header("x-faultline-error"), None);
     assert_eq!(reply.header("x-faultline-rule"), None);
     assert_eq!(reply.text(), "the upstream's own 504");
+}
+
+/// HTTPS rows: the same cases straight to a TLS upstream and through a TLS
+/// listener in front of it (`https://` upstream, verified by a test CA).
+#[tokio::test]
+async fn https_responses_through_the_proxy_match_direct_ones() {
+    use support::tls::*;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("transparency CA");
+    let upstream_leaf = ca.leaf(&["orders.internal"]);
+    let upstream =
+        TestUpstream::start_tls("orders-use1", server_config(&upstream_leaf, None)).await;
+    let (cert, key) = ca.leaf(&["edge.test"]).write(dir.path(), "edge");
+    let ca_file = ca.write(dir.path());
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n\
+         tls = {{ cert = \"{}\", key = \"{}\" }}\n\n[[upstream]]\nname = \"orders-use1\"\nurl = \"{}\"\n\
+         tls = {{ ca = \"{}\", server_name = \"orders.internal\" }}\n\n[[route]]\nlistener = \"edge\"\nupstream = \"orders-use1\"\n",
+        cert.display(),
+        key.display(),
+        upstream.url(),
+        ca_file.display()
+    );
+    let proxy = TestProxy::start(&config, "").await;
+    let over_tls = async |addr, name: &str, case: &Case| {
+        let mut builder = Request::builder()
+            .method(case.method.clone())
+            .uri(case.path)
+            .header("host", name);
+        for (header, value) in case.headers {
+            builder = builder.header(*header, *value);
+        }
+        let request = builder.body(full(case.body)).unwrap();
+        tls_send(addr, name, client_config(&ca, &[b"http/1.1"]), request)
+            .await
+            .unwrap()
+            .reply
+    };
+    for case in CASES {
+        let direct = over_tls(upstream.addr, "orders.internal", case).await;
+        let proxied = over_tls(proxy.addr("edge"), "edge.test", case).await;
+        assert_eq!(direct.status, proxied.status, "https {}: status", case.name);
+        assert_eq!(direct.body, proxied.body, "https {}: body", case.name);
+        assert_eq!(
+            sorted_headers(&direct),
+            sorted_headers(&proxied),
+            "https {}: headers",
+            case.name
+        );
+    }
+}
+
+fn sorted_headers(reply: &Reply) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = reply
+        .headers
+        .iter()
+        .filter(|(name, _)| !VARYING.contains(&name.as_str()))
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect();
+    headers.sort();
+    headers
 }

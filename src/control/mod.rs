@@ -30,7 +30,9 @@ use crate::fault::BodySource;
 use crate::metrics::Metrics;
 use crate::rules::{LiveRule, Rule, RuleSet, RuleSource, RuleSpec};
 use crate::scenario::Scenario;
+use crate::tls::ServedCertificate;
 use crate::traffic::Tally;
+use rustls::sign::CertifiedKey;
 use scenarios::{Overlay, Run};
 
 pub use publish::{HaltSignal, Published, Snapshot};
@@ -96,6 +98,8 @@ pub struct Wiring {
     /// By upstream index.
     pub tallies: Vec<Arc<Tally>>,
     pub published: Arc<Published>,
+    /// The certificates TLS listeners serve, which a reload reads again.
+    pub certificates: Vec<Arc<ServedCertificate>>,
 }
 
 /// Why a change was refused.
@@ -578,20 +582,34 @@ impl Control {
         let reserved: Vec<&str> = api_names.iter().map(String::as_str).collect();
         // Read outside the state lock: the admin API stays responsive meanwhile.
         let loaded = self.files.load(&names, &reserved);
+        // A renewed certificate applies on reload; a broken one rejects the
+        // reload with the rules, so nothing changes by half.
+        let certificates = self.read_certificates();
+        let loaded = match (loaded, certificates) {
+            (Ok(book), Ok(certificates)) => Ok((book, certificates)),
+            (Ok(_), Err(problems)) => Err(problems),
+            (Err(mut problems), certificates) => {
+                problems.extend(certificates.err().unwrap_or_default());
+                Err(problems)
+            }
+        };
         let mut state = self.lock();
         let was_rejected = state
             .last_reload
             .as_ref()
             .is_some_and(|last| last.outcome == "rejected");
         let book = match loaded {
-            Ok(book) => book,
+            Ok((book, certificates)) => {
+                self.install_certificates(certificates);
+                book
+            }
             Err(problems) => {
                 self.metrics().record_reload(false);
                 warn!(
                     target: "faultline::audit",
                     caller = %trigger,
                     problems = problems.len(),
-                    "reload rejected; the rules in force are unchanged"
+                    "reload rejected; the rules and certificates in force are unchanged"
                 );
                 for problem in &problems {
                     warn!("{problem}");
@@ -650,6 +668,37 @@ impl Control {
             );
         }
         Ok(summary)
+    }
+
+    /// Every served certificate read again, in the order of
+    /// `Wiring::certificates`, or every problem.
+    fn read_certificates(&self) -> Result<Vec<Arc<CertifiedKey>>, Vec<Diagnostic>> {
+        let mut read = Vec::new();
+        let mut problems = Vec::new();
+        for served in &self.wiring.certificates {
+            match served.read_again() {
+                Ok(pair) => read.push(pair),
+                Err(e) => problems.push(Diagnostic::whole_file(served.cert_path(), e)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(read)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn install_certificates(&self, read: Vec<Arc<CertifiedKey>>) {
+        for (served, pair) in self.wiring.certificates.iter().zip(read) {
+            if served.serving().cert != pair.cert {
+                info!(
+                    target: "faultline::audit",
+                    cert = %served.cert_path().display(),
+                    "serving a new certificate from the next handshake on"
+                );
+            }
+            served.install(pair);
+        }
     }
 
     /// Starts the countdown of a TTL.
@@ -818,6 +867,7 @@ mod tests {
                 upstreams: config.upstreams,
                 metrics: Metrics::new(),
                 tallies: Vec::new(),
+                certificates: Vec::new(),
             };
             let files = RuleFiles::Dir(dir.path().to_path_buf());
             let rules = files.load(&["orders"], &[]).unwrap();

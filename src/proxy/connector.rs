@@ -2,8 +2,8 @@
 //! upstream" and gets the upstream's response, whatever carries it.
 //!
 //! Each upstream has one [`Connector`], chosen from its config when the
-//! proxy starts. Today every upstream is plain HTTP/1.1 through the pooled
-//! [`UpstreamClient`]; a TLS or HTTP/2 connector is a new variant here and a
+//! proxy starts. Today every upstream is HTTP/1.1 (over TCP or TLS) through
+//! the pooled [`UpstreamClient`]; a TLS or HTTP/2 connector is a new variant here and a
 //! new arm in [`Connectors::send`], and nothing else in the pipeline
 //! changes. An enum rather than a trait object: the hot path matches on it
 //! instead of boxing every request's future.
@@ -17,11 +17,13 @@ use hyper::body::Incoming;
 use super::body::RequestBody;
 use super::pool::{UpstreamClient, UpstreamError};
 use crate::config::{ProxyConfig, UpstreamConfig};
+use crate::tls::UpstreamTls;
 
 /// How requests reach one upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Connector {
-    /// Plain HTTP/1.1 over pooled TCP connections.
+    /// HTTP/1.1 over pooled TCP connections, in TLS for `https://`
+    /// upstreams (the pool makes the handshake as it connects).
     Http1,
 }
 
@@ -32,10 +34,15 @@ pub(super) struct Connectors {
 }
 
 impl Connectors {
-    pub(super) fn new(upstreams: &[UpstreamConfig], settings: &ProxyConfig) -> Self {
+    /// `tls` has, per upstream index, the TLS of each `https://` upstream.
+    pub(super) fn new(
+        upstreams: &[UpstreamConfig],
+        tls: &[Option<UpstreamTls>],
+        settings: &ProxyConfig,
+    ) -> Self {
         Self {
             by_upstream: upstreams.iter().map(|_| Connector::Http1).collect(),
-            http1: UpstreamClient::new(upstreams, settings),
+            http1: UpstreamClient::new(upstreams, tls, settings),
         }
     }
 

@@ -495,6 +495,8 @@ mod tests {
             host: Default::default(),
             labels: Default::default(),
             listen: None,
+            listen_tls: None,
+            tls: None,
         }
     }
 

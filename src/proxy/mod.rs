@@ -39,6 +39,7 @@ use crate::control::{Published, Snapshot};
 use crate::metrics::{ClientErrorReason, Metrics, UpstreamMetrics};
 use crate::plan::{self, Decision, RequestView};
 use crate::server::ConnInfo;
+use crate::tls::UpstreamTls;
 use crate::traffic::{Outcome, Tally};
 use connector::Connectors;
 use forward::Hop;
@@ -101,7 +102,14 @@ struct Plan {
 }
 
 impl Proxy {
-    pub fn new(config: &Config, published: Arc<Published>, metrics: Metrics) -> Self {
+    /// `upstream_tls` has, per upstream index, the TLS of each `https://`
+    /// upstream, read by the caller (a file may fail to read).
+    pub fn new(
+        config: &Config,
+        upstream_tls: &[Option<UpstreamTls>],
+        published: Arc<Published>,
+        metrics: Metrics,
+    ) -> Self {
         let mut routes = vec![ListenerRoutes::default(); config.listeners.len()];
         for route in &config.routes {
             let listener = &mut routes[route.listener];
@@ -130,7 +138,7 @@ impl Proxy {
             upstreams: config.upstreams.clone(),
             routes,
             published,
-            connectors: Connectors::new(&config.upstreams, &config.proxy),
+            connectors: Connectors::new(&config.upstreams, upstream_tls, &config.proxy),
             // Capped so a deadline can always be added to an instant:
             // thirty years is no timeout at all, as tokio's own far future.
             upstream_timeout: config.proxy.upstream_timeout.min(NO_TIMEOUT),

@@ -31,12 +31,15 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 use tower_service::Service;
 use tracing::debug;
 
 use super::body::RequestBody;
 use crate::config::{ProxyConfig, UpstreamConfig};
 use crate::socket::SendStream;
+use crate::tls::UpstreamTls;
 
 /// The sweeper looks for connections idle for too long at least this often,
 /// and four times per idle timeout when that is shorter.
@@ -50,6 +53,10 @@ pub enum UpstreamError {
     /// No connection could be made (refused, unresolvable, connect timeout).
     #[error(transparent)]
     Connect(BoxError),
+    /// The TLS handshake failed: a certificate that does not verify, a
+    /// name that does not match, a TLS alert, or no TLS at all.
+    #[error("TLS handshake with the upstream failed: {0}")]
+    Tls(std::io::Error),
     /// The connection broke, or the upstream's answer was not HTTP.
     #[error(transparent)]
     Exchange(hyper::Error),
@@ -58,6 +65,8 @@ pub enum UpstreamError {
 /// The one client every request to every upstream goes through.
 pub(super) struct UpstreamClient {
     connector: HttpConnector,
+    /// Bounds the TLS handshake too, as it bounds the TCP connect.
+    connect_timeout: Duration,
     idle_timeout: Duration,
     /// Per upstream index: where it is dialled, and its idle connections.
     pools: Arc<[Pool]>,
@@ -66,8 +75,11 @@ pub(super) struct UpstreamClient {
 }
 
 struct Pool {
-    /// `http://authority/`, what the connector dials.
+    /// `http://authority/` or `https://authority/`, what the connector
+    /// dials (the scheme gives the default port).
     target: Uri,
+    /// For an `https://` upstream: the handshake every connection makes.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     idle: SegQueue<Idle>,
 }
 
@@ -77,18 +89,32 @@ struct Idle {
 }
 
 impl UpstreamClient {
-    pub(super) fn new(upstreams: &[UpstreamConfig], settings: &ProxyConfig) -> Self {
+    /// `tls` has, per upstream index, the TLS of each `https://` upstream.
+    pub(super) fn new(
+        upstreams: &[UpstreamConfig],
+        tls: &[Option<UpstreamTls>],
+        settings: &ProxyConfig,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
+        // It dials https:// targets too: the TLS is ours, over its TCP.
+        connector.enforce_http(false);
         let pools = upstreams
             .iter()
-            .map(|upstream| Pool {
+            .enumerate()
+            .map(|(i, upstream)| Pool {
                 target: dial_target(upstream),
+                tls: tls
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .map(|tls| (TlsConnector::from(tls.config), tls.server_name)),
                 idle: SegQueue::new(),
             })
             .collect();
         Self {
+            connect_timeout: settings.connect_timeout,
             connector,
             idle_timeout: settings.pool_idle_timeout,
             pools,
@@ -113,7 +139,7 @@ impl UpstreamClient {
             let (mut sender, reused) = match pool.checkout(fresh_since) {
                 Some(sender) => (sender, true),
                 // Boxed: dialling is rare, and its future large.
-                None => (Box::pin(self.connect(&pool.target)).await?, false),
+                None => (Box::pin(self.connect(pool)).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -135,7 +161,7 @@ impl UpstreamClient {
         }
     }
 
-    async fn connect(&self, target: &Uri) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    async fn connect(&self, pool: &Pool) -> Result<SendRequest<RequestBody>, UpstreamError> {
         self.sweeper
             .get_or_init(|| spawn_sweeper(Arc::downgrade(&self.pools), self.idle_timeout));
         let mut connector = self.connector.clone();
@@ -143,22 +169,28 @@ impl UpstreamClient {
             .await
             .map_err(|e| UpstreamError::Connect(e.into()))?;
         let io = connector
-            .call(target.clone())
+            .call(pool.target.clone())
             .await
             .map_err(|e| UpstreamError::Connect(e.into()))?;
         // Written with send(2), as the client side is.
-        let io = TokioIo::new(SendStream::new(io.into_inner()));
-        let (sender, connection) = http1::handshake(io)
-            .await
-            .map_err(|e| UpstreamError::Connect(e.into()))?;
-        // With upgrades: after a `101` the connection gives its socket to
-        // the response's `OnUpgrade` instead of failing the exchange.
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                debug!(error = %e, "upstream connection ended with an error");
+        let stream = SendStream::new(io.into_inner());
+        match &pool.tls {
+            None => handshake(stream).await,
+            Some((tls, name)) => {
+                let shake = tls.connect(name.clone(), stream);
+                let stream = match tokio::time::timeout(self.connect_timeout, shake).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return Err(UpstreamError::Tls(e)),
+                    Err(_) => {
+                        return Err(UpstreamError::Tls(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no handshake within connect_timeout",
+                        )))
+                    }
+                };
+                handshake(stream).await
             }
-        });
-        Ok(sender)
+        }
     }
 
     /// Returns a connection to its pool once it can carry the next request:
@@ -208,6 +240,24 @@ impl Pool {
             }
         }
     }
+}
+
+/// Starts HTTP/1.1 on a connected stream; a task of its own drives it.
+async fn handshake<S>(stream: S) -> Result<SendRequest<RequestBody>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::Connect(e.into()))?;
+    // With upgrades: after a `101` the connection gives its socket to the
+    // response's `OnUpgrade` instead of failing the exchange.
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// Now and then closes the connections idle for longer than `idle_timeout`;

@@ -30,6 +30,14 @@ pub enum ProxyError {
         #[source]
         source: UpstreamError,
     },
+    /// The upstream's TLS handshake failed (its certificate, its name, or
+    /// its TLS itself).
+    #[error("cannot make a TLS connection to upstream {upstream}")]
+    UpstreamTls {
+        upstream: String,
+        #[source]
+        source: UpstreamError,
+    },
     #[error("upstream {upstream} did not answer in time")]
     UpstreamTimeout { upstream: String },
     #[error("upstream {upstream} failed mid-exchange")]
@@ -80,7 +88,12 @@ impl ProxyError {
         let upstream = upstream.to_owned();
         // A connect that timed out is still a failure to connect: the
         // upstream is unreachable, not slow.
-        if matches!(error, UpstreamError::Connect(_)) {
+        if matches!(error, UpstreamError::Tls(_)) {
+            ProxyError::UpstreamTls {
+                upstream,
+                source: error,
+            }
+        } else if matches!(error, UpstreamError::Connect(_)) {
             ProxyError::UpstreamConnect {
                 upstream,
                 source: error,
@@ -100,6 +113,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::UpstreamConnect { .. } => "upstream_connect",
+            ProxyError::UpstreamTls { .. } => "upstream_tls",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
             ProxyError::ClientProtocol { .. } | ProxyError::ClientAborted => "client_protocol",
@@ -115,6 +129,7 @@ impl ProxyError {
             ProxyError::NoRoute => Blame::Config,
             ProxyError::UpstreamTimeout { .. } => Blame::Upstream(UpstreamErrorReason::Timeout),
             ProxyError::UpstreamConnect { .. } => Blame::Upstream(UpstreamErrorReason::Connect),
+            ProxyError::UpstreamTls { .. } => Blame::Upstream(UpstreamErrorReason::Tls),
             ProxyError::UpstreamProtocol { .. } => Blame::Upstream(UpstreamErrorReason::Protocol),
             ProxyError::ClientProtocol { .. } => Blame::Client(ClientErrorReason::Protocol),
             ProxyError::ClientAborted => Blame::Client(ClientErrorReason::Aborted),
@@ -126,9 +141,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamProtocol { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamTls { .. }
+            | ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientProtocol { .. } | ProxyError::ClientAborted => {
                 StatusCode::BAD_REQUEST

@@ -26,6 +26,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+pub mod tls;
+
 pub type TestBody = BoxBody<Bytes, Infallible>;
 
 // ---------------------------------------------------------------------------
@@ -54,6 +56,8 @@ pub struct Seen {
 pub struct TestUpstream {
     pub addr: SocketAddr,
     pub name: String,
+    /// Serves TLS (`https://`).
+    pub tls: bool,
     requests: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -62,6 +66,16 @@ pub struct TestUpstream {
 
 impl TestUpstream {
     pub async fn start(name: &str) -> TestUpstream {
+        Self::start_with(name, None).await
+    }
+
+    /// The same upstream over TLS, serving `config`'s certificate.
+    pub async fn start_tls(name: &str, config: Arc<rustls::ServerConfig>) -> TestUpstream {
+        Self::start_with(name, Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn start_with(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> TestUpstream {
+        let is_tls = tls.is_some();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
@@ -76,19 +90,35 @@ impl TestUpstream {
                 };
                 c.fetch_add(1, Ordering::SeqCst);
                 let (r, s, n) = (r.clone(), s.clone(), n.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         upstream_answer(n.clone(), r.clone(), s.clone(), req)
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        None => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
         TestUpstream {
             addr,
             name: name.to_owned(),
+            tls: is_tls,
             requests,
             connections,
             seen,
@@ -97,7 +127,8 @@ impl TestUpstream {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// How many requests reached this upstream (counted on arrival).
