@@ -192,7 +192,11 @@ impl App {
             })?;
             let door = certificate.map(|certificate| TlsDoor {
                 acceptor: TlsAcceptor::from(certificate.server_config()),
-                failures: metrics.tls_handshake_errors(&name),
+                // Named as faultline_inflight_requests names the door.
+                failures: metrics.tls_handshake_errors(&match entry {
+                    Entry::Listener(_) => name.clone(),
+                    Entry::Upstream(_) => format!("upstream:{name}"),
+                }),
             });
             let scheme = if door.is_some() { "https" } else { "http" };
             info!(%addr, name, kind = entry_kind(entry), scheme, "listening");

@@ -342,3 +342,51 @@ fn check_reports_bad_certificates_at_their_line() {
     );
     assert_eq!(lines[3], "3 problems found");
 }
+
+#[tokio::test]
+async fn a_dedicated_port_serves_tls_with_listen_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("edge CA");
+    let upstream = TestUpstream::start("orders").await;
+    let (cert, key) = ca.leaf(&["orders.test"]).write(dir.path(), "orders");
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"orders\"\nurl = \"{}\"\n\
+         listen = \"127.0.0.1:0\"\nlisten_tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        upstream.url(),
+        path(&cert),
+        path(&key)
+    );
+    let proxy = TestProxy::start(&text, "").await;
+    let addr = proxy.running().upstream_addr("orders").unwrap();
+    let request = Request::get("/dedicated")
+        .header("host", "orders.test")
+        .body(empty())
+        .unwrap();
+    let sent = tls_send(
+        addr,
+        "orders.test",
+        client_config(&ca, &[b"http/1.1"]),
+        request,
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent.reply.status, StatusCode::OK);
+    assert_eq!(upstream.last_seen().uri, "/dedicated");
+
+    // A listen_tls without a dedicated port is a mistake, said as such.
+    let error = TestProxy::try_start(
+        &format!(
+            "[[upstream]]\nname = \"orders\"\nurl = \"{}\"\nlisten_tls = {{ cert = \"a\", key = \"b\" }}\n\n\
+             [[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nlistener = \"edge\"\nupstream = \"orders\"\n",
+            upstream.url()
+        ),
+        "",
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        error.contains("listen_tls needs a dedicated port"),
+        "{error}"
+    );
+}
