@@ -57,6 +57,10 @@ pub enum ProxyError {
     /// it was whole.
     #[error("the client's request body stalled: it was not whole within upstream_timeout")]
     ClientTimeout,
+    /// A `CONNECT` on a reverse listener: faultline forwards requests to
+    /// its upstreams, it opens no tunnels to where a client asks.
+    #[error("CONNECT is not served here: this listener is a reverse proxy")]
+    ConnectNotSupported,
 }
 
 /// Whose failure a [`ProxyError`] is, for the metrics.
@@ -114,6 +118,7 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
             ProxyError::ClientProtocol { .. } | ProxyError::ClientAborted => "client_protocol",
             ProxyError::ClientTimeout => "client_timeout",
+            ProxyError::ConnectNotSupported => "connect_not_supported",
         }
     }
 
@@ -129,6 +134,7 @@ impl ProxyError {
             ProxyError::ClientProtocol { .. } => Blame::Client(ClientErrorReason::Protocol),
             ProxyError::ClientAborted => Blame::Client(ClientErrorReason::Aborted),
             ProxyError::ClientTimeout => Blame::Client(ClientErrorReason::Timeout),
+            ProxyError::ConnectNotSupported => Blame::Client(ClientErrorReason::Connect),
         }
     }
 
@@ -143,6 +149,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 }
@@ -174,7 +181,8 @@ fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
     false
 }
 
-/// The response for a proxy error: 404, 502 or 504, marked and with a JSON body.
+/// The response for a proxy error (404, 405, 408, 400, 502 or 504), marked
+/// and with a JSON body.
 pub fn rescue(error: &ProxyError) -> Response<ResponseBody> {
     let body = serde_json::json!({
         "error": error.code(),
