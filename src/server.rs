@@ -996,11 +996,13 @@ where
 
     #[inline(always)]
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let with_body = !request.body().is_end_stream();
-        let control = Some(Arc::clone(&self.control));
-        let future = self.service.call(request);
-        self.control.request_started(with_body);
-        Answering { control, future }
+        self.control
+            .request_started(!request.body().is_end_stream());
+        // Built in place: a future made first and moved in costs a copy.
+        Answering {
+            control: Some(Arc::clone(&self.control)),
+            future: self.service.call(request),
+        }
     }
 }
 
