@@ -195,3 +195,46 @@ fn h2_and_h2c_are_checked_against_the_scheme() {
     assert!(error("https://127.0.0.1:1", "h2c").contains("needs an http:// url"));
     assert!(error("http://127.0.0.1:1", "h3").contains("unknown variant `h3`"));
 }
+
+/// An upstream that speaks HTTP/1.1 only (as nginx does without `http2`):
+/// it answers with the version it saw. Gives its address.
+async fn http1_only_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |request: Request<hyper::body::Incoming>| async move {
+                        let version = format!("{:?}", request.version());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(full(version)))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn auto_falls_back_to_http1_for_an_upstream_without_h2c() {
+    let addr = http1_only_upstream().await;
+    let proxy = TestProxy::start(&config(&format!("http://{addr}"), "", ""), "").await;
+    for _ in 0..3 {
+        let reply = send(
+            &h2_client(),
+            Request::get(format!("{}/v", proxy.url("edge")))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.text(), "HTTP/1.1");
+    }
+}

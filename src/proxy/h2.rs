@@ -12,9 +12,12 @@
 //! upstream between requests.
 //!
 //! `protocol = "auto"` over `https://` offers h2 and HTTP/1.1 in ALPN on
-//! the first connection; an upstream that picks HTTP/1.1 is remembered, and
-//! its requests go to the HTTP/1.1 pool from then on
-//! ([`Http2Client::send`] says so with [`Sent::Http1`]).
+//! the first connection; over `http://` (for a client that spoke HTTP/2)
+//! the first connection is a probe: the h2c preface, and a look at the
+//! answer's first frame ([`speaks_h2c`]). An upstream that picks HTTP/1.1,
+//! or answers the preface with anything but SETTINGS (an HTTP/1.1 server's
+//! `400`), is remembered, and its requests go to the HTTP/1.1 pool from then
+//! on ([`Http2Client::send`] says so with [`Sent::Http1`]).
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -43,10 +46,16 @@ use crate::tls::UpstreamTls;
 pub(super) const PING_INTERVAL: Duration = Duration::from_secs(20);
 pub(super) const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What ALPN taught about an `auto` upstream over TLS.
-const ALPN_UNKNOWN: u8 = 0;
-const ALPN_H2: u8 = 1;
-const ALPN_HTTP1: u8 = 2;
+/// What the first connection taught about an `auto` upstream.
+const LEARNED_NOTHING: u8 = 0;
+const LEARNED_H2: u8 = 1;
+const LEARNED_HTTP1: u8 = 2;
+
+/// What a probe sends: the h2c preface and an empty SETTINGS frame.
+const H2C_PROBE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+/// The type byte of a SETTINGS frame, the fourth byte of an h2 server's
+/// first answer.
+const SETTINGS_FRAME: u8 = 0x04;
 
 /// The HTTP/2 side of every upstream that may speak it.
 pub(super) struct Http2Client {
@@ -65,8 +74,9 @@ struct Http2Upstream {
     /// The `:authority` of requests that carry no `Host` of their own.
     authority: Authority,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    /// For `auto` over TLS: [`ALPN_UNKNOWN`] until the first handshake.
-    alpn: AtomicU8,
+    /// For `auto`: [`LEARNED_NOTHING`] until the first connection says
+    /// which version the upstream speaks.
+    learned: AtomicU8,
     /// `protocol = "auto"`: ALPN may choose HTTP/1.1.
     auto: bool,
     /// The live connections, shared by every request.
@@ -122,9 +132,9 @@ impl Http2Client {
                         .cloned()
                         .flatten()
                         .map(|tls| (TlsConnector::from(tls.config), tls.server_name)),
-                    alpn: AtomicU8::new(match upstream.protocol {
-                        Protocol::H2 => ALPN_H2,
-                        _ => ALPN_UNKNOWN,
+                    learned: AtomicU8::new(match upstream.protocol {
+                        Protocol::Auto => LEARNED_NOTHING,
+                        _ => LEARNED_H2,
                     }),
                     auto: upstream.protocol == Protocol::Auto,
                     connections: ArcSwap::from_pointee(Vec::new()),
@@ -142,12 +152,13 @@ impl Http2Client {
         }
     }
 
-    /// Whether upstream `index`, an `auto` one over TLS, chose HTTP/1.1 in
-    /// ALPN: its requests go to the HTTP/1.1 pool.
+    /// Whether upstream `index`, an `auto` one, turned out to speak only
+    /// HTTP/1.1 (ALPN chose it, or it refused h2c): its requests go to the
+    /// HTTP/1.1 pool.
     pub(super) fn chose_http1(&self, index: usize) -> bool {
         self.upstreams[index]
             .as_ref()
-            .is_some_and(|upstream| upstream.alpn.load(Ordering::Relaxed) == ALPN_HTTP1)
+            .is_some_and(|upstream| upstream.learned.load(Ordering::Relaxed) == LEARNED_HTTP1)
     }
 
     /// Sends `request` (as the HTTP/1.1 rewriting left it: origin form,
@@ -185,7 +196,7 @@ impl Http2Client {
         if let Some(sender) = upstream.pick(self.max_connections) {
             return Ok(Some(sender));
         }
-        if upstream.alpn.load(Ordering::Relaxed) == ALPN_HTTP1 {
+        if upstream.learned.load(Ordering::Relaxed) == LEARNED_HTTP1 {
             return Ok(None);
         }
         let Some(sender) = Box::pin(self.dial(upstream)).await? else {
@@ -216,8 +227,26 @@ impl Http2Client {
             .call(upstream.target.clone())
             .await
             .map_err(|e| UpstreamError::Connect(e.into()))?;
-        let stream = SendStream::new(io.into_inner());
+        let mut stream = SendStream::new(io.into_inner());
         let Some((tls, name)) = &upstream.tls else {
+            if upstream.learned.load(Ordering::Relaxed) == LEARNED_NOTHING {
+                let speaks = tokio::time::timeout(self.connect_timeout, speaks_h2c(&mut stream))
+                    .await
+                    .map_err(|_| {
+                        UpstreamError::Connect(
+                            "no answer to the h2c preface within connect_timeout".into(),
+                        )
+                    })?
+                    .map_err(|e| UpstreamError::Connect(e.into()))?;
+                if !speaks {
+                    debug!(upstream = %upstream.authority, "the upstream does not speak h2c");
+                    upstream.learned.store(LEARNED_HTTP1, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                upstream.learned.store(LEARNED_H2, Ordering::Relaxed);
+                // The probe's connection has been spoken to: a fresh one.
+                return Box::pin(self.dial(upstream)).await;
+            }
             return self.handshake(stream).await.map(Some);
         };
         let shake = tls.connect(name.clone(), stream);
@@ -240,10 +269,10 @@ impl Http2Client {
             // Only `auto` offers anything else: HTTP/1.1 from now on. This
             // connection goes unused; the pool dials its own.
             debug!(upstream = %upstream.authority, "the upstream chose HTTP/1.1 in ALPN");
-            upstream.alpn.store(ALPN_HTTP1, Ordering::Relaxed);
+            upstream.learned.store(LEARNED_HTTP1, Ordering::Relaxed);
             return Ok(None);
         }
-        upstream.alpn.store(ALPN_H2, Ordering::Relaxed);
+        upstream.learned.store(LEARNED_H2, Ordering::Relaxed);
         self.handshake(stream).await.map(Some)
     }
 
@@ -278,6 +307,23 @@ impl Http2Upstream {
         // A closed one (GOAWAY, failed ping) is replaced by the caller.
         (!sender.is_closed() && sender.is_ready()).then(|| sender.clone())
     }
+}
+
+/// Sends the h2c preface on `stream` and reads the answer's first bytes:
+/// an h2 server's first frame is its SETTINGS; an HTTP/1.1 server answers
+/// with a status line, or closes.
+async fn speaks_h2c(stream: &mut SendStream) -> std::io::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(H2C_PROBE).await?;
+    let mut head = [0u8; 4];
+    let mut filled = 0;
+    while filled < head.len() {
+        match stream.read(&mut head[filled..]).await? {
+            0 => return Ok(false),
+            read => filled += read,
+        }
+    }
+    Ok(head[3] == SETTINGS_FRAME)
 }
 
 /// The request as HTTP/2 carries it: the target in absolute form (hyper
