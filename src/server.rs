@@ -588,11 +588,20 @@ async fn accept_loop<M, S, B>(
             header_timeout,
             builders: Arc::clone(&builders),
         };
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _registration = registration;
-            conn.run(stream, service, first_head, tls).await;
-        });
+        // Two kinds of task: a plain connection's carries nothing of TLS.
+        match &tls {
+            None => tokio::spawn(async move {
+                let _registration = registration;
+                conn.run(stream, service, first_head).await;
+            }),
+            Some(door) => {
+                let door = door.clone();
+                tokio::spawn(async move {
+                    let _registration = registration;
+                    conn.run_tls(&door, stream, service, first_head).await;
+                })
+            }
+        };
     }
 
     // Stop accepting at once: the listening socket closes here.
@@ -741,13 +750,9 @@ impl HeadDeadline<'_> {
 }
 
 impl Conn {
-    async fn run<S, B>(
-        self,
-        mut stream: AbortableStream,
-        service: Greeting<S>,
-        first_head: Sleep,
-        tls: Option<TlsDoor>,
-    ) where
+    /// Serves a connection of a plain listener: HTTP/1.1, or h2c.
+    async fn run<S, B>(self, mut stream: AbortableStream, service: Greeting<S>, first_head: Sleep)
+    where
         S: Service<Request<Incoming>, Response = Response<B>> + Send + Unpin + 'static,
         S::Future: Send + 'static,
         S::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -759,11 +764,6 @@ impl Conn {
             sleep: pin!(first_head),
             waiting_since: Some(0),
         };
-        if let Some(door) = tls {
-            // Boxed: the handshake's state would otherwise widen every
-            // connection's task, parked plain ones too.
-            return Box::pin(self.serve_tls(&door, stream, service, deadline)).await;
-        }
         let sniffed = {
             let mut sniff = pin!(sniff(&mut stream));
             self.watch(&mut deadline, |cx| sniff.as_mut().poll(cx))
@@ -811,16 +811,16 @@ impl Conn {
         debug!(peer = %self.peer, header_timeout = ?self.header_timeout, "closing a connection whose request head did not come in time");
     }
 
-    /// Makes the TLS handshake within the first head's deadline, then
-    /// serves what ALPN agreed: h2, or HTTP/1.1 (also when the client
-    /// offered nothing: prior knowledge does not apply to TLS, RFC 9113
-    /// §3.3). Neither parks.
-    async fn serve_tls<S, B>(
-        &self,
+    /// Serves a connection of a TLS listener: makes the handshake within
+    /// the first head's deadline, then serves what ALPN agreed: h2, or
+    /// HTTP/1.1 (also when the client offered nothing: prior knowledge does
+    /// not apply to TLS, RFC 9113 §3.3). Neither parks.
+    async fn run_tls<S, B>(
+        self,
         door: &TlsDoor,
         stream: AbortableStream,
         service: Greeting<S>,
-        mut deadline: HeadDeadline<'_>,
+        first_head: Sleep,
     ) where
         S: Service<Request<Incoming>, Response = Response<B>> + Send + Unpin + 'static,
         S::Future: Send + 'static,
@@ -829,6 +829,10 @@ impl Conn {
         B::Data: Send,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
+        let mut deadline = HeadDeadline {
+            sleep: pin!(first_head),
+            waiting_since: Some(0),
+        };
         let shaken = handshake(
             &door.acceptor,
             stream,
