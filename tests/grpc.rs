@@ -6,7 +6,10 @@
 
 mod support;
 
-use support::grpc::{metadata, GrpcClient};
+use std::time::{Duration, Instant};
+
+use http::uri::PathAndQuery;
+use support::grpc::{metadata, Codec, GrpcClient, GrpcUpstream};
 use support::*;
 use tonic::Code;
 
@@ -213,5 +216,238 @@ async fn an_aborted_grpc_call_is_reset_and_counted_as_the_client_reads_it() {
     // Only that stream was reset: the connection carries the next call.
     let status = client.unary("/test.Echo/Preset", "hi").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    proxy.shutdown().await;
+}
+
+/// The fixture itself, straight to the upstream: the reference the
+/// passthrough tests hold the proxy to.
+#[tokio::test]
+async fn the_grpc_upstream_answers_every_call_kind_directly() {
+    let upstream = GrpcUpstream::start().await;
+    let mut client = GrpcClient::connect(&upstream.url()).await;
+    let reply = client.unary("/test.Echo/Unary", "hi").await.unwrap();
+    assert_eq!(reply.into_inner().message, "hi");
+    let status = client.unary("/test.Echo/Fail", "hi").await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(metadata(&status, "x-detail"), Some("kept"));
+    assert_eq!(upstream.calls(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// Passthrough: a real gRPC upstream behind the proxy, h2c both ways.
+
+/// The gRPC upstream behind the proxy, and a tonic client in front.
+async fn through_proxy(rules: &str) -> (GrpcUpstream, TestProxy, GrpcClient) {
+    let upstream = GrpcUpstream::start().await;
+    let proxy = TestProxy::start(&grpc_config(&upstream.url()), rules).await;
+    let client = GrpcClient::connect(&proxy.url("edge")).await;
+    (upstream, proxy, client)
+}
+
+#[tokio::test]
+#[ignore = "needs the h2c upstream connector (main's \"h2 upstreams\")"]
+async fn every_call_kind_passes_through_with_its_metadata_and_trailers() {
+    let (upstream, proxy, mut client) = through_proxy("").await;
+
+    // Unary, with metadata both ways.
+    let mut request = tonic::Request::new(support::grpc::request("hi"));
+    request
+        .metadata_mut()
+        .insert("x-custom", "blue".parse().unwrap());
+    let reply = client
+        .unary_request("/test.Echo/Unary", request)
+        .await
+        .unwrap();
+    assert_eq!(
+        reply
+            .metadata()
+            .get("x-custom-echo")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "blue"
+    );
+    assert_eq!(reply.into_inner().message, "hi");
+    let seen = upstream.last_seen();
+    assert_eq!(seen["content-type"], "application/grpc");
+    assert_eq!(seen["x-custom"], "blue");
+
+    // The upstream's own failure, trailers-only, its metadata intact and
+    // not mistaken for the proxy's.
+    let status = client.unary("/test.Echo/Fail", "hi").await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(status.message(), "the upstream's own failure");
+    assert_eq!(metadata(&status, "x-detail"), Some("kept"));
+    assert_eq!(metadata(&status, "x-faultline-error"), None);
+
+    // Server streaming: messages, then a status in real trailers.
+    let mut stream = client
+        .inner()
+        .server_streaming(
+            tonic::Request::new(support::grpc::request("fail:3")),
+            PathAndQuery::from_static("/test.Echo/Stream"),
+            Codec::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(reply)) => got.push(reply.message),
+            Ok(None) => panic!("the stream ended without its failure"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(got, ["0", "1", "2"]);
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_eq!(metadata(&status, "x-detail"), Some("trailer"));
+
+    // Client streaming.
+    let messages = ["a", "b", "c"].map(support::grpc::request);
+    client.inner().ready().await.unwrap();
+    let reply = client
+        .inner()
+        .client_streaming(
+            tonic::Request::new(tokio_stream::iter(messages)),
+            PathAndQuery::from_static("/test.Echo/Collect"),
+            Codec::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().message, "a,b,c");
+
+    // Bidirectional.
+    let messages = ["x", "y"].map(support::grpc::request);
+    client.inner().ready().await.unwrap();
+    let mut replies = client
+        .inner()
+        .streaming(
+            tonic::Request::new(tokio_stream::iter(messages)),
+            PathAndQuery::from_static("/test.Echo/Chat"),
+            Codec::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(reply) = replies.message().await.unwrap() {
+        got.push(reply.message);
+    }
+    assert_eq!(got, ["echo:x", "echo:y"]);
+
+    // Counted by the upstream's own statuses, from headers and trailers.
+    for (status, n) in [("OK", 3.0), ("FAILED_PRECONDITION", 1.0), ("ABORTED", 1.0)] {
+        let series = grpc_series("svc-use1", status);
+        let what = format!("{series} to reach {n}");
+        wait_until(&what, async || proxy.metric(&series).await == Some(n)).await;
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the h2c upstream connector (main's \"h2 upstreams\")"]
+async fn a_10_mib_stream_arrives_whole() {
+    let (_upstream, proxy, mut client) = through_proxy("").await;
+    const TOTAL: usize = 10 * 1024 * 1024;
+    client.inner().ready().await.unwrap();
+    let mut stream = client
+        .inner()
+        .server_streaming(
+            tonic::Request::new(support::grpc::request(&format!("bytes:{TOTAL}"))),
+            PathAndQuery::from_static("/test.Echo/Stream"),
+            Codec::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut bytes, mut messages) = (0, 0);
+    while let Some(reply) = stream.message().await.unwrap() {
+        bytes += reply.message.len();
+        messages += 1;
+    }
+    assert_eq!(bytes, TOTAL);
+    assert_eq!(messages, TOTAL / (64 * 1024));
+    let series = grpc_series("svc-use1", "OK");
+    wait_until("the stream to be counted OK", async || {
+        proxy.metric(&series).await == Some(1.0)
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the h2c upstream connector (main's \"h2 upstreams\")"]
+async fn a_deadline_reaches_the_upstream_and_is_honoured() {
+    let (upstream, proxy, mut client) = through_proxy("").await;
+    let mut request = tonic::Request::new(support::grpc::request("20000"));
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = client
+        .unary_request("/test.Echo/Slow", request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(upstream.last_seen().contains_key("grpc-timeout"));
+    assert_eq!(
+        proxy
+            .metric(&grpc_series("svc-use1", "DEADLINE_EXCEEDED"))
+            .await,
+        Some(1.0)
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the h2c upstream connector (main's \"h2 upstreams\")"]
+async fn an_abort_on_one_call_leaves_a_concurrent_call_on_the_connection_untouched() {
+    let (upstream, proxy, mut client) = through_proxy(&grpc_rules()).await;
+    // A bidirectional call in flight on the client's one connection: it
+    // has had an answer, and its stream stays open.
+    let (send, messages) = tokio::sync::mpsc::channel(4);
+    send.send(support::grpc::request("before")).await.unwrap();
+    client.inner().ready().await.unwrap();
+    let mut replies = client
+        .inner()
+        .streaming(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(messages)),
+            PathAndQuery::from_static("/test.Echo/Chat"),
+            Codec::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        replies.message().await.unwrap().unwrap().message,
+        "echo:before"
+    );
+
+    // Another call on the same connection is aborted: its stream alone is reset.
+    let status = client.unary("/test.Echo/Abort", "hi").await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+
+    send.send(support::grpc::request("after")).await.unwrap();
+    assert_eq!(
+        replies.message().await.unwrap().unwrap().message,
+        "echo:after"
+    );
+    drop(send);
+    assert!(replies.message().await.unwrap().is_none());
+    assert_eq!(upstream.connections(), 1);
+    assert_eq!(
+        proxy.metric(&grpc_series("svc-use1", "INTERNAL")).await,
+        Some(1.0)
+    );
+    let series = grpc_series("svc-use1", "OK");
+    wait_until("the chat to be counted OK", async || {
+        proxy.metric(&series).await == Some(1.0)
+    })
+    .await;
     proxy.shutdown().await;
 }
