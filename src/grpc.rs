@@ -54,6 +54,7 @@ impl GrpcStatus {
     pub const CANCELLED: GrpcStatus = GrpcStatus(1);
     pub const UNKNOWN: GrpcStatus = GrpcStatus(2);
     pub const DEADLINE_EXCEEDED: GrpcStatus = GrpcStatus(4);
+    pub const NOT_FOUND: GrpcStatus = GrpcStatus(5);
     pub const PERMISSION_DENIED: GrpcStatus = GrpcStatus(7);
     pub const RESOURCE_EXHAUSTED: GrpcStatus = GrpcStatus(8);
     pub const UNIMPLEMENTED: GrpcStatus = GrpcStatus(12);

@@ -451,3 +451,29 @@ async fn an_abort_on_one_call_leaves_a_concurrent_call_on_the_connection_untouch
     .await;
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_demo_upstream_serves_the_grpc_health_check() {
+    let any = "127.0.0.1:0".parse().unwrap();
+    let demo = faultline::demo::Demo::start(any, any, std::path::Path::new("rules"))
+        .await
+        .unwrap();
+    let (name, addr) = demo.upstreams[0];
+    let reply = support::grpc::health_check(&format!("http://{addr}"), "anything")
+        .await
+        .unwrap();
+    assert_eq!(
+        reply
+            .metadata()
+            .get("x-upstream")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        name
+    );
+    assert_eq!(reply.into_inner().status, 1, "SERVING");
+    let mut client = GrpcClient::connect(&format!("http://{addr}")).await;
+    let status = client.unary("/test.Echo/Unary", "hi").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    demo.shutdown().await;
+}

@@ -341,3 +341,41 @@ where
         (self.0)(request)
     }
 }
+
+// ---------------------------------------------------------------------------
+// The standard health service (grpc.health.v1), as the demo serves it.
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    pub service: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckResponse {
+    /// 1 is SERVING.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+/// `grpc.health.v1.Health/Check` at `url`, asking for `authority` (the
+/// name a host route matches).
+pub async fn health_check(
+    url: &str,
+    authority: &str,
+) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .origin(format!("http://{authority}").parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(HealthCheckRequest::default()),
+        PathAndQuery::from_static("/grpc.health.v1.Health/Check"),
+        tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default(),
+    )
+    .await
+}
