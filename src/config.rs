@@ -24,6 +24,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_ACTIVE_FAULTS: usize = 10_000;
+/// One connection carries every stream, as browsers and gRPC clients do;
+/// the server's `max_concurrent_streams` queues the rest.
+pub const DEFAULT_H2_CONNECTIONS: usize = 1;
+pub const MAX_H2_CONNECTIONS: usize = 64;
 
 // ---------------------------------------------------------------------------
 // Wire types: exactly the TOML schema.
@@ -62,6 +66,7 @@ pub struct ProxySection {
     pub upstream_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub header_timeout: Option<String>,
+    pub h2_connections: Option<usize>,
     pub shutdown_grace: Option<String>,
     pub mark_faults: Option<bool>,
     pub watch_rules: Option<bool>,
@@ -105,9 +110,27 @@ pub struct UpstreamSection {
     pub listen: Option<String>,
     #[serde(default)]
     pub host: HostMode,
+    #[serde(default)]
+    pub protocol: Protocol,
     pub tls: Option<UpstreamTlsSection>,
     /// TLS on the dedicated port (`listen`).
     pub listen_tls: Option<ServedTlsSection>,
+}
+
+/// Which HTTP version faultline speaks to an upstream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Over `https://`, what ALPN agrees (h2 preferred); over `http://`,
+    /// the version the client spoke (an h2c client gets h2c).
+    #[default]
+    Auto,
+    /// HTTP/1.1 always.
+    Http1,
+    /// HTTP/2 over TLS (`https://` only).
+    H2,
+    /// HTTP/2 without TLS, by prior knowledge (`http://` only).
+    H2c,
 }
 
 /// Which `Host` an upstream is sent.
@@ -169,6 +192,9 @@ pub struct ProxyConfig {
     /// for the first, from the previous response for the next (HTTP/1.1).
     /// A connection that does not is closed.
     pub header_timeout: Duration,
+    /// The most HTTP/2 connections kept to one upstream; requests share
+    /// them as streams.
+    pub h2_connections: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
     pub mark_faults: bool,
@@ -202,6 +228,8 @@ pub struct UpstreamConfig {
     pub host_header: HeaderValue,
     /// Whether requests keep their own `Host` instead.
     pub host: HostMode,
+    /// The HTTP version spoken to it.
+    pub protocol: Protocol,
     pub labels: BTreeMap<String, String>,
     /// A dedicated port whose every request goes to this upstream.
     pub listen: Option<SocketAddr>,
@@ -439,6 +467,23 @@ impl Config {
             {
                 let (scheme, authority, host_header) = upstream;
                 let tls = upstream_tls(section, &scheme, base_dir, &at, &mut errors);
+                match (section.protocol, scheme == Scheme::HTTPS) {
+                    (Protocol::H2, false) => errors.push(FieldError::new(
+                        at.key("protocol"),
+                        format!(
+                            "upstream {:?}: protocol \"h2\" is HTTP/2 over TLS and needs an https:// url; use \"h2c\" for HTTP/2 without TLS",
+                            section.name
+                        ),
+                    )),
+                    (Protocol::H2c, true) => errors.push(FieldError::new(
+                        at.key("protocol"),
+                        format!(
+                            "upstream {:?}: protocol \"h2c\" is HTTP/2 without TLS and needs an http:// url; use \"h2\" over https://",
+                            section.name
+                        ),
+                    )),
+                    _ => {}
+                }
                 if section.listen_tls.is_some() && listen.is_none() {
                     errors.push(FieldError::new(
                         at.key("listen_tls"),
@@ -454,6 +499,7 @@ impl Config {
                     authority,
                     host_header,
                     host: section.host,
+                    protocol: section.protocol,
                     labels: section.labels.clone(),
                     listen,
                     listen_tls: section
@@ -715,6 +761,14 @@ fn validate_proxy(
             "workers must be at least 1",
         ));
     }
+    if let Some(n) = section.h2_connections {
+        if !(1..=MAX_H2_CONNECTIONS).contains(&n) {
+            errors.push(FieldError::new(
+                at.key("h2_connections"),
+                format!("h2_connections must be from 1 to {MAX_H2_CONNECTIONS}"),
+            ));
+        }
+    }
     if section.max_active_faults == Some(0) {
         errors.push(FieldError::new(
             at.key("max_active_faults"),
@@ -736,6 +790,10 @@ fn validate_proxy(
         upstream_timeout,
         pool_idle_timeout,
         header_timeout,
+        h2_connections: section
+            .h2_connections
+            .unwrap_or(DEFAULT_H2_CONNECTIONS)
+            .clamp(1, MAX_H2_CONNECTIONS),
         shutdown_grace,
         mark_faults: section.mark_faults.unwrap_or(true),
         watch_rules: section.watch_rules.unwrap_or(true),

@@ -532,6 +532,7 @@ mod tests {
             authority: "127.0.0.1:1".parse().unwrap(),
             host_header: http::HeaderValue::from_static("127.0.0.1:1"),
             host: Default::default(),
+            protocol: Default::default(),
             labels: [("region".to_owned(), "us-east-1".to_owned())].into(),
             listen: None,
             listen_tls: None,

@@ -1,22 +1,28 @@
 //! The upstream seam: the pipeline asks for "this request, sent to that
 //! upstream" and gets the upstream's response, whatever carries it.
 //!
-//! Each upstream has one [`Connector`], chosen from its config when the
-//! proxy starts. Today every upstream is HTTP/1.1 (over TCP or TLS) through
-//! the pooled [`UpstreamClient`]; a TLS or HTTP/2 connector is a new variant here and a
-//! new arm in [`Connectors::send`], and nothing else in the pipeline
-//! changes. An enum rather than a trait object: the hot path matches on it
+//! Each upstream has one [`Connector`], chosen from its config (`url`
+//! scheme and `protocol`) when the proxy starts: HTTP/1.1 (over TCP or
+//! TLS) through the pooled [`UpstreamClient`], HTTP/2 through the
+//! multiplexed [`Http2Client`], or a choice per request (`auto`: the
+//! client's version over `http://`, ALPN's over `https://`). A new way to
+//! reach upstreams is a new variant here and a new arm in
+//! [`Connectors::send`]; nothing else in the pipeline changes. An enum rather than a trait object: the hot path matches on it
 //! instead of boxing every request's future.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::uri::Scheme;
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
+use tokio_util::either::Either;
 
 use super::body::RequestBody;
+use super::h2::{Http2Client, Sent};
 use super::pool::{UpstreamClient, UpstreamError};
-use crate::config::{ProxyConfig, UpstreamConfig};
+use crate::config::{Protocol, ProxyConfig, UpstreamConfig};
 use crate::tls::UpstreamTls;
 
 /// How requests reach one upstream.
@@ -25,42 +31,92 @@ enum Connector {
     /// HTTP/1.1 over pooled TCP connections, in TLS for `https://`
     /// upstreams (the pool makes the handshake as it connects).
     Http1,
+    /// HTTP/2 always: `h2` over TLS, `h2c` without.
+    Http2,
+    /// `auto` over `http://`: h2c for a client that spoke HTTP/2, HTTP/1.1
+    /// for the others.
+    FollowClient,
+    /// `auto` over `https://`: HTTP/2 unless ALPN chose HTTP/1.1.
+    Alpn,
 }
 
 /// Every upstream's connector, by upstream index.
 pub(super) struct Connectors {
     by_upstream: Vec<Connector>,
     http1: UpstreamClient,
+    http2: Http2Client,
 }
 
 impl Connectors {
-    /// `tls` has, per upstream index, the TLS of each `https://` upstream.
+    /// `tls` has, per upstream index, the TLS of each `https://` upstream
+    /// (for HTTP/1.1; HTTP/2 offers its own ALPN from the same settings).
     pub(super) fn new(
         upstreams: &[UpstreamConfig],
         tls: &[Option<UpstreamTls>],
         settings: &ProxyConfig,
     ) -> Self {
+        let by_upstream = upstreams
+            .iter()
+            .map(
+                |upstream| match (upstream.protocol, upstream.scheme == Scheme::HTTPS) {
+                    (Protocol::Http1, _) => Connector::Http1,
+                    (Protocol::H2 | Protocol::H2c, _) => Connector::Http2,
+                    (Protocol::Auto, false) => Connector::FollowClient,
+                    (Protocol::Auto, true) => Connector::Alpn,
+                },
+            )
+            .collect();
+        let h2_tls: Vec<Option<UpstreamTls>> = upstreams
+            .iter()
+            .zip(tls)
+            .map(|(upstream, tls)| {
+                let tls = tls.as_ref()?;
+                let mut config = (*tls.config).clone();
+                config.alpn_protocols = match upstream.protocol {
+                    Protocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                    _ => vec![b"h2".to_vec()],
+                };
+                Some(UpstreamTls {
+                    config: Arc::new(config),
+                    server_name: tls.server_name.clone(),
+                })
+            })
+            .collect();
         Self {
-            by_upstream: upstreams.iter().map(|_| Connector::Http1).collect(),
+            by_upstream,
             http1: UpstreamClient::new(upstreams, tls, settings),
+            http2: Http2Client::new(upstreams, &h2_tls, settings),
         }
     }
 
     /// Sends `request` (origin-form URI, `Host` set) to upstream `index`;
-    /// gives the response and the time it came. `now` is the time the caller
-    /// already read.
+    /// gives the response and the time it came. `client` is the HTTP
+    /// version the client spoke; `now` is the time the caller already read.
     ///
-    /// Not an `async fn`: it hands back the connector's own future, so the
-    /// request is not moved through one more future on every call. A second
-    /// connector makes this an enum of futures (one arm each).
+    /// Not an `async fn`: HTTP/1.1 hands back the pool's own future, so the
+    /// request is not moved through one more future on every call.
     pub(super) fn send(
         &self,
         index: usize,
         request: Request<RequestBody>,
+        client: Version,
         now: Instant,
     ) -> impl Future<Output = Result<(Response<Incoming>, Instant), UpstreamError>> + '_ {
-        match self.by_upstream[index] {
-            Connector::Http1 => self.http1.send(index, request, now),
+        let http2 = match self.by_upstream[index] {
+            Connector::Http1 => false,
+            Connector::FollowClient => client == Version::HTTP_2,
+            Connector::Http2 => true,
+            Connector::Alpn => !self.http2.chose_http1(index),
+        };
+        if !http2 {
+            return Either::Left(self.http1.send(index, request, now));
         }
+        Either::Right(async move {
+            match self.http2.send(index, request).await? {
+                Sent::Answered(response, at) => Ok((response, at)),
+                // ALPN chose HTTP/1.1 on the first connection.
+                Sent::Http1(request) => self.http1.send(index, request, now).await,
+            }
+        })
     }
 }

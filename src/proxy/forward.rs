@@ -308,6 +308,7 @@ mod tests {
             authority: http::uri::Authority::from_static("10.0.0.9:8080"),
             host_header: HeaderValue::from_static("10.0.0.9:8080"),
             host: Default::default(),
+            protocol: Default::default(),
             labels: Default::default(),
             listen: None,
             listen_tls: None,

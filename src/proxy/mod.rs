@@ -15,6 +15,7 @@
 mod body;
 mod connector;
 mod forward;
+mod h2;
 mod inject;
 mod pool;
 mod shape;
@@ -337,6 +338,7 @@ impl Proxy {
         let target = &self.upstreams[upstream];
         // A timeout while waiting on the client for its body is the client's stall.
         let waiting_on_client = request.body_mut().watch_client();
+        let client_version = request.version();
         let request =
             forward::upstream_request(target, &conn.client_ip, request).map_err(|reason| {
                 ProxyError::ClientProtocol {
@@ -344,7 +346,9 @@ impl Proxy {
                 }
             })?;
         let deadline = tokio::time::Instant::from_std(sent + self.upstream_timeout);
-        let sending = self.connectors.send(upstream, request, sent);
+        let sending = self
+            .connectors
+            .send(upstream, request, client_version, sent);
         match tokio::time::timeout_at(deadline, sending).await {
             Ok(Ok((response, answered))) => {
                 let metrics = &self.upstream_metrics[upstream];

@@ -274,7 +274,7 @@ fn spawn_sweeper(pools: Weak<[Pool]>, idle_timeout: Duration) {
 }
 
 /// The URI the connector dials for `upstream`.
-fn dial_target(upstream: &UpstreamConfig) -> Uri {
+pub(super) fn dial_target(upstream: &UpstreamConfig) -> Uri {
     Uri::builder()
         .scheme(upstream.scheme.clone())
         .authority(upstream.authority.clone())

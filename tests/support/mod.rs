@@ -75,9 +75,34 @@ impl TestUpstream {
         Self::start_with(name, Some(tokio_rustls::TlsAcceptor::from(config))).await
     }
 
+    /// The same upstream on a given address (one a dropped upstream had).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> TestUpstream {
+        Self::start_on(name, None, addr).await
+    }
+
     async fn start_with(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> TestUpstream {
+        Self::start_on(name, tls, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    async fn start_on(
+        name: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        addr: SocketAddr,
+    ) -> TestUpstream {
         let is_tls = tls.is_some();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A dropped upstream's task lets go of its port when it is next
+        // polled: try again until then.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("cannot bind {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -85,6 +110,10 @@ impl TestUpstream {
         let (r, s, n) = (requests.clone(), seen.clone(), name.to_owned());
         let c = connections.clone();
         let task = tokio::spawn(async move {
+            // Dropping the upstream aborts this task, and with it every
+            // connection it serves: the connections close as a real
+            // upstream's would when it goes away.
+            let mut served = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
@@ -92,7 +121,7 @@ impl TestUpstream {
                 c.fetch_add(1, Ordering::SeqCst);
                 let (r, s, n) = (r.clone(), s.clone(), n.clone());
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                served.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         upstream_answer(n.clone(), r.clone(), s.clone(), req)
                     });
