@@ -245,7 +245,6 @@ async fn through_proxy(rules: &str) -> (GrpcUpstream, TestProxy, GrpcClient) {
 }
 
 #[tokio::test]
-#[ignore = "needs the h2c upstream connector (main's \"h2 upstreams\")"]
 async fn every_call_kind_passes_through_with_its_metadata_and_trailers() {
     let (upstream, proxy, mut client) = through_proxy("").await;
 
@@ -271,6 +270,8 @@ async fn every_call_kind_passes_through_with_its_metadata_and_trailers() {
     let seen = upstream.last_seen();
     assert_eq!(seen["content-type"], "application/grpc");
     assert_eq!(seen["x-custom"], "blue");
+    // How gRPC tells that no proxy on the way drops trailers.
+    assert_eq!(seen["te"], "trailers");
 
     // The upstream's own failure, trailers-only, its metadata intact and
     // not mistaken for the proxy's.
@@ -281,6 +282,7 @@ async fn every_call_kind_passes_through_with_its_metadata_and_trailers() {
     assert_eq!(metadata(&status, "x-faultline-error"), None);
 
     // Server streaming: messages, then a status in real trailers.
+    client.inner().ready().await.unwrap();
     let mut stream = client
         .inner()
         .server_streaming(
@@ -346,7 +348,6 @@ async fn every_call_kind_passes_through_with_its_metadata_and_trailers() {
 }
 
 #[tokio::test]
-#[ignore = "needs the h2c upstream connector (main's \"h2 upstreams\")"]
 async fn a_10_mib_stream_arrives_whole() {
     let (_upstream, proxy, mut client) = through_proxy("").await;
     const TOTAL: usize = 10 * 1024 * 1024;
@@ -377,7 +378,6 @@ async fn a_10_mib_stream_arrives_whole() {
 }
 
 #[tokio::test]
-#[ignore = "needs the h2c upstream connector (main's \"h2 upstreams\")"]
 async fn a_deadline_reaches_the_upstream_and_is_honoured() {
     let (upstream, proxy, mut client) = through_proxy("").await;
     let mut request = tonic::Request::new(support::grpc::request("20000"));
@@ -387,8 +387,11 @@ async fn a_deadline_reaches_the_upstream_and_is_honoured() {
         .unary_request("/test.Echo/Slow", request)
         .await
         .unwrap_err();
+    // The upstream's own answer (it gives up at half the deadline), so
+    // the deadline reached it.
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(status.message(), "deadline passed at the upstream");
+    assert!(started.elapsed() >= Duration::from_millis(150));
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -405,7 +408,31 @@ async fn a_deadline_reaches_the_upstream_and_is_honoured() {
 }
 
 #[tokio::test]
-#[ignore = "needs the h2c upstream connector (main's \"h2 upstreams\")"]
+async fn an_upstream_slower_than_upstream_timeout_is_deadline_exceeded_from_the_proxy() {
+    let upstream = GrpcUpstream::start().await;
+    let config = grpc_config(&upstream.url()).replace(
+        "shutdown_grace = \"5s\"",
+        "shutdown_grace = \"5s\"\nupstream_timeout = \"200ms\"",
+    );
+    let proxy = TestProxy::start(&config, "").await;
+    let mut client = GrpcClient::connect(&proxy.url("edge")).await;
+    let status = client.unary("/test.Echo/Slow", "20000").await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        metadata(&status, "x-faultline-error"),
+        Some("upstream_timeout")
+    );
+    assert_eq!(status.message(), "upstream svc-use1 did not answer in time");
+    assert_eq!(
+        proxy
+            .metric(&grpc_series("svc-use1", "DEADLINE_EXCEEDED"))
+            .await,
+        Some(1.0)
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_abort_on_one_call_leaves_a_concurrent_call_on_the_connection_untouched() {
     let (upstream, proxy, mut client) = through_proxy(&grpc_rules()).await;
     // A bidirectional call in flight on the client's one connection: it

@@ -29,7 +29,18 @@ pub(super) fn upstream_request<B>(
 ) -> Result<Request<B>, &'static str> {
     let (mut parts, body) = request.into_parts();
     let headers = &mut parts.headers;
+    // `te: trailers`, the one TE HTTP/2 allows, is how a gRPC client tells
+    // the server that no proxy on the way drops trailers (gRPC
+    // PROTOCOL-HTTP2.md); some servers refuse calls without it. Kept for
+    // HTTP/2 clients; an HTTP/1.1 request pays the version compare only.
+    let keep_te = parts.version == Version::HTTP_2
+        && headers
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes() == b"trailers");
     remove_hop_by_hop(headers);
+    if keep_te {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 
     let preserve = upstream.host == HostMode::Preserve;
     let original_host = match headers.entry(HOST) {

@@ -98,7 +98,8 @@ pub fn metadata<'a>(status: &'a tonic::Status, key: &str) -> Option<&'a str> {
 /// - `Collect` (client streaming): the messages joined with `,`;
 /// - `Chat` (bidirectional): `echo:` and each message, as it comes;
 /// - `Slow`: answers after the message's milliseconds, or fails with
-///   DEADLINE_EXCEEDED when the call's `grpc-timeout` passes first.
+///   DEADLINE_EXCEEDED at half the call's `grpc-timeout` if that comes
+///   first (before the client's own timer, so the answer is the upstream's).
 pub struct GrpcUpstream {
     pub addr: std::net::SocketAddr,
     calls: Arc<AtomicUsize>,
@@ -232,9 +233,9 @@ async fn echo(
                     .get("grpc-timeout")
                     .and_then(|t| parse_grpc_timeout(t.to_str().ok()?));
                 let ms: u64 = request.into_inner().message.parse().unwrap_or(0);
-                let deadline = timeout
-                    .unwrap_or(Duration::MAX)
-                    .min(Duration::from_secs(3600));
+                // Half the deadline: the upstream's answer, not the
+                // client's own timer, ends the call.
+                let deadline = timeout.map_or(Duration::from_secs(3600), |t| t / 2);
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(tonic::Response::new(reply("slept"))),
                     () = tokio::time::sleep(deadline) => Err(tonic::Status::deadline_exceeded("deadline passed at the upstream")),
