@@ -144,19 +144,20 @@ async fn call(args: &Args, proxy: &str) -> Result<(), String> {
             }
             Err(status) => {
                 let name = code_name(status.code());
-                let mark = match (
-                    status.metadata().get("x-faultline-rule"),
-                    status.metadata().get("x-faultline-error"),
-                ) {
-                    (Some(_), _) => format!(
-                        " (injected by {})",
-                        text(status.metadata(), "x-faultline-rule")
-                    ),
-                    (None, Some(_)) => format!(
+                // Every rule that acted (a latency and an error may both have).
+                let rules: Vec<&str> = status
+                    .metadata()
+                    .get_all("x-faultline-rule")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                let mark = match status.metadata().get("x-faultline-error") {
+                    _ if !rules.is_empty() => format!(" (injected by {})", rules.join(", ")),
+                    Some(_) => format!(
                         " (made by the proxy: {})",
                         text(status.metadata(), "x-faultline-error")
                     ),
-                    (None, None) => String::new(),
+                    None => String::new(),
                 };
                 (
                     name.to_owned(),

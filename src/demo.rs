@@ -3,7 +3,8 @@
 //! `us-east-1` and `us-west-2`), the proxy in front of them with the rules
 //! and scenarios under `rules/`, and a printed list of what to try. Also
 //! the upstream alone, for `faultline demo-upstream` (the compose stack's
-//! zone containers).
+//! zone containers). Every upstream answers HTTP with JSON and gRPC calls
+//! with the standard health check ([`HEALTH_CHECK`]), over HTTP/1.1 or h2c.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -208,7 +209,14 @@ impl Demo {
             "  for i in $(seq 20); do curl -s -o /dev/null -w '%{{http_code}} %{{time_total}}s\\n' {proxy}/us-east-1/orders; done\n\n"
         ));
         text.push_str(&format!(
-            "  curl -s {admin}/metrics | grep -E '^faultline_(requests|faults_injected)_total'\n\n"
+            "  cargo run --release --example grpc_call -- --proxy {proxy} --region us-east-1   # gRPC health checks\n"
+        ));
+        text.push_str(&format!(
+            "  grpcurl -plaintext -import-path examples/grpc -proto health.proto -authority orders.us-east-1.demo {} grpc.health.v1.Health/Check\n",
+            self.proxy_addr
+        ));
+        text.push_str(&format!(
+            "  curl -s {admin}/metrics | grep -E '^faultline_(requests|grpc_requests|faults_injected)_total'\n\n"
         ));
         // `ctl` needs --admin only when the demo's admin address is not the default.
         let admin_flag = if self.proxy.admin_addr().to_string() == "127.0.0.1:9000" {

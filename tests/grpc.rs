@@ -502,5 +502,121 @@ async fn every_demo_upstream_serves_the_grpc_health_check() {
     let mut client = GrpcClient::connect(&format!("http://{addr}")).await;
     let status = client.unary("/test.Echo/Unary", "hi").await.unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
+
+    // Through the proxy, routed by the call's authority as by `Host`.
+    let proxy = format!("http://{}", demo.proxy_addr);
+    let reply = support::grpc::health_check(&proxy, "payments.us-west-2.demo")
+        .await
+        .unwrap();
+    let answered = reply.metadata();
+    assert_eq!(
+        answered.get("x-region").unwrap().to_str().unwrap(),
+        "us-west-2"
+    );
+    assert_eq!(
+        answered.get("x-upstream").unwrap().to_str().unwrap(),
+        "payments-usw2"
+    );
+    assert_eq!(reply.into_inner().status, 1, "SERVING");
+
+    // us-east-1 browns out (rules/us-east-1-brownout.toml, on from the
+    // start): a quarter of its calls get the rule's HTTP 503. gRPC's
+    // mapping says UNAVAILABLE, and so the metric counts it; tonic reads
+    // the JSON body first and says INTERNAL. Either way the call failed,
+    // marked by the rule.
+    let mut calls = 0;
+    let status = loop {
+        calls += 1;
+        assert!(calls <= 60, "60 calls to us-east-1 and no brownout");
+        match support::grpc::health_check(&proxy, "payments.us-east-1.demo").await {
+            Ok(reply) => assert_eq!(reply.into_inner().status, 1),
+            Err(status) => break status,
+        }
+    };
+    assert!(
+        matches!(status.code(), Code::Unavailable | Code::Internal),
+        "{status:?}"
+    );
+    let rules: Vec<_> = status
+        .metadata()
+        .get_all("x-faultline-rule")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(rules.iter().any(|r| r == "use1-brownout-503"), "{rules:?}");
     demo.shutdown().await;
+}
+
+#[tokio::test]
+async fn latency_delays_a_call_and_truncate_cuts_its_stream_alone() {
+    let rules = [
+        rule(
+            "echo-slow",
+            "",
+            "path = \"/test.Echo/Unary\"",
+            "kind = \"latency\"\ndelay = \"200ms\"\nside = \"response\"",
+        ),
+        rule(
+            "stream-cut",
+            "",
+            "path = \"/test.Echo/Stream\"",
+            "kind = \"truncate\"\nafter_bytes = 1048576",
+        ),
+    ]
+    .concat();
+    let (_upstream, proxy, mut client) = through_proxy(&rules).await;
+    let started = Instant::now();
+    let reply = client.unary("/test.Echo/Unary", "hi").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(
+        reply
+            .metadata()
+            .get("x-faultline-rule")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "echo-slow"
+    );
+
+    client.inner().ready().await.unwrap();
+    let mut stream = client
+        .inner()
+        .server_streaming(
+            tonic::Request::new(support::grpc::request("bytes:10485760")),
+            PathAndQuery::from_static("/test.Echo/Stream"),
+            Codec::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(reply)) => bytes += reply.message.len(),
+            Ok(None) => panic!("the stream ended whole after {bytes} bytes"),
+            Err(status) => break status,
+        }
+    };
+    assert!(bytes < 1024 * 1024, "{bytes}");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    // The cut reset that stream alone: the connection carries the next call.
+    assert_eq!(
+        client
+            .unary("/test.Echo/Unary", "again")
+            .await
+            .unwrap()
+            .into_inner()
+            .message,
+        "again"
+    );
+    let series = grpc_series("svc-use1", "INTERNAL");
+    wait_until("the cut call to be counted INTERNAL", async || {
+        proxy.metric(&series).await == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        proxy.metric(&grpc_series("svc-use1", "OK")).await,
+        Some(2.0)
+    );
+    proxy.shutdown().await;
 }
