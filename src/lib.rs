@@ -17,8 +17,8 @@
 //! - [`traffic`], [`metrics`]: the proxy's own running counts; the Prometheus families, handles resolved ahead.
 //! - [`control`]: the rules while the proxy runs: runtime switches, TTLs, the halt signal, reloads, scenario runs; publishes the snapshots.
 //! - [`socket`]: TCP streams that write with `send(2)`, for both sides of the proxy.
-//! - [`server`]: the one accept loop every listener uses, and per-connection endings.
-//! - [`proxy`]: do: the request pipeline (front doors, fault phases, upstream connectors, synthetic responses).
+//! - [`server`]: the one accept loop every listener uses, and per-connection endings (upgraded connections too).
+//! - [`proxy`]: do: the request pipeline (front doors, fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections.
 //! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
 //! - [`admin`]: the admin listener: the JSON API (README "Runtime control"), `/healthz`, `/metrics`.
 //! - [`client`], [`ctl`]: the admin API from Rust, typed; `faultline ctl`, its command line.

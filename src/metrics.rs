@@ -88,13 +88,16 @@ pub enum ClientErrorReason {
     Aborted,
     /// The request body stalled past `upstream_timeout`.
     Timeout,
+    /// A `CONNECT` sent to a reverse proxy, which opens no tunnels.
+    Connect,
 }
 
 impl ClientErrorReason {
-    pub const ALL: [ClientErrorReason; 3] = [
+    pub const ALL: [ClientErrorReason; 4] = [
         ClientErrorReason::Protocol,
         ClientErrorReason::Aborted,
         ClientErrorReason::Timeout,
+        ClientErrorReason::Connect,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +105,7 @@ impl ClientErrorReason {
             ClientErrorReason::Protocol => "protocol",
             ClientErrorReason::Aborted => "aborted",
             ClientErrorReason::Timeout => "timeout",
+            ClientErrorReason::Connect => "connect",
         }
     }
 }
@@ -347,7 +351,7 @@ impl Metrics {
 
     /// `faultline_client_errors_total` for each reason, in the order of
     /// [`ClientErrorReason::ALL`]: resolved once, counted per request.
-    pub fn client_errors(&self) -> [IntCounter; 3] {
+    pub fn client_errors(&self) -> [IntCounter; ClientErrorReason::ALL.len()] {
         ClientErrorReason::ALL
             .map(|reason| self.client_errors.with_label_values(&[reason.as_str()]))
     }

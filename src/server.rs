@@ -1,8 +1,9 @@
 //! The one accept loop every listener runs, and the per-connection control
 //! that lets the request path, or shutdown, end a connection.
 //!
-//! Each connection is served by hyper-util's auto builder (HTTP/1.1 and h2c)
-//! in a task of its own, with a [`ConnControl`] riding along. The task looks
+//! Each connection is served by hyper-util's auto builder (HTTP/1.1 and h2c,
+//! upgrades enabled) in a task of its own, with a [`ConnControl`] riding
+//! along. The task looks
 //! at the control each time it is woken, before the connection: a drain
 //! asks hyper for a graceful close; an abort drops the connection, and
 //! [`AbortableStream`] decides on drop whether the socket ends with a FIN
@@ -11,6 +12,11 @@
 //! channel) would take a lock each time the connection wakes, several times
 //! per request. The accept loop keeps every open connection's control, so
 //! shutdown can reach them all.
+//!
+//! An upgraded HTTP/1.1 connection (a WebSocket) outlives hyper's part of
+//! it, and so its task: whoever copies its bytes on holds its
+//! [`Registration`] (shutdown waits for it) and watches its control with
+//! [`ConnControl::poll_ended`] (the grace period's end closes it).
 //!
 //! A client must send its first request's head within the header timeout
 //! of being accepted, and each later head within the same time of asking
@@ -147,6 +153,8 @@ pub struct ConnControl {
     state: AtomicU8,
     /// The connection's task, woken when the state changes.
     task: AtomicWaker,
+    /// Whoever carries the connection on after an upgrade, woken by an abort.
+    tunnel: AtomicWaker,
     /// The first request's head has arrived: its deadline is over.
     greeted: AtomicBool,
 }
@@ -157,6 +165,20 @@ impl ConnControl {
         self.state
             .store(State::Ended(ending).to_u8(), Ordering::Release);
         self.task.wake();
+        self.tunnel.wake();
+    }
+
+    /// Ready, with how, once the connection must end now. For an upgraded
+    /// connection, which its task no longer watches. A drain does not end
+    /// it: a tunnel has no response to finish, so it runs until its sides
+    /// close or the grace period is over.
+    pub fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<Ending> {
+        // Registered before the state is read, as the task does.
+        self.tunnel.register(cx.waker());
+        match self.state() {
+            State::Ended(ending) => Poll::Ready(ending),
+            State::Open | State::Drain => Poll::Pending,
+        }
     }
 
     /// Lets the request in flight finish, then closes the connection.
@@ -190,6 +212,9 @@ impl ConnControl {
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub control: Arc<ConnControl>,
+    /// Keeps the connection among those shutdown waits for and ends: held
+    /// by its task, and by an upgraded connection's tunnel after that.
+    pub registration: Arc<Registration>,
 }
 
 /// When an accept loop stops, and how its connections end.
@@ -328,10 +353,12 @@ async fn accept_loop<M, S, B>(
         // Small requests and responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let control = Arc::new(ConnControl::default());
+        let registration = Arc::new(open.register(Arc::clone(&control)));
         let service = Greeting {
             service: make_service(ConnInfo {
                 peer,
                 control: Arc::clone(&control),
+                registration: Arc::clone(&registration),
             }),
             control: Arc::clone(&control),
         };
@@ -339,19 +366,19 @@ async fn accept_loop<M, S, B>(
             stream: SendStream::new(stream),
             control: Arc::clone(&control),
         };
-        let registration = open.register(Arc::clone(&control));
         let builder = Arc::clone(&builder);
         let tls = tls.clone();
         tokio::spawn(async move {
             let _registration = registration;
             let mut first_head = pin!(first_head);
             let Some(door) = tls else {
-                let connection = builder.serve_connection(TokioIo::new(io), service);
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 return drive(connection, &control, first_head, peer, header_timeout).await;
             };
             match handshake(&door.acceptor, io, &control, first_head.as_mut()).await {
                 Handshake::Done(stream) => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     drive(connection, &control, first_head, peer, header_timeout).await;
                 }
                 Handshake::Failed(failure) => {
@@ -383,8 +410,10 @@ async fn accept_loop<M, S, B>(
 /// Serves one connection until it ends: hyper's connection, the control's
 /// drain and abort, and the first head's deadline (`first_head`, running
 /// since accept) until the service sees a request.
+/// Upgrades are enabled: after a `101`, hyper hands the socket over
+/// (`hyper::upgrade::on`) and its connection, and this, ends.
 async fn drive<I, S, B>(
-    connection: auto::Connection<'_, TokioIo<I>, Greeting<S>, TokioExecutor>,
+    connection: auto::UpgradeableConnection<'_, TokioIo<I>, Greeting<S>, TokioExecutor>,
     control: &ConnControl,
     first_head: Pin<&mut Sleep>,
     peer: SocketAddr,
@@ -570,8 +599,10 @@ impl OpenConnections {
     }
 }
 
-/// An open connection's place in [`OpenConnections`], given up on drop.
-struct Registration {
+/// An open connection's place in its accept loop's open connections, given
+/// up on drop.
+#[derive(Debug)]
+pub struct Registration {
     open: Arc<OpenConnections>,
     id: u64,
 }

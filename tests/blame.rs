@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 const CLIENT_PROTOCOL: &str = "faultline_client_errors_total{reason=\"protocol\"}";
 const CLIENT_ABORTED: &str = "faultline_client_errors_total{reason=\"aborted\"}";
 const CLIENT_TIMEOUT: &str = "faultline_client_errors_total{reason=\"timeout\"}";
+const CLIENT_CONNECT: &str = "faultline_client_errors_total{reason=\"connect\"}";
 const UPSTREAM_PROTOCOL: &str =
     "faultline_upstream_errors_total{reason=\"protocol\",upstream=\"orders-use1\"}";
 const UPSTREAM_TIMEOUT: &str =
@@ -62,6 +63,38 @@ async fn a_request_without_one_host_is_refused_as_the_clients() {
     );
     assert_eq!(proxy.metric(CLIENT_PROTOCOL).await, Some(2.0));
     assert_eq!(upstream_errors(&proxy).await, 0.0);
+}
+
+#[tokio::test]
+async fn connect_is_refused_by_faultline_itself_and_never_forwarded() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    // A rule that would answer anything it saw: CONNECT never reaches rules.
+    let proxy = TestProxy::start(
+        &edge_config(&[&upstream], ""),
+        &rule("everything", "", "", "kind = \"error\"\nstatus = 503"),
+    )
+    .await;
+    for request in [
+        &b"CONNECT orders.example:443 HTTP/1.1\r\nhost: orders.example:443\r\nconnection: close\r\n\r\n"[..],
+        // Routed by path or not, it is the same answer.
+        b"CONNECT orders-use1.example:80 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    ] {
+        let answer = exchange(&proxy, request).await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+        assert!(
+            answer.contains("x-faultline-error: connect_not_supported"),
+            "{answer}"
+        );
+        assert!(!answer.contains("x-faultline-rule"), "{answer}");
+    }
+    assert_eq!(upstream.requests(), 0, "a CONNECT was forwarded");
+    assert_eq!(upstream.connections(), 0);
+    assert_eq!(proxy.metric(CLIENT_CONNECT).await, Some(2.0));
+    assert_eq!(proxy.metric(CLIENT_PROTOCOL).await, Some(0.0));
+    assert_eq!(upstream_errors(&proxy).await, 0.0);
+    assert_eq!(proxy.injected("everything").await, 0);
+    // The listener still serves everything else.
+    assert_eq!(get(&proxy.url("edge")).await.status, 503);
 }
 
 #[tokio::test]

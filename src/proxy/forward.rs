@@ -1,10 +1,11 @@
-//! The header rewriting of a reverse proxy: hop-by-hop headers out,
-//! `x-forwarded-*` in, `Host` set to the upstream (or kept, with
-//! `host = "preserve"`), the target in origin form.
+//! The header rewriting of a reverse proxy: hop-by-hop headers out (but
+//! what an upgrade or trailers need), `x-forwarded-*` in, `Host` set to the
+//! upstream (or kept, with `host = "preserve"`), the target in origin form.
 
 use http::header::{self, Entry, HeaderName, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Uri, Version};
+use hyper::upgrade::OnUpgrade;
 
 use crate::config::{HostMode, UpstreamConfig};
 
@@ -13,6 +14,16 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// A request rewritten for its upstream.
+#[derive(Debug)]
+pub(super) struct Outgoing<B> {
+    pub(super) request: Request<B>,
+    /// The client's connection, handed over once its response, a `101`,
+    /// has gone out: `Some` for an HTTP/1.1 request that asks to upgrade
+    /// (`Connection: upgrade` and `Upgrade`), which goes on asking.
+    pub(super) upgrade: Option<OnUpgrade>,
+}
 
 /// Rewrites a client request into the request sent to `upstream`.
 ///
@@ -26,21 +37,23 @@ pub(super) fn upstream_request<B>(
     upstream: &UpstreamConfig,
     client_ip: &HeaderValue,
     request: Request<B>,
-) -> Result<Request<B>, &'static str> {
+) -> Result<Outgoing<B>, &'static str> {
     let (mut parts, body) = request.into_parts();
     let headers = &mut parts.headers;
-    // `te: trailers`, the one TE HTTP/2 allows, is how a gRPC client tells
-    // the server that no proxy on the way drops trailers (gRPC
-    // PROTOCOL-HTTP2.md); some servers refuse calls without it. Kept for
-    // HTTP/2 clients; an HTTP/1.1 request pays the version compare only.
-    let keep_te = parts.version == Version::HTTP_2
-        && headers
-            .get(header::TE)
-            .is_some_and(|te| te.as_bytes() == b"trailers");
-    remove_hop_by_hop(headers);
-    if keep_te {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
+    let may_upgrade = parts.version == Version::HTTP_11;
+    let upgrade = if remove_hop_by_hop(headers, Hop::Request { may_upgrade }) {
+        // hyper's server leaves the hand-over in every HTTP/1.1 request
+        // with an `Upgrade`; without it (another server) there is no
+        // connection to tunnel, so the upstream is not asked.
+        let upgrade = parts.extensions.remove::<OnUpgrade>();
+        if upgrade.is_none() {
+            headers.remove(header::CONNECTION);
+            headers.remove(header::UPGRADE);
+        }
+        upgrade
+    } else {
+        None
+    };
 
     let preserve = upstream.host == HostMode::Preserve;
     let original_host = match headers.entry(HOST) {
@@ -118,7 +131,10 @@ pub(super) fn upstream_request<B>(
     );
     // Upstreams are spoken to over HTTP/1.1 whatever the client used.
     parts.version = Version::HTTP_11;
-    Ok(Request::from_parts(parts, body))
+    Ok(Outgoing {
+        request: Request::from_parts(parts, body),
+        upgrade,
+    })
 }
 
 /// `existing, addition` as one header value.
@@ -130,23 +146,47 @@ fn append_to_list(existing: &HeaderValue, addition: &HeaderValue) -> HeaderValue
     HeaderValue::from_bytes(&bytes).unwrap_or_else(|_| addition.clone())
 }
 
+/// Which message [`remove_hop_by_hop`] cleans, and what it may keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hop {
+    /// A request; `may_upgrade` for HTTP/1.1, the one version with upgrades.
+    Request { may_upgrade: bool },
+    /// A response; `switching` for a `101` to a request that asked to upgrade.
+    Response { switching: bool },
+}
+
 /// Removes the headers that concern one connection only (RFC 9110 §7.6.1),
 /// including any named in `Connection`, and every `x-faultline-*` header:
 /// those are faultline's own marks, so a client's never reaches the
 /// upstream and an upstream's never reaches the client looking like one
 /// faultline made.
 ///
+/// Kept, as the next hop needs them: `Connection: upgrade` and `Upgrade` of
+/// an upgrade (a request with both, and the `101` to it), which is what
+/// the return value says; `TE`'s `trailers` token, in a request (the
+/// upstream sends trailers only to a client that accepts them); and
+/// `Trailer` (hyper writes only the trailer fields it announces).
+///
 /// Runs on every request and response, most of which carry no hop-by-hop
 /// header or only `connection: keep-alive`: one pass over the names finds
-/// those present, and only they are looked up and removed.
-pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// those present, and only they are looked up and removed. A message that
+/// is no upgrade costs one more bit test.
+pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, hop: Hop) -> bool {
     let present = headers
         .keys()
         .fold(0u16, |present, name| present | hop_by_hop_bit(name));
     if present == 0 {
-        return;
+        return false;
     }
-    if present & hop_by_hop_bit(&header::CONNECTION) != 0 {
+    let upgrade = present & UPGRADE_PAIR == UPGRADE_PAIR
+        && matches!(
+            hop,
+            Hop::Request { may_upgrade: true } | Hop::Response { switching: true }
+        )
+        && connection_has(headers, b"upgrade");
+    let trailers =
+        present & TE_BIT != 0 && matches!(hop, Hop::Request { .. }) && te_accepts_trailers(headers);
+    if present & CONNECTION_BIT != 0 {
         remove_connection_named(headers);
     }
     if present & OWNED_BIT != 0 {
@@ -160,14 +200,53 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for (at, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << at) != 0 {
+        let bit = 1 << at;
+        if present & bit != 0 && !(upgrade && bit == UPGRADE_BIT) {
             headers.remove(*name);
         }
     }
+    // The client's other connection options are its own: only these go on.
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    upgrade
+}
+
+/// Whether a `Connection` line has `token` (an option such as `upgrade`).
+fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|line| tokens(line).any(|t| t.eq_ignore_ascii_case(token)))
+}
+
+/// Whether `TE` accepts trailers: the one token a proxy may pass on, as
+/// hop-by-hop as the rest (RFC 9110 §10.1.4), but the upstream sends
+/// trailers only to a client that says so.
+fn te_accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|line| {
+        tokens(line).any(|token| {
+            // `trailers` takes no parameters; others do (`gzip;q=0.5`).
+            let name = token.split(|b| *b == b';').next().unwrap_or_default();
+            name.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        })
+    })
+}
+
+/// The comma-separated tokens of a header line, trimmed, empty ones left out.
+fn tokens(line: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    line.as_bytes()
+        .split(|byte| *byte == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
 }
 
 /// Removes the headers a `Connection` header names. Most messages name
-/// none (only the options `close` and `keep-alive`): they allocate nothing.
+/// none (only the options `close`, `keep-alive` and `upgrade`): they
+/// allocate nothing.
 fn remove_connection_named(headers: &mut HeaderMap) {
     let lines = headers.get_all(header::CONNECTION);
     if lines.iter().all(|line| named_in(line).next().is_none()) {
@@ -184,19 +263,21 @@ fn remove_connection_named(headers: &mut HeaderMap) {
     }
 }
 
-/// The header names in one `Connection` line, options left out. `Host` is
-/// never hop-by-hop: the proxy replaces it and forwards the client's as
-/// `x-forwarded-host`, whatever the client's `Connection` says.
+/// The header names in one `Connection` line, options left out. Some names
+/// are never removed this way, whatever the client's `Connection` says:
+/// `Host`, which the proxy replaces and forwards as `x-forwarded-host`;
+/// `Upgrade`, `TE` and `Trailer`, which [`remove_hop_by_hop`] keeps or
+/// removes by their own rules (RFC 9110 §10.1.4 asks a client sending `TE`
+/// to name it in `Connection`).
 fn named_in(line: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    line.as_bytes()
-        .split(|byte| *byte == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|token| {
-            !(token.is_empty()
-                || token.eq_ignore_ascii_case(b"close")
-                || token.eq_ignore_ascii_case(b"keep-alive")
-                || token.eq_ignore_ascii_case(b"host"))
-        })
+    tokens(line).filter(|token| {
+        !(token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(b"keep-alive")
+            || token.eq_ignore_ascii_case(b"host")
+            || token.eq_ignore_ascii_case(b"upgrade")
+            || token.eq_ignore_ascii_case(b"te")
+            || token.eq_ignore_ascii_case(b"trailer"))
+    })
 }
 
 /// The bit of `name` in [`HOP_BY_HOP`], or 0. A match on the name compares
@@ -204,19 +285,24 @@ fn named_in(line: &HeaderValue) -> impl Iterator<Item = &[u8]> {
 fn hop_by_hop_bit(name: &HeaderName) -> u16 {
     let name = name.as_str();
     match name {
-        "connection" => 1 << 0,
+        "connection" => CONNECTION_BIT,
         "keep-alive" => 1 << 1,
         "proxy-connection" => 1 << 2,
-        "te" => 1 << 3,
-        "trailer" => 1 << 4,
-        "transfer-encoding" => 1 << 5,
-        "upgrade" => 1 << 6,
-        "proxy-authenticate" => 1 << 7,
-        "proxy-authorization" => 1 << 8,
+        "te" => TE_BIT,
+        "transfer-encoding" => 1 << 4,
+        "upgrade" => UPGRADE_BIT,
+        "proxy-authenticate" => 1 << 6,
+        "proxy-authorization" => 1 << 7,
         _ if is_owned_name(name) => OWNED_BIT,
         _ => 0,
     }
 }
+
+const CONNECTION_BIT: u16 = 1 << 0;
+const TE_BIT: u16 = 1 << 3;
+const UPGRADE_BIT: u16 = 1 << 5;
+/// Both present: the message may be an upgrade.
+const UPGRADE_PAIR: u16 = CONNECTION_BIT | UPGRADE_BIT;
 
 /// The bit of the `x-faultline-*` headers in [`hop_by_hop_bit`].
 const OWNED_BIT: u16 = 1 << 15;
@@ -233,13 +319,13 @@ fn is_owned_name(name: &str) -> bool {
 }
 
 /// Headers that concern one connection only, in the order of their bits
-/// in [`hop_by_hop_bit`].
-static HOP_BY_HOP: [&HeaderName; 9] = [
+/// in [`hop_by_hop_bit`]. `Trailer` is not one (RFC 9110 dropped it from
+/// the list): it goes on, so the trailers it announces do.
+static HOP_BY_HOP: [&HeaderName; 8] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
     &header::TE,
-    &header::TRAILER,
     &header::TRANSFER_ENCODING,
     &header::UPGRADE,
     &header::PROXY_AUTHENTICATE,
@@ -249,6 +335,9 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const REQUEST: Hop = Hop::Request { may_upgrade: true };
+    const RESPONSE: Hop = Hop::Response { switching: false };
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
@@ -264,7 +353,7 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         headers.insert("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut headers);
+        assert!(!remove_hop_by_hop(&mut headers, REQUEST));
         let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
     }
@@ -281,7 +370,7 @@ mod tests {
         headers.insert("x-second", HeaderValue::from_static("1"));
         headers.insert("te", HeaderValue::from_static("trailers"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut headers);
+        remove_hop_by_hop(&mut headers, RESPONSE);
         let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
     }
@@ -296,7 +385,7 @@ mod tests {
         headers.insert("x-faultline-rule", HeaderValue::from_static("not-mine"));
         headers.insert("x-faultline", HeaderValue::from_static("kept"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut headers);
+        remove_hop_by_hop(&mut headers, RESPONSE);
         let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["x-faultline", "x-kept"]);
@@ -308,8 +397,93 @@ mod tests {
         headers.insert("x-kept", HeaderValue::from_static("1"));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
         let before = headers.clone();
-        remove_hop_by_hop(&mut headers);
+        remove_hop_by_hop(&mut headers, RESPONSE);
         assert_eq!(headers, before);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_upgrade_and_its_connection_option_alone() {
+        let upgrade = || {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONNECTION,
+                HeaderValue::from_static("keep-alive, Upgrade, x-secret"),
+            );
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert("x-secret", HeaderValue::from_static("1"));
+            headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            headers.insert("sec-websocket-key", HeaderValue::from_static("k"));
+            headers
+        };
+        for hop in [REQUEST, Hop::Response { switching: true }] {
+            let mut headers = upgrade();
+            assert!(remove_hop_by_hop(&mut headers, hop), "{hop:?}");
+            let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+            names.sort_unstable();
+            assert_eq!(names, ["connection", "sec-websocket-key", "upgrade"]);
+            assert_eq!(headers[header::CONNECTION], "upgrade");
+            assert_eq!(headers[header::UPGRADE], "websocket");
+        }
+        // HTTP/1.0 has no upgrades; a response that is no `101` to one is
+        // none either.
+        for hop in [Hop::Request { may_upgrade: false }, RESPONSE] {
+            let mut headers = upgrade();
+            assert!(!remove_hop_by_hop(&mut headers, hop), "{hop:?}");
+            let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["sec-websocket-key"]);
+        }
+        // `Upgrade` without the option, or the option without `Upgrade`.
+        let mut headers = upgrade();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert!(!remove_hop_by_hop(&mut headers, REQUEST));
+        assert!(!headers.contains_key(header::UPGRADE));
+        let mut headers = upgrade();
+        headers.remove(header::UPGRADE);
+        assert!(!remove_hop_by_hop(&mut headers, REQUEST));
+        assert!(!headers.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn an_upgrade_no_server_can_hand_over_is_not_asked_for() {
+        // Built here, not read by hyper's server: no hand-over to take.
+        let request = Request::builder()
+            .uri("/chat")
+            .header(HOST, "client.example")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        let client = HeaderValue::from_static("127.0.0.1");
+        let sent = upstream_request(&upstream(), &client, request).unwrap();
+        assert!(sent.upgrade.is_none());
+        assert!(!sent.request.headers().contains_key(header::CONNECTION));
+        assert!(!sent.request.headers().contains_key(header::UPGRADE));
+    }
+
+    #[test]
+    fn te_keeps_its_trailers_token_and_trailer_goes_on() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("TE"));
+        headers.append(header::TE, HeaderValue::from_static("gzip;q=0.5"));
+        headers.append(header::TE, HeaderValue::from_static("deflate, Trailers"));
+        headers.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
+        assert!(!remove_hop_by_hop(&mut headers, REQUEST));
+        let te: Vec<_> = headers.get_all(header::TE).iter().collect();
+        assert_eq!(te, ["trailers"]);
+        assert_eq!(headers[header::TRAILER], "x-checksum");
+        assert!(!headers.contains_key(header::CONNECTION));
+
+        // Without the token, `TE` goes; a response has no use for it.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        remove_hop_by_hop(&mut headers, REQUEST);
+        assert!(headers.is_empty());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
+        remove_hop_by_hop(&mut headers, RESPONSE);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["trailer"]);
     }
 
     fn upstream() -> UpstreamConfig {
@@ -335,7 +509,9 @@ mod tests {
             .body(())
             .unwrap();
         let client = HeaderValue::from_static("127.0.0.1");
-        let sent = upstream_request(&upstream(), &client, request).unwrap();
+        let sent = upstream_request(&upstream(), &client, request)
+            .unwrap()
+            .request;
         let hosts: Vec<_> = sent.headers().get_all(HOST).iter().collect();
         assert_eq!(hosts, ["10.0.0.9:8080"]);
         assert_eq!(sent.headers()[&X_FORWARDED_HOST], "first.example");
@@ -355,7 +531,9 @@ mod tests {
             .header(HOST, "DynamoDB.us-east-1.amazonaws.com:443")
             .body(())
             .unwrap();
-        let sent = upstream_request(&preserving, &client, request).unwrap();
+        let sent = upstream_request(&preserving, &client, request)
+            .unwrap()
+            .request;
         let hosts: Vec<_> = sent.headers().get_all(HOST).iter().collect();
         assert_eq!(hosts, ["DynamoDB.us-east-1.amazonaws.com:443"]);
         assert_eq!(
@@ -368,7 +546,7 @@ mod tests {
             .version(Version::HTTP_2)
             .body(())
             .unwrap();
-        let sent = upstream_request(&preserving, &client, h2).unwrap();
+        let sent = upstream_request(&preserving, &client, h2).unwrap().request;
         assert_eq!(sent.headers()[HOST], "s3.us-west-2.amazonaws.com");
         // Two lines are still refused.
         let two = Request::builder()
@@ -419,7 +597,9 @@ mod tests {
             .body(())
             .unwrap();
         let client = HeaderValue::from_static("127.0.0.1");
-        let sent = upstream_request(&upstream(), &client, request).unwrap();
+        let sent = upstream_request(&upstream(), &client, request)
+            .unwrap()
+            .request;
         assert_eq!(sent.headers()[HOST], "10.0.0.9:8080");
         assert_eq!(sent.headers()[&X_FORWARDED_HOST], "client.example");
         assert!(!sent.headers().contains_key("x-secret"));
@@ -436,7 +616,9 @@ mod tests {
             .body(())
             .unwrap();
         let client = HeaderValue::from_static("127.0.0.1");
-        let sent = upstream_request(&upstream(), &client, request).unwrap();
+        let sent = upstream_request(&upstream(), &client, request)
+            .unwrap()
+            .request;
         assert_eq!(sent.headers()[&X_FORWARDED_PROTO], "https");
         assert_eq!(sent.headers()[&X_FORWARDED_HOST], "outer.example");
         assert_eq!(sent.headers()[HOST], "10.0.0.9:8080");
@@ -451,7 +633,9 @@ mod tests {
             .body(())
             .unwrap();
         let client = HeaderValue::from_static("127.0.0.1");
-        let sent = upstream_request(&upstream(), &client, request).unwrap();
+        let sent = upstream_request(&upstream(), &client, request)
+            .unwrap()
+            .request;
         assert_eq!(sent.headers()[&X_FORWARDED_HOST], "inner.example:81");
         assert_eq!(sent.headers()[&X_FORWARDED_PROTO], "http");
     }

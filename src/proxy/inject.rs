@@ -8,12 +8,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tracing::debug;
 
 use super::body::{ReadAhead, Replayed, RequestBody, ResponseBody};
 use super::synthetic::{self, X_FAULTLINE_RULE};
+use super::tunnel::TunnelFaults;
 use super::{shape, ActiveFault, ByFault, Connection, Plan, Proxy, StreamAborted, Unanswered};
 use crate::control::HaltSignal;
 use crate::fault::AbortMode;
@@ -76,7 +77,7 @@ impl Proxy {
                     .give_back(candidate.rule.turns.times);
             }
             return Ok(self
-                .forward_now(upstream, conn, request.map(RequestBody::from))
+                .forward_now(upstream, conn, request.map(RequestBody::from), None)
                 .await?);
         };
         // Counted when decided: a client that leaves mid-fault was still faulted.
@@ -90,10 +91,15 @@ impl Proxy {
         let response = match self.before_upstream(&plan, conn, request, start).await? {
             BeforeUpstream::Answer(response) => response,
             BeforeUpstream::LetGo(request) => {
-                return Ok(self.forward_now(upstream, conn, request).await?);
+                return Ok(self.forward_now(upstream, conn, request, None).await?);
             }
             BeforeUpstream::Forward(request) => {
-                let response = self.forward_now(upstream, conn, request).await?;
+                // An upgrade's tunnel carries the shaping out on its bytes.
+                let faults = (!decision.shaping.is_none()).then_some(TunnelFaults {
+                    shaping: &decision.shaping,
+                    halt,
+                });
+                let response = self.forward_now(upstream, conn, request, faults).await?;
                 self.after_upstream(decision.response_delay, halt).await;
                 response
             }
@@ -195,7 +201,8 @@ impl Proxy {
         conn: &Arc<Connection>,
         halt: &Arc<HaltSignal>,
     ) -> Response<ResponseBody> {
-        if shaping.is_none() {
+        // A `101` has no body: its tunnel shapes the bytes that follow.
+        if shaping.is_none() || response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return response;
         }
         // On HTTP/2 a cut fails the stream, never the shared connection.

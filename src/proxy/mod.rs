@@ -10,7 +10,8 @@
 //! Two seams keep new protocols out of the pipeline: a front door is an
 //! [`Entry`] and its routing (a plain listener or an upstream's dedicated
 //! port today); an upstream is reached through its connector
-//! ([`connector`]).
+//! ([`connector`]). An upgrade goes through the same pipeline as any
+//! request; after its `101`, [`tunnel`] copies the bytes.
 
 mod body;
 mod connector;
@@ -20,13 +21,14 @@ mod inject;
 mod pool;
 mod shape;
 pub mod synthetic;
+mod tunnel;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus::{IntCounter, IntGauge};
 
@@ -42,7 +44,9 @@ use crate::server::ConnInfo;
 use crate::tls::UpstreamTls;
 use crate::traffic::{Outcome, Tally};
 use connector::Connectors;
+use forward::Hop;
 use synthetic::{Blame, ProxyError};
+use tunnel::TunnelFaults;
 
 /// A timeout that never fires, and the longest one kept.
 const NO_TIMEOUT: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
@@ -76,7 +80,7 @@ pub struct Proxy {
     listener_inflight: Vec<IntGauge>,
     dedicated_inflight: Vec<IntGauge>,
     /// `faultline_client_errors_total`, in the order of [`ClientErrorReason::ALL`].
-    client_errors: [IntCounter; 3],
+    client_errors: [IntCounter; ClientErrorReason::ALL.len()],
 }
 
 /// Why the pipeline gives neither the upstream's response nor an injected one.
@@ -209,6 +213,13 @@ impl Proxy {
             Entry::Upstream(i) => &self.dedicated_inflight[i],
         };
         let _inflight = Inflight::enter(inflight);
+        if request.method() == Method::CONNECT {
+            // A reverse proxy has no tunnel to offer: the client's mistake,
+            // never forwarded. (A forward proxy's front door will serve it.)
+            let error = ProxyError::ConnectNotSupported;
+            self.record_client_error(&error);
+            return Ok(synthetic::rescue(&error, false));
+        }
         // Read once here, for the answer to an error and the gRPC metric;
         // an HTTP/1.1 request is ruled out by its version alone.
         let grpc = grpc::is_call(request.version(), request.headers());
@@ -290,7 +301,7 @@ impl Proxy {
         match plan {
             // Sent as it came: the time read on arrival stands for both.
             None => match self
-                .forward(upstream, conn, request.map(RequestBody::from), start)
+                .forward(upstream, conn, request.map(RequestBody::from), start, None)
                 .await
             {
                 Ok((response, answered)) => (Ok(response), answered),
@@ -328,18 +339,22 @@ impl Proxy {
     /// the upstream's response and when it came. A clock read costs tens of
     /// nanoseconds on a VM, so a plain request reads it twice: on arrival
     /// (passed here as `sent`) and when the response comes (in the pool).
+    ///
+    /// An upgrade the upstream accepts (`101`) gets its tunnel here, shaped
+    /// by `faults`; it starts copying once the `101` has gone back.
     async fn forward(
         &self,
         upstream: usize,
         conn: &Arc<Connection>,
         mut request: Request<RequestBody>,
         sent: Instant,
+        faults: Option<TunnelFaults<'_>>,
     ) -> Result<(Response<ResponseBody>, Instant), ProxyError> {
         let target = &self.upstreams[upstream];
         // A timeout while waiting on the client for its body is the client's stall.
         let waiting_on_client = request.body_mut().watch_client();
         let client_version = request.version();
-        let request =
+        let forward::Outgoing { request, upgrade } =
             forward::upstream_request(target, &conn.client_ip, request).map_err(|reason| {
                 ProxyError::ClientProtocol {
                     reason: reason.to_owned(),
@@ -350,11 +365,20 @@ impl Proxy {
             .connectors
             .send(upstream, request, client_version, sent);
         match tokio::time::timeout_at(deadline, sending).await {
-            Ok(Ok((response, answered))) => {
+            Ok(Ok((mut response, answered))) => {
                 let metrics = &self.upstream_metrics[upstream];
                 metrics.record_upstream(answered.saturating_duration_since(sent));
+                let switching = match upgrade {
+                    Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        let upstream_side = hyper::upgrade::on(&mut response);
+                        tunnel::spawn(client, upstream_side, Arc::clone(conn), faults);
+                        true
+                    }
+                    // Refused (or answered otherwise): a response like any.
+                    _ => false,
+                };
                 let (mut parts, body) = response.into_parts();
-                forward::remove_hop_by_hop(&mut parts.headers);
+                forward::remove_hop_by_hop(&mut parts.headers, Hop::Response { switching });
                 let success = Outcome::of_status(parts.status) == Outcome::Success;
                 let body = UpstreamBody::new(body, Arc::clone(conn), upstream, success);
                 let response = Response::from_parts(parts, ResponseBody::Upstream(body));
@@ -376,9 +400,10 @@ impl Proxy {
         upstream: usize,
         conn: &Arc<Connection>,
         request: Request<RequestBody>,
+        faults: Option<TunnelFaults<'_>>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (response, _) = self
-            .forward(upstream, conn, request, Instant::now())
+            .forward(upstream, conn, request, Instant::now(), faults)
             .await?;
         Ok(response)
     }

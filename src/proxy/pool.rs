@@ -12,7 +12,9 @@
 //! A connection goes back to its pool once hyper says it can take the next
 //! request: at once when the response body came with its head, else when the
 //! body has been read. One idle for `[proxy] pool_idle_timeout` is never
-//! used again, and a sweeper closes it, as a pool timer would.
+//! used again, and a sweeper closes it, as a pool timer would. One that
+//! answered `101` is an upgrade's, handed over to its tunnel
+//! (`hyper::upgrade::on` on the response): it never goes back.
 //!
 //! The queue hands out the longest-idle connection first. Under steady
 //! traffic every pooled connection stays in use, so the connections a burst
@@ -24,7 +26,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
-use http::{Request, Response, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -142,7 +144,10 @@ impl UpstreamClient {
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     let answered = Instant::now();
-                    self.checkin(index, sender, answered);
+                    // After a `101` the connection is the tunnel's, not HTTP.
+                    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                        self.checkin(index, sender, answered);
+                    }
                     return Ok((response, answered));
                 }
                 Err(mut failed) => match failed.take_message() {
@@ -245,8 +250,10 @@ where
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| UpstreamError::Connect(e.into()))?;
+    // With upgrades: after a `101` the connection gives its socket to the
+    // response's `OnUpgrade` instead of failing the exchange.
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        if let Err(e) = connection.with_upgrades().await {
             debug!(error = %e, "upstream connection ended with an error");
         }
     });

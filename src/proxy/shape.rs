@@ -18,12 +18,13 @@ use crate::fault::Shaping;
 use crate::grpc::GrpcStatus;
 use crate::server::ConnControl;
 
-/// How long a truncated body waits for its last bytes to flush before the
-/// connection fails (a reset would discard them).
-const CUT_FLUSH_GRACE: Duration = Duration::from_millis(50);
+/// How long a truncated body, or tunnel, waits for its last bytes to flush
+/// before the connection fails (a reset would discard them).
+pub(super) const CUT_FLUSH_GRACE: Duration = Duration::from_millis(50);
 
-/// The most a bandwidth-limited body sends at once: 50 ms worth of its rate.
-const PACING_SLICES_PER_SEC: u64 = 20;
+/// The most a bandwidth-limited body, or tunnel, sends at once: 50 ms worth
+/// of its rate.
+pub(super) const PACING_SLICES_PER_SEC: u64 = 20;
 
 /// A body paced and possibly cut, per the plan's [`Shaping`].
 pub struct ShapedBody {

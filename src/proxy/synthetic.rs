@@ -58,6 +58,10 @@ pub enum ProxyError {
     /// it was whole.
     #[error("the client's request body stalled: it was not whole within upstream_timeout")]
     ClientTimeout,
+    /// A `CONNECT` on a reverse listener: faultline forwards requests to
+    /// its upstreams, it opens no tunnels to where a client asks.
+    #[error("CONNECT is not served here: this listener is a reverse proxy")]
+    ConnectNotSupported,
 }
 
 /// Whose failure a [`ProxyError`] is, for the metrics.
@@ -115,6 +119,7 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
             ProxyError::ClientProtocol { .. } | ProxyError::ClientAborted => "client_protocol",
             ProxyError::ClientTimeout => "client_timeout",
+            ProxyError::ConnectNotSupported => "connect_not_supported",
         }
     }
 
@@ -130,6 +135,7 @@ impl ProxyError {
             ProxyError::ClientProtocol { .. } => Blame::Client(ClientErrorReason::Protocol),
             ProxyError::ClientAborted => Blame::Client(ClientErrorReason::Aborted),
             ProxyError::ClientTimeout => Blame::Client(ClientErrorReason::Timeout),
+            ProxyError::ConnectNotSupported => Blame::Client(ClientErrorReason::Connect),
         }
     }
 
@@ -144,6 +150,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 }
@@ -192,6 +199,9 @@ impl ProxyError {
             // not have (and as clients read the plain 404). UNAVAILABLE
             // would make clients retry a configuration mistake.
             ProxyError::NoRoute => GrpcStatus::UNIMPLEMENTED,
+            // A CONNECT is never a gRPC call; should one claim to be, this
+            // listener does not serve it.
+            ProxyError::ConnectNotSupported => GrpcStatus::UNIMPLEMENTED,
             // Not valid HTTP/2 (one `Host`), or a body that broke: the
             // protocol error INTERNAL stands for (clients read 400 so).
             ProxyError::ClientProtocol { .. } => GrpcStatus::INTERNAL,
@@ -203,7 +213,7 @@ impl ProxyError {
 }
 
 /// The response for a proxy error, marked with `x-faultline-error`: 404,
-/// 502 or 504 with a JSON body; for a gRPC call (`grpc`), a trailers-only
+/// 405, 408, 400, 502 or 504 with a JSON body; for a gRPC call (`grpc`), a trailers-only
 /// gRPC error ([`ProxyError::grpc_status`]) whose `grpc-message` names
 /// the cause, since a gRPC client reads nothing else.
 pub fn rescue(error: &ProxyError, grpc: bool) -> Response<ResponseBody> {
