@@ -3,7 +3,8 @@
 //! `us-east-1` and `us-west-2`), the proxy in front of them with the rules
 //! and scenarios under `rules/`, and a printed list of what to try. Also
 //! the upstream alone, for `faultline demo-upstream` (the compose stack's
-//! zone containers).
+//! zone containers). Every upstream answers HTTP with JSON and gRPC calls
+//! with the standard health check ([`HEALTH_CHECK`]), over HTTP/1.1 or h2c.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,7 +14,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, Running};
 use crate::book::{self, RuleText};
 use crate::config::Config;
+use crate::grpc::{self, GrpcStatus};
 use crate::server;
 
 /// The demo's upstreams: (name, service, region, zone). Your own services
@@ -208,7 +209,14 @@ impl Demo {
             "  for i in $(seq 20); do curl -s -o /dev/null -w '%{{http_code}} %{{time_total}}s\\n' {proxy}/us-east-1/orders; done\n\n"
         ));
         text.push_str(&format!(
-            "  curl -s {admin}/metrics | grep -E '^faultline_(requests|faults_injected)_total'\n\n"
+            "  cargo run --release --example grpc_call -- --proxy {proxy} --region us-east-1   # gRPC health checks\n"
+        ));
+        text.push_str(&format!(
+            "  grpcurl -plaintext -import-path examples/grpc -proto health.proto -authority orders.us-east-1.demo {} grpc.health.v1.Health/Check\n",
+            self.proxy_addr
+        ));
+        text.push_str(&format!(
+            "  curl -s {admin}/metrics | grep -E '^faultline_(requests|grpc_requests|faults_injected)_total'\n\n"
         ));
         // `ctl` needs --admin only when the demo's admin address is not the default.
         let admin_flag = if self.proxy.admin_addr().to_string() == "127.0.0.1:9000" {
@@ -315,11 +323,15 @@ pub async fn serve_upstream(
     .await;
 }
 
-/// A demo upstream's answer: who it is and what it was asked.
+/// A demo upstream's answer: who it is and what it was asked; a gRPC call
+/// is answered by the gRPC health service ([`health_check`]).
 async fn answer(
     identity: Arc<serde_json::Value>,
     request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<DemoBody>, Infallible> {
+    if grpc::is_call(request.version(), request.headers()) {
+        return Ok(health_check(&identity, request).await);
+    }
     let mut body = (*identity).clone();
     if let Some(fields) = body.as_object_mut() {
         fields.insert("method".into(), request.method().as_str().into());
@@ -330,10 +342,199 @@ async fn answer(
             .and_then(|h| h.to_str().ok());
         fields.insert("host".into(), host.into());
     }
-    let mut response = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    let mut response = Response::new(DemoBody::data(Bytes::from(format!("{body}\n"))));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// The gRPC method every demo upstream serves.
+pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// The largest request message the health service reads: a service name.
+const HEALTH_REQUEST_LIMIT: usize = 4096;
+
+/// The standard gRPC health service's `Check` (grpc.health.v1,
+/// `health.proto`), written out by hand: the demo needs one unary method,
+/// not a gRPC stack. A request for the whole server (`service` empty) or
+/// for this upstream's service name is `SERVING`; any other service is
+/// NOT_FOUND, as the protocol says; any other method UNIMPLEMENTED. The
+/// answer names the upstream and region in its metadata (`x-upstream`,
+/// `x-region`), as the JSON answers do in their body.
+async fn health_check(
+    identity: &serde_json::Value,
+    request: Request<Incoming>,
+) -> Response<DemoBody> {
+    if request.uri().path() != HEALTH_CHECK {
+        let message = format!(
+            "{} is not served here; try {HEALTH_CHECK}",
+            request.uri().path()
+        );
+        return grpc_failure(GrpcStatus::UNIMPLEMENTED, &message);
+    }
+    let body = http_body_util::Limited::new(request.into_body(), HEALTH_REQUEST_LIMIT);
+    let Ok(body) = http_body_util::BodyExt::collect(body).await else {
+        return grpc_failure(
+            GrpcStatus::RESOURCE_EXHAUSTED,
+            "the request is too large or broke off",
+        );
+    };
+    let Some(service) = health_request_service(&body.to_bytes()) else {
+        return grpc_failure(
+            GrpcStatus::INTERNAL,
+            "the request is not one HealthCheckRequest",
+        );
+    };
+    let ours = identity.get("service").and_then(|s| s.as_str());
+    if !service.is_empty() && Some(service.as_str()) != ours {
+        return grpc_failure(
+            GrpcStatus::NOT_FOUND,
+            &format!("unknown service {service:?}"),
+        );
+    }
+    // HealthCheckResponse { status: SERVING (1) }, in one uncompressed frame.
+    const SERVING: [u8; 7] = [0, 0, 0, 0, 2, 0x08, 0x01];
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert(grpc::GRPC_STATUS.clone(), GrpcStatus::OK.header_value());
+    let mut response = Response::new(DemoBody {
+        data: Some(Bytes::from_static(&SERVING)),
+        trailers: Some(trailers),
+    });
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(grpc::CONTENT_TYPE_GRPC),
+    );
+    for (name, field) in [("x-upstream", "upstream"), ("x-region", "region")] {
+        let value = identity.get(field).and_then(|v| v.as_str());
+        if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+/// The `service` of a HealthCheckRequest in one uncompressed gRPC frame:
+/// protobuf field 1, a string; other fields are skipped only if they are
+/// varints or strings too (the message has no others).
+fn health_request_service(frame: &[u8]) -> Option<String> {
+    let (&compressed, rest) = frame.split_first()?;
+    let (length, mut message) = rest.split_first_chunk::<4>()?;
+    if compressed != 0 || usize::try_from(u32::from_be_bytes(*length)).ok()? != message.len() {
+        return None;
+    }
+    let mut service = String::new();
+    while let Some((key, rest)) = varint(message) {
+        message = rest;
+        match key & 7 {
+            0 => message = varint(message)?.1,
+            2 => {
+                let (len, rest) = varint(message)?;
+                let len = usize::try_from(len).ok()?;
+                let value = rest.get(..len)?;
+                if key >> 3 == 1 {
+                    service = String::from_utf8(value.to_vec()).ok()?;
+                }
+                message = &rest[len..];
+            }
+            _ => return None,
+        }
+    }
+    message.is_empty().then_some(service)
+}
+
+/// A protobuf varint, and what follows it.
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+/// A failed gRPC call, trailers-only.
+fn grpc_failure(status: GrpcStatus, message: &str) -> Response<DemoBody> {
+    let mut response = Response::new(DemoBody {
+        data: None,
+        trailers: None,
+    });
+    *response.headers_mut() = grpc::trailers_only(status, message);
+    response
+}
+
+/// A demo upstream's body: JSON, or a gRPC message and its trailers.
+#[derive(Debug)]
+pub struct DemoBody {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl DemoBody {
+    fn data(data: Bytes) -> Self {
+        DemoBody {
+            data: Some(data),
+            trailers: None,
+        }
+    }
+}
+
+impl hyper::body::Body for DemoBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let frame = match (this.data.take(), this.trailers.take()) {
+            (Some(data), trailers) => {
+                this.trailers = trailers;
+                Some(hyper::body::Frame::data(data))
+            }
+            (None, Some(trailers)) => Some(hyper::body::Frame::trailers(trailers)),
+            (None, None) => None,
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match (&self.data, &self.trailers) {
+            (Some(data), None) => hyper::body::SizeHint::with_exact(data.len() as u64),
+            (None, None) => hyper::body::SizeHint::with_exact(0),
+            // With trailers: chunked on HTTP/1.1, no content-length.
+            _ => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_requests_are_read_by_hand() {
+        // HealthCheckRequest {} and { service: "orders" }, framed.
+        assert_eq!(
+            health_request_service(&[0, 0, 0, 0, 0]),
+            Some(String::new())
+        );
+        let mut frame = vec![0, 0, 0, 0, 8, 0x0a, 6];
+        frame.extend_from_slice(b"orders");
+        assert_eq!(health_request_service(&frame), Some("orders".to_owned()));
+        // Compressed, a wrong length, a cut string, no frame at all.
+        assert_eq!(health_request_service(&[1, 0, 0, 0, 0]), None);
+        assert_eq!(health_request_service(&[0, 0, 0, 0, 3, 0x0a]), None);
+        assert_eq!(health_request_service(&[0, 0, 0, 0, 2, 0x0a, 6]), None);
+        assert_eq!(health_request_service(&[]), None);
+    }
 }

@@ -6,6 +6,7 @@
 //! only, never back up (no cycles):
 //!
 //! - [`diagnostic`], [`duration`], [`files`]: problems in users' files, with line and column; human durations; reading users' files with bounds.
+//! - [`grpc`]: gRPC's wire vocabulary: status codes, `grpc-status`/`grpc-message`, telling a call from other HTTP/2, trailers-only headers.
 //! - [`tls`]: TLS both ways: listeners' certificates (swapped on reload), upstreams' trust and identity.
 //! - [`config`]: how the process runs (listeners, upstreams, routes, settings).
 //! - [`fault`]: what happens to a matched request: the fault kinds, written and validated.
@@ -38,6 +39,7 @@ pub mod diagnostic;
 pub mod duration;
 pub mod fault;
 pub mod files;
+pub mod grpc;
 pub mod metrics;
 pub mod plan;
 pub mod proxy;

@@ -18,6 +18,7 @@ use prometheus::{
 };
 
 use crate::config::UpstreamConfig;
+use crate::grpc::GrpcStatus;
 use crate::tls::HandshakeFailure;
 use crate::traffic::{Outcome, Tally};
 
@@ -36,6 +37,11 @@ pub const RULES_RELOADS_TOTAL: &str = "faultline_rules_reloads_total";
 pub const INFLIGHT_REQUESTS: &str = "faultline_inflight_requests";
 pub const BUILD_INFO: &str = "faultline_build_info";
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "faultline_tls_handshake_errors_total";
+pub const GRPC_REQUESTS_TOTAL: &str = "faultline_grpc_requests_total";
+
+/// The `grpc_status` of a gRPC call that ended without one (its trailers
+/// never came, or held no valid `grpc-status`).
+pub const GRPC_STATUS_NONE: &str = "none";
 
 /// From a 1 ms loopback upstream to a 5-minute blackhole: roughly ×2.5 steps.
 const DURATION_BUCKETS: [f64; 18] = [
@@ -59,6 +65,8 @@ const METHODS: [Method; 9] = [
 const METHOD_SLOTS: usize = METHODS.len() + 1;
 /// Status codes 100 to 599.
 const CODE_SLOTS: usize = 500;
+/// gRPC's 17 status codes and "none".
+const GRPC_SLOTS: usize = GrpcStatus::COUNT + 1;
 
 /// Why the proxy could not get an answer from an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +128,7 @@ pub struct Metrics {
     rules_reloads: IntCounterVec,
     inflight: IntGaugeVec,
     tls_handshake_errors: IntCounterVec,
+    grpc_requests: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -217,9 +226,14 @@ impl Metrics {
                 "TLS handshakes with clients that failed, by listener and reason.",
                 &["listener", "reason"],
             ),
+            grpc_requests: counter_vec(
+                GRPC_REQUESTS_TOTAL,
+                "gRPC calls, by upstream, region and the status the call ended with.",
+                &["upstream", "region", "grpc_status"],
+            ),
         };
         let registry = &metrics.registry;
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.upstream_duration.clone()),
@@ -234,6 +248,7 @@ impl Metrics {
             Box::new(metrics.rules_reloads.clone()),
             Box::new(metrics.inflight.clone()),
             Box::new(metrics.tls_handshake_errors.clone()),
+            Box::new(metrics.grpc_requests.clone()),
         ];
         for collector in collectors {
             registry
@@ -301,6 +316,8 @@ impl Metrics {
             faults_overflow: self
                 .faults_overflow
                 .with_label_values(&[upstream.name.as_str()]),
+            grpc_vec: self.grpc_requests.clone(),
+            grpc: (0..GRPC_SLOTS).map(|_| OnceLock::new()).collect(),
             tally: Arc::default(),
         }
     }
@@ -393,6 +410,10 @@ pub struct UpstreamMetrics {
     timeout_errors: IntCounter,
     protocol_errors: IntCounter,
     faults_overflow: IntCounter,
+    grpc_vec: IntCounterVec,
+    /// `faultline_grpc_requests_total` by status code, then "none"; filled
+    /// on first use, so an upstream that serves no gRPC shows no series.
+    grpc: Box<[OnceLock<IntCounter>]>,
     /// The same traffic for scenario guards and reports.
     tally: Arc<Tally>,
 }
@@ -479,6 +500,21 @@ impl UpstreamMetrics {
         }
     }
 
+    /// A gRPC call ended with `status`, or with none (`None`).
+    pub fn record_grpc(&self, status: Option<GrpcStatus>) {
+        let slot = status.map_or(GrpcStatus::COUNT, GrpcStatus::index);
+        let Some(counter) = self.grpc.get(slot) else {
+            return;
+        };
+        counter
+            .get_or_init(|| {
+                let label = status.map_or(GRPC_STATUS_NONE, GrpcStatus::name);
+                self.grpc_vec
+                    .with_label_values(&[&self.name, &self.region, label])
+            })
+            .inc();
+    }
+
     pub fn record_overflow(&self) {
         self.faults_overflow.inc();
     }
@@ -549,6 +585,24 @@ mod tests {
         }
         assert!(text.contains(r#"faultline_rules_reloads_total{outcome="rejected"} 0"#));
         assert!(text.contains("process_resident_memory_bytes"));
+    }
+
+    #[test]
+    fn grpc_calls_are_counted_by_status_name() {
+        let metrics = Metrics::new();
+        let handles = metrics.upstream(&upstream());
+        assert!(!metrics.render().contains("faultline_grpc_requests_total{"));
+        handles.record_grpc(Some(GrpcStatus::UNAVAILABLE));
+        handles.record_grpc(Some(GrpcStatus::UNAVAILABLE));
+        handles.record_grpc(Some(GrpcStatus::OK));
+        handles.record_grpc(None);
+        let text = metrics.render();
+        for (status, n) in [("UNAVAILABLE", 2), ("OK", 1), ("none", 1)] {
+            let series = format!(
+                r#"faultline_grpc_requests_total{{grpc_status="{status}",region="us-east-1",upstream="orders-use1"}} {n}"#
+            );
+            assert!(text.contains(&series), "{series} in {text}");
+        }
     }
 
     #[test]

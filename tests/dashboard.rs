@@ -670,6 +670,19 @@ fn traffic(proxy: SocketAddr, path: &'static str) -> tokio::task::JoinHandle<()>
     })
 }
 
+/// Calls the demo's gRPC health service at `authority` through the proxy
+/// again and again until aborted, for the gRPC row.
+fn grpc_traffic(proxy: SocketAddr, authority: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let url = format!("http://{proxy}");
+        loop {
+            let call = support::grpc::health_check(&url, authority);
+            let _ = tokio::time::timeout(Duration::from_secs(30), call).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let Some(prometheus) = prometheus_tool("prometheus") else {
@@ -694,6 +707,10 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     ]
     .into_iter()
     .map(|path| traffic(demo.proxy_addr, path))
+    .chain(
+        ["lambda.us-east-1.demo", "lambda.us-west-2.demo"]
+            .map(|authority| grpc_traffic(demo.proxy_addr, authority)),
+    )
     .collect();
 
     let dir = tempfile::tempdir().unwrap();

@@ -293,3 +293,48 @@ fn admin_client_refuses_to_touch_a_halt_or_a_scenario_it_did_not_make() {
     let status: serde_json::Value = serde_json::from_str(&ctl(&["--json", "status"])).unwrap();
     assert_eq!(status["halted"], true, "the halt is still there");
 }
+
+#[test]
+fn grpc_call_calls_the_demos_health_service_through_the_proxy() {
+    let (_, stdout) = run(
+        "grpc_call",
+        &[
+            "--region",
+            "us-west-2",
+            "--service",
+            "orders",
+            "--calls",
+            "3",
+            "--expect",
+            "OK",
+        ],
+    );
+    assert_eq!(
+        stdout.matches("OK SERVING from us-west-2").count(),
+        3,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn grpc_call_drives_a_running_demo() {
+    let demo = RunningDemo::start();
+    let (_, stdout) = run(
+        "grpc_call",
+        &[
+            "--proxy",
+            &demo.proxy,
+            "--region",
+            "us-west-2",
+            "--calls",
+            "2",
+            "--expect",
+            "OK",
+        ],
+    );
+    assert_eq!(
+        stdout.matches("OK SERVING from us-west-2").count(),
+        2,
+        "{stdout}"
+    );
+}

@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostic::{FieldError, FieldPath};
+use crate::grpc::GrpcStatus;
 
 pub use latency::{Delay, DistributionSpec, Side};
 pub use preset::RequestIdStyle;
@@ -76,6 +77,12 @@ pub struct FaultSpec {
     /// `status`, `headers` and `body` given as well override the preset's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
+    /// `error`: answer as gRPC, trailers-only, with this status code (0 to 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u64>,
+    /// `error`: the `grpc-message` of a gRPC error (percent-encoded on the wire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_message: Option<String>,
     /// `abort`: `reset` or `close`; `unavailable`: `status` or `blackhole`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
@@ -214,7 +221,15 @@ impl FaultKind {
     fn fields(self) -> &'static [&'static str] {
         match self {
             FaultKind::Latency => &["delay", "jitter", "distribution", "side"],
-            FaultKind::Error => &["status", "headers", "body", "body_file", "preset"],
+            FaultKind::Error => &[
+                "status",
+                "headers",
+                "body",
+                "body_file",
+                "preset",
+                "grpc_status",
+                "grpc_message",
+            ],
             FaultKind::Abort => &["mode"],
             FaultKind::Unavailable => &["mode", "max_hold", "retry_after"],
             FaultKind::Bandwidth => &["rate"],
@@ -300,7 +315,7 @@ impl BodySource<'static> {
 impl FaultSpec {
     /// The fields given, by name.
     fn given(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 17] = [
+        let fields: [(&'static str, bool); 19] = [
             ("rate", self.rate.is_some()),
             ("chunks", self.chunks.is_some()),
             ("over", self.over.is_some()),
@@ -315,6 +330,8 @@ impl FaultSpec {
             ("body", self.body.is_some()),
             ("body_file", self.body_file.is_some()),
             ("preset", self.preset.is_some()),
+            ("grpc_status", self.grpc_status.is_some()),
+            ("grpc_message", self.grpc_message.is_some()),
             ("mode", self.mode.is_some()),
             ("max_hold", self.max_hold.is_some()),
             ("retry_after", self.retry_after.is_some()),
@@ -575,6 +592,7 @@ impl FaultSpec {
             }
             found
         });
+        let grpc = self.grpc_error(preset.flatten(), at, errors);
         let status = match self.status.map(|s| (s, StatusCode::from_u16(s))) {
             Some((code, Ok(status))) if (200..=599).contains(&code) => Some(status),
             Some((code, _)) => {
@@ -586,16 +604,28 @@ impl FaultSpec {
             }
             None => {
                 // An unknown preset has been reported already.
-                if preset.is_none() {
+                if preset.is_none() && self.grpc_status.is_none() {
                     errors.push(FieldError::new(
                         at.key("kind"),
-                        "kind = \"error\" needs `status` or `preset`",
+                        "kind = \"error\" needs `status`, `grpc_status` or `preset`",
                     ));
                 }
                 None
             }
         };
         let headers = header_map(self.headers.as_ref(), &at.key("headers"), errors);
+        if let Some((code, message)) = grpc {
+            // The rule's headers are metadata of the call, on top.
+            let mut headers_out = crate::grpc::trailers_only(code, message);
+            headers_out.extend(headers);
+            return SyntheticResponse {
+                status: StatusCode::OK,
+                headers: headers_out,
+                body: Bytes::new(),
+                unavailable: false,
+                request_ids: None,
+            };
+        }
         let body = match (&self.body, &self.body_file) {
             (Some(_), Some(_)) => {
                 errors.push(FieldError::new(
@@ -640,6 +670,85 @@ impl FaultSpec {
         // The rule's headers replace the preset's of the same name.
         response.headers.extend(headers);
         response
+    }
+}
+
+impl FaultSpec {
+    /// The status and message of an `error` fault that answers as gRPC
+    /// (`grpc_status`, or a `grpc.*` preset, the rule's `grpc_status` and
+    /// `grpc_message` over the preset's), or `None` for an HTTP error.
+    /// Fields that cannot go with a gRPC error are reported here.
+    fn grpc_error<'p>(
+        &'p self,
+        preset: Option<&'p preset::Preset>,
+        at: &FieldPath,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<(GrpcStatus, &'p str)> {
+        let from_preset = preset.and_then(preset::Preset::grpc);
+        if let (Some(_), Some(preset), None) = (self.grpc_status, preset, from_preset) {
+            errors.push(FieldError::new(
+                at.key("grpc_status"),
+                format!(
+                    "`grpc_status` does not go with preset {:?}, an HTTP error; the gRPC presets are {}",
+                    preset.name,
+                    preset::grpc_names()
+                ),
+            ));
+        }
+        let code = match self.grpc_status {
+            None => from_preset.map(|(code, _)| code),
+            Some(code) => match GrpcStatus::new(code) {
+                Some(code) => Some(code),
+                None => {
+                    errors.push(FieldError::new(
+                        at.key("grpc_status"),
+                        format!(
+                            "grpc_status {code} is not a gRPC status code; expected one of {}",
+                            GrpcStatus::names()
+                        ),
+                    ));
+                    // Reported; the rest is still checked as gRPC.
+                    Some(GrpcStatus::UNKNOWN)
+                }
+            },
+        };
+        let Some(code) = code else {
+            if self.grpc_message.is_some() {
+                errors.push(FieldError::new(
+                    at.key("grpc_message"),
+                    "`grpc_message` goes with `grpc_status` or a gRPC preset",
+                ));
+            }
+            return None;
+        };
+        let why = "a gRPC error is always HTTP 200 with its status in `grpc_status`, and trailers-only: it has no body";
+        for (field, given) in [
+            ("status", self.status.is_some()),
+            ("body", self.body.is_some()),
+            ("body_file", self.body_file.is_some()),
+        ] {
+            if given {
+                errors.push(FieldError::new(
+                    at.key(field),
+                    format!("`{field}` does not go with a gRPC error: {why}"),
+                ));
+            }
+        }
+        for name in self.headers.iter().flat_map(|h| h.keys()) {
+            let lower = name.to_ascii_lowercase();
+            if lower == "grpc-status" || lower == "grpc-message" {
+                errors.push(FieldError::new(
+                    at.key("headers").key(name.as_str()),
+                    format!("header {name:?} is set by `grpc_status` and `grpc_message`"),
+                ));
+            }
+        }
+        let message = self
+            .grpc_message
+            .as_deref()
+            .or(from_preset.map(|(_, message)| message))
+            .unwrap_or("");
+        Some((code, message))
     }
 }
 
@@ -909,7 +1018,12 @@ mod tests {
             for (name, value) in preset.headers {
                 assert_eq!(response.headers[*name], *value, "{}", preset.name);
             }
-            assert!(response.request_ids.is_some(), "{}", preset.name);
+            assert_eq!(
+                response.request_ids.is_some(),
+                preset.request_ids.is_some(),
+                "{}",
+                preset.name
+            );
             assert!(!response.unavailable);
         }
         let throttling = respond("kind = \"error\"\npreset = \"aws.throttling\"");
@@ -941,7 +1055,7 @@ mod tests {
         assert!(preset::names().starts_with("aws.throttling, aws.service-unavailable"));
         assert_eq!(
             fault("kind = \"error\"").unwrap_err(),
-            vec!["fault.kind: kind = \"error\" needs `status` or `preset`"]
+            vec!["fault.kind: kind = \"error\" needs `status`, `grpc_status` or `preset`"]
         );
         assert_eq!(
             fault("kind = \"latency\"\ndelay = \"1s\"\npreset = \"aws.throttling\"").unwrap_err(),
@@ -988,6 +1102,80 @@ mod tests {
         assert_eq!(
             fault("kind = \"error\"\npreset = \"aws.throttling\"\nheaders = { \"Content-Length\" = \"9\" }").unwrap_err(),
             vec!["fault.headers.Content-Length: header \"Content-Length\" frames the message; the proxy sets it"]
+        );
+    }
+
+    #[test]
+    fn grpc_errors_answer_trailers_only() {
+        let response = respond("kind = \"error\"\ngrpc_status = 14\ngrpc_message = \"down 100%\"");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.headers["content-type"], "application/grpc");
+        assert_eq!(response.headers["grpc-status"], "14");
+        assert_eq!(response.headers["grpc-message"], "down 100%25");
+        assert!(response.body.is_empty());
+        assert_eq!(response.request_ids, None);
+
+        // No message: no grpc-message.
+        let bare = respond("kind = \"error\"\ngrpc_status = 0");
+        assert_eq!(bare.headers["grpc-status"], "0");
+        assert!(!bare.headers.contains_key("grpc-message"));
+
+        // A preset's message, or the rule's over it; metadata on top.
+        let preset = respond("kind = \"error\"\npreset = \"grpc.resource-exhausted\"");
+        assert_eq!(preset.headers["grpc-status"], "8");
+        assert_eq!(
+            preset.headers["grpc-message"],
+            "Resource has been exhausted (e.g. check quota)."
+        );
+        let mine = respond(
+            "kind = \"error\"\npreset = \"grpc.unavailable\"\ngrpc_message = \"mine\"\nheaders = { \"retry-pushback-ms\" = \"500\" }",
+        );
+        assert_eq!(mine.headers["grpc-status"], "14");
+        assert_eq!(mine.headers["grpc-message"], "mine");
+        assert_eq!(mine.headers["retry-pushback-ms"], "500");
+        let recoded = respond("kind = \"error\"\npreset = \"grpc.unavailable\"\ngrpc_status = 4");
+        assert_eq!(recoded.headers["grpc-status"], "4");
+    }
+
+    #[test]
+    fn grpc_errors_refuse_what_grpc_cannot_carry() {
+        assert_eq!(
+            fault("kind = \"error\"\ngrpc_status = 17").unwrap_err(),
+            vec![format!(
+                "fault.grpc_status: grpc_status 17 is not a gRPC status code; expected one of {}",
+                GrpcStatus::names()
+            )]
+        );
+        assert!(GrpcStatus::names().starts_with("0 OK, 1 CANCELLED, 2 UNKNOWN"));
+        let why = "a gRPC error is always HTTP 200 with its status in `grpc_status`, and trailers-only: it has no body";
+        assert_eq!(
+            fault("kind = \"error\"\ngrpc_status = 14\nstatus = 503\nbody = \"x\"").unwrap_err(),
+            vec![
+                format!("fault.status: `status` does not go with a gRPC error: {why}"),
+                format!("fault.body: `body` does not go with a gRPC error: {why}"),
+            ]
+        );
+        assert_eq!(
+            fault("kind = \"error\"\npreset = \"grpc.internal\"\nstatus = 500").unwrap_err(),
+            vec![format!(
+                "fault.status: `status` does not go with a gRPC error: {why}"
+            )]
+        );
+        assert_eq!(
+            fault("kind = \"error\"\ngrpc_status = 14\nheaders = { \"Grpc-Status\" = \"0\" }").unwrap_err(),
+            vec!["fault.headers.Grpc-Status: header \"Grpc-Status\" is set by `grpc_status` and `grpc_message`"]
+        );
+        assert_eq!(
+            fault("kind = \"error\"\nstatus = 500\ngrpc_message = \"x\"").unwrap_err(),
+            vec!["fault.grpc_message: `grpc_message` goes with `grpc_status` or a gRPC preset"]
+        );
+        assert_eq!(
+            fault("kind = \"error\"\npreset = \"aws.throttling\"\ngrpc_status = 8").unwrap_err(),
+            vec!["fault.grpc_status: `grpc_status` does not go with preset \"aws.throttling\", an HTTP error; the gRPC presets are grpc.unavailable, grpc.deadline-exceeded, grpc.resource-exhausted, grpc.internal"]
+        );
+        assert_eq!(
+            fault("kind = \"abort\"\nmode = \"reset\"\ngrpc_status = 14").unwrap_err(),
+            vec!["fault.grpc_status: `grpc_status` does not apply to kind = \"abort\" (it takes mode)"]
         );
     }
 

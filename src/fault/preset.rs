@@ -15,6 +15,7 @@ use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 
 use super::SyntheticResponse;
+use crate::grpc::GrpcStatus;
 
 /// The request id of the AWS JSON protocols (awsJson1_0, awsJson1_1, restJson1).
 pub static X_AMZN_REQUEST_ID: HeaderName = HeaderName::from_static("x-amzn-requestid");
@@ -38,7 +39,8 @@ pub struct Preset {
     /// Fixed headers; the fresh ids of `request_ids` come on top.
     pub headers: &'static [(&'static str, &'static str)],
     pub body: PresetBody,
-    pub request_ids: RequestIdStyle,
+    /// `None`: the real service's response carries no id of its own.
+    pub request_ids: Option<RequestIdStyle>,
     /// DynamoDB: `x-amz-crc32` carries the CRC32 of the body.
     pub crc32: bool,
 }
@@ -49,6 +51,12 @@ pub enum PresetBody {
     Fixed(&'static str),
     /// S3's XML error document, which repeats the response's ids.
     S3(S3Error),
+    /// A gRPC error: no body at all (trailers-only), the status and its
+    /// message in the headers, HTTP 200.
+    Grpc {
+        status: GrpcStatus,
+        message: &'static str,
+    },
 }
 
 /// How an injected response gets ids of its own, made per response.
@@ -86,7 +94,7 @@ pub const PRESETS: &[Preset] = &[
             ("x-amzn-errortype", "ThrottlingException"),
         ],
         body: PresetBody::Fixed(r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#),
-        request_ids: RequestIdStyle::Amzn,
+        request_ids: Some(RequestIdStyle::Amzn),
         crc32: false,
     },
     Preset {
@@ -99,7 +107,7 @@ pub const PRESETS: &[Preset] = &[
         body: PresetBody::Fixed(
             r#"{"__type":"ServiceUnavailableException","message":"Service is unavailable"}"#,
         ),
-        request_ids: RequestIdStyle::Amzn,
+        request_ids: Some(RequestIdStyle::Amzn),
         crc32: false,
     },
     Preset {
@@ -112,7 +120,7 @@ pub const PRESETS: &[Preset] = &[
         body: PresetBody::Fixed(
             r#"{"__type":"InternalFailure","message":"The request processing has failed because of an unknown error, exception or failure."}"#,
         ),
-        request_ids: RequestIdStyle::Amzn,
+        request_ids: Some(RequestIdStyle::Amzn),
         crc32: false,
     },
     // Lambda is restJson1. The model binds TooManyRequestsException's
@@ -129,7 +137,7 @@ pub const PRESETS: &[Preset] = &[
         body: PresetBody::Fixed(
             r#"{"Reason":"ConcurrentInvocationLimitExceeded","Type":"User","message":"Rate Exceeded."}"#,
         ),
-        request_ids: RequestIdStyle::Amzn,
+        request_ids: Some(RequestIdStyle::Amzn),
         crc32: false,
     },
     // ServiceException's members are `Type` and `Message`, capital M, unlike
@@ -146,7 +154,7 @@ pub const PRESETS: &[Preset] = &[
         body: PresetBody::Fixed(
             r#"{"Type":"Service","Message":"The AWS Lambda service encountered an internal error."}"#,
         ),
-        request_ids: RequestIdStyle::Amzn,
+        request_ids: Some(RequestIdStyle::Amzn),
         crc32: false,
     },
     // DynamoDB is awsJson1_0 and also sends `x-amz-crc32`, the CRC32 of the
@@ -163,7 +171,7 @@ pub const PRESETS: &[Preset] = &[
         body: PresetBody::Fixed(
             r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded. Consider increasing your provisioning level with the UpdateTable API."}"#,
         ),
-        request_ids: RequestIdStyle::Amzn,
+        request_ids: Some(RequestIdStyle::Amzn),
         crc32: true,
     },
     // S3 is restXml: no x-amzn-* headers, its own ids, and `Server: AmazonS3`
@@ -177,10 +185,45 @@ pub const PRESETS: &[Preset] = &[
             code: "SlowDown",
             message: "Please reduce your request rate.",
         }),
-        request_ids: RequestIdStyle::S3 { echo: None },
+        request_ids: Some(RequestIdStyle::S3 { echo: None }),
         crc32: false,
     },
+    // gRPC errors answer trailers-only (gRPC PROTOCOL-HTTP2.md). The
+    // messages are those Google's APIs send with each code ("Errors" in
+    // the Google Cloud API design guide), the most common gRPC servers a
+    // client meets in the wild.
+    grpc_preset(
+        "grpc.unavailable",
+        GrpcStatus::UNAVAILABLE,
+        "The service is currently unavailable.",
+    ),
+    grpc_preset(
+        "grpc.deadline-exceeded",
+        GrpcStatus::DEADLINE_EXCEEDED,
+        "Deadline expired before operation could complete.",
+    ),
+    grpc_preset(
+        "grpc.resource-exhausted",
+        GrpcStatus::RESOURCE_EXHAUSTED,
+        "Resource has been exhausted (e.g. check quota).",
+    ),
+    grpc_preset(
+        "grpc.internal",
+        GrpcStatus::INTERNAL,
+        "Internal error encountered.",
+    ),
 ];
+
+const fn grpc_preset(name: &'static str, status: GrpcStatus, message: &'static str) -> Preset {
+    Preset {
+        name,
+        status: StatusCode::OK,
+        headers: &[],
+        body: PresetBody::Grpc { status, message },
+        request_ids: None,
+        crc32: false,
+    }
+}
 
 /// The preset of that name.
 pub fn find(name: &str) -> Option<&'static Preset> {
@@ -193,9 +236,28 @@ pub fn names() -> String {
     names.join(", ")
 }
 
+/// The names of the gRPC presets, for error messages.
+pub fn grpc_names() -> String {
+    let names: Vec<&str> = PRESETS
+        .iter()
+        .filter(|preset| preset.grpc().is_some())
+        .map(|preset| preset.name)
+        .collect();
+    names.join(", ")
+}
+
 impl Preset {
+    /// A gRPC preset's status and message; `None` for an HTTP error.
+    pub fn grpc(&self) -> Option<(GrpcStatus, &'static str)> {
+        match self.body {
+            PresetBody::Grpc { status, message } => Some((status, message)),
+            PresetBody::Fixed(_) | PresetBody::S3(_) => None,
+        }
+    }
+
     /// The response this preset answers with; `body`, when given, replaces
-    /// the preset's (and an S3 body then no longer repeats the ids).
+    /// the preset's (and an S3 body then no longer repeats the ids). A
+    /// gRPC preset takes no body (validation says so).
     pub fn response(&self, body: Option<Bytes>) -> SyntheticResponse {
         let mut headers = HeaderMap::new();
         for (name, value) in self.headers {
@@ -209,9 +271,13 @@ impl Preset {
             (Some(body), _) => body,
             (None, PresetBody::Fixed(text)) => Bytes::from_static(text.as_bytes()),
             (None, PresetBody::S3(error)) => {
-                request_ids = RequestIdStyle::S3 { echo: Some(error) };
+                request_ids = Some(RequestIdStyle::S3 { echo: Some(error) });
                 // The document's shape; the ids are filled in per response.
                 error.render("", "")
+            }
+            (None, PresetBody::Grpc { status, message }) => {
+                headers.extend(crate::grpc::trailers_only(status, message));
+                Bytes::new()
             }
         };
         if self.crc32 {
@@ -222,7 +288,7 @@ impl Preset {
             headers,
             body,
             unavailable: false,
-            request_ids: Some(request_ids),
+            request_ids,
         }
     }
 }
@@ -349,8 +415,11 @@ mod tests {
                 preset.name
             );
             let response = preset.response(None);
-            assert!(!response.body.is_empty(), "{}", preset.name);
-            assert!(response.request_ids.is_some(), "{}", preset.name);
+            // gRPC errors are trailers-only: no body, no ids of their own.
+            let grpc = preset.grpc().is_some();
+            assert_eq!(grpc, preset.name.starts_with("grpc."), "{}", preset.name);
+            assert_eq!(response.body.is_empty(), grpc, "{}", preset.name);
+            assert_eq!(response.request_ids.is_none(), grpc, "{}", preset.name);
             assert!(
                 response.headers.contains_key("content-type"),
                 "{}",
@@ -359,6 +428,30 @@ mod tests {
         }
         assert!(find("aws.throttling").is_some());
         assert!(find("aws.nope").is_none());
+    }
+
+    #[test]
+    fn grpc_presets_answer_trailers_only() {
+        let expected = [
+            ("grpc.unavailable", "14"),
+            ("grpc.deadline-exceeded", "4"),
+            ("grpc.resource-exhausted", "8"),
+            ("grpc.internal", "13"),
+        ];
+        for (name, code) in expected {
+            let Some(preset) = find(name) else {
+                panic!("missing preset {name}")
+            };
+            let response = preset.response(None);
+            assert_eq!(response.status, StatusCode::OK, "{name}");
+            assert_eq!(response.headers["content-type"], "application/grpc");
+            assert_eq!(response.headers["grpc-status"], code, "{name}");
+            assert!(!response.headers["grpc-message"].is_empty(), "{name}");
+        }
+        assert_eq!(
+            grpc_names(),
+            "grpc.unavailable, grpc.deadline-exceeded, grpc.resource-exhausted, grpc.internal"
+        );
     }
 
     #[test]

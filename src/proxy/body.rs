@@ -12,6 +12,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::shape::ShapedBody;
 use super::Connection;
+use crate::grpc::{GrpcStatus, GRPC_STATUS};
 use crate::metrics::UpstreamErrorReason;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,6 +29,29 @@ pub enum ResponseBody {
 impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         ResponseBody::Synthetic(Full::new(bytes.into()))
+    }
+
+    /// Has the upstream's body count its gRPC call when the call's status
+    /// comes (its trailers); `false` for a body the proxy made, which has
+    /// no trailers.
+    pub(super) fn follow_grpc(&mut self) -> bool {
+        match self {
+            ResponseBody::Upstream(body) => {
+                body.grpc = true;
+                true
+            }
+            ResponseBody::Shaped(body) => body.inner_mut().follow_grpc(),
+            ResponseBody::Synthetic(_) => false,
+        }
+    }
+
+    /// Counts a followed gRPC call now, with `status`: a fault cut its body.
+    pub(super) fn end_grpc(&mut self, status: GrpcStatus) {
+        match self {
+            ResponseBody::Upstream(body) => body.end_grpc(Some(status)),
+            ResponseBody::Shaped(body) => body.inner_mut().end_grpc(status),
+            ResponseBody::Synthetic(_) => {}
+        }
     }
 }
 
@@ -77,6 +101,8 @@ pub struct UpstreamBody {
     /// The request was counted as a success when its headers came: a cut
     /// body makes it a failure for guards and reports.
     counted_success: bool,
+    /// A gRPC call not counted yet: its status comes in the trailers.
+    grpc: bool,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -99,11 +125,27 @@ impl UpstreamBody {
             conn,
             upstream,
             counted_success,
+            grpc: false,
         }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if self.grpc {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        let status = trailers.get(&GRPC_STATUS);
+                        self.end_grpc(status.and_then(GrpcStatus::from_header));
+                    }
+                }
+                // The stream is reset on: INTERNAL, as clients read it.
+                Poll::Ready(Some(Err(_))) => self.end_grpc(Some(GrpcStatus::INTERNAL)),
+                // Ended without trailers: no status.
+                Poll::Ready(None) => self.end_grpc(None),
+                Poll::Pending => {}
+            }
+        }
         if let Poll::Ready(Some(Err(_))) = &polled {
             if let Some(metrics) = self.conn.proxy.upstream_metrics.get(self.upstream) {
                 metrics.record_upstream_error(UpstreamErrorReason::Protocol);
@@ -113,6 +155,29 @@ impl UpstreamBody {
             }
         }
         polled.map(|frame| frame.map(|result| result.map_err(BoxError::from)))
+    }
+}
+
+impl UpstreamBody {
+    /// Counts the followed gRPC call, once.
+    fn end_grpc(&mut self, status: Option<GrpcStatus>) {
+        if std::mem::take(&mut self.grpc) {
+            if let Some(metrics) = self.conn.proxy.upstream_metrics.get(self.upstream) {
+                metrics.record_grpc(status);
+            }
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.grpc {
+            // Dropped before its trailers: at its end (hyper stops
+            // polling a body that says it has ended), it had none; else the
+            // client left mid-stream.
+            let status = (!self.body.is_end_stream()).then_some(GrpcStatus::CANCELLED);
+            self.end_grpc(status);
+        }
     }
 }
 

@@ -37,6 +37,7 @@ use body::{RequestBody, UpstreamBody};
 
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::control::{Published, Snapshot};
+use crate::grpc::{self, GrpcStatus};
 use crate::metrics::{ClientErrorReason, Metrics, UpstreamMetrics};
 use crate::plan::{self, Decision, RequestView};
 use crate::server::ConnInfo;
@@ -217,23 +218,35 @@ impl Proxy {
             // never forwarded. (A forward proxy's front door will serve it.)
             let error = ProxyError::ConnectNotSupported;
             self.record_client_error(&error);
-            return Ok(synthetic::rescue(&error));
+            return Ok(synthetic::rescue(&error, false));
         }
+        // Read once here, for the answer to an error and the gRPC metric;
+        // an HTTP/1.1 request is ruled out by its version alone.
+        let grpc = grpc::is_call(request.version(), request.headers());
         let Some(upstream) = self.route(conn.entry, &request) else {
-            return Ok(synthetic::rescue(&ProxyError::NoRoute));
+            return Ok(synthetic::rescue(&ProxyError::NoRoute, grpc));
         };
         let method = request.method().clone();
-        let (outcome, end) = self.pipeline(upstream, conn, request, start).await;
         let metrics = &self.upstream_metrics[upstream];
+        // Counts the call once however it ends, a client that leaves
+        // mid-call (this future dropped) included.
+        let call = grpc.then(|| GrpcCall(Some(metrics)));
+        let (outcome, end) = self.pipeline(upstream, conn, request, start).await;
         let elapsed = end.saturating_duration_since(start);
         match outcome {
-            Ok(response) => {
+            Ok(mut response) => {
                 let by_fault = response.extensions().get::<ByFault>().is_some();
                 metrics.record_request(&method, response.status(), elapsed, by_fault);
+                if let Some(call) = call {
+                    call.answered(&mut response);
+                }
                 Ok(response)
             }
             Err(Unanswered::Error(error)) => {
-                let response = synthetic::rescue(&error);
+                let response = synthetic::rescue(&error, grpc);
+                if let Some(call) = call {
+                    call.ended(Some(error.grpc_status()));
+                }
                 match error.blame() {
                     Blame::Upstream(reason) => metrics.record_upstream_error(reason),
                     // Gone before the answer: counted as the client's, not as a request.
@@ -244,11 +257,18 @@ impl Proxy {
                     Blame::Client(_) => self.record_client_error(&error),
                     Blame::Config => {}
                 }
-                metrics.record_request(&method, response.status(), elapsed, false);
+                // The status the error stands for, not the 200 a gRPC
+                // answer goes out with: error ratios and guards see it.
+                metrics.record_request(&method, error.status(), elapsed, false);
                 Ok(response)
             }
             Err(Unanswered::Aborted(aborted)) => {
                 metrics.record_unanswered(&method, elapsed);
+                if let Some(call) = call {
+                    // hyper resets the stream with INTERNAL_ERROR, which gRPC
+                    // clients read as INTERNAL.
+                    call.ended(Some(GrpcStatus::INTERNAL));
+                }
                 Err(aborted)
             }
         }
@@ -448,6 +468,48 @@ fn strip_port(host: &str) -> &str {
         return host.find(']').map_or(host, |end| &host[..=end]);
     }
     host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// A gRPC call not counted in `faultline_grpc_requests_total` yet: counted
+/// once, with the status it ended with, or CANCELLED if it is dropped
+/// first (the client left while the call waited on a fault or the upstream).
+struct GrpcCall<'a>(Option<&'a UpstreamMetrics>);
+
+impl GrpcCall<'_> {
+    fn ended(mut self, status: Option<GrpcStatus>) {
+        if let Some(metrics) = self.0.take() {
+            metrics.record_grpc(status);
+        }
+    }
+
+    /// The call has its response: its status is in the headers (a
+    /// trailers-only response, the upstream's, injected or the proxy's),
+    /// stands in the HTTP status (as clients read a non-200 without one),
+    /// or comes in the upstream body's trailers, counted by the body.
+    fn answered(mut self, response: &mut Response<ResponseBody>) {
+        let in_headers = response.headers().get(&grpc::GRPC_STATUS);
+        let status = match in_headers.map(GrpcStatus::from_header) {
+            Some(status) => status,
+            None if response.status() != http::StatusCode::OK => {
+                Some(GrpcStatus::of_http(response.status()))
+            }
+            None if response.body_mut().follow_grpc() => {
+                self.0 = None;
+                return;
+            }
+            // A body of the proxy's own with no status: the call has none.
+            None => None,
+        };
+        self.ended(status);
+    }
+}
+
+impl Drop for GrpcCall<'_> {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0.take() {
+            metrics.record_grpc(Some(GrpcStatus::CANCELLED));
+        }
+    }
 }
 
 /// A request in flight on a listener, for `faultline_inflight_requests`.

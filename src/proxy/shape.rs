@@ -15,6 +15,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use super::body::{BoxError, ResponseBody};
 use crate::control::HaltSignal;
 use crate::fault::Shaping;
+use crate::grpc::GrpcStatus;
 use crate::server::ConnControl;
 
 /// How long a truncated body, or tunnel, waits for its last bytes to flush
@@ -81,6 +82,11 @@ impl ShapedBody {
             halted: Box::pin(halt.halted_owned()),
             halt,
         }
+    }
+
+    /// The body being shaped.
+    pub(super) fn inner_mut(&mut self) -> &mut ResponseBody {
+        &mut self.inner
     }
 
     /// How many bytes may go now, and when to look again if none may.
@@ -193,6 +199,8 @@ impl Body for ShapedBody {
                 if this.sent >= after {
                     // The client keeps the original content-length and sees a broken body.
                     this.cut = true;
+                    // A gRPC call's stream is reset: the client reads INTERNAL.
+                    this.inner.end_grpc(GrpcStatus::INTERNAL);
                     if let Some(control) = &this.control {
                         control.abort(super::inject::ending(then));
                     }

@@ -12,6 +12,7 @@ use super::body::{ClientBodyError, ResponseBody};
 use super::pool::UpstreamError;
 use crate::fault::preset::{self, X_AMZN_REQUEST_ID, X_AMZ_ID_2, X_AMZ_REQUEST_ID};
 use crate::fault::{RequestIdStyle, SyntheticResponse};
+use crate::grpc::GrpcStatus;
 use crate::metrics::{ClientErrorReason, UpstreamErrorReason};
 
 /// Names the rule that injected a response.
@@ -181,9 +182,51 @@ fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
     false
 }
 
-/// The response for a proxy error (404, 405, 408, 400, 502 or 504), marked
-/// and with a JSON body.
-pub fn rescue(error: &ProxyError) -> Response<ResponseBody> {
+impl ProxyError {
+    /// The status a gRPC call gets for this error, answered as gRPC:
+    /// what a client would get from a real gRPC server or load balancer in
+    /// the same place, so its retry policy reacts as it would for real.
+    pub fn grpc_status(&self) -> GrpcStatus {
+        match self {
+            // The upstream could not be reached, or broke the exchange: the
+            // transient failure UNAVAILABLE stands for, which clients retry.
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamTls { .. }
+            | ProxyError::UpstreamProtocol { .. } => GrpcStatus::UNAVAILABLE,
+            ProxyError::UpstreamTimeout { .. } => GrpcStatus::DEADLINE_EXCEEDED,
+            // Nothing serves this call here, and retrying will not change
+            // that: UNIMPLEMENTED, as a gRPC server says of a method it does
+            // not have (and as clients read the plain 404). UNAVAILABLE
+            // would make clients retry a configuration mistake.
+            ProxyError::NoRoute => GrpcStatus::UNIMPLEMENTED,
+            // A CONNECT is never a gRPC call; should one claim to be, this
+            // listener does not serve it.
+            ProxyError::ConnectNotSupported => GrpcStatus::UNIMPLEMENTED,
+            // Not valid HTTP/2 (one `Host`), or a body that broke: the
+            // protocol error INTERNAL stands for (clients read 400 so).
+            ProxyError::ClientProtocol { .. } => GrpcStatus::INTERNAL,
+            // The client left, or its messages stopped coming for
+            // `upstream_timeout`: the call was given up, not failed.
+            ProxyError::ClientAborted | ProxyError::ClientTimeout => GrpcStatus::CANCELLED,
+        }
+    }
+}
+
+/// The response for a proxy error, marked with `x-faultline-error`: 404,
+/// 405, 408, 400, 502 or 504 with a JSON body; for a gRPC call (`grpc`), a trailers-only
+/// gRPC error ([`ProxyError::grpc_status`]) whose `grpc-message` names
+/// the cause, since a gRPC client reads nothing else.
+pub fn rescue(error: &ProxyError, grpc: bool) -> Response<ResponseBody> {
+    if grpc {
+        let mut response = Response::new(ResponseBody::full(Bytes::new()));
+        let headers = response.headers_mut();
+        *headers = crate::grpc::trailers_only(error.grpc_status(), &error_message(error));
+        headers.insert(
+            X_FAULTLINE_ERROR.clone(),
+            HeaderValue::from_static(error.code()),
+        );
+        return response;
+    }
     let body = serde_json::json!({
         "error": error.code(),
         "message": error_message(error),
@@ -329,6 +372,36 @@ mod tests {
         let (headers, _) = parts(injected(&response)).await;
         assert_eq!(headers.get_all("x-amzn-requestid").iter().count(), 1);
         assert_eq!(headers["x-amzn-requestid"], "fixed");
+    }
+
+    #[tokio::test]
+    async fn grpc_calls_get_proxy_errors_as_grpc() {
+        let error = ProxyError::UpstreamTimeout {
+            upstream: "orders".into(),
+        };
+        let response = rescue(&error, true);
+        assert_eq!(response.status(), StatusCode::OK);
+        let (headers, body) = parts(response).await;
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["grpc-status"], "4");
+        assert_eq!(
+            headers["grpc-message"],
+            "upstream orders did not answer in time"
+        );
+        assert_eq!(headers["x-faultline-error"], "upstream_timeout");
+        assert!(body.is_empty());
+
+        let (headers, _) = parts(rescue(&ProxyError::NoRoute, true)).await;
+        assert_eq!(headers["grpc-status"], "12");
+        assert_eq!(headers["x-faultline-error"], "no_route");
+        let (headers, body) = parts(rescue(&ProxyError::NoRoute, false)).await;
+        assert_eq!(headers["content-type"], "application/json");
+        assert!(!headers.contains_key("grpc-status"));
+        assert!(!body.is_empty());
+        assert_eq!(
+            ProxyError::ClientAborted.grpc_status(),
+            GrpcStatus::CANCELLED
+        );
     }
 
     #[tokio::test]

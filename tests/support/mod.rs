@@ -26,6 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+pub mod grpc;
 pub mod tls;
 
 pub type TestBody = BoxBody<Bytes, Infallible>;
