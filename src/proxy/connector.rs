@@ -114,8 +114,11 @@ impl Connectors {
         Either::Right(async move {
             match self.http2.send(index, request).await? {
                 Sent::Answered(response, at) => Ok((response, at)),
-                // ALPN chose HTTP/1.1 on the first connection.
-                Sent::Http1(request) => self.http1.send(index, request, now).await,
+                // The first connection taught that the upstream speaks
+                // HTTP/1.1 only. Boxed: it happens once per upstream, and
+                // the pool's future inline would make every request's
+                // future (which hyper moves about) as large as both.
+                Sent::Http1(request) => Box::pin(self.http1.send(index, request, now)).await,
             }
         })
     }

@@ -173,7 +173,8 @@ impl Http2Client {
         };
         let mut sender = match upstream.pick(self.max_connections) {
             Some(sender) => sender,
-            None => match self.connect(upstream).await? {
+            // Boxed: dialling is rare, and its future large.
+            None => match Box::pin(self.connect(upstream)).await? {
                 Some(sender) => sender,
                 None => return Ok(Sent::Http1(request)),
             },
