@@ -1,5 +1,5 @@
-//! faultline: a chaos-engineering reverse proxy that injects latency, errors
-//! and unavailability into HTTP traffic according to rule files.
+//! faultline: a chaos-engineering reverse (and forward) proxy that injects
+//! latency, errors and unavailability into HTTP traffic according to rule files.
 //!
 //! # Layout
 //! Each module owns one thing; `use crate::` points down this list's layers
@@ -18,7 +18,7 @@
 //! - [`control`]: the rules while the proxy runs: runtime switches, TTLs, the halt signal, reloads, scenario runs; publishes the snapshots.
 //! - [`socket`]: TCP streams that write with `send(2)`, for both sides of the proxy.
 //! - [`server`]: the one accept loop every listener uses, and per-connection endings (upgraded connections too).
-//! - [`proxy`]: do: the request pipeline (front doors, fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections.
+//! - [`proxy`]: do: the request pipeline (front doors, the forward listener's routing by authority among them; fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections and `CONNECT`s.
 //! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
 //! - [`admin`]: the admin listener: the JSON API (README "Runtime control"), `/healthz`, `/metrics`.
 //! - [`client`], [`ctl`]: the admin API from Rust, typed; `faultline ctl`, its command line.

@@ -8,10 +8,12 @@
 //! response with [`synthetic::rescue`], the one place that does.
 //!
 //! Two seams keep new protocols out of the pipeline: a front door is an
-//! [`Entry`] and its routing (a plain listener or an upstream's dedicated
-//! port today); an upstream is reached through its connector
-//! ([`connector`]). An upgrade goes through the same pipeline as any
-//! request; after its `101`, [`tunnel`] copies the bytes.
+//! [`Entry`] and its routing (a plain listener, an upstream's dedicated
+//! port, a forward listener routed by authority in [`egress`]); an
+//! upstream is reached through its connector ([`connector`], [`dial`]). An
+//! upgrade goes through the same pipeline as any request, and so does a
+//! forward listener's `CONNECT`; after the `101` (or the `CONNECT`'s
+//! `200`), [`tunnel`] copies the bytes.
 
 mod body;
 mod connector;
