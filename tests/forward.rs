@@ -207,6 +207,9 @@ async fn a_tls_client_handshakes_through_a_connect_tunnel() {
 
     let (head, tunnel) = connect(proxy.addr("egress"), &format!("localhost:{port}")).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
+    // RFC 9110 §9.3.6: a 2xx to CONNECT has no framing of its own.
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
     let name = ServerName::try_from("localhost").unwrap();
     let tls = TlsConnector::from(client_config(&ca, &[b"http/1.1"]))
         .connect(name, tunnel)
