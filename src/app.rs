@@ -158,9 +158,13 @@ impl App {
         let mut bound = Vec::new();
         for (i, listener) in config.listeners.iter().enumerate() {
             let what = format!("listener {:?}", listener.name);
+            let entry = match listener.forward {
+                Some(_) => Entry::Forward(i),
+                None => Entry::Listener(i),
+            };
             bound.push((
                 bind(listener.listen, &what)?,
-                Entry::Listener(i),
+                entry,
                 listener.name.clone(),
                 tls.listeners[i].clone(),
             ));
@@ -194,7 +198,7 @@ impl App {
                 acceptor: TlsAcceptor::from(certificate.server_config()),
                 // Named as faultline_inflight_requests names the door.
                 failures: metrics.tls_handshake_errors(&match entry {
-                    Entry::Listener(_) => name.clone(),
+                    Entry::Listener(_) | Entry::Forward(_) => name.clone(),
                     Entry::Upstream(_) => format!("upstream:{name}"),
                 }),
             });
@@ -204,19 +208,21 @@ impl App {
             let proxy = Arc::clone(&proxy);
             let stop = Stop::draining(shutdown.clone(), grace);
             let task = match (entry, door) {
-                (Entry::Listener(_), None) => tokio::spawn(server::serve(
+                (Entry::Listener(_) | Entry::Forward(_), None) => tokio::spawn(server::serve(
                     listener,
                     move |conn| proxy.service(entry, conn),
                     limits,
                     stop,
                 )),
-                (Entry::Listener(_), Some(door)) => tokio::spawn(server::serve_tls(
-                    listener,
-                    door,
-                    move |conn| proxy.service(entry, conn),
-                    limits,
-                    stop,
-                )),
+                (Entry::Listener(_) | Entry::Forward(_), Some(door)) => {
+                    tokio::spawn(server::serve_tls(
+                        listener,
+                        door,
+                        move |conn| proxy.service(entry, conn),
+                        limits,
+                        stop,
+                    ))
+                }
                 (Entry::Upstream(upstream), door) => tokio::spawn(serve_dedicated(
                     listener, addr, upstream, door, proxy, limits, stop,
                 )),
@@ -437,6 +443,7 @@ fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
 fn entry_kind(entry: Entry) -> &'static str {
     match entry {
         Entry::Listener(_) => "listener",
+        Entry::Forward(_) => "forward listener",
         Entry::Upstream(_) => "upstream",
     }
 }
@@ -467,7 +474,9 @@ pub struct Running {
 impl Running {
     /// The bound address of a `[[listener]]`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.find(name, |e| matches!(e, Entry::Listener(_)))
+        self.find(name, |e| {
+            matches!(e, Entry::Listener(_) | Entry::Forward(_))
+        })
     }
 
     /// The bound address of an upstream's dedicated port.

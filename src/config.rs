@@ -28,6 +28,14 @@ pub const DEFAULT_MAX_ACTIVE_FAULTS: usize = 10_000;
 /// the server's `max_concurrent_streams` queues the rest.
 pub const DEFAULT_H2_CONNECTIONS: usize = 1;
 pub const MAX_H2_CONNECTIONS: usize = 64;
+/// Where a forward listener binds without `listen`: loopback, Squid's port.
+pub const DEFAULT_FORWARD_LISTEN: &str = "127.0.0.1:3128";
+/// The port every forward listener lets `CONNECT` reach (HTTPS).
+pub const HTTPS_PORT: u16 = 443;
+/// The upstream forward traffic is counted under, and its rules name, when
+/// no configured `[[upstream]]` has the request's authority (SPEC §8: the
+/// name forward traffic gets when no destination matches).
+pub const FORWARD_OTHER: &str = "other";
 
 // ---------------------------------------------------------------------------
 // Wire types: exactly the TOML schema.
@@ -76,8 +84,30 @@ pub struct ProxySection {
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
     pub name: String,
-    pub listen: String,
+    /// Required for a reverse listener; a forward one binds
+    /// [`DEFAULT_FORWARD_LISTEN`] without it.
+    pub listen: Option<String>,
     pub tls: Option<ServedTlsSection>,
+    #[serde(default)]
+    pub mode: ListenerMode,
+    /// A forward listener may bind beyond loopback.
+    pub allow_remote: Option<bool>,
+    /// Ports a forward listener's `CONNECT` may reach besides 443.
+    pub allow_ports: Option<Vec<u16>>,
+    /// Hosts whose TLS a forward listener terminates (SPEC §8): not built
+    /// yet, and refused at its line rather than ignored.
+    pub intercept: Option<Vec<String>>,
+}
+
+/// What a listener is: a reverse proxy in front of the upstreams its
+/// routes name, or a forward proxy clients set as `HTTP_PROXY` /
+/// `HTTPS_PROXY`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    #[default]
+    Reverse,
+    Forward,
 }
 
 /// `tls = { cert, key }` on a listener (or `listen_tls` on an upstream's
@@ -209,6 +239,21 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// Serves TLS with this certificate.
     pub tls: Option<ServedTls>,
+    /// A forward listener's settings; `None` for a reverse listener.
+    pub forward: Option<ForwardSettings>,
+}
+
+/// What a forward listener lets through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSettings {
+    /// The ports `CONNECT` may reach: 443 and `allow_ports`, sorted, once each.
+    pub connect_ports: Vec<u16>,
+}
+
+impl ForwardSettings {
+    pub fn allows_connect_to(&self, port: u16) -> bool {
+        self.connect_ports.binary_search(&port).is_ok()
+    }
 }
 
 /// The certificate a TLS listener or dedicated port serves; paths resolved
@@ -238,6 +283,47 @@ pub struct UpstreamConfig {
     /// For an `https://` upstream: how it is verified and who faultline
     /// says it is.
     pub tls: Option<UpstreamTlsSettings>,
+    /// The stand-in for forward traffic no configured upstream has
+    /// ([`FORWARD_OTHER`]): each request goes to its own authority, and
+    /// `scheme`, `authority` and `host_header` are placeholders nothing dials.
+    pub ad_hoc: bool,
+}
+
+impl UpstreamConfig {
+    /// The upstream forward traffic with no configured upstream is counted
+    /// under: named [`FORWARD_OTHER`], no labels, HTTP/1.1.
+    fn forward_other() -> Self {
+        Self {
+            name: FORWARD_OTHER.to_owned(),
+            scheme: Scheme::HTTP,
+            authority: Authority::from_static(FORWARD_OTHER),
+            host_header: HeaderValue::from_static(FORWARD_OTHER),
+            host: HostMode::Upstream,
+            protocol: Protocol::Http1,
+            labels: BTreeMap::new(),
+            listen: None,
+            listen_tls: None,
+            tls: None,
+            ad_hoc: true,
+        }
+    }
+
+    /// Whether a request for `host:port` over `scheme` (port already made
+    /// explicit) is for this upstream: the same host, case aside, and port.
+    pub fn has_authority(&self, host: &str, port: u16) -> bool {
+        !self.ad_hoc && self.authority.host().eq_ignore_ascii_case(host) && self.port() == port
+    }
+
+    /// The port its url names, or its scheme's.
+    pub fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.scheme == Scheme::HTTPS {
+                443
+            } else {
+                80
+            })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -424,14 +510,30 @@ impl Config {
                     format!("duplicate listener name {:?}", section.name),
                 ));
             }
-            let listen = parse_addr(&section.listen, &at.key("listen"), &mut errors);
+            let forward = section.mode == ListenerMode::Forward;
+            let listen = match (&section.listen, forward) {
+                (Some(text), _) => parse_addr(text, &at.key("listen"), &mut errors),
+                (None, true) => DEFAULT_FORWARD_LISTEN.parse().ok(),
+                (None, false) => {
+                    errors.push(FieldError::new(
+                        at.key("name"),
+                        format!(
+                            "listener {:?} needs `listen` (an address such as \"127.0.0.1:8080\")",
+                            section.name
+                        ),
+                    ));
+                    None
+                }
+            };
             if let Some(addr) = listen {
                 claim_addr(addr, at.key("listen"), &mut errors);
             }
+            let forward = validate_forward(section, listen, &at, &mut errors);
             listeners.push(ListenerConfig {
                 name: section.name.clone(),
                 listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
                 tls: section.tls.as_ref().map(|tls| served_tls(tls, base_dir)),
+                forward,
             });
         }
 
@@ -507,7 +609,20 @@ impl Config {
                         .as_ref()
                         .map(|tls| served_tls(tls, base_dir)),
                     tls,
+                    ad_hoc: false,
                 });
+            }
+        }
+        if listeners.iter().any(|l| l.forward.is_some()) {
+            if let Some(i) = wire.upstream.iter().position(|u| u.name == FORWARD_OTHER) {
+                errors.push(FieldError::new(
+                    root.key("upstream").index(i).key("name"),
+                    format!(
+                        "upstream name {FORWARD_OTHER:?} is taken by forward traffic that no upstream has; choose another name"
+                    ),
+                ));
+            } else {
+                upstreams.push(UpstreamConfig::forward_other());
             }
         }
 
@@ -549,6 +664,15 @@ impl Config {
                     ));
                 }
             }
+            if let Some(l) = listener.filter(|&l| listeners[l].forward.is_some()) {
+                errors.push(FieldError::new(
+                    at.key("listener"),
+                    format!(
+                        "route {i} names listener {:?}, a forward listener: it routes by each request's own host, not by routes",
+                        listeners[l].name
+                    ),
+                ));
+            }
             if let (Some(listener), Some(upstream)) = (listener, upstream) {
                 routes.push(RouteConfig {
                     listener,
@@ -560,7 +684,8 @@ impl Config {
         }
 
         for (i, listener) in listeners.iter().enumerate() {
-            if !wire.route.iter().any(|r| r.listener == listener.name) {
+            if listener.forward.is_none() && !wire.route.iter().any(|r| r.listener == listener.name)
+            {
                 errors.push(FieldError::new(
                     root.key("listener").index(i).key("name"),
                     format!(
@@ -798,6 +923,64 @@ fn validate_proxy(
         mark_faults: section.mark_faults.unwrap_or(true),
         watch_rules: section.watch_rules.unwrap_or(true),
     }
+}
+
+/// A forward listener's settings, and the keys that only it takes.
+fn validate_forward(
+    section: &ListenerSection,
+    listen: Option<SocketAddr>,
+    at: &FieldPath,
+    errors: &mut Vec<FieldError>,
+) -> Option<ForwardSettings> {
+    let name = &section.name;
+    if section.mode != ListenerMode::Forward {
+        for (key, given) in [
+            ("allow_remote", section.allow_remote.is_some()),
+            ("allow_ports", section.allow_ports.is_some()),
+            ("intercept", section.intercept.is_some()),
+        ] {
+            if given {
+                errors.push(FieldError::new(
+                    at.key(key),
+                    format!("listener {name:?}: `{key}` applies to forward listeners (mode = \"forward\")"),
+                ));
+            }
+        }
+        return None;
+    }
+    if let Some(addr) = listen {
+        if !addr.ip().is_loopback() && section.allow_remote != Some(true) {
+            errors.push(FieldError::new(
+                at.key("listen"),
+                format!("forward listener {name:?} on {addr} is not loopback: anyone who reaches it can send traffic through it; set `allow_remote = true` to mean it"),
+            ));
+        }
+    }
+    if section.tls.is_some() {
+        errors.push(FieldError::new(
+            at.key("tls"),
+            format!("listener {name:?}: a forward listener speaks plain HTTP to its clients (TLS to the proxy itself is not supported)"),
+        ));
+    }
+    if section.intercept.is_some() {
+        errors.push(FieldError::new(
+            at.key("intercept"),
+            format!("listener {name:?}: TLS interception is not built yet; without `intercept`, CONNECT opens a byte tunnel (connection faults apply)"),
+        ));
+    }
+    let mut connect_ports = vec![HTTPS_PORT];
+    for (i, &port) in section.allow_ports.iter().flatten().enumerate() {
+        if port == 0 {
+            errors.push(FieldError::new(
+                at.key("allow_ports").index(i),
+                "port 0 cannot be connected to",
+            ));
+        }
+        connect_ports.push(port);
+    }
+    connect_ports.sort_unstable();
+    connect_ports.dedup();
+    Some(ForwardSettings { connect_ports })
 }
 
 fn parse_addr(text: &str, at: &FieldPath, errors: &mut Vec<FieldError>) -> Option<SocketAddr> {
@@ -1065,6 +1248,67 @@ upstream = "a"
         assert!(messages(&text)[0].contains("is not loopback"));
         let text = format!("[admin]\nlisten = \"0.0.0.0:9000\"\ntoken = \"s3cret\"\n{MINIMAL}");
         assert!(parse(&text).is_ok());
+    }
+
+    const FORWARD: &str = "[[listener]]\nname = \"egress\"\nmode = \"forward\"\n";
+
+    #[test]
+    fn a_forward_listener_binds_loopback_and_counts_other_traffic_as_other() {
+        let config = parse(FORWARD).unwrap();
+        let listener = &config.listeners[0];
+        assert_eq!(listener.listen.to_string(), DEFAULT_FORWARD_LISTEN);
+        let forward = listener.forward.as_ref().unwrap();
+        assert_eq!(forward.connect_ports, [HTTPS_PORT]);
+        assert!(!forward.allows_connect_to(25));
+        let other = config.upstreams.last().unwrap();
+        assert!(other.ad_hoc && other.name == FORWARD_OTHER);
+        // A reverse-only config has no such upstream.
+        assert!(parse(MINIMAL).unwrap().upstreams.iter().all(|u| !u.ad_hoc));
+        let ports = parse(&format!("{FORWARD}allow_ports = [8443, 443, 8443]\n")).unwrap();
+        let ports = &ports.listeners[0].forward.as_ref().unwrap().connect_ports;
+        assert_eq!(ports, &[443, 8443]);
+    }
+
+    #[test]
+    fn a_forward_listener_beyond_loopback_must_be_meant() {
+        let remote = format!("{FORWARD}listen = \"0.0.0.0:3128\"\n");
+        let errors = messages(&remote);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with(
+            "listener[0].listen: forward listener \"egress\" on 0.0.0.0:3128 is not loopback"
+        ));
+        assert!(parse(&format!("{remote}allow_remote = true\n")).is_ok());
+    }
+
+    #[test]
+    fn forward_keys_and_names_are_checked() {
+        assert_eq!(
+            messages(&MINIMAL.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nallow_ports = [8443]")),
+            vec!["listener[0].allow_ports: listener \"edge\": `allow_ports` applies to forward listeners (mode = \"forward\")"]
+        );
+        let errors = messages(&format!(
+            "{FORWARD}intercept = [\"*.amazonaws.com\"]\nallow_ports = [0]\n"
+        ));
+        assert!(
+            errors[0].starts_with(
+                "listener[0].intercept: listener \"egress\": TLS interception is not built yet"
+            ),
+            "{errors:?}"
+        );
+        assert_eq!(
+            errors[1],
+            "listener[0].allow_ports[0]: port 0 cannot be connected to"
+        );
+        let taken =
+            format!("{FORWARD}\n[[upstream]]\nname = \"other\"\nurl = \"http://127.0.0.1:1\"\n");
+        assert!(
+            messages(&taken)[0].starts_with("upstream[0].name: upstream name \"other\" is taken")
+        );
+        let routed = format!("{FORWARD}\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n\n[[route]]\nlistener = \"egress\"\nupstream = \"a\"\n");
+        assert!(messages(&routed)[0]
+            .contains("a forward listener: it routes by each request's own host"));
+        let no_listen = MINIMAL.replace("listen = \"127.0.0.1:8080\"\n", "");
+        assert_eq!(messages(&no_listen), vec!["listener[0].name: listener \"edge\" needs `listen` (an address such as \"127.0.0.1:8080\")"]);
     }
 
     #[test]

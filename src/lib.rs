@@ -1,5 +1,5 @@
-//! faultline: a chaos-engineering reverse proxy that injects latency, errors
-//! and unavailability into HTTP traffic according to rule files.
+//! faultline: a chaos-engineering reverse (and forward) proxy that injects
+//! latency, errors and unavailability into HTTP traffic according to rule files.
 //!
 //! # Layout
 //! Each module owns one thing; `use crate::` points down this list's layers
@@ -20,7 +20,7 @@
 //! - [`server`]: the one accept loop every listener uses (plain and TLS), per-connection endings
 //!   (upgraded connections too), and idle plain HTTP/1.1 connections parking (hyper's state given
 //!   back between requests).
-//! - [`proxy`]: do: the request pipeline (front doors, fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections.
+//! - [`proxy`]: do: the request pipeline (front doors, the forward listener's routing by authority among them; fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections and `CONNECT`s.
 //! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
 //! - [`admin`]: the admin listener: the JSON API (README "Runtime control"), `/healthz`, `/metrics`.
 //! - [`client`], [`ctl`]: the admin API from Rust, typed; `faultline ctl`, its command line.

@@ -178,7 +178,7 @@ fn check(config_path: &Path) -> ExitCode {
                 "{}: ok ({} listeners, {} upstreams, {} routes, {} rules, {} scenarios)",
                 config_path.display(),
                 config.listeners.len(),
-                config.upstreams.len(),
+                config.upstreams.iter().filter(|u| !u.ad_hoc).count(),
                 config.routes.len(),
                 app.rules().len(),
                 app.scenarios().len()

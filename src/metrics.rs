@@ -71,6 +71,8 @@ const GRPC_SLOTS: usize = GrpcStatus::COUNT + 1;
 /// Why the proxy could not get an answer from an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorReason {
+    /// Its name did not resolve.
+    Dns,
     Connect,
     /// The TLS handshake failed.
     Tls,
@@ -88,7 +90,8 @@ pub enum ClientErrorReason {
     Aborted,
     /// The request body stalled past `upstream_timeout`.
     Timeout,
-    /// A `CONNECT` sent to a reverse proxy, which opens no tunnels.
+    /// A `CONNECT` that is not served: sent to a reverse proxy, which
+    /// opens no tunnels, or to a port a forward listener does not allow.
     Connect,
 }
 
@@ -309,6 +312,7 @@ impl Metrics {
             upstream_duration: self
                 .upstream_duration
                 .with_label_values(&[upstream.name.as_str()]),
+            dns_errors: errors("dns"),
             connect_errors: errors("connect"),
             tls_errors: errors("tls"),
             timeout_errors: errors("timeout"),
@@ -405,6 +409,7 @@ pub struct UpstreamMetrics {
     unanswered: Box<[OnceLock<IntCounter>]>,
     request_duration: Histogram,
     upstream_duration: Histogram,
+    dns_errors: IntCounter,
     connect_errors: IntCounter,
     tls_errors: IntCounter,
     timeout_errors: IntCounter,
@@ -493,6 +498,7 @@ impl UpstreamMetrics {
 
     pub fn record_upstream_error(&self, reason: UpstreamErrorReason) {
         match reason {
+            UpstreamErrorReason::Dns => self.dns_errors.inc(),
             UpstreamErrorReason::Connect => self.connect_errors.inc(),
             UpstreamErrorReason::Tls => self.tls_errors.inc(),
             UpstreamErrorReason::Timeout => self.timeout_errors.inc(),
@@ -540,6 +546,7 @@ mod tests {
             labels: [("region".to_owned(), "us-east-1".to_owned())].into(),
             listen: None,
             listen_tls: None,
+            ad_hoc: false,
             tls: None,
         }
     }

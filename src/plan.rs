@@ -50,7 +50,13 @@ pub enum Action {
     Forward,
     Respond(Arc<SyntheticResponse>),
     Abort(AbortMode),
-    Blackhole { max_hold: Duration },
+    /// `unavailable` with `mode = "refuse"`: the connection is refused. A
+    /// request on a shared connection is reset (as `abort` `reset`); a
+    /// `CONNECT` is answered as a refused dial is (`502`).
+    Refuse,
+    Blackhole {
+        max_hold: Duration,
+    },
 }
 
 /// Decides for one request; `None` when no rule injects anything (the fast path).
@@ -105,7 +111,7 @@ pub fn decide(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Op
             }
             Fault::Respond(response) => Action::Respond(Arc::clone(response)),
             Fault::Abort(mode) => Action::Abort(*mode),
-            Fault::Refuse => Action::Abort(AbortMode::Reset),
+            Fault::Refuse => Action::Refuse,
             Fault::Blackhole { max_hold } => Action::Blackhole {
                 max_hold: *max_hold,
             },
@@ -299,6 +305,16 @@ mode = "reset"
         let plan = plan_get(&rules, 1).unwrap();
         assert_eq!(plan.delay, Duration::from_millis(50));
         assert!(matches!(plan.action, Action::Abort(AbortMode::Reset)));
+    }
+
+    #[test]
+    fn refuse_is_decided_as_such_for_the_door_to_carry_out() {
+        let rules = rule_set(
+            "[[rule]]\nname = \"down\"\n[rule.fault]\nkind = \"unavailable\"\nmode = \"refuse\"\n",
+            1,
+        );
+        let plan = plan_get(&rules, 0).unwrap();
+        assert!(matches!(plan.action, Action::Refuse));
     }
 
     #[test]

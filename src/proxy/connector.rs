@@ -14,12 +14,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::uri::Scheme;
+use http::uri::{Authority, Scheme};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::body::RequestBody;
+use super::dial::{self, AdHocClient, Resolver};
 use super::h2::{Http2Client, Sent};
 use super::pool::{UpstreamClient, UpstreamError};
 use crate::config::{Protocol, ProxyConfig, UpstreamConfig};
@@ -38,6 +41,9 @@ enum Connector {
     FollowClient,
     /// `auto` over `https://`: HTTP/2 unless ALPN chose HTTP/1.1.
     Alpn,
+    /// Forward traffic that no configured upstream has: HTTP/1.1 to the
+    /// authority of each request's absolute-form URI.
+    AdHoc,
 }
 
 /// Every upstream's connector, by upstream index.
@@ -45,6 +51,9 @@ pub(super) struct Connectors {
     by_upstream: Vec<Connector>,
     http1: UpstreamClient,
     http2: Http2Client,
+    ad_hoc: AdHocClient,
+    /// Dials a `CONNECT`'s target.
+    tcp: HttpConnector<Resolver>,
 }
 
 impl Connectors {
@@ -59,6 +68,7 @@ impl Connectors {
             .iter()
             .map(
                 |upstream| match (upstream.protocol, upstream.scheme == Scheme::HTTPS) {
+                    _ if upstream.ad_hoc => Connector::AdHoc,
                     (Protocol::Http1, _) => Connector::Http1,
                     (Protocol::H2 | Protocol::H2c, _) => Connector::Http2,
                     (Protocol::Auto, false) => Connector::FollowClient,
@@ -86,11 +96,19 @@ impl Connectors {
             by_upstream,
             http1: UpstreamClient::new(upstreams, tls, settings),
             http2: Http2Client::new(upstreams, &h2_tls, settings),
+            ad_hoc: AdHocClient::new(settings),
+            tcp: dial::connector(settings),
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) to upstream `index`;
-    /// gives the response and the time it came. `client` is the HTTP
+    /// A TCP connection to `authority` (port explicit), for a `CONNECT`'s tunnel.
+    pub(super) async fn tcp(&self, authority: &Authority) -> Result<TcpStream, UpstreamError> {
+        dial::tcp(&self.tcp, authority).await
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set; absolute form for an
+    /// ad-hoc upstream, which has no address of its own) to upstream
+    /// `index`; gives the response and the time it came. `client` is the HTTP
     /// version the client spoke; `now` is the time the caller already read.
     ///
     /// Not an `async fn`: HTTP/1.1 hands back the pool's own future, so the
@@ -107,11 +125,12 @@ impl Connectors {
             Connector::FollowClient => client == Version::HTTP_2,
             Connector::Http2 => true,
             Connector::Alpn => !self.http2.chose_http1(index),
+            Connector::AdHoc => return Either::Right(Either::Left(self.ad_hoc.send(request))),
         };
         if !http2 {
             return Either::Left(self.http1.send(index, request, now));
         }
-        Either::Right(async move {
+        Either::Right(Either::Right(async move {
             match self.http2.send(index, request).await? {
                 Sent::Answered(response, at) => Ok((response, at)),
                 // The first connection taught that the upstream speaks
@@ -120,6 +139,6 @@ impl Connectors {
                 // future (which hyper moves about) as large as both.
                 Sent::Http1(request) => Box::pin(self.http1.send(index, request, now)).await,
             }
-        })
+        }))
     }
 }

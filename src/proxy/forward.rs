@@ -33,8 +33,21 @@ pub(super) struct Outgoing<B> {
 /// A request that breaks RFC 9112 §3.2 (an HTTP/1.1 request without a
 /// `Host`, or any request with two) is refused with the reason: checked
 /// here, in the one lookup of `Host` the rewriting makes anyway.
+#[cfg(test)]
 pub(super) fn upstream_request<B>(
     upstream: &UpstreamConfig,
+    client_ip: &HeaderValue,
+    request: Request<B>,
+) -> Result<Outgoing<B>, &'static str> {
+    upstream_request_with_host(upstream, &upstream.host_header, client_ip, request)
+}
+
+/// [`upstream_request`], with the `Host` sent unless the upstream
+/// preserves the client's: the upstream's own, or for forward traffic no
+/// upstream has, the request target's authority.
+pub(super) fn upstream_request_with_host<B>(
+    upstream: &UpstreamConfig,
+    host_header: &HeaderValue,
     client_ip: &HeaderValue,
     request: Request<B>,
 ) -> Result<Outgoing<B>, &'static str> {
@@ -69,7 +82,7 @@ pub(super) fn upstream_request<B>(
             first
         }
         Entry::Occupied(mut host) => {
-            let mut sent = host.insert_mult(upstream.host_header.clone());
+            let mut sent = host.insert_mult(host_header.clone());
             let first = sent.next();
             if sent.next().is_some() {
                 return Err("more than one Host header");
@@ -90,7 +103,7 @@ pub(super) fn upstream_request<B>(
                 // `:authority` covers.
                 Some(authority) if preserve => host.insert(authority.clone()),
                 // HTTP/1.0 without a host names none: the upstream's it is.
-                _ => host.insert(upstream.host_header.clone()),
+                _ => host.insert(host_header.clone()),
             };
             authority
         }
@@ -497,6 +510,7 @@ mod tests {
             labels: Default::default(),
             listen: None,
             listen_tls: None,
+            ad_hoc: false,
             tls: None,
         }
     }

@@ -61,7 +61,7 @@ const SETTINGS_FRAME: u8 = 0x04;
 pub(super) struct Http2Client {
     /// By upstream index; `None` for upstreams that never speak HTTP/2.
     upstreams: Box<[Option<Http2Upstream>]>,
-    connector: HttpConnector,
+    connector: HttpConnector<super::dial::Resolver>,
     builder: http2::Builder<TokioExecutor>,
     connect_timeout: Duration,
     max_connections: usize,
@@ -102,10 +102,7 @@ impl Http2Client {
         tls: &[Option<UpstreamTls>],
         settings: &ProxyConfig,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(false);
+        let connector = super::dial::connector(settings);
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())

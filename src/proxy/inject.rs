@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tracing::debug;
 
@@ -136,8 +136,20 @@ impl Proxy {
                 response.extensions_mut().insert(ByFault);
                 Ok(BeforeUpstream::Answer(response))
             }
-            Action::Abort(_) if multiplexed => Err(StreamAborted.into()),
-            &Action::Abort(mode) => {
+            Action::Refuse if request.method() == Method::CONNECT => {
+                // The tunnel's dial is what is refused: answered as a
+                // refused dial is, but marked as the fault's.
+                let mut response = synthetic::refused_connect();
+                response.extensions_mut().insert(ByFault);
+                Ok(BeforeUpstream::Answer(response))
+            }
+            Action::Abort(_) | Action::Refuse if multiplexed => Err(StreamAborted.into()),
+            Action::Abort(_) | Action::Refuse => {
+                let mode = match action {
+                    Action::Abort(mode) => *mode,
+                    // A refused connection, on a connection already made.
+                    _ => AbortMode::Reset,
+                };
                 if mode != AbortMode::Reset {
                     let (limit, time) = match mode {
                         AbortMode::Close => (CLOSE_DRAIN_LIMIT, CLOSE_DRAIN_TIME),

@@ -8,13 +8,17 @@
 //! response with [`synthetic::rescue`], the one place that does.
 //!
 //! Two seams keep new protocols out of the pipeline: a front door is an
-//! [`Entry`] and its routing (a plain listener or an upstream's dedicated
-//! port today); an upstream is reached through its connector
-//! ([`connector`]). An upgrade goes through the same pipeline as any
-//! request; after its `101`, [`tunnel`] copies the bytes.
+//! [`Entry`] and its routing (a plain listener, an upstream's dedicated
+//! port, a forward listener routed by authority in [`egress`]); an
+//! upstream is reached through its connector ([`connector`], [`dial`]). An
+//! upgrade goes through the same pipeline as any request, and so does a
+//! forward listener's `CONNECT`; after the `101` (or the `CONNECT`'s
+//! `200`), [`tunnel`] copies the bytes.
 
 mod body;
 mod connector;
+mod dial;
+mod egress;
 mod forward;
 mod h2;
 mod inject;
@@ -51,13 +55,16 @@ use tunnel::TunnelFaults;
 /// A timeout that never fires, and the longest one kept.
 const NO_TIMEOUT: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
 
-/// Where a connection came in: a shared listener with routes, or an
-/// upstream's dedicated port. A new front door (TLS, a forward proxy) is a
-/// new way in here and a new arm in [`Proxy::route`].
+/// Where a connection came in: a shared listener with routes, an
+/// upstream's dedicated port, or a forward listener (routed by each
+/// request's own authority, [`egress`]). A new front door is a new way in
+/// here and a new arm in [`Proxy::route`].
 #[derive(Debug, Clone, Copy)]
 pub enum Entry {
     Listener(usize),
     Upstream(usize),
+    /// A forward listener, by listener index.
+    Forward(usize),
 }
 
 /// The state every request shares: upstreams, routes, the published rule
@@ -66,6 +73,8 @@ pub struct Proxy {
     upstreams: Vec<UpstreamConfig>,
     /// Per listener index, its routes.
     routes: Vec<ListenerRoutes>,
+    /// The forward listeners' settings, and upstreams by authority.
+    forward_routes: egress::ForwardRoutes,
     published: Arc<Published>,
     connectors: Connectors,
     upstream_timeout: Duration,
@@ -139,6 +148,7 @@ impl Proxy {
             metrics,
             upstreams: config.upstreams.clone(),
             routes,
+            forward_routes: egress::ForwardRoutes::new(config),
             published,
             connectors: Connectors::new(&config.upstreams, upstream_tls, &config.proxy),
             // Capped so a deadline can always be added to an instant:
@@ -209,13 +219,13 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, StreamAborted> {
         let start = Instant::now();
         let inflight = match conn.entry {
-            Entry::Listener(i) => &self.listener_inflight[i],
+            Entry::Listener(i) | Entry::Forward(i) => &self.listener_inflight[i],
             Entry::Upstream(i) => &self.dedicated_inflight[i],
         };
         let _inflight = Inflight::enter(inflight);
-        if request.method() == Method::CONNECT {
+        if request.method() == Method::CONNECT && !matches!(conn.entry, Entry::Forward(_)) {
             // A reverse proxy has no tunnel to offer: the client's mistake,
-            // never forwarded. (A forward proxy's front door will serve it.)
+            // never forwarded. (A forward listener serves it.)
             let error = ProxyError::ConnectNotSupported;
             self.record_client_error(&error);
             return Ok(synthetic::rescue(&error, false));
@@ -223,8 +233,12 @@ impl Proxy {
         // Read once here, for the answer to an error and the gRPC metric;
         // an HTTP/1.1 request is ruled out by its version alone.
         let grpc = grpc::is_call(request.version(), request.headers());
-        let Some(upstream) = self.route(conn.entry, &request) else {
-            return Ok(synthetic::rescue(&ProxyError::NoRoute, grpc));
+        let upstream = match self.route(conn.entry, &request) {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                self.record_client_error(&error);
+                return Ok(synthetic::rescue(&error, grpc));
+            }
         };
         let method = request.method().clone();
         let metrics = &self.upstream_metrics[upstream];
@@ -317,12 +331,13 @@ impl Proxy {
         }
     }
 
-    /// The upstream for a request: the dedicated one, or the first matching route.
-    fn route(&self, entry: Entry, request: &Request<Incoming>) -> Option<usize> {
+    /// The upstream for a request: the dedicated one, the first matching
+    /// route, or (on a forward listener) the one its authority names.
+    fn route(&self, entry: Entry, request: &Request<Incoming>) -> Result<usize, ProxyError> {
         match entry {
-            Entry::Upstream(upstream) => Some(upstream),
+            Entry::Upstream(upstream) => Ok(upstream),
             Entry::Listener(listener) => {
-                let listener = self.routes.get(listener)?;
+                let listener = self.routes.get(listener).ok_or(ProxyError::NoRoute)?;
                 // Finding the host is a header lookup: only if a route asks.
                 let host = listener.by_host.then(|| request_host(request)).flatten();
                 let path = request.uri().path();
@@ -331,7 +346,12 @@ impl Proxy {
                     .iter()
                     .find(|route| route.matches(host, path))
                     .map(|route| route.upstream)
+                    .ok_or(ProxyError::NoRoute)
             }
+            Entry::Forward(listener) => self
+                .forward_routes
+                .route(listener, request.method(), request.uri())
+                .map(|target| target.upstream),
         }
     }
 
@@ -351,15 +371,33 @@ impl Proxy {
         faults: Option<TunnelFaults<'_>>,
     ) -> Result<(Response<ResponseBody>, Instant), ProxyError> {
         let target = &self.upstreams[upstream];
+        if request.method() == Method::CONNECT {
+            return self.open_tunnel(upstream, conn, request, faults).await;
+        }
         // A timeout while waiting on the client for its body is the client's stall.
         let waiting_on_client = request.body_mut().watch_client();
         let client_version = request.version();
-        let forward::Outgoing { request, upgrade } =
-            forward::upstream_request(target, &conn.client_ip, request).map_err(|reason| {
-                ProxyError::ClientProtocol {
-                    reason: reason.to_owned(),
-                }
-            })?;
+        // Forward traffic no upstream has goes where its URI says, with
+        // that authority as its `Host` (RFC 9112 §3.2.2).
+        let ad_hoc = match target.ad_hoc {
+            true => Some(ad_hoc_target(request.uri())?),
+            false => None,
+        };
+        let host = ad_hoc
+            .as_ref()
+            .map_or(&target.host_header, |(_, host)| host);
+        let forward::Outgoing {
+            mut request,
+            upgrade,
+        } = forward::upstream_request_with_host(target, host, &conn.client_ip, request).map_err(
+            |reason| ProxyError::ClientProtocol {
+                reason: reason.to_owned(),
+            },
+        )?;
+        if let Some((authority, _)) = ad_hoc {
+            // Absolute form again: the ad-hoc client dials its authority.
+            *request.uri_mut() = absolute_http(authority, request.uri())?;
+        }
         let deadline = tokio::time::Instant::from_std(sent + self.upstream_timeout);
         let sending = self
             .connectors
@@ -392,6 +430,49 @@ impl Proxy {
                 upstream: target.name.clone(),
             }),
         }
+    }
+
+    /// A forward listener's `CONNECT`: dials its target, and once that
+    /// answers, gives the `200` and copies both ways after it
+    /// ([`tunnel::spawn_connected`], shaped by `faults`).
+    async fn open_tunnel(
+        &self,
+        upstream: usize,
+        conn: &Arc<Connection>,
+        mut request: Request<RequestBody>,
+        faults: Option<TunnelFaults<'_>>,
+    ) -> Result<(Response<ResponseBody>, Instant), ProxyError> {
+        let target = &self.upstreams[upstream];
+        let authority = match conn.entry {
+            Entry::Forward(listener) => self
+                .forward_routes
+                .route(listener, request.method(), request.uri())?
+                .tunnel
+                .ok_or(ProxyError::NoRoute)?,
+            Entry::Listener(_) | Entry::Upstream(_) => return Err(ProxyError::ConnectNotSupported),
+        };
+        let Some(client) = request
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>()
+        else {
+            // hyper leaves the hand-over in every CONNECT it serves.
+            return Err(ProxyError::ClientProtocol {
+                reason: "this CONNECT cannot be tunnelled".to_owned(),
+            });
+        };
+        let sent = Instant::now();
+        let stream = self
+            .connectors
+            .tcp(&authority)
+            .await
+            .map_err(|e| ProxyError::from_upstream(&target.name, e))?;
+        let answered = Instant::now();
+        self.upstream_metrics[upstream].record_upstream(answered.saturating_duration_since(sent));
+        tunnel::spawn_connected(client, stream, Arc::clone(conn), faults);
+        Ok((
+            Response::new(ResponseBody::full(bytes::Bytes::new())),
+            answered,
+        ))
     }
 
     /// [`Self::forward`] for a request sent now, after a fault held it.
@@ -451,6 +532,33 @@ struct Connection {
     entry: Entry,
     client_ip: HeaderValue,
     info: ConnInfo,
+}
+
+/// Where an ad-hoc forward request goes: its URI's authority (the front
+/// door checked it is `http://` with a host), and that as a `Host` value.
+fn ad_hoc_target(uri: &http::Uri) -> Result<(http::uri::Authority, HeaderValue), ProxyError> {
+    let authority = uri.authority().cloned().ok_or(ProxyError::NoRoute)?;
+    let host =
+        HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::ClientProtocol {
+            reason: "the request's URI has an invalid host".to_owned(),
+        })?;
+    Ok((authority, host))
+}
+
+/// `http://authority` and the path of `origin` (origin form).
+fn absolute_http(
+    authority: http::uri::Authority,
+    origin: &http::Uri,
+) -> Result<http::Uri, ProxyError> {
+    let path = origin.path_and_query().map_or("/", |p| p.as_str());
+    http::Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::ClientProtocol {
+            reason: format!("the request's URI cannot be forwarded: {e}"),
+        })
 }
 
 /// The request's host name, port removed: `Host`, else the URI authority (HTTP/2).

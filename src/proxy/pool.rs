@@ -1,7 +1,7 @@
 //! The upstream client: one pool of idle HTTP/1.1 connections per upstream.
 //!
-//! Connections are dialled by hyper-util's [`HttpConnector`] (DNS, connect
-//! timeout, `TCP_NODELAY`) and spoken to with hyper's own
+//! Connections are dialled by hyper-util's [`HttpConnector`] (DNS through
+//! [`super::dial::Resolver`], connect timeout, `TCP_NODELAY`) and spoken to with hyper's own
 //! `client::conn::http1`, each driven by a task of its own. Idle
 //! connections wait in a lock-free queue per upstream, indexed by the
 //! upstream's position in the config, so a request finds its pool without
@@ -37,6 +37,7 @@ use tower_service::Service;
 use tracing::debug;
 
 use super::body::RequestBody;
+use super::dial::Resolver;
 use crate::config::{ProxyConfig, UpstreamConfig};
 use crate::socket::SendStream;
 use crate::tls::UpstreamTls;
@@ -60,11 +61,15 @@ pub enum UpstreamError {
     /// The connection broke, or the upstream's answer was not HTTP.
     #[error(transparent)]
     Exchange(hyper::Error),
+    /// The exchange of forward traffic no configured upstream has failed
+    /// after connecting (hyper-util's client, which wraps hyper's error).
+    #[error(transparent)]
+    Forwarded(BoxError),
 }
 
 /// The one client every request to every upstream goes through.
 pub(super) struct UpstreamClient {
-    connector: HttpConnector,
+    connector: HttpConnector<Resolver>,
     /// Bounds the TLS handshake too, as it bounds the TCP connect.
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -95,11 +100,8 @@ impl UpstreamClient {
         tls: &[Option<UpstreamTls>],
         settings: &ProxyConfig,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
         // It dials https:// targets too: the TLS is ours, over its TCP.
-        connector.enforce_http(false);
+        let connector = super::dial::connector(settings);
         let pools = upstreams
             .iter()
             .enumerate()

@@ -9,6 +9,7 @@ use http::header::{HeaderName, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use super::body::{ClientBodyError, ResponseBody};
+use super::dial::DnsFailure;
 use super::pool::UpstreamError;
 use crate::fault::preset::{self, X_AMZN_REQUEST_ID, X_AMZ_ID_2, X_AMZ_REQUEST_ID};
 use crate::fault::{RequestIdStyle, SyntheticResponse};
@@ -25,6 +26,13 @@ pub static X_FAULTLINE_ERROR: HeaderName = HeaderName::from_static("x-faultline-
 pub enum ProxyError {
     #[error("no route for this request")]
     NoRoute,
+    /// The upstream's name did not resolve.
+    #[error("the name of upstream {upstream} does not resolve")]
+    UpstreamDns {
+        upstream: String,
+        #[source]
+        source: UpstreamError,
+    },
     #[error("cannot connect to upstream {upstream}")]
     UpstreamConnect {
         upstream: String,
@@ -62,6 +70,10 @@ pub enum ProxyError {
     /// its upstreams, it opens no tunnels to where a client asks.
     #[error("CONNECT is not served here: this listener is a reverse proxy")]
     ConnectNotSupported,
+    /// A forward listener's `CONNECT` to a port it does not allow: a
+    /// forward proxy is not an open tunnel.
+    #[error("CONNECT to port {port} is not allowed: 443 and the listener's allow_ports are")]
+    ConnectPortDenied { port: u16 },
 }
 
 /// Whose failure a [`ProxyError`] is, for the metrics.
@@ -94,6 +106,11 @@ impl ProxyError {
                 upstream,
                 source: error,
             }
+        } else if is_dns_failure(&error) {
+            ProxyError::UpstreamDns {
+                upstream,
+                source: error,
+            }
         } else if matches!(error, UpstreamError::Connect(_)) {
             ProxyError::UpstreamConnect {
                 upstream,
@@ -113,6 +130,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no_route",
+            ProxyError::UpstreamDns { .. } => "upstream_dns",
             ProxyError::UpstreamConnect { .. } => "upstream_connect",
             ProxyError::UpstreamTls { .. } => "upstream_tls",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -120,6 +138,7 @@ impl ProxyError {
             ProxyError::ClientProtocol { .. } | ProxyError::ClientAborted => "client_protocol",
             ProxyError::ClientTimeout => "client_timeout",
             ProxyError::ConnectNotSupported => "connect_not_supported",
+            ProxyError::ConnectPortDenied { .. } => "connect_port_denied",
         }
     }
 
@@ -129,20 +148,24 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => Blame::Config,
             ProxyError::UpstreamTimeout { .. } => Blame::Upstream(UpstreamErrorReason::Timeout),
+            ProxyError::UpstreamDns { .. } => Blame::Upstream(UpstreamErrorReason::Dns),
             ProxyError::UpstreamConnect { .. } => Blame::Upstream(UpstreamErrorReason::Connect),
             ProxyError::UpstreamTls { .. } => Blame::Upstream(UpstreamErrorReason::Tls),
             ProxyError::UpstreamProtocol { .. } => Blame::Upstream(UpstreamErrorReason::Protocol),
             ProxyError::ClientProtocol { .. } => Blame::Client(ClientErrorReason::Protocol),
             ProxyError::ClientAborted => Blame::Client(ClientErrorReason::Aborted),
             ProxyError::ClientTimeout => Blame::Client(ClientErrorReason::Timeout),
-            ProxyError::ConnectNotSupported => Blame::Client(ClientErrorReason::Connect),
+            ProxyError::ConnectNotSupported | ProxyError::ConnectPortDenied { .. } => {
+                Blame::Client(ClientErrorReason::Connect)
+            }
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::UpstreamConnect { .. }
+            ProxyError::UpstreamDns { .. }
+            | ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamTls { .. }
             | ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -151,6 +174,7 @@ impl ProxyError {
             }
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ConnectPortDenied { .. } => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -166,6 +190,19 @@ fn client_body_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a Clie
         current = e.source();
     }
     None
+}
+
+/// Whether the upstream's name failed to resolve: the resolver's
+/// [`DnsFailure`] somewhere in the error's chain.
+fn is_dns_failure(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<DnsFailure>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// Whether a connect timeout is somewhere in the error's chain.
@@ -190,7 +227,8 @@ impl ProxyError {
         match self {
             // The upstream could not be reached, or broke the exchange: the
             // transient failure UNAVAILABLE stands for, which clients retry.
-            ProxyError::UpstreamConnect { .. }
+            ProxyError::UpstreamDns { .. }
+            | ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamTls { .. }
             | ProxyError::UpstreamProtocol { .. } => GrpcStatus::UNAVAILABLE,
             ProxyError::UpstreamTimeout { .. } => GrpcStatus::DEADLINE_EXCEEDED,
@@ -202,6 +240,7 @@ impl ProxyError {
             // A CONNECT is never a gRPC call; should one claim to be, this
             // listener does not serve it.
             ProxyError::ConnectNotSupported => GrpcStatus::UNIMPLEMENTED,
+            ProxyError::ConnectPortDenied { .. } => GrpcStatus::PERMISSION_DENIED,
             // Not valid HTTP/2 (one `Host`), or a body that broke: the
             // protocol error INTERNAL stands for (clients read 400 so).
             ProxyError::ClientProtocol { .. } => GrpcStatus::INTERNAL,
@@ -237,6 +276,17 @@ pub fn rescue(error: &ProxyError, grpc: bool) -> Response<ResponseBody> {
         HeaderValue::from_static(error.code()),
     );
     response
+}
+
+/// What an injected `unavailable` `refuse` answers a `CONNECT`: the `502`
+/// a refused dial gets, without `x-faultline-error` (the fault's marks go
+/// on it instead).
+pub(super) fn refused_connect() -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": "upstream_connect",
+        "message": "the tunnel's target refused the connection (an injected fault)",
+    });
+    json_response(StatusCode::BAD_GATEWAY, body.to_string())
 }
 
 /// The error and its sources on one line.

@@ -1,6 +1,7 @@
-//! Upgraded connections (WebSocket, any `Connection: upgrade`): once the
-//! upstream's `101` has gone back, the bytes of both sides are copied both
-//! ways until they close, through hyper's upgrade API.
+//! Upgraded connections (WebSocket, any `Connection: upgrade`) and a
+//! forward listener's `CONNECT` tunnels: once the upstream's `101` (or the
+//! `CONNECT`'s `200`) has gone back, the bytes of both sides are copied
+//! both ways until they close, through hyper's upgrade API.
 //!
 //! A tunnel owns what happens to those bytes: the upstream's carry the
 //! plan's `bandwidth` (paced) and `truncate` (cut, the client's connection
@@ -9,7 +10,7 @@
 //! for it, and ends when the connection's control does (the grace period's
 //! end, a dedicated port's reset).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -72,29 +74,38 @@ pub(super) fn spawn(
     faults: Option<TunnelFaults<'_>>,
 ) {
     let shaped = faults.and_then(Shaped::new);
+    let upstream = async move { upstream.await.map(TokioIo::new).map_err(io::Error::other) };
     tokio::spawn(run(client, upstream, conn, shaped));
 }
 
-async fn run(
+/// [`spawn`], for a forward listener's `CONNECT`: the upstream side is a
+/// connection already made to the target; copying starts once hyper has
+/// written the `200` and handed the client's side over.
+pub(super) fn spawn_connected(
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: TcpStream,
     conn: Arc<Connection>,
-    shaped: Option<Shaped>,
+    faults: Option<TunnelFaults<'_>>,
 ) {
+    let shaped = faults.and_then(Shaped::new);
+    let upstream = std::future::ready(Ok::<_, io::Error>(upstream));
+    tokio::spawn(run(client, upstream, conn, shaped));
+}
+
+async fn run<F, U>(client: OnUpgrade, upstream: F, conn: Arc<Connection>, shaped: Option<Shaped>)
+where
+    F: Future<Output = io::Result<U>>,
+    U: AsyncRead + AsyncWrite,
+{
     let control = &conn.info.control;
     let peer = conn.info.peer;
     let ended = poll_fn(|cx| control.poll_ended(cx));
     let copied = async {
-        // A client that left before its `101` was written, or an upstream
-        // connection that broke, fails here.
-        let (client, upstream) = tokio::try_join!(client, upstream).map_err(io::Error::other)?;
-        copy_both_ways(
-            TokioIo::new(client),
-            TokioIo::new(upstream),
-            shaped.as_ref(),
-            control,
-        )
-        .await
+        // A client that left before its `101` (or `200`) was written, or
+        // an upstream connection that broke, fails here.
+        let client = async move { client.await.map_err(io::Error::other) };
+        let (client, upstream) = tokio::try_join!(client, upstream)?;
+        copy_both_ways(TokioIo::new(client), upstream, shaped.as_ref(), control).await
     };
     tokio::select! {
         biased;
