@@ -41,7 +41,7 @@ use atomic_waker::AtomicWaker;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -307,7 +307,7 @@ async fn accept_loop<M, S, B>(
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     let header_timeout = limits.header_timeout;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(BoxingExecutor);
     // hyper's header read timeout needs a timer. It runs from when hyper
     // starts reading a head: after the first bytes for the first request,
     // after the previous response for the next ones.
@@ -413,7 +413,7 @@ async fn accept_loop<M, S, B>(
 /// Upgrades are enabled: after a `101`, hyper hands the socket over
 /// (`hyper::upgrade::on`) and its connection, and this, ends.
 async fn drive<I, S, B>(
-    connection: auto::UpgradeableConnection<'_, TokioIo<I>, Greeting<S>, TokioExecutor>,
+    connection: auto::UpgradeableConnection<'_, TokioIo<I>, Greeting<S>, BoxingExecutor>,
     control: &ConnControl,
     first_head: Pin<&mut Sleep>,
     peer: SocketAddr,
@@ -636,6 +636,27 @@ impl AcceptFailures {
             0 => None,
             failed => Some(failed),
         }
+    }
+}
+
+/// The executor of the tasks hyper spawns for HTTP/2: one per stream on
+/// the client side (the request's whole pipeline) and one or two per
+/// request on an upstream connection (waiting for the response, sending
+/// the body). Each is boxed before tokio takes it: tokio moves a task's
+/// future by value through several calls and again when it stores the
+/// output, and these futures are kilobytes (hyper's upstream task enum is
+/// as large as the connection it may also hold), so a box moved as a
+/// pointer costs less than the copies (`scripts/grpcbench.sh`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(Box::pin(future));
     }
 }
 

@@ -29,7 +29,7 @@ use http::{header, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tower_service::Service;
@@ -38,6 +38,7 @@ use tracing::debug;
 use super::body::RequestBody;
 use super::pool::UpstreamError;
 use crate::config::{Protocol, ProxyConfig, UpstreamConfig};
+use crate::server::BoxingExecutor;
 use crate::socket::SendStream;
 use crate::tls::UpstreamTls;
 
@@ -62,7 +63,7 @@ pub(super) struct Http2Client {
     /// By upstream index; `None` for upstreams that never speak HTTP/2.
     upstreams: Box<[Option<Http2Upstream>]>,
     connector: HttpConnector,
-    builder: http2::Builder<TokioExecutor>,
+    builder: http2::Builder<BoxingExecutor>,
     connect_timeout: Duration,
     max_connections: usize,
 }
@@ -106,7 +107,7 @@ impl Http2Client {
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(false);
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let mut builder = http2::Builder::new(BoxingExecutor);
         builder
             .timer(TokioTimer::new())
             .keep_alive_interval(PING_INTERVAL)
