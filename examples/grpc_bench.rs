@@ -141,7 +141,9 @@ async fn run(args: Args) -> Result<(), String> {
     let mut errors = 0u64;
     let mut first_error = None;
     for caller in callers {
-        let done = caller.await.map_err(|e| format!("a caller panicked: {e}"))?;
+        let done = caller
+            .await
+            .map_err(|e| format!("a caller panicked: {e}"))?;
         latencies.extend_from_slice(&done.latencies);
         errors += done.errors;
         if first_error.is_none() {
@@ -185,7 +187,8 @@ async fn caller(
         match call(&mut grpc, &message).await {
             Ok(_) => {
                 let micros = began.elapsed().as_micros();
-                done.latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                done.latencies
+                    .push(u32::try_from(micros).unwrap_or(u32::MAX));
             }
             Err(status) => {
                 done.errors += 1;
