@@ -47,6 +47,10 @@ use crate::tls::UpstreamTls;
 pub(super) const PING_INTERVAL: Duration = Duration::from_secs(20);
 pub(super) const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many times a request hyper hands back unsent (its connection was
+/// closing) is tried on another connection.
+const UNSENT_RETRIES: u32 = 2;
+
 /// What the first connection taught about an `auto` upstream.
 const LEARNED_NOTHING: u8 = 0;
 const LEARNED_H2: u8 = 1;
@@ -172,17 +176,45 @@ impl Http2Client {
         let Some(upstream) = &self.upstreams[index] else {
             return Ok(Sent::Http1(request));
         };
-        let mut sender = match upstream.pick(self.max_connections) {
-            Some(sender) => sender,
-            None => match self.connect(upstream).await? {
-                Some(sender) => sender,
-                None => return Ok(Sent::Http1(request)),
-            },
+        let Some(mut sender) = self.sender(upstream).await? else {
+            return Ok(Sent::Http1(request));
         };
-        let request = to_http2(request, upstream);
-        match sender.send_request(request).await {
-            Ok(response) => Ok(Sent::Answered(response, Instant::now())),
-            Err(e) => Err(UpstreamError::Exchange(e)),
+        let mut request = to_http2(request, upstream);
+        let mut retries = 0;
+        loop {
+            let mut failed = match sender.try_send_request(request).await {
+                Ok(response) => return Ok(Sent::Answered(response, Instant::now())),
+                Err(failed) => failed,
+            };
+            // hyper hands the request back when it never left: the
+            // connection was found closing (its upstream's GOAWAY is only
+            // noticed by the next request) and is closed now. Another
+            // connection takes it.
+            let unsent = failed.take_message().filter(|_| retries < UNSENT_RETRIES);
+            let Some(unsent) = unsent else {
+                return Err(UpstreamError::Exchange(failed.into_error()));
+            };
+            debug!(upstream = %upstream.authority, "the connection was closing; the request goes to another");
+            retries += 1;
+            request = unsent;
+            sender = match self.sender(upstream).await? {
+                Some(sender) => sender,
+                // Only a first connection learns HTTP/1.1; this upstream
+                // spoke HTTP/2 already.
+                None => return Err(UpstreamError::Exchange(failed.into_error())),
+            };
+        }
+    }
+
+    /// A live connection to `upstream`, opened if need be; `None`: the
+    /// upstream chose HTTP/1.1 in ALPN.
+    async fn sender(
+        &self,
+        upstream: &Http2Upstream,
+    ) -> Result<Option<SendRequest<RequestBody>>, UpstreamError> {
+        match upstream.pick(self.max_connections) {
+            Some(sender) => Ok(Some(sender)),
+            None => self.connect(upstream).await,
         }
     }
 
