@@ -11,6 +11,12 @@
 //! for one to finish. Keep-alive pings ([`PING_INTERVAL`]) notice a dead
 //! upstream between requests.
 //!
+//! An upstream's GOAWAY is not seen by `SendRequest::is_closed` until a
+//! request reaches the connection (h2 records it as the connection's error
+//! and wakes no sender); hyper then ends the connection's dispatch task and
+//! hands that request back unsent, and [`Http2Client::send`] gives it to
+//! another connection. Streams in flight on the old one finish.
+//!
 //! `protocol = "auto"` over `https://` offers h2 and HTTP/1.1 in ALPN on
 //! the first connection; over `http://` (for a client that spoke HTTP/2)
 //! the first connection is a probe: the h2c preface, and a look at the
