@@ -22,8 +22,12 @@
 #   faultline-base, odd rounds measure faultline first and even rounds
 #   faultline-base first. The report gives, per target, the median over
 #   rounds of calls/s, p50 and p99 (each measured by grpc_bench over all the
-#   calls of a run), then the ratios faultline/haproxy (calls/s and p99),
-#   faultline/faultline-base and each proxy / direct.
+#   calls of a run) and of the CPU time the target's own process spent per
+#   call (user + system from /proc/PID/stat; for direct, the backend's),
+#   then the ratios faultline/haproxy (calls/s, p99, CPU per call),
+#   faultline/faultline-base and each proxy / direct. On a machine shared
+#   with other work calls/s and p99 swing from round to round; CPU per call
+#   moves much less, and says which proxy does more work for a call.
 #
 #   This is a benchmark, not a test: nothing in the test suite runs it, and
 #   it asserts nothing about speed. It exits non-zero only when something
@@ -329,10 +333,16 @@ RESULTS="$TMP/results.tsv"
 : >"$RESULTS"
 mkdir -p "$TMP/runs"
 
+# cpu_ticks PID: user + system CPU time of PID so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+CLK_TCK="$(getconf CLK_TCK)"
+
 # run_bench TARGET DURATION OUTFILE: grpc_bench in the background, waited
-# for, so a signal to the script is handled at once.
+# for, so a signal to the script is handled at once. Sets RUN_CPU_S to the
+# CPU seconds the target's server process (the backend for direct) used.
 run_bench() {
-  local name="$1" dur="$2" out="$3" status=0
+  local name="$1" dur="$2" out="$3" status=0 before
+  before="$(cpu_ticks "${PIDOF[$name]}")"
   "${CPU0[@]}" "$BENCH" --target "$(url_of "$name")" --concurrency "$CONCURRENCY" \
     --connections "$CONNECTIONS" --duration "$dur" >"$out" 2>&1 &
   BENCH_PID=$!
@@ -346,6 +356,7 @@ run_bench() {
     show_log "$name"
     die "$name died during the run"
   fi
+  RUN_CPU_S="$(awk -v a="$before" -v b="$(cpu_ticks "${PIDOF[$name]}")" -v t="$CLK_TCK" 'BEGIN { print (b - a) / t }')"
 }
 
 log "config: targets='${ORDER[*]}' rounds=$ROUNDS duration=$DURATION warmup=$WARMUP concurrency=$CONCURRENCY connections=$CONNECTIONS pin=$PIN cpus=$(nproc)"
@@ -370,8 +381,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
     # calls=N errors=E seconds=S calls_per_sec=X p50_ms=Y p99_ms=Z
     declare -A f=()
     for kv in $line; do f[${kv%%=*}]=${kv#*=}; done
-    printf '%s\t%d\t%s\t%s\t%s\t%s\n' "$t" "$r" "${f[calls_per_sec]}" "${f[p50_ms]}" "${f[p99_ms]}" "${f[errors]}" >>"$RESULTS"
-    log "$(printf 'round %d/%d  %-15s %10s calls/s  p50 %7s ms  p99 %7s ms  errors %s' "$r" "$ROUNDS" "$t" "${f[calls_per_sec]}" "${f[p50_ms]}" "${f[p99_ms]}" "${f[errors]}")"
+    cpu_us="$(awk -v c="$RUN_CPU_S" -v n="${f[calls]}" 'BEGIN { printf "%.2f", (n > 0 ? c * 1e6 / n : 0) }')"
+    printf '%s\t%d\t%s\t%s\t%s\t%s\t%s\n' "$t" "$r" "${f[calls_per_sec]}" "${f[p50_ms]}" "${f[p99_ms]}" "${f[errors]}" "$cpu_us" >>"$RESULTS"
+    log "$(printf 'round %d/%d  %-15s %10s calls/s  p50 %7s ms  p99 %7s ms  cpu %6s us/call  errors %s' "$r" "$ROUNDS" "$t" "${f[calls_per_sec]}" "${f[p50_ms]}" "${f[p99_ms]}" "$cpu_us" "${f[errors]}")"
     if [[ "${f[errors]}" != 0 ]]; then
       errors_seen=1
       log "WARNING: $t round $r: ${f[errors]} failed calls"
@@ -391,18 +403,19 @@ from statistics import median
 path, concurrency, connections, order = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 runs = {}
 for line in open(path):
-    t, r, cps, p50, p99, errors = line.rstrip("\n").split("\t")
-    runs.setdefault(t, []).append((float(cps), float(p50), float(p99), int(errors)))
+    t, r, cps, p50, p99, errors, cpu = line.rstrip("\n").split("\t")
+    runs.setdefault(t, []).append((float(cps), float(p50), float(p99), float(cpu), int(errors)))
 
 med = {}
 print(f"unary gRPC, {concurrency} callers over {connections} h2c connection(s), medians of rounds")
-print(f"{'target':<16}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'rounds':>8}  errors  calls/s per round")
+print("(cpu: CPU time of the target's own process per call; for direct, the backend's)")
+print(f"{'target':<16}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'cpu us':>9}{'rounds':>8}  errors  calls/s per round")
 for t in order:
     rs = runs[t]
-    med[t] = tuple(median(x[i] for x in rs) for i in range(3))
-    errors = sum(x[3] for x in rs)
+    med[t] = tuple(median(x[i] for x in rs) for i in range(4))
+    errors = sum(x[4] for x in rs)
     each = " ".join(f"{x[0]:.0f}" for x in rs)
-    print(f"{t:<16}{med[t][0]:>10.0f}{med[t][1]:>10.3f}{med[t][2]:>10.3f}{len(rs):>8}  {errors:>6}  {each}")
+    print(f"{t:<16}{med[t][0]:>10.0f}{med[t][1]:>10.3f}{med[t][2]:>10.3f}{med[t][3]:>9.2f}{len(rs):>8}  {errors:>6}  {each}")
 
 def ratio(label, a, b, idx):
     if a in med and b in med and med[b][idx] > 0:
@@ -412,8 +425,10 @@ print()
 print("ratios (of medians):")
 ratio("faultline / haproxy  calls/s", "faultline", "haproxy", 0)
 ratio("faultline / haproxy  p99", "faultline", "haproxy", 2)
+ratio("faultline / haproxy  cpu per call", "faultline", "haproxy", 3)
 ratio("faultline / faultline-base  calls/s", "faultline", "faultline-base", 0)
 ratio("faultline / faultline-base  p99", "faultline", "faultline-base", 2)
+ratio("faultline / faultline-base  cpu per call", "faultline", "faultline-base", 3)
 ratio("faultline / direct  calls/s", "faultline", "direct", 0)
 ratio("haproxy / direct  calls/s", "haproxy", "direct", 0)
 EOF
