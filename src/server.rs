@@ -74,7 +74,7 @@ use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
@@ -524,7 +524,7 @@ async fn accept_loop<M, S, B>(
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    let mut http2 = http2::Builder::new(BoxingExecutor);
     http2.timer(TokioTimer::new());
     let builders = Arc::new(Builders { http1, http2 });
     let open = Arc::new(OpenConnections::default());
@@ -624,7 +624,7 @@ async fn accept_loop<M, S, B>(
 /// hyper's builders, shared by an accept loop's connections.
 struct Builders {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<BoxingExecutor>,
 }
 
 /// Looks for idle connections every [`IDLE_SWEEP`] until `stop`; with no
@@ -1245,6 +1245,27 @@ impl AcceptFailures {
             0 => None,
             failed => Some(failed),
         }
+    }
+}
+
+/// The executor of the tasks hyper spawns for HTTP/2: one per stream on
+/// the client side (the request's whole pipeline) and one or two per
+/// request on an upstream connection (waiting for the response, sending
+/// the body). Each is boxed before tokio takes it: tokio moves a task's
+/// future by value through several calls and again when it stores the
+/// output, and these futures are kilobytes (hyper's upstream task enum is
+/// as large as the connection it may also hold), so a box moved as a
+/// pointer costs less than the copies (`scripts/grpcbench.sh`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(Box::pin(future));
     }
 }
 

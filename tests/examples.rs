@@ -338,3 +338,84 @@ fn grpc_call_drives_a_running_demo() {
         "{stdout}"
     );
 }
+
+/// `grpc_echo_server` on a free port; the URL it printed.
+struct EchoServer {
+    child: Child,
+    url: String,
+}
+
+impl EchoServer {
+    fn start() -> EchoServer {
+        let mut child = Command::new(example("grpc_echo_server"))
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = lines
+            .find_map(|line| line.ok()?.strip_prefix("listening on ").map(str::to_owned))
+            .expect("grpc_echo_server printed no address");
+        EchoServer {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn grpc_bench_loads_the_echo_server_and_reports_calls_and_latency() {
+    let server = EchoServer::start();
+    let (_, stdout) = run("grpc_bench", &["--target", &server.url, "--check"]);
+    assert!(
+        stdout.starts_with("ok: /bench.Echo/Unary answered"),
+        "{stdout}"
+    );
+
+    let (_, stdout) = run(
+        "grpc_bench",
+        &[
+            "--target",
+            &server.url,
+            "--duration",
+            "300ms",
+            "--concurrency",
+            "4",
+            "--connections",
+            "2",
+        ],
+    );
+    // calls=N errors=0 seconds=S calls_per_sec=X p50_ms=Y p99_ms=Z
+    let field = |name: &str| -> f64 {
+        stdout
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(field("calls") > 0.0, "{stdout}");
+    assert_eq!(field("errors"), 0.0, "{stdout}");
+    assert!(field("calls_per_sec") > 0.0, "{stdout}");
+    assert!(field("p50_ms") > 0.0, "{stdout}");
+    assert!(field("p99_ms") >= field("p50_ms"), "{stdout}");
+
+    // Nothing listening: the check fails, and says why.
+    let output = Command::new(example("grpc_bench"))
+        .args(["--target", "http://127.0.0.1:1", "--check"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot connect"),
+        "{output:?}"
+    );
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::uri::PathAndQuery;
 use support::grpc::{metadata, Codec, GrpcClient, GrpcUpstream};
+use support::tls::{client_config, server_config, TestCa};
 use support::*;
 use tonic::Code;
 
@@ -244,10 +245,10 @@ async fn through_proxy(rules: &str) -> (GrpcUpstream, TestProxy, GrpcClient) {
     (upstream, proxy, client)
 }
 
-#[tokio::test]
-async fn every_call_kind_passes_through_with_its_metadata_and_trailers() {
-    let (upstream, proxy, mut client) = through_proxy("").await;
-
+/// Unary (with metadata both ways), an upstream failure, server, client
+/// and bidirectional streaming, through `client` to `upstream`: three calls
+/// end OK, one FAILED_PRECONDITION, one ABORTED.
+async fn every_call_kind(client: &mut GrpcClient, upstream: &GrpcUpstream) {
     // Unary, with metadata both ways.
     let mut request = tonic::Request::new(support::grpc::request("hi"));
     request
@@ -337,6 +338,12 @@ async fn every_call_kind_passes_through_with_its_metadata_and_trailers() {
         got.push(reply.message);
     }
     assert_eq!(got, ["echo:x", "echo:y"]);
+}
+
+#[tokio::test]
+async fn every_call_kind_passes_through_with_its_metadata_and_trailers() {
+    let (upstream, proxy, mut client) = through_proxy("").await;
+    every_call_kind(&mut client, &upstream).await;
 
     // Counted by the upstream's own statuses, from headers and trailers.
     for (status, n) in [("OK", 3.0), ("FAILED_PRECONDITION", 1.0), ("ABORTED", 1.0)] {
@@ -619,5 +626,113 @@ async fn latency_delays_a_call_and_truncate_cuts_its_stream_alone() {
         proxy.metric(&grpc_series("svc-use1", "OK")).await,
         Some(2.0)
     );
+    proxy.shutdown().await;
+}
+
+/// A TLS listener for `edge.test` and an `https://` gRPC upstream for
+/// `echo.internal` that offers h2 alone, both from `ca`; the config that
+/// joins them (`protocol` as given, none for `auto`).
+fn tls_both_ways(
+    dir: &std::path::Path,
+    ca: &TestCa,
+    upstream: &GrpcUpstream,
+    protocol: &str,
+) -> String {
+    let (cert, key) = ca.leaf(&["edge.test"]).write(dir, "edge");
+    let ca_file = ca.write(dir);
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[proxy]\nshutdown_grace = \"1s\"\n\n\
+         [[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n\
+         tls = {{ cert = \"{}\", key = \"{}\" }}\n\n\
+         [[upstream]]\nname = \"svc-use1\"\nurl = \"https://{}\"\n{protocol}\n\
+         tls = {{ ca = \"{}\", server_name = \"echo.internal\" }}\n\
+         labels = {{ region = \"us-east-1\" }}\n\n\
+         [[route]]\nlistener = \"edge\"\nupstream = \"svc-use1\"\n",
+        cert.display(),
+        key.display(),
+        upstream.addr,
+        ca_file.display(),
+    )
+}
+
+#[tokio::test]
+async fn every_call_kind_passes_over_tls_both_ways_with_alpn_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("grpc CA");
+    let mut config = (*server_config(&ca.leaf(&["echo.internal"]), None)).clone();
+    // As gRPC servers do: h2 or nothing.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let upstream = GrpcUpstream::start_tls(std::sync::Arc::new(config)).await;
+    for protocol in ["", "protocol = \"h2\""] {
+        let proxy =
+            TestProxy::start(&tls_both_ways(dir.path(), &ca, &upstream, protocol), "").await;
+        let addr = proxy.addr("edge");
+        let mut client = GrpcClient::connect_tls(
+            &format!("https://edge.test:{}", addr.port()),
+            addr,
+            client_config(&ca, &[b"h2"]),
+        )
+        .await;
+        let before = upstream.connections();
+        every_call_kind(&mut client, &upstream).await;
+        // Every call a stream on one h2 connection (ALPN agreed h2: an
+        // HTTP/1.1 request would not have reached this h2-only server).
+        assert_eq!(upstream.connections() - before, 1, "{protocol}");
+        for (status, n) in [("OK", 3.0), ("FAILED_PRECONDITION", 1.0), ("ABORTED", 1.0)] {
+            let series = grpc_series("svc-use1", status);
+            let what = format!("{series} to reach {n}");
+            wait_until(&what, async || proxy.metric(&series).await == Some(n)).await;
+        }
+        proxy.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_goaway_loses_no_call() {
+    let (upstream, proxy, client) = through_proxy("").await;
+    // Calls in flight on the upstream connection, held there.
+    let held: Vec<_> = (0..5)
+        .map(|i| {
+            let mut client = GrpcClient::clone(&client);
+            tokio::spawn(async move { client.unary("/test.Echo/Hold", &format!("held {i}")).await })
+        })
+        .collect();
+    wait_until("5 held calls at the upstream", async || {
+        upstream.calls() == 5
+    })
+    .await;
+    // `auto`'s h2c probe was one connection; the calls share the next.
+    let connections = upstream.connections();
+
+    // The upstream goes away from that connection (GOAWAY) and keeps
+    // accepting new ones. Calls made while the held ones still run on the
+    // old connection must all reach the upstream, on a fresh connection.
+    upstream.go_away();
+    let mut made = 0;
+    let mut client = GrpcClient::clone(&client);
+    while upstream.connections() == connections || made < 20 {
+        made += 1;
+        let reply = client
+            .unary("/test.Echo/Unary", &format!("after {made}"))
+            .await;
+        match reply {
+            Ok(reply) => assert_eq!(reply.into_inner().message, format!("after {made}")),
+            Err(status) => panic!("call {made} after the GOAWAY was lost: {status:?}"),
+        }
+        assert!(made < 10_000, "no fresh connection after the GOAWAY");
+    }
+    assert_eq!(
+        upstream.connections(),
+        connections + 1,
+        "one fresh connection, not one per call"
+    );
+
+    // The held calls finish on the old connection.
+    upstream.release();
+    for (i, call) in held.into_iter().enumerate() {
+        let reply = call.await.unwrap().unwrap();
+        assert_eq!(reply.into_inner().message, format!("held {i}"));
+    }
+    assert_eq!(upstream.calls(), 5 + made);
     proxy.shutdown().await;
 }

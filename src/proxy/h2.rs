@@ -11,6 +11,12 @@
 //! for one to finish. Keep-alive pings ([`PING_INTERVAL`]) notice a dead
 //! upstream between requests.
 //!
+//! An upstream's GOAWAY is not seen by `SendRequest::is_closed` until a
+//! request reaches the connection (h2 records it as the connection's error
+//! and wakes no sender); hyper then ends the connection's dispatch task and
+//! hands that request back unsent, and [`Http2Client::send`] gives it to
+//! another connection. Streams in flight on the old one finish.
+//!
 //! `protocol = "auto"` over `https://` offers h2 and HTTP/1.1 in ALPN on
 //! the first connection; over `http://` (for a client that spoke HTTP/2)
 //! the first connection is a probe: the h2c preface, and a look at the
@@ -29,7 +35,7 @@ use http::{header, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tower_service::Service;
@@ -38,6 +44,7 @@ use tracing::debug;
 use super::body::RequestBody;
 use super::pool::UpstreamError;
 use crate::config::{Protocol, ProxyConfig, UpstreamConfig};
+use crate::server::BoxingExecutor;
 use crate::socket::SendStream;
 use crate::tls::UpstreamTls;
 
@@ -45,6 +52,10 @@ use crate::tls::UpstreamTls;
 /// the answer may take before the connection is closed.
 pub(super) const PING_INTERVAL: Duration = Duration::from_secs(20);
 pub(super) const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many times a request hyper hands back unsent (its connection was
+/// closing) is tried on another connection.
+const UNSENT_RETRIES: u32 = 2;
 
 /// What the first connection taught about an `auto` upstream.
 const LEARNED_NOTHING: u8 = 0;
@@ -62,7 +73,7 @@ pub(super) struct Http2Client {
     /// By upstream index; `None` for upstreams that never speak HTTP/2.
     upstreams: Box<[Option<Http2Upstream>]>,
     connector: HttpConnector<super::dial::Resolver>,
-    builder: http2::Builder<TokioExecutor>,
+    builder: http2::Builder<BoxingExecutor>,
     connect_timeout: Duration,
     max_connections: usize,
 }
@@ -103,7 +114,7 @@ impl Http2Client {
         settings: &ProxyConfig,
     ) -> Self {
         let connector = super::dial::connector(settings);
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let mut builder = http2::Builder::new(BoxingExecutor);
         builder
             .timer(TokioTimer::new())
             .keep_alive_interval(PING_INTERVAL)
@@ -168,18 +179,45 @@ impl Http2Client {
         let Some(upstream) = &self.upstreams[index] else {
             return Ok(Sent::Http1(request));
         };
-        let mut sender = match upstream.pick(self.max_connections) {
-            Some(sender) => sender,
-            // Boxed: dialling is rare, and its future large.
-            None => match Box::pin(self.connect(upstream)).await? {
-                Some(sender) => sender,
-                None => return Ok(Sent::Http1(request)),
-            },
+        let Some(mut sender) = self.sender(upstream).await? else {
+            return Ok(Sent::Http1(request));
         };
-        let request = to_http2(request, upstream);
-        match sender.send_request(request).await {
-            Ok(response) => Ok(Sent::Answered(response, Instant::now())),
-            Err(e) => Err(UpstreamError::Exchange(e)),
+        let mut request = to_http2(request, upstream);
+        let mut retries = 0;
+        loop {
+            let mut failed = match sender.try_send_request(request).await {
+                Ok(response) => return Ok(Sent::Answered(response, Instant::now())),
+                Err(failed) => failed,
+            };
+            // hyper hands the request back when it never left: the
+            // connection was found closing (its upstream's GOAWAY is only
+            // noticed by the next request) and is closed now. Another
+            // connection takes it.
+            let unsent = failed.take_message().filter(|_| retries < UNSENT_RETRIES);
+            let Some(unsent) = unsent else {
+                return Err(UpstreamError::Exchange(failed.into_error()));
+            };
+            debug!(upstream = %upstream.authority, "the connection was closing; the request goes to another");
+            retries += 1;
+            request = unsent;
+            sender = match self.sender(upstream).await? {
+                Some(sender) => sender,
+                // Only a first connection learns HTTP/1.1; this upstream
+                // spoke HTTP/2 already.
+                None => return Err(UpstreamError::Exchange(failed.into_error())),
+            };
+        }
+    }
+
+    /// A live connection to `upstream`, opened if need be; `None`: the
+    /// upstream chose HTTP/1.1 in ALPN.
+    async fn sender(
+        &self,
+        upstream: &Http2Upstream,
+    ) -> Result<Option<SendRequest<RequestBody>>, UpstreamError> {
+        match upstream.pick(self.max_connections) {
+            Some(sender) => Ok(Some(sender)),
+            None => self.connect(upstream).await,
         }
     }
 

@@ -27,7 +27,9 @@ pub struct EchoReply {
 
 pub type Codec = tonic_prost::ProstCodec<EchoRequest, EchoReply>;
 
-/// A tonic client on one h2c connection to `url` (`http://ADDR`).
+/// A tonic client on one h2c connection to `url` (`http://ADDR`); its
+/// clones share the connection.
+#[derive(Clone)]
 pub struct GrpcClient {
     grpc: tonic::client::Grpc<Channel>,
 }
@@ -37,6 +39,24 @@ impl GrpcClient {
         let channel = Endpoint::from_shared(url.to_owned())
             .unwrap()
             .connect()
+            .await
+            .unwrap();
+        GrpcClient {
+            grpc: tonic::client::Grpc::new(channel),
+        }
+    }
+
+    /// A tonic client on one TLS connection to `url` (`https://NAME:PORT`,
+    /// NAME resolved to `addr`), trusting `ca`'s certificates, offering h2
+    /// alone in ALPN (as gRPC clients do).
+    pub async fn connect_tls(
+        url: &str,
+        addr: std::net::SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> GrpcClient {
+        let channel = Endpoint::from_shared(url.to_owned())
+            .unwrap()
+            .connect_with_connector(TlsConnector { addr, tls })
             .await
             .unwrap();
         GrpcClient {
@@ -72,6 +92,46 @@ impl GrpcClient {
     }
 }
 
+/// tonic's connector for [`GrpcClient::connect_tls`]: TCP to `addr`, then
+/// TLS for the URI's host, with the ALPN `tls` offers.
+#[derive(Clone)]
+struct TlsConnector {
+    addr: std::net::SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl tower_service::Service<http::Uri> for TlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (addr, tls) = (self.addr, self.tls.clone());
+        Box::pin(async move {
+            let name = rustls::pki_types::ServerName::try_from(uri.host().unwrap().to_owned())
+                .map_err(std::io::Error::other)?;
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?;
+            assert_eq!(
+                stream.get_ref().1.alpn_protocol(),
+                Some(&b"h2"[..]),
+                "the server did not agree to h2"
+            );
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
 pub fn request(message: &str) -> EchoRequest {
     EchoRequest {
         message: message.to_owned(),
@@ -97,6 +157,7 @@ pub fn metadata<'a>(status: &'a tonic::Status, key: &str) -> Option<&'a str> {
 ///   trailer`; `bytes:N` N bytes in replies of 64 KiB;
 /// - `Collect` (client streaming): the messages joined with `,`;
 /// - `Chat` (bidirectional): `echo:` and each message, as it comes;
+/// - `Hold`: answers its message once [`GrpcUpstream::release`] is called;
 /// - `Slow`: answers after the message's milliseconds, or fails with
 ///   DEADLINE_EXCEEDED at half the call's `grpc-timeout` if that comes
 ///   first (before the client's own timer, so the answer is the upstream's).
@@ -105,36 +166,76 @@ pub struct GrpcUpstream {
     calls: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<http::HeaderMap>>>,
+    go_away: tokio::sync::watch::Sender<u64>,
+    release: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// A connection's socket, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 impl GrpcUpstream {
     pub async fn start() -> GrpcUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        GrpcUpstream::serve(listener, None)
+    }
+
+    /// Serves over TLS with `config` (its ALPN decides h2 or not).
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> GrpcUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        GrpcUpstream::serve(listener, Some(tokio_rustls::TlsAcceptor::from(config)))
+    }
+
+    fn serve(
+        listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> GrpcUpstream {
         let addr = listener.local_addr().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let (go_away, _) = tokio::sync::watch::channel(0u64);
+        let (release, _) = tokio::sync::watch::channel(false);
         let (c, n, s) = (calls.clone(), connections.clone(), seen.clone());
+        let (g, r) = (go_away.clone(), release.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 n.fetch_add(1, Ordering::SeqCst);
-                let (c, s) = (c.clone(), s.clone());
+                let (c, s, tls) = (c.clone(), s.clone(), tls.clone());
+                // Only the connections open at a go_away() are told to go.
+                let mut go_away = g.subscribe();
+                let release = r.subscribe();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         c.fetch_add(1, Ordering::SeqCst);
                         s.lock()
                             .unwrap()
                             .push(http::HeaderMap::clone(http::Request::headers(&request)));
-                        echo(request)
+                        echo(request, release.clone())
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .http2_only()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .http2_only();
+                    let io: Box<dyn Io> = match tls {
+                        None => Box::new(stream),
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => Box::new(stream),
+                            Err(_) => return,
+                        },
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(io), service);
+                    let mut connection = std::pin::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => return,
+                        _ = go_away.changed() => {}
+                    }
+                    // GOAWAY: streams already started finish, no new ones.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
                 });
             }
         });
@@ -143,12 +244,27 @@ impl GrpcUpstream {
             calls,
             connections,
             seen,
+            go_away,
+            release,
             task,
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Shuts every open connection down gracefully, as a server does when
+    /// it stops or rotates its connections: GOAWAY, the streams already
+    /// started finish, the connection closes after them. The listener goes
+    /// on accepting new connections.
+    pub fn go_away(&self) {
+        self.go_away.send_modify(|generation| *generation += 1);
+    }
+
+    /// Lets every `Hold` call, held or to come, answer.
+    pub fn release(&self) {
+        self.release.send_replace(true);
     }
 
     /// Calls that reached the upstream.
@@ -201,6 +317,7 @@ type ReplyStream =
 
 async fn echo(
     request: http::Request<hyper::body::Incoming>,
+    release: tokio::sync::watch::Receiver<bool>,
 ) -> Result<http::Response<tonic::body::Body>, Infallible> {
     let mut grpc = tonic::server::Grpc::new(ServerCodec::default());
     let path = request.uri().path().to_owned();
@@ -213,6 +330,16 @@ async fn echo(
                     response.metadata_mut().insert("x-custom-echo", custom);
                 }
                 Ok(response)
+            });
+            grpc.unary(service, request).await
+        }
+        "/test.Echo/Hold" => {
+            let service = Handler(move |request: tonic::Request<EchoRequest>| {
+                let mut release = release.clone();
+                async move {
+                    let _ = release.wait_for(|released| *released).await;
+                    Ok(tonic::Response::new(reply(request.into_inner().message)))
+                }
             });
             grpc.unary(service, request).await
         }
