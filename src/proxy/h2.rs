@@ -217,7 +217,8 @@ impl Http2Client {
     ) -> Result<Option<SendRequest<RequestBody>>, UpstreamError> {
         match upstream.pick(self.max_connections) {
             Some(sender) => Ok(Some(sender)),
-            None => self.connect(upstream).await,
+            // Boxed: dialling is rare, and its future large.
+            None => Box::pin(self.connect(upstream)).await,
         }
     }
 
@@ -285,17 +286,7 @@ impl Http2Client {
             }
             return self.handshake(stream).await.map(Some);
         };
-        let shake = tls.connect(name.clone(), stream);
-        let stream = match tokio::time::timeout(self.connect_timeout, shake).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(UpstreamError::Tls(e)),
-            Err(_) => {
-                return Err(UpstreamError::Tls(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no handshake within connect_timeout",
-                )))
-            }
-        };
+        let stream = super::pool::tls_handshake(tls, name, stream, self.connect_timeout).await?;
         if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
             if !upstream.auto {
                 return Err(UpstreamError::Tls(std::io::Error::other(

@@ -179,18 +179,7 @@ impl UpstreamClient {
         match &pool.tls {
             None => handshake(stream).await,
             Some((tls, name)) => {
-                let shake = tls.connect(name.clone(), stream);
-                let stream = match tokio::time::timeout(self.connect_timeout, shake).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return Err(UpstreamError::Tls(e)),
-                    Err(_) => {
-                        return Err(UpstreamError::Tls(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "no handshake within connect_timeout",
-                        )))
-                    }
-                };
-                handshake(stream).await
+                handshake(tls_handshake(tls, name, stream, self.connect_timeout).await?).await
             }
         }
     }
@@ -241,6 +230,24 @@ impl Pool {
                 self.idle.push(idle);
             }
         }
+    }
+}
+
+/// The client side of an upstream's TLS handshake on `stream`, within
+/// `timeout` (the connect timeout: the handshake is part of connecting).
+pub(super) async fn tls_handshake(
+    tls: &TlsConnector,
+    name: &ServerName<'static>,
+    stream: SendStream,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<SendStream>, UpstreamError> {
+    match tokio::time::timeout(timeout, tls.connect(name.clone(), stream)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(UpstreamError::Tls(e)),
+        Err(_) => Err(UpstreamError::Tls(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no handshake within connect_timeout",
+        ))),
     }
 }
 
