@@ -130,15 +130,17 @@ impl Connectors {
         if !http2 {
             return Either::Left(self.http1.send(index, request, now));
         }
-        Either::Right(Either::Right(async move {
+        // Boxed: an HTTP/2 exchange's future is twice an HTTP/1.1 one's, and
+        // inline it would make every request's future (which hyper moves
+        // about) that large. One allocation next to the several hyper's
+        // HTTP/2 makes per stream.
+        Either::Right(Either::Right(Box::pin(async move {
             match self.http2.send(index, request).await? {
                 Sent::Answered(response, at) => Ok((response, at)),
                 // The first connection taught that the upstream speaks
-                // HTTP/1.1 only. Boxed: it happens once per upstream, and
-                // the pool's future inline would make every request's
-                // future (which hyper moves about) as large as both.
+                // HTTP/1.1 only. Boxed: it happens once per upstream.
                 Sent::Http1(request) => Box::pin(self.http1.send(index, request, now)).await,
             }
-        }))
+        })))
     }
 }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus::{IntCounter, IntGauge};
+use tokio_util::either::Either;
 
 pub use body::ResponseBody;
 use body::{RequestBody, UpstreamBody};
@@ -203,100 +204,110 @@ impl Proxy {
             info: conn,
         });
         // One per-connection Arc per request: no counter shared by every worker.
-        hyper::service::service_fn(move |request| {
-            let conn = Arc::clone(&conn);
-            async move { conn.proxy.handle(&conn, request).await }
-        })
+        hyper::service::service_fn(move |request| Proxy::handle(Arc::clone(&conn), request))
     }
 
     /// The edge of the pipeline: everything before it returns typed
     /// errors; here the request is recorded, and an error becomes its
     /// response.
-    async fn handle(
-        &self,
-        conn: &Arc<Connection>,
+    ///
+    /// This and the steps below it are plain functions giving an `async`
+    /// block, not `async fn`s: an `async fn` keeps its arguments and the
+    /// locals they are moved into side by side in its future (rust-lang/rust
+    /// #62958), a few hundred bytes for every request moved down a step,
+    /// and hyper moves each request's future whole.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    fn handle(
+        conn: Arc<Connection>,
         request: Request<Incoming>,
-    ) -> Result<Response<ResponseBody>, StreamAborted> {
-        let start = Instant::now();
-        let inflight = match conn.entry {
-            Entry::Listener(i) | Entry::Forward(i) => &self.listener_inflight[i],
-            Entry::Upstream(i) => &self.dedicated_inflight[i],
-        };
-        let _inflight = Inflight::enter(inflight);
-        if request.method() == Method::CONNECT && !matches!(conn.entry, Entry::Forward(_)) {
-            // A reverse proxy has no tunnel to offer: the client's mistake,
-            // never forwarded. (A forward listener serves it.)
-            let error = ProxyError::ConnectNotSupported;
-            self.record_client_error(&error);
-            return Ok(synthetic::rescue(&error, false));
-        }
-        // Read once here, for the answer to an error and the gRPC metric;
-        // an HTTP/1.1 request is ruled out by its version alone.
-        let grpc = grpc::is_call(request.version(), request.headers());
-        let upstream = match self.route(conn.entry, &request) {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                self.record_client_error(&error);
-                return Ok(synthetic::rescue(&error, grpc));
+    ) -> impl Future<Output = Result<Response<ResponseBody>, StreamAborted>> + Send + 'static {
+        async move {
+            let this = &*conn.proxy;
+            let conn = &conn;
+            let start = Instant::now();
+            let inflight = match conn.entry {
+                Entry::Listener(i) | Entry::Forward(i) => &this.listener_inflight[i],
+                Entry::Upstream(i) => &this.dedicated_inflight[i],
+            };
+            let _inflight = Inflight::enter(inflight);
+            if request.method() == Method::CONNECT && !matches!(conn.entry, Entry::Forward(_)) {
+                // A reverse proxy has no tunnel to offer: the client's mistake,
+                // never forwarded. (A forward listener serves it.)
+                let error = ProxyError::ConnectNotSupported;
+                this.record_client_error(&error);
+                return Ok(synthetic::rescue(&error, false));
             }
-        };
-        let method = request.method().clone();
-        let metrics = &self.upstream_metrics[upstream];
-        // Counts the call once however it ends, a client that leaves
-        // mid-call (this future dropped) included.
-        let call = grpc.then(|| GrpcCall(Some(metrics)));
-        let (outcome, end) = self.pipeline(upstream, conn, request, start).await;
-        let elapsed = end.saturating_duration_since(start);
-        match outcome {
-            Ok(mut response) => {
-                let by_fault = response.extensions().get::<ByFault>().is_some();
-                metrics.record_request(&method, response.status(), elapsed, by_fault);
-                if let Some(call) = call {
-                    call.answered(&mut response);
+            // Read once here, for the answer to an error and the gRPC metric;
+            // an HTTP/1.1 request is ruled out by its version alone.
+            let grpc = grpc::is_call(request.version(), request.headers());
+            let upstream = match this.route(conn.entry, &request) {
+                Ok(upstream) => upstream,
+                Err(error) => {
+                    this.record_client_error(&error);
+                    return Ok(synthetic::rescue(&error, grpc));
                 }
-                Ok(response)
-            }
-            Err(Unanswered::Error(error)) => {
-                let response = synthetic::rescue(&error, grpc);
-                if let Some(call) = call {
-                    call.ended(Some(error.grpc_status()));
-                }
-                match error.blame() {
-                    Blame::Upstream(reason) => metrics.record_upstream_error(reason),
-                    // Gone before the answer: counted as the client's, not as a request.
-                    Blame::Client(ClientErrorReason::Aborted) => {
-                        self.record_client_error(&error);
-                        return Ok(response);
+            };
+            let method = request.method().clone();
+            let metrics = &this.upstream_metrics[upstream];
+            // Counts the call once however it ends, a client that leaves
+            // mid-call (this future dropped) included.
+            let call = grpc.then(|| GrpcCall(Some(metrics)));
+            let (outcome, end) = this.pipeline(upstream, conn, request, start).await;
+            let elapsed = end.saturating_duration_since(start);
+            match outcome {
+                Ok(mut response) => {
+                    let by_fault = response.extensions().get::<ByFault>().is_some();
+                    metrics.record_request(&method, response.status(), elapsed, by_fault);
+                    if let Some(call) = call {
+                        call.answered(&mut response);
                     }
-                    Blame::Client(_) => self.record_client_error(&error),
-                    Blame::Config => {}
+                    Ok(response)
                 }
-                // The status the error stands for, not the 200 a gRPC
-                // answer goes out with: error ratios and guards see it.
-                metrics.record_request(&method, error.status(), elapsed, false);
-                Ok(response)
-            }
-            Err(Unanswered::Aborted(aborted)) => {
-                metrics.record_unanswered(&method, elapsed);
-                if let Some(call) = call {
-                    // hyper resets the stream with INTERNAL_ERROR, which gRPC
-                    // clients read as INTERNAL.
-                    call.ended(Some(GrpcStatus::INTERNAL));
+                Err(Unanswered::Error(error)) => {
+                    let response = synthetic::rescue(&error, grpc);
+                    if let Some(call) = call {
+                        call.ended(Some(error.grpc_status()));
+                    }
+                    match error.blame() {
+                        Blame::Upstream(reason) => metrics.record_upstream_error(reason),
+                        // Gone before the answer: counted as the client's, not as a request.
+                        Blame::Client(ClientErrorReason::Aborted) => {
+                            this.record_client_error(&error);
+                            return Ok(response);
+                        }
+                        Blame::Client(_) => this.record_client_error(&error),
+                        Blame::Config => {}
+                    }
+                    // The status the error stands for, not the 200 a gRPC
+                    // answer goes out with: error ratios and guards see it.
+                    metrics.record_request(&method, error.status(), elapsed, false);
+                    Ok(response)
                 }
-                Err(aborted)
+                Err(Unanswered::Aborted(aborted)) => {
+                    metrics.record_unanswered(&method, elapsed);
+                    if let Some(call) = call {
+                        // hyper resets the stream with INTERNAL_ERROR, which gRPC
+                        // clients read as INTERNAL.
+                        call.ended(Some(GrpcStatus::INTERNAL));
+                    }
+                    Err(aborted)
+                }
             }
         }
     }
 
     /// Decides, then does: forwards at once when no rule fires, else runs
     /// the fault phases. Gives the outcome and when it came.
-    async fn pipeline(
-        &self,
+    fn pipeline<'a>(
+        &'a self,
         upstream: usize,
-        conn: &Arc<Connection>,
+        conn: &'a Arc<Connection>,
         request: Request<Incoming>,
         start: Instant,
-    ) -> (Result<Response<ResponseBody>, Unanswered>, Instant) {
+    ) -> impl Future<Output = (Result<Response<ResponseBody>, Unanswered>, Instant)> + Send + 'a
+    {
+        // Decided before either future exists: the plan is not carried in a
+        // plain request's future.
         let plan = {
             let snapshot = self.published.load();
             let view = RequestView {
@@ -314,19 +325,19 @@ impl Proxy {
         };
         match plan {
             // Sent as it came: the time read on arrival stands for both.
-            None => match self
-                .forward(upstream, conn, request.map(RequestBody::from), start, None)
-                .await
-            {
-                Ok((response, answered)) => (Ok(response), answered),
-                Err(error) => (Err(error.into()), Instant::now()),
-            },
+            None => Either::Left(async move {
+                let request = request.map(RequestBody::from);
+                match self.forward(upstream, conn, request, start, None).await {
+                    Ok((response, answered)) => (Ok(response), answered),
+                    Err(error) => (Err(error.into()), Instant::now()),
+                }
+            }),
             // Boxed: a fault's future is several times the size of a plain
             // forward, and every request's future would be that big, and
             // copied so, if it were kept inline.
             Some(plan) => {
-                let outcome = Box::pin(self.inject(plan, conn, request, start)).await;
-                (outcome, Instant::now())
+                let injected = Box::pin(self.inject(plan, conn, request, start));
+                Either::Right(async move { (injected.await, Instant::now()) })
             }
         }
     }
@@ -362,21 +373,76 @@ impl Proxy {
     ///
     /// An upgrade the upstream accepts (`101`) gets its tunnel here, shaped
     /// by `faults`; it starts copying once the `101` has gone back.
-    async fn forward(
-        &self,
+    #[allow(clippy::manual_async_fn)] // on purpose: see `Proxy::handle`
+    fn forward<'a>(
+        &'a self,
         upstream: usize,
-        conn: &Arc<Connection>,
+        conn: &'a Arc<Connection>,
         mut request: Request<RequestBody>,
         sent: Instant,
-        faults: Option<TunnelFaults<'_>>,
-    ) -> Result<(Response<ResponseBody>, Instant), ProxyError> {
-        let target = &self.upstreams[upstream];
-        if request.method() == Method::CONNECT {
-            return self.open_tunnel(upstream, conn, request, faults).await;
+        faults: Option<TunnelFaults<'a>>,
+    ) -> impl Future<Output = Result<(Response<ResponseBody>, Instant), ProxyError>> + Send + 'a
+    {
+        async move {
+            let target = &self.upstreams[upstream];
+            if request.method() == Method::CONNECT {
+                // Boxed: dialling's future is large, and a CONNECT rare.
+                return Box::pin(self.open_tunnel(upstream, conn, request, faults)).await;
+            }
+            // A timeout while waiting on the client for its body is the client's stall.
+            let waiting_on_client = request.body_mut().watch_client();
+            let client_version = request.version();
+            // In a block: the request's storage ends before the wait, and
+            // with it the request is not carried in the future twice.
+            let (sending, upgrade) = {
+                let (request, upgrade) = self.outgoing(target, conn, request)?;
+                let sending = self
+                    .connectors
+                    .send(upstream, request, client_version, sent);
+                (sending, upgrade)
+            };
+            let deadline = tokio::time::Instant::from_std(sent + self.upstream_timeout);
+            match tokio::time::timeout_at(deadline, sending).await {
+                Ok(Ok((mut response, answered))) => {
+                    let metrics = &self.upstream_metrics[upstream];
+                    metrics.record_upstream(answered.saturating_duration_since(sent));
+                    let switching = match upgrade {
+                        Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                            let upstream_side = hyper::upgrade::on(&mut response);
+                            tunnel::spawn(client, upstream_side, Arc::clone(conn), faults);
+                            true
+                        }
+                        // Refused (or answered otherwise): a response like any.
+                        _ => false,
+                    };
+                    let (mut parts, body) = response.into_parts();
+                    forward::remove_hop_by_hop(&mut parts.headers, Hop::Response { switching });
+                    let success = Outcome::of_status(parts.status) == Outcome::Success;
+                    let body = UpstreamBody::new(body, Arc::clone(conn), upstream, success);
+                    let response = Response::from_parts(parts, ResponseBody::Upstream(body));
+                    Ok((response, answered))
+                }
+                Ok(Err(e)) => Err(ProxyError::from_upstream(&target.name, e)),
+                Err(_)
+                    if waiting_on_client.is_some_and(|waiting| waiting.load(Ordering::Acquire)) =>
+                {
+                    Err(ProxyError::ClientTimeout)
+                }
+                Err(_) => Err(ProxyError::UpstreamTimeout {
+                    upstream: target.name.clone(),
+                }),
+            }
         }
-        // A timeout while waiting on the client for its body is the client's stall.
-        let waiting_on_client = request.body_mut().watch_client();
-        let client_version = request.version();
+    }
+
+    /// The request as it goes upstream, and the client's side of an
+    /// upgrade it asks for.
+    fn outgoing(
+        &self,
+        target: &UpstreamConfig,
+        conn: &Connection,
+        request: Request<RequestBody>,
+    ) -> Result<(Request<RequestBody>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
         // Forward traffic no upstream has goes where its URI says, with
         // that authority as its `Host` (RFC 9112 §3.2.2).
         let ad_hoc = match target.ad_hoc {
@@ -398,38 +464,7 @@ impl Proxy {
             // Absolute form again: the ad-hoc client dials its authority.
             *request.uri_mut() = absolute_http(authority, request.uri())?;
         }
-        let deadline = tokio::time::Instant::from_std(sent + self.upstream_timeout);
-        let sending = self
-            .connectors
-            .send(upstream, request, client_version, sent);
-        match tokio::time::timeout_at(deadline, sending).await {
-            Ok(Ok((mut response, answered))) => {
-                let metrics = &self.upstream_metrics[upstream];
-                metrics.record_upstream(answered.saturating_duration_since(sent));
-                let switching = match upgrade {
-                    Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                        let upstream_side = hyper::upgrade::on(&mut response);
-                        tunnel::spawn(client, upstream_side, Arc::clone(conn), faults);
-                        true
-                    }
-                    // Refused (or answered otherwise): a response like any.
-                    _ => false,
-                };
-                let (mut parts, body) = response.into_parts();
-                forward::remove_hop_by_hop(&mut parts.headers, Hop::Response { switching });
-                let success = Outcome::of_status(parts.status) == Outcome::Success;
-                let body = UpstreamBody::new(body, Arc::clone(conn), upstream, success);
-                let response = Response::from_parts(parts, ResponseBody::Upstream(body));
-                Ok((response, answered))
-            }
-            Ok(Err(e)) => Err(ProxyError::from_upstream(&target.name, e)),
-            Err(_) if waiting_on_client.is_some_and(|waiting| waiting.load(Ordering::Acquire)) => {
-                Err(ProxyError::ClientTimeout)
-            }
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                upstream: target.name.clone(),
-            }),
-        }
+        Ok((request, upgrade))
     }
 
     /// A forward listener's `CONNECT`: dials its target, and once that
