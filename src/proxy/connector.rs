@@ -135,12 +135,15 @@ impl Connectors {
         // about) that large. One allocation next to the several hyper's
         // HTTP/2 makes per stream.
         Either::Right(Either::Right(Box::pin(async move {
-            match self.http2.send(index, request).await? {
-                Sent::Answered(response, at) => Ok((response, at)),
-                // The first connection taught that the upstream speaks
-                // HTTP/1.1 only. Boxed: it happens once per upstream.
-                Sent::Http1(request) => Box::pin(self.http1.send(index, request, now)).await,
-            }
+            // A `let`, not a `match` around both waits: the first one's
+            // result would stay in the future while the second runs.
+            let request = match self.http2.send(index, request).await? {
+                Sent::Answered(response, at) => return Ok((response, at)),
+                Sent::Http1(request) => request,
+            };
+            // The first connection taught that the upstream speaks
+            // HTTP/1.1 only. Boxed: it happens once per upstream.
+            Box::pin(self.http1.send(index, request, now)).await
         })))
     }
 }
