@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use tracing::debug;
 
 use super::body::{ReadAhead, Replayed, RequestBody, ResponseBody};
@@ -50,7 +49,7 @@ impl Proxy {
         &self,
         plan: Plan,
         conn: &Arc<Connection>,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         start: Instant,
     ) -> Result<Response<ResponseBody>, Unanswered> {
         let Plan {
@@ -76,9 +75,7 @@ impl Proxy {
                     .counters
                     .give_back(candidate.rule.turns.times);
             }
-            return Ok(self
-                .forward_now(upstream, conn, request.map(RequestBody::from), None)
-                .await?);
+            return Ok(self.forward_now(upstream, conn, request, None).await?);
         };
         // Counted when decided: a client that leaves mid-fault was still faulted.
         for (i, candidate) in fired() {
@@ -117,7 +114,7 @@ impl Proxy {
         &self,
         plan: &Plan,
         conn: &Arc<Connection>,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         start: Instant,
     ) -> Result<BeforeUpstream, Unanswered> {
         let (action, delay, upstream) = (&plan.decision.action, plan.decision.delay, plan.upstream);
@@ -127,10 +124,10 @@ impl Proxy {
         }
         let multiplexed = request.version() == Version::HTTP_2;
         if halt.is_halted() {
-            return Ok(BeforeUpstream::LetGo(request.map(RequestBody::from)));
+            return Ok(BeforeUpstream::LetGo(request));
         }
         match action {
-            Action::Forward => Ok(BeforeUpstream::Forward(request.map(RequestBody::from))),
+            Action::Forward => Ok(BeforeUpstream::Forward(request)),
             Action::Respond(response) => {
                 let mut response = synthetic::injected(response);
                 response.extensions_mut().insert(ByFault);
@@ -158,7 +155,7 @@ impl Proxy {
                         }
                     };
                     let (parts, body) = request.into_parts();
-                    let mut read = Box::new(Replayed::new(body));
+                    let mut read = body.into_replayed();
                     if drain(&mut read, limit, time, halt).await && read.is_whole() {
                         let request = Request::from_parts(parts, RequestBody::replayed(read));
                         return Ok(BeforeUpstream::LetGo(request));
@@ -180,7 +177,7 @@ impl Proxy {
                     .last()
                     .and_then(|&i| plan.snapshot.rule_off(upstream, i));
                 let (parts, body) = request.into_parts();
-                let mut held = Box::new(Replayed::new(body));
+                let mut held = body.into_replayed();
                 let let_go = hold(&mut held, max_hold, halt, rule_off.map(Arc::as_ref)).await;
                 if let_go == Held::Halted && held.is_whole() {
                     let request = Request::from_parts(parts, RequestBody::replayed(held));

@@ -52,6 +52,14 @@ use forward::Hop;
 use synthetic::{Blame, ProxyError};
 use tunnel::TunnelFaults;
 
+/// The largest form body read to find a query-protocol call's `Action`
+/// (README "AWS-aware rules"): only bodies that say their length, up to
+/// this, are read; others are decided without the operation.
+pub const FORM_READ_LIMIT: u64 = 64 * 1024;
+/// How long reading that body may take; a client slower than this is
+/// decided without the operation, and its body forwarded as it comes.
+const FORM_READ_TIME: Duration = Duration::from_secs(5);
+
 /// A timeout that never fires, and the longest one kept.
 const NO_TIMEOUT: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
 
@@ -297,13 +305,27 @@ impl Proxy {
         request: Request<Incoming>,
         start: Instant,
     ) -> (Result<Response<ResponseBody>, Unanswered>, Instant) {
+        // A rule that matches the AWS operation of a query-protocol call
+        // needs its form body: read (bounded) before deciding.
+        let mut snapshot = self.published.load();
+        let (request, form) = if reads_form(&snapshot, upstream, &request) {
+            // Not held across the read: a snapshot guard is for moments.
+            drop(snapshot);
+            let read = read_form(request).await;
+            snapshot = self.published.load();
+            read
+        } else {
+            (request.map(RequestBody::from), None)
+        };
         let plan = {
-            let snapshot = self.published.load();
             let view = RequestView {
                 method: request.method(),
                 path: request.uri().path(),
+                query: request.uri().query(),
+                authority: request.uri().authority().map(|a| a.as_str()),
                 headers: request.headers(),
                 client_ip: conn.client_ip.as_bytes(),
+                form: form.as_deref(),
             };
             plan::decide(&snapshot.rules, upstream, &view).map(|decision| Plan {
                 decision,
@@ -314,10 +336,7 @@ impl Proxy {
         };
         match plan {
             // Sent as it came: the time read on arrival stands for both.
-            None => match self
-                .forward(upstream, conn, request.map(RequestBody::from), start, None)
-                .await
-            {
+            None => match self.forward(upstream, conn, request, start, None).await {
                 Ok((response, answered)) => (Ok(response), answered),
                 Err(error) => (Err(error.into()), Instant::now()),
             },
@@ -562,6 +581,55 @@ fn absolute_http(
 }
 
 /// The request's host name, port removed: `Host`, else the URI authority (HTTP/2).
+/// Whether to read this request's body before deciding: a rule of its
+/// upstream matches on the AWS operation (checked first: the common case
+/// looks at no header), and the body is a small form (the query
+/// protocol's `Action`).
+fn reads_form(snapshot: &Snapshot, upstream: usize, request: &Request<Incoming>) -> bool {
+    if !snapshot
+        .rules
+        .candidates(upstream)
+        .is_some_and(|rules| rules.reads_form())
+    {
+        return false;
+    }
+    let headers = request.headers();
+    let is_form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let small = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > 0 && len <= FORM_READ_LIMIT);
+    is_form && small
+}
+
+/// Reads a small form body ahead ([`reads_form`]); gives the
+/// request, whose body replays what was read, and the body when it came
+/// whole within [`FORM_READ_TIME`].
+async fn read_form(request: Request<Incoming>) -> (Request<RequestBody>, Option<bytes::Bytes>) {
+    let (parts, body) = request.into_parts();
+    let mut read = Box::new(body::Replayed::new(body));
+    let whole = tokio::time::timeout(FORM_READ_TIME, async {
+        loop {
+            match read.read_ahead().await {
+                body::ReadAhead::More if read.buffered() <= FORM_READ_LIMIT => {}
+                body::ReadAhead::Ended => return true,
+                _ => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let form = (whole && read.is_complete()).then(|| read.contiguous());
+    (
+        Request::from_parts(parts, RequestBody::replayed(read)),
+        form,
+    )
+}
+
 fn request_host(request: &Request<Incoming>) -> Option<&str> {
     let host = match request.headers().get(http::header::HOST) {
         Some(value) => value.to_str().ok()?,
