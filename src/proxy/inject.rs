@@ -15,10 +15,30 @@ use super::body::{ReadAhead, Replayed, RequestBody, ResponseBody};
 use super::synthetic::{self, X_FAULTLINE_RULE};
 use super::tunnel::TunnelFaults;
 use super::{shape, ActiveFault, ByFault, Connection, Plan, Proxy, StreamAborted, Unanswered};
+use crate::aws::{self, Protocol};
 use crate::control::HaltSignal;
 use crate::fault::AbortMode;
 use crate::plan::Action;
 use crate::server::Ending;
+
+/// The protocol of the AWS service a request asks, when it tells.
+fn aws_protocol<B>(request: &Request<B>) -> Option<Protocol> {
+    let host = request.uri().authority().map(|a| a.as_str()).or_else(|| {
+        request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    });
+    let facts = aws::facts(&aws::RequestParts {
+        method: request.method(),
+        host,
+        path: request.uri().path(),
+        query: request.uri().query(),
+        headers: request.headers(),
+        form: None,
+    });
+    Protocol::of(request.headers(), request.uri().query(), facts.service)
+}
 
 /// How much of a request body an abort in `close` mode reads before closing,
 /// so the close is a clean FIN rather than an RST for unread data.
@@ -129,7 +149,13 @@ impl Proxy {
         match action {
             Action::Forward => Ok(BeforeUpstream::Forward(request)),
             Action::Respond(response) => {
-                let mut response = synthetic::injected(response);
+                // Worked out only for an `aws.*` preset, which answers in
+                // the protocol of the service asked.
+                let protocol = response
+                    .adaptive
+                    .as_ref()
+                    .and_then(|_| aws_protocol(&request));
+                let mut response = synthetic::injected(response, protocol);
                 response.extensions_mut().insert(ByFault);
                 Ok(BeforeUpstream::Answer(response))
             }
