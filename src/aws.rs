@@ -58,11 +58,8 @@ pub fn parse_host(host: &str) -> Option<Endpoint<'_>> {
     } else {
         region = region_label;
     }
-    let (before, mut label) = split_last(rest);
-    let Some(mut service) = label.take() else {
-        return None;
-    };
-    let mut before = before;
+    let (mut before, label) = split_last(rest);
+    let mut service = label?;
     if service.eq_ignore_ascii_case("dualstack") {
         let (b, l) = split_last(before);
         service = l?;
@@ -875,7 +872,16 @@ mod tests {
         let none = HeaderMap::new();
         let mut copy = HeaderMap::new();
         copy.insert("x-amz-copy-source", HeaderValue::from_static("/b/k"));
-        let cases: [(Method, &str, Option<&str>, &HeaderMap, bool, Option<&str>); 20] = [
+        /// Method, path, query, headers, virtual-hosted, the operation.
+        type Case<'a> = (
+            Method,
+            &'a str,
+            Option<&'a str>,
+            &'a HeaderMap,
+            bool,
+            Option<&'a str>,
+        );
+        let cases: [Case<'_>; 20] = [
             (Method::GET, "/", None, &none, false, Some("ListBuckets")),
             (Method::GET, "/b/k", None, &none, false, Some("GetObject")),
             (
