@@ -251,6 +251,12 @@ impl MatchSpec {
 
         let aws = self.aws.as_ref().map(|spec| {
             let at = at.key("aws");
+            if *spec == AwsMatchSpec::default() {
+                errors.push(FieldError::new(
+                    at.clone(),
+                    "give at least one of `service`, `operation`, `region`",
+                ));
+            }
             let mut glob = |field: &str, pattern: &Option<String>| {
                 let pattern = pattern.as_deref()?;
                 Glob::new(pattern)
@@ -514,6 +520,16 @@ mod tests {
         assert!(errors[0]
             .to_string()
             .starts_with("match.aws.operation: invalid glob \"Put[\""));
+        let errors = MatchSpec {
+            aws: Some(AwsMatchSpec::default()),
+            ..Default::default()
+        }
+        .compile(&[], &FieldPath::root().key("match"))
+        .unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "match.aws: give at least one of `service`, `operation`, `region`"
+        );
     }
 
     #[test]
