@@ -21,25 +21,6 @@ use crate::fault::AbortMode;
 use crate::plan::Action;
 use crate::server::Ending;
 
-/// The protocol of the AWS service a request asks, when it tells.
-fn aws_protocol<B>(request: &Request<B>) -> Option<Protocol> {
-    let host = request.uri().authority().map(|a| a.as_str()).or_else(|| {
-        request
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-    });
-    let facts = aws::facts(&aws::RequestParts {
-        method: request.method(),
-        host,
-        path: request.uri().path(),
-        query: request.uri().query(),
-        headers: request.headers(),
-        form: None,
-    });
-    Protocol::of(request.headers(), request.uri().query(), facts.service)
-}
-
 /// How much of a request body an abort in `close` mode reads before closing,
 /// so the close is a clean FIN rather than an RST for unread data.
 const CLOSE_DRAIN_LIMIT: u64 = 1 << 20;
@@ -354,4 +335,23 @@ async fn hold(
         held = read => held,
         () = tokio::time::sleep(max_hold) => Held::Expired,
     }
+}
+
+/// The protocol of the AWS service a request asks, when it tells.
+fn aws_protocol<B>(request: &Request<B>) -> Option<Protocol> {
+    let host = request.uri().authority().map(|a| a.as_str()).or_else(|| {
+        request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    });
+    let facts = aws::facts(&aws::RequestParts {
+        method: request.method(),
+        host,
+        path: request.uri().path(),
+        query: request.uri().query(),
+        headers: request.headers(),
+        form: None,
+    });
+    Protocol::of(request.headers(), request.uri().query(), facts.service)
 }

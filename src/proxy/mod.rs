@@ -580,7 +580,6 @@ fn absolute_http(
         })
 }
 
-/// The request's host name, port removed: `Host`, else the URI authority (HTTP/2).
 /// Whether to read this request's body before deciding: a rule of its
 /// upstream matches on the AWS operation (checked first: the common case
 /// looks at no header), and the body is a small form (the query
@@ -630,6 +629,7 @@ async fn read_form(request: Request<Incoming>) -> (Request<RequestBody>, Option<
     )
 }
 
+/// The request's host name, port removed: `Host`, else the URI authority (HTTP/2).
 fn request_host(request: &Request<Incoming>) -> Option<&str> {
     let host = match request.headers().get(http::header::HOST) {
         Some(value) => value.to_str().ok()?,
