@@ -143,10 +143,11 @@ const INTERNAL_ERROR: AwsError = AwsError {
 /// Sources: the AWS JSON protocols (Smithy `awsJson1_0`, `awsJson1_1`,
 /// `restJson1`) name the error in `x-amzn-ErrorType` and in the body
 /// (`__type`, or the shape's members for restJson1) and send
-/// `x-amzn-RequestId`. `ThrottlingException` (400) and `InternalFailure`
-/// (500) are on the "Common Errors" page of the AWS API references; that page
-/// calls the 503 `ServiceUnavailable`, while the services that model it
-/// themselves (API Gateway, for one) name it `ServiceUnavailableException`.
+/// `x-amzn-RequestId`. The `aws.*` presets answer in the protocol of the
+/// service asked ([`AwsError`]), with the codes services send for an
+/// outage: `ServiceUnavailable` (503) and `InternalError` (500), as the
+/// query services, EC2 and S3 spell them, `ThrottlingException` (JSON),
+/// `Throttling` (query), `RequestLimitExceeded` (EC2), `SlowDown` (S3).
 pub const PRESETS: &[Preset] = &[
     aws_preset(
         "aws.throttling",
