@@ -6,6 +6,7 @@
 //! only, never back up (no cycles):
 //!
 //! - [`diagnostic`], [`duration`], [`files`]: problems in users' files, with line and column; human durations; reading users' files with bounds.
+//! - [`aws`]: AWS's wire vocabulary: a request's service, region and operation (SigV4 scope, host name, target, action, REST path), and the protocol its errors speak.
 //! - [`grpc`]: gRPC's wire vocabulary: status codes, `grpc-status`/`grpc-message`, telling a call from other HTTP/2, trailers-only headers.
 //! - [`tls`]: TLS both ways: listeners' certificates (swapped on reload), upstreams' trust and identity.
 //! - [`config`]: how the process runs (listeners, upstreams, routes, settings).
@@ -29,6 +30,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod aws;
 pub mod book;
 pub mod client;
 pub mod config;

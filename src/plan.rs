@@ -8,6 +8,7 @@
 //! removing one rule does not reshuffle the others. Doing it (sleeping,
 //! answering, dropping) is [`crate::proxy`]'s.
 
+use std::cell::OnceCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use http::{HeaderMap, Method};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::aws::{self, Facts, RequestParts};
 use crate::fault::{AbortMode, Fault, Shaping, Side, SyntheticResponse};
 use crate::rules::{fnv1a, Candidate, RuleSet, Sticky};
 
@@ -24,9 +26,36 @@ use crate::rules::{fnv1a, Candidate, RuleSet, Sticky};
 pub struct RequestView<'a> {
     pub method: &'a Method,
     pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// The URI's authority (absolute-form, HTTP/2); else the `Host` header
+    /// names the host, looked up only when a rule asks.
+    pub authority: Option<&'a str>,
     pub headers: &'a HeaderMap,
     /// The client's address as text, for `sticky = "client_ip"`.
     pub client_ip: &'a [u8],
+    /// A form-urlencoded body the proxy read because a rule asks for the
+    /// AWS operation ([`crate::rules::UpstreamRules::reads_form`]).
+    pub form: Option<&'a [u8]>,
+}
+
+impl<'a> RequestView<'a> {
+    /// What AWS calls this request. Not free (header parsing): the planner
+    /// works it out once, for the first rule that has `match.aws`.
+    pub fn aws_facts(&self) -> Facts<'a> {
+        let host = self.authority.or_else(|| {
+            self.headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+        });
+        aws::facts(&RequestParts {
+            method: self.method,
+            host,
+            path: self.path,
+            query: self.query,
+            headers: self.headers,
+            form: self.form,
+        })
+    }
 }
 
 /// What must happen to one request.
@@ -63,6 +92,8 @@ pub enum Action {
 pub fn decide(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Option<Decision> {
     let candidates = rules.candidates(upstream)?;
     let mut decided: Option<Decision> = None;
+    // Worked out for the first rule with `match.aws`, then reused.
+    let facts = OnceCell::new();
     for (index, candidate) in candidates.for_path(request.path) {
         let rule = &candidate.rule;
         if !rule
@@ -70,6 +101,11 @@ pub fn decide(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Op
             .matches_method_and_headers(request.method, request.headers)
         {
             continue;
+        }
+        if let Some(condition) = rule.matcher.aws() {
+            if !condition.matches(facts.get_or_init(|| request.aws_facts())) {
+                continue;
+            }
         }
         if !rule.counters.take_turn(rule.turns.every) {
             continue;
@@ -231,8 +267,11 @@ mod tests {
         RequestView {
             method: &Method::GET,
             path,
+            query: None,
+            authority: None,
             headers,
             client_ip: b"127.0.0.1",
+            form: None,
         }
     }
 
@@ -345,6 +384,44 @@ mode = "reset"
         // 10,000 draws at p = 0.3: sd ≈ 46, so ±5 sd is 2,770..3,230.
         let hits = decisions(7, 10_000).iter().filter(|hit| **hit).count();
         assert!((2770..=3230).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn aws_rules_take_only_the_requests_aws_names_so() {
+        let rules = rule_set(
+            "[[rule]]\nname = \"put-use1\"\n[rule.match]\naws = { service = \"dynamodb\", operation = \"PutItem\", region = \"us-east-1\" }\n[rule.fault]\nkind = \"error\"\nstatus = 500\n\
+             [[rule]]\nname = \"sqs-send\"\n[rule.match]\naws = { operation = \"SendMessage\" }\n[rule.fault]\nkind = \"error\"\nstatus = 503\n",
+            1,
+        );
+        let signed = |region: &str, target: &str| {
+            let mut headers = HeaderMap::new();
+            let auth = format!("AWS4-HMAC-SHA256 Credential=AKID/20250101/{region}/dynamodb/aws4_request, SignedHeaders=host, Signature=0");
+            headers.insert("authorization", auth.parse().unwrap());
+            headers.insert("x-amz-target", target.parse().unwrap());
+            headers
+        };
+        let fires = |headers: &HeaderMap, form: Option<&[u8]>| {
+            let view = RequestView {
+                method: &Method::POST,
+                form,
+                ..view("/", headers)
+            };
+            decide(&rules, 0, &view).map(|decision| fired(&rules, &decision))
+        };
+        let put = signed("us-east-1", "DynamoDB_20120810.PutItem");
+        assert_eq!(fires(&put, None).unwrap(), ["put-use1"]);
+        assert!(fires(&signed("us-east-1", "DynamoDB_20120810.GetItem"), None).is_none());
+        assert!(fires(&signed("us-west-2", "DynamoDB_20120810.PutItem"), None).is_none());
+        assert!(fires(&HeaderMap::new(), None).is_none());
+        // The query protocol's operation, from a body the proxy read.
+        let mut sqs = HeaderMap::new();
+        sqs.insert("host", "sqs.us-east-1.amazonaws.com".parse().unwrap());
+        assert_eq!(
+            fires(&sqs, Some(b"Action=SendMessage&QueueUrl=q")).unwrap(),
+            ["sqs-send"]
+        );
+        assert!(fires(&sqs, Some(b"Action=ReceiveMessage")).is_none());
+        assert!(rules.candidates(0).unwrap().reads_form());
     }
 
     #[test]

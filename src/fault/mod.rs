@@ -22,7 +22,7 @@ use crate::diagnostic::{FieldError, FieldPath};
 use crate::grpc::GrpcStatus;
 
 pub use latency::{Delay, DistributionSpec, Side};
-pub use preset::RequestIdStyle;
+pub use preset::{AwsError, Rendered, RequestIdStyle};
 
 /// How long a blackhole holds a request when the rule does not say.
 pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(300);
@@ -176,6 +176,19 @@ pub struct SyntheticResponse {
     /// A preset's request ids, made fresh for each response; `None` (no
     /// per-response work) for every response a preset did not make.
     pub request_ids: Option<RequestIdStyle>,
+    /// An `aws.*` preset's error, answered in the protocol of the service
+    /// asked when the request tells it (the fields above are the answer
+    /// when it does not).
+    pub adaptive: Option<Adaptive>,
+}
+
+/// An AWS error answered in the protocol of the request, with the rule's
+/// own `status` and `headers` over it.
+#[derive(Debug, Clone)]
+pub struct Adaptive {
+    pub error: &'static AwsError,
+    pub status: Option<StatusCode>,
+    pub headers: HeaderMap,
 }
 
 /// The kinds of fault (README "Rules"): parsed from `kind` once, so
@@ -624,6 +637,7 @@ impl FaultSpec {
                 body: Bytes::new(),
                 unavailable: false,
                 request_ids: None,
+                adaptive: None,
             };
         }
         let body = match (&self.body, &self.body_file) {
@@ -662,10 +676,15 @@ impl FaultSpec {
                 body: body.unwrap_or_default(),
                 unavailable: false,
                 request_ids: None,
+                adaptive: None,
             },
         };
         if let Some(status) = status {
             response.status = status;
+        }
+        if let Some(adaptive) = response.adaptive.as_mut() {
+            adaptive.status = status;
+            adaptive.headers = headers.clone();
         }
         // The rule's headers replace the preset's of the same name.
         response.headers.extend(headers);
@@ -871,6 +890,7 @@ fn service_unavailable(retry_after: Duration) -> SyntheticResponse {
         ),
         unavailable: true,
         request_ids: None,
+        adaptive: None,
     }
 }
 
@@ -1083,8 +1103,22 @@ mod tests {
         let response =
             respond("kind = \"error\"\npreset = \"lambda.too-many-requests\"\nstatus = 500");
         assert_eq!(response.status, 500);
-        assert_eq!(response.headers["retry-after"], "1");
+        assert_eq!(
+            response.headers["x-amzn-errortype"],
+            "TooManyRequestsException"
+        );
         assert!(response.body.starts_with(br#"{"Reason":"#));
+
+        // An `aws.*` preset keeps the rule's status and headers for the
+        // protocol it answers in; a body of the rule's own stays fixed.
+        let response = respond(
+            "kind = \"error\"\npreset = \"aws.throttling\"\nstatus = 429\nheaders = { \"x-amz-retry-after\" = \"1500\" }",
+        );
+        let adaptive = response.adaptive.clone().unwrap();
+        assert_eq!(adaptive.status, Some(StatusCode::TOO_MANY_REQUESTS));
+        assert_eq!(adaptive.headers["x-amz-retry-after"], "1500");
+        let fixed = respond("kind = \"error\"\npreset = \"aws.throttling\"\nbody = \"{}\"");
+        assert!(fixed.adaptive.is_none());
 
         // An S3 body of the rule's own no longer repeats the ids.
         let s3 = respond("kind = \"error\"\npreset = \"s3.slow-down\"");

@@ -53,6 +53,14 @@ use forward::Hop;
 use synthetic::{Blame, ProxyError};
 use tunnel::TunnelFaults;
 
+/// The largest form body read to find a query-protocol call's `Action`
+/// (README "AWS-aware rules"): only bodies that say their length, up to
+/// this, are read; others are decided without the operation.
+pub const FORM_READ_LIMIT: u64 = 64 * 1024;
+/// How long reading that body may take; a client slower than this is
+/// decided without the operation, and its body forwarded as it comes.
+const FORM_READ_TIME: Duration = Duration::from_secs(5);
+
 /// A timeout that never fires, and the longest one kept.
 const NO_TIMEOUT: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
 
@@ -298,6 +306,11 @@ impl Proxy {
 
     /// Decides, then does: forwards at once when no rule fires, else runs
     /// the fault phases. Gives the outcome and when it came.
+    ///
+    /// Decided before the future exists, so the plan is not carried in a
+    /// plain request's future; only a request whose form body a rule needs
+    /// (the AWS query protocol's `Action`) waits before deciding, in a
+    /// future of its own.
     fn pipeline<'a>(
         &'a self,
         upstream: usize,
@@ -306,27 +319,61 @@ impl Proxy {
         start: Instant,
     ) -> impl Future<Output = (Result<Response<ResponseBody>, Unanswered>, Instant)> + Send + 'a
     {
-        // Decided before either future exists: the plan is not carried in a
-        // plain request's future.
-        let plan = {
-            let snapshot = self.published.load();
-            let view = RequestView {
-                method: request.method(),
-                path: request.uri().path(),
-                headers: request.headers(),
-                client_ip: conn.client_ip.as_bytes(),
-            };
-            plan::decide(&snapshot.rules, upstream, &view).map(|decision| Plan {
-                decision,
-                // Kept only when a fault needs it: one atomic load per plain request.
-                snapshot: arc_swap::Guard::into_inner(snapshot),
-                upstream,
-            })
+        let snapshot = self.published.load();
+        if reads_form(&snapshot, upstream, &request) {
+            // Not held across the read: a snapshot guard is for moments.
+            drop(snapshot);
+            // Boxed: rare, and it would make every request's future larger.
+            return Either::Right(Box::pin(async move {
+                let (request, form) = read_form(request).await;
+                let plan = self.decide(self.published.load(), upstream, conn, &request, form);
+                self.run(plan, upstream, conn, request, start).await
+            }));
+        }
+        let request = request.map(RequestBody::from);
+        let plan = self.decide(snapshot, upstream, conn, &request, None);
+        Either::Left(self.run(plan, upstream, conn, request, start))
+    }
+
+    /// The plan for a request: `None` when no rule fires.
+    fn decide(
+        &self,
+        snapshot: arc_swap::Guard<Arc<Snapshot>>,
+        upstream: usize,
+        conn: &Connection,
+        request: &Request<RequestBody>,
+        form: Option<bytes::Bytes>,
+    ) -> Option<Plan> {
+        let view = RequestView {
+            method: request.method(),
+            path: request.uri().path(),
+            query: request.uri().query(),
+            authority: request.uri().authority().map(|a| a.as_str()),
+            headers: request.headers(),
+            client_ip: conn.client_ip.as_bytes(),
+            form: form.as_deref(),
         };
+        plan::decide(&snapshot.rules, upstream, &view).map(|decision| Plan {
+            decision,
+            // Kept only when a fault needs it: one atomic load per plain request.
+            snapshot: arc_swap::Guard::into_inner(snapshot),
+            upstream,
+        })
+    }
+
+    /// Does what [`Self::decide`] planned.
+    fn run<'a>(
+        &'a self,
+        plan: Option<Plan>,
+        upstream: usize,
+        conn: &'a Arc<Connection>,
+        request: Request<RequestBody>,
+        start: Instant,
+    ) -> impl Future<Output = (Result<Response<ResponseBody>, Unanswered>, Instant)> + Send + 'a
+    {
         match plan {
             // Sent as it came: the time read on arrival stands for both.
             None => Either::Left(async move {
-                let request = request.map(RequestBody::from);
                 match self.forward(upstream, conn, request, start, None).await {
                     Ok((response, answered)) => (Ok(response), answered),
                     Err(error) => (Err(error.into()), Instant::now()),
@@ -594,6 +641,55 @@ fn absolute_http(
         .map_err(|e| ProxyError::ClientProtocol {
             reason: format!("the request's URI cannot be forwarded: {e}"),
         })
+}
+
+/// Whether to read this request's body before deciding: a rule of its
+/// upstream matches on the AWS operation (checked first: the common case
+/// looks at no header), and the body is a small form (the query
+/// protocol's `Action`).
+fn reads_form(snapshot: &Snapshot, upstream: usize, request: &Request<Incoming>) -> bool {
+    if !snapshot
+        .rules
+        .candidates(upstream)
+        .is_some_and(|rules| rules.reads_form())
+    {
+        return false;
+    }
+    let headers = request.headers();
+    let is_form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let small = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > 0 && len <= FORM_READ_LIMIT);
+    is_form && small
+}
+
+/// Reads a small form body ahead ([`reads_form`]); gives the
+/// request, whose body replays what was read, and the body when it came
+/// whole within [`FORM_READ_TIME`].
+async fn read_form(request: Request<Incoming>) -> (Request<RequestBody>, Option<bytes::Bytes>) {
+    let (parts, body) = request.into_parts();
+    let mut read = Box::new(body::Replayed::new(body));
+    let whole = tokio::time::timeout(FORM_READ_TIME, async {
+        loop {
+            match read.read_ahead().await {
+                body::ReadAhead::More if read.buffered() <= FORM_READ_LIMIT => {}
+                body::ReadAhead::Ended => return true,
+                _ => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let form = (whole && read.is_complete()).then(|| read.contiguous());
+    (
+        Request::from_parts(parts, RequestBody::replayed(read)),
+        form,
+    )
 }
 
 /// The request's host name, port removed: `Host`, else the URI authority (HTTP/2).

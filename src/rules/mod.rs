@@ -23,7 +23,7 @@ use crate::config::is_valid_name;
 use crate::diagnostic::{FieldError, FieldPath};
 use crate::fault::{BodySource, Fault, FaultSpec};
 
-pub use matcher::{MatchSpec, Matcher, UpstreamIdentity};
+pub use matcher::{AwsCondition, AwsMatchSpec, MatchSpec, Matcher, UpstreamIdentity};
 pub use snapshot::{Candidate, LiveRule, RuleSet, UpstreamRules};
 
 /// The longest rule name: it rides on responses as `x-faultline-rule`, in

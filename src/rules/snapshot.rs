@@ -62,6 +62,9 @@ pub struct UpstreamRules {
     path_owner: Box<[usize]>,
     /// Indices of the rules with no path condition.
     pathless: Box<[usize]>,
+    /// Whether a rule asks for the AWS operation, which the query protocol
+    /// carries in a form body: only then does the proxy read one.
+    reads_form: bool,
 }
 
 /// An enabled rule that can apply to an upstream, with the probability in force.
@@ -102,16 +105,30 @@ impl UpstreamRules {
                 ),
             }
         };
+        let reads_form = rules.iter().any(|candidate| {
+            candidate
+                .rule
+                .matcher
+                .aws()
+                .is_some_and(|aws| aws.needs_operation())
+        });
         Self {
             rules: rules.into(),
             paths,
             path_owner: path_owner.into(),
             pathless: pathless.into(),
+            reads_form,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// Whether a rule here matches on the AWS operation: a form-urlencoded
+    /// request body is then read before deciding (README "AWS-aware rules").
+    pub fn reads_form(&self) -> bool {
+        self.reads_form
     }
 
     /// Every rule that can apply to the upstream, in evaluation order (the
