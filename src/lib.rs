@@ -7,7 +7,9 @@
 //!
 //! - [`diagnostic`], [`duration`], [`files`]: problems in users' files, with line and column; human durations; reading users' files with bounds.
 //! - [`grpc`]: gRPC's wire vocabulary: status codes, `grpc-status`/`grpc-message`, telling a call from other HTTP/2, trailers-only headers.
+//! - [`endpoint`]: what a cloud endpoint's host name says (AWS service and region), pure.
 //! - [`tls`]: TLS both ways: listeners' certificates (swapped on reload), upstreams' trust and identity.
+//! - [`ca`]: faultline's own CA (made on first use, kept in `[ca] dir`) and the leaves it signs, cached.
 //! - [`config`]: how the process runs (listeners, upstreams, routes, settings).
 //! - [`fault`]: what happens to a matched request: the fault kinds, written and validated.
 //! - [`rules`]: which requests are affected: rule schema, pure validation, matching, the immutable snapshot.
@@ -30,6 +32,7 @@
 pub mod admin;
 pub mod app;
 pub mod book;
+pub mod ca;
 pub mod client;
 pub mod config;
 pub mod control;
@@ -37,6 +40,7 @@ pub mod ctl;
 pub mod demo;
 pub mod diagnostic;
 pub mod duration;
+pub mod endpoint;
 pub mod fault;
 pub mod files;
 pub mod grpc;

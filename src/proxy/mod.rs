@@ -22,6 +22,7 @@ mod egress;
 mod forward;
 mod h2;
 mod inject;
+mod intercept;
 mod pool;
 mod shape;
 pub mod synthetic;
@@ -39,6 +40,7 @@ use prometheus::{IntCounter, IntGauge};
 pub use body::ResponseBody;
 use body::{RequestBody, UpstreamBody};
 
+use crate::ca::Ca;
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::control::{Published, Snapshot};
 use crate::grpc::{self, GrpcStatus};
@@ -77,7 +79,12 @@ pub struct Proxy {
     forward_routes: egress::ForwardRoutes,
     published: Arc<Published>,
     connectors: Connectors,
+    /// faultline's CA, for intercepted `CONNECT`s (when a forward listener
+    /// intercepts any).
+    ca: Option<Arc<Ca>>,
     upstream_timeout: Duration,
+    /// For a TLS handshake with an intercepted client.
+    header_timeout: Duration,
     mark_faults: bool,
     active_faults: AtomicUsize,
     max_active_faults: usize,
@@ -91,6 +98,20 @@ pub struct Proxy {
     /// `faultline_client_errors_total`, in the order of [`ClientErrorReason::ALL`].
     client_errors: [IntCounter; ClientErrorReason::ALL.len()],
 }
+
+/// The TLS of forward traffic: faultline's CA for intercepted clients,
+/// and per upstream index, the client config of each destination's (and
+/// `other`'s) intercepted traffic, verified with the system's roots and
+/// the destination's `tls.ca`.
+#[derive(Debug, Default)]
+pub struct ForwardTls {
+    pub ca: Option<Arc<Ca>>,
+    pub clients: Vec<Option<Arc<rustls::ClientConfig>>>,
+}
+
+/// The `Via` faultline adds to the forward traffic it sends, and by which
+/// it knows a request it sent already.
+const VIA: HeaderValue = HeaderValue::from_static("1.1 faultline");
 
 /// Why the pipeline gives neither the upstream's response nor an injected one.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +139,7 @@ impl Proxy {
     pub fn new(
         config: &Config,
         upstream_tls: &[Option<UpstreamTls>],
+        forward_tls: ForwardTls,
         published: Arc<Published>,
         metrics: Metrics,
     ) -> Self {
@@ -150,7 +172,9 @@ impl Proxy {
             routes,
             forward_routes: egress::ForwardRoutes::new(config),
             published,
-            connectors: Connectors::new(&config.upstreams, upstream_tls, &config.proxy),
+            connectors: Connectors::new(config, upstream_tls, &forward_tls.clients),
+            ca: forward_tls.ca,
+            header_timeout: config.proxy.header_timeout,
             // Capped so a deadline can always be added to an instant:
             // thirty years is no timeout at all, as tokio's own far future.
             upstream_timeout: config.proxy.upstream_timeout.min(NO_TIMEOUT),
@@ -201,6 +225,7 @@ impl Proxy {
             entry,
             client_ip,
             info: conn,
+            intercepted: None,
         });
         // One per-connection Arc per request: no counter shared by every worker.
         hyper::service::service_fn(move |request| {
@@ -223,17 +248,22 @@ impl Proxy {
             Entry::Upstream(i) => &self.dedicated_inflight[i],
         };
         let _inflight = Inflight::enter(inflight);
-        if request.method() == Method::CONNECT && !matches!(conn.entry, Entry::Forward(_)) {
+        if request.method() == Method::CONNECT
+            && (!matches!(conn.entry, Entry::Forward(_)) || conn.intercepted.is_some())
+        {
             // A reverse proxy has no tunnel to offer: the client's mistake,
-            // never forwarded. (A forward listener serves it.)
+            // never forwarded. (A forward listener serves it, outside TLS.)
             let error = ProxyError::ConnectNotSupported;
             self.record_client_error(&error);
             return Ok(synthetic::rescue(&error, false));
         }
+        if matches!(conn.entry, Entry::Forward(_)) && sent_by_faultline(&request) {
+            return Ok(synthetic::rescue(&ProxyError::ForwardLoop, false));
+        }
         // Read once here, for the answer to an error and the gRPC metric;
         // an HTTP/1.1 request is ruled out by its version alone.
         let grpc = grpc::is_call(request.version(), request.headers());
-        let upstream = match self.route(conn.entry, &request) {
+        let upstream = match self.route(conn, &request) {
             Ok(upstream) => upstream,
             Err(error) => {
                 self.record_client_error(&error);
@@ -297,7 +327,10 @@ impl Proxy {
         request: Request<Incoming>,
         start: Instant,
     ) -> (Result<Response<ResponseBody>, Unanswered>, Instant) {
-        let plan = {
+        // An intercepted CONNECT is not itself faulted: the requests in it are.
+        let plan = if self.intercepts(conn, &request) {
+            None
+        } else {
             let snapshot = self.published.load();
             let view = RequestView {
                 method: request.method(),
@@ -331,10 +364,24 @@ impl Proxy {
         }
     }
 
+    /// Whether `request` is a `CONNECT` this proxy decrypts.
+    fn intercepts(&self, conn: &Connection, request: &Request<Incoming>) -> bool {
+        match conn.entry {
+            Entry::Forward(listener) if request.method() == Method::CONNECT => {
+                self.ca.is_some() && self.forward_routes.intercepts(listener, request.uri())
+            }
+            _ => false,
+        }
+    }
+
     /// The upstream for a request: the dedicated one, the first matching
-    /// route, or (on a forward listener) the one its authority names.
-    fn route(&self, entry: Entry, request: &Request<Incoming>) -> Result<usize, ProxyError> {
-        match entry {
+    /// route, (on a forward listener) the one its authority names, or (in
+    /// an intercepted tunnel) the tunnel's.
+    fn route(&self, conn: &Connection, request: &Request<Incoming>) -> Result<usize, ProxyError> {
+        if let Some(intercepted) = &conn.intercepted {
+            return Ok(intercepted.upstream);
+        }
+        match conn.entry {
             Entry::Upstream(upstream) => Ok(upstream),
             Entry::Listener(listener) => {
                 let listener = self.routes.get(listener).ok_or(ProxyError::NoRoute)?;
@@ -378,14 +425,34 @@ impl Proxy {
         let waiting_on_client = request.body_mut().watch_client();
         let client_version = request.version();
         // Forward traffic no upstream has goes where its URI says, with
-        // that authority as its `Host` (RFC 9112 §3.2.2).
-        let ad_hoc = match target.ad_hoc {
-            true => Some(ad_hoc_target(request.uri())?),
-            false => None,
+        // that authority as its `Host` (RFC 9112 §3.2.2); intercepted
+        // traffic to where its tunnel went, with the client's `Host`.
+        let ad_hoc = match (target.ad_hoc, &conn.intercepted) {
+            (false, _) => None,
+            (true, None) => {
+                let (authority, host) = ad_hoc_target(request.uri())?;
+                Some((http::uri::Scheme::HTTP, authority, host))
+            }
+            (true, Some(intercepted)) => {
+                let host = request
+                    .headers()
+                    .get(http::header::HOST)
+                    .cloned()
+                    .or_else(|| {
+                        let authority = request.uri().authority()?;
+                        HeaderValue::from_str(authority.as_str()).ok()
+                    })
+                    .unwrap_or_else(|| intercepted.host.clone());
+                Some((
+                    http::uri::Scheme::HTTPS,
+                    intercepted.authority.clone(),
+                    host,
+                ))
+            }
         };
         let host = ad_hoc
             .as_ref()
-            .map_or(&target.host_header, |(_, host)| host);
+            .map_or(&target.host_header, |(_, _, host)| host);
         let forward::Outgoing {
             mut request,
             upgrade,
@@ -394,9 +461,11 @@ impl Proxy {
                 reason: reason.to_owned(),
             },
         )?;
-        if let Some((authority, _)) = ad_hoc {
+        if let Some((scheme, authority, _)) = ad_hoc {
             // Absolute form again: the ad-hoc client dials its authority.
-            *request.uri_mut() = absolute_http(authority, request.uri())?;
+            *request.uri_mut() = absolute(scheme, authority, request.uri())?;
+            // Marks it as faultline's, should it come back (a loop).
+            request.headers_mut().append(http::header::VIA, VIA);
         }
         let deadline = tokio::time::Instant::from_std(sent + self.upstream_timeout);
         let sending = self
@@ -432,9 +501,11 @@ impl Proxy {
         }
     }
 
-    /// A forward listener's `CONNECT`: dials its target, and once that
-    /// answers, gives the `200` and copies both ways after it
-    /// ([`tunnel::spawn_connected`], shaped by `faults`).
+    /// A forward listener's `CONNECT`: dials its target (or its
+    /// destination's `connect_to`), and once that answers, gives the `200`
+    /// and copies both ways after it ([`tunnel::spawn_connected`], shaped
+    /// by `faults`). An intercepted one gives the `200` at once and serves
+    /// the requests inside its TLS ([`intercept`]).
     async fn open_tunnel(
         &self,
         upstream: usize,
@@ -443,14 +514,14 @@ impl Proxy {
         faults: Option<TunnelFaults<'_>>,
     ) -> Result<(Response<ResponseBody>, Instant), ProxyError> {
         let target = &self.upstreams[upstream];
-        let authority = match conn.entry {
-            Entry::Forward(listener) => self
-                .forward_routes
-                .route(listener, request.method(), request.uri())?
-                .tunnel
-                .ok_or(ProxyError::NoRoute)?,
-            Entry::Listener(_) | Entry::Upstream(_) => return Err(ProxyError::ConnectNotSupported),
+        let routed = match conn.entry {
+            Entry::Forward(listener) if conn.intercepted.is_none() => {
+                self.forward_routes
+                    .route(listener, request.method(), request.uri())?
+            }
+            _ => return Err(ProxyError::ConnectNotSupported),
         };
+        let authority = routed.tunnel.ok_or(ProxyError::NoRoute)?;
         let Some(client) = request
             .extensions_mut()
             .remove::<hyper::upgrade::OnUpgrade>()
@@ -460,10 +531,28 @@ impl Proxy {
                 reason: "this CONNECT cannot be tunnelled".to_owned(),
             });
         };
+        if let (true, Some(ca)) = (routed.intercept, &self.ca) {
+            intercept::spawn(
+                client,
+                Arc::clone(conn),
+                intercept::Tunnel {
+                    upstream,
+                    authority,
+                    ca: Arc::clone(ca),
+                    handshake_timeout: self.header_timeout,
+                },
+            );
+            let now = Instant::now();
+            return Ok((Response::new(ResponseBody::full(bytes::Bytes::new())), now));
+        }
+        let dial = self
+            .forward_routes
+            .connect_to(upstream)
+            .unwrap_or(&authority);
         let sent = Instant::now();
         let stream = self
             .connectors
-            .tcp(&authority)
+            .tcp(dial)
             .await
             .map_err(|e| ProxyError::from_upstream(&target.name, e))?;
         let answered = Instant::now();
@@ -532,6 +621,31 @@ struct Connection {
     entry: Entry,
     client_ip: HeaderValue,
     info: ConnInfo,
+    /// Set for the decrypted connection inside an intercepted `CONNECT`.
+    intercepted: Option<Intercepted>,
+}
+
+/// Where the requests of an intercepted tunnel go.
+struct Intercepted {
+    /// The destination's upstream (or `other`).
+    upstream: usize,
+    /// The `CONNECT`'s target, port explicit.
+    authority: http::uri::Authority,
+    /// Its host (and port, if not 443), the `Host` of a request that has none.
+    host: HeaderValue,
+}
+
+/// Whether faultline already sent this request on (its `Via` names it).
+fn sent_by_faultline(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get_all(http::header::VIA)
+        .iter()
+        .any(|via| {
+            via.as_bytes()
+                .split(|&b| b == b',')
+                .any(|hop| hop.trim_ascii() == VIA.as_bytes())
+        })
 }
 
 /// Where an ad-hoc forward request goes: its URI's authority (the front
@@ -545,14 +659,15 @@ fn ad_hoc_target(uri: &http::Uri) -> Result<(http::uri::Authority, HeaderValue),
     Ok((authority, host))
 }
 
-/// `http://authority` and the path of `origin` (origin form).
-fn absolute_http(
+/// `scheme://authority` and the path of `origin` (origin form).
+fn absolute(
+    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     origin: &http::Uri,
 ) -> Result<http::Uri, ProxyError> {
     let path = origin.path_and_query().map_or("/", |p| p.as_str());
     http::Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(path)
         .build()
