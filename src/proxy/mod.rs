@@ -434,20 +434,8 @@ impl Proxy {
                 Some((http::uri::Scheme::HTTP, authority, host))
             }
             (true, Some(intercepted)) => {
-                let host = request
-                    .headers()
-                    .get(http::header::HOST)
-                    .cloned()
-                    .or_else(|| {
-                        let authority = request.uri().authority()?;
-                        HeaderValue::from_str(authority.as_str()).ok()
-                    })
-                    .unwrap_or_else(|| intercepted.host.clone());
-                Some((
-                    http::uri::Scheme::HTTPS,
-                    intercepted.authority.clone(),
-                    host,
-                ))
+                let (authority, host) = intercepted.target(&request)?;
+                Some((http::uri::Scheme::HTTPS, authority, host))
             }
         };
         let host = ad_hoc
@@ -475,6 +463,15 @@ impl Proxy {
             Ok(Ok((mut response, answered))) => {
                 let metrics = &self.upstream_metrics[upstream];
                 metrics.record_upstream(answered.saturating_duration_since(sent));
+                if target.ad_hoc && response.status() == StatusCode::LOOP_DETECTED {
+                    // faultline itself, one hop on, found its own `Via`:
+                    // told as this proxy's error, not as an upstream's 508
+                    // (whose faultline headers are stripped below).
+                    let looped = response.headers().get(&synthetic::X_FAULTLINE_ERROR);
+                    if looped.is_some_and(|code| code == ProxyError::ForwardLoop.code()) {
+                        return Err(ProxyError::ForwardLoop);
+                    }
+                }
                 let switching = match upgrade {
                     Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         let upstream_side = hyper::upgrade::on(&mut response);
@@ -633,6 +630,46 @@ struct Intercepted {
     authority: http::uri::Authority,
     /// Its host (and port, if not 443), the `Host` of a request that has none.
     host: HeaderValue,
+}
+
+impl Intercepted {
+    /// Where a decrypted request goes, and its `Host`: the client's `Host`
+    /// (or h2 `:authority`), kept byte for byte as a signature covers it,
+    /// which must name the tunnel's host (the tunnel's port, if it names
+    /// one); none at all, the tunnel's.
+    fn target<B>(
+        &self,
+        request: &Request<B>,
+    ) -> Result<(http::uri::Authority, HeaderValue), ProxyError> {
+        let host = match request.headers().get(http::header::HOST) {
+            Some(host) => host.clone(),
+            None => match request.uri().authority() {
+                Some(authority) => HeaderValue::from_str(authority.as_str()).map_err(|_| {
+                    ProxyError::ClientProtocol {
+                        reason: "the request's authority is not a valid host".to_owned(),
+                    }
+                })?,
+                None => self.host.clone(),
+            },
+        };
+        let mismatch = || ProxyError::ClientProtocol {
+            reason: format!(
+                "the request's host is not the tunnel's ({}): one tunnel reaches one host",
+                self.authority
+            ),
+        };
+        let authority: http::uri::Authority = host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(mismatch)?;
+        let same_host = authority.host().eq_ignore_ascii_case(self.authority.host());
+        let port = authority.port_u16().unwrap_or(443);
+        if !same_host || Some(port) != self.authority.port_u16() {
+            return Err(mismatch());
+        }
+        Ok((authority, host))
+    }
 }
 
 /// Whether faultline already sent this request on (its `Via` names it).
