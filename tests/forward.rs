@@ -527,7 +527,7 @@ seed = 42
 name = "egress"
 listen = "127.0.0.1:0"
 mode = "forward"
-intercept = ["*.example.test", "localhost"]
+intercept = ["*.example.test", "localhost", "*.amazonaws.com"]
 allow_ports = [{port}]
 
 [ca]
@@ -544,6 +544,12 @@ tls = {{ ca = "{upstream_ca}" }}
 name = "local"
 host = "localhost"
 tls = {{ ca = "{upstream_ca}" }}
+
+[[destination]]
+name = "aws"
+host = "*.amazonaws.com"
+connect_to = "127.0.0.1:{port}"
+tls = {{ ca = "{upstream_ca}" }}
 "#,
         port = secure.addr.port(),
         ca_dir = ca_dir.display(),
@@ -551,10 +557,15 @@ tls = {{ ca = "{upstream_ca}" }}
     )
 }
 
-/// A TLS upstream for `api.example.test` and `localhost`, and its CA's file in `dir`.
+/// A TLS upstream for `api.example.test`, `localhost` and
+/// `dynamodb.us-east-1.amazonaws.com`, and its CA's file in `dir`.
 async fn secure_upstream(dir: &std::path::Path) -> (TestUpstream, std::path::PathBuf) {
     let ca = TestCa::new("upstream test CA");
-    let leaf = ca.leaf(&["api.example.test", "localhost"]);
+    let leaf = ca.leaf(&[
+        "api.example.test",
+        "localhost",
+        "dynamodb.us-east-1.amazonaws.com",
+    ]);
     let secure = TestUpstream::start_tls("secure", server_config(&leaf, None)).await;
     (secure, ca.write(dir))
 }
@@ -746,6 +757,47 @@ async fn intercepted_requests_speak_h2_and_http1_as_the_client_offers() {
         assert_eq!(response.headers()["x-upstream"], "secure");
         assert_eq!(secure.last_seen().headers["host"], "api.example.test");
     }
+
+    // One tunnel reaches one host: a request naming another is refused.
+    let (tls, _) = intercepted(egress, "api.example.test", &ca_dir, &[b"http/1.1"]).await;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("/elsewhere")
+        .header("host", "evil.example.test")
+        .body(empty())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["x-faultline-error"], "client_protocol");
+}
+
+#[tokio::test]
+async fn intercepted_aws_traffic_is_counted_under_its_destination_and_region() {
+    let files = tempfile::tempdir().unwrap();
+    let (secure, upstream_ca) = secure_upstream(files.path()).await;
+    let ca_dir = files.path().join("ca");
+    let proxy = TestProxy::start(&intercept_config(&secure, &ca_dir, &upstream_ca), "").await;
+    let host = "dynamodb.us-east-1.amazonaws.com";
+    let (tls, _) = intercepted(proxy.addr("egress"), host, &ca_dir, &[b"http/1.1"]).await;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..2 {
+        let request = Request::post("/")
+            .header("host", host)
+            .header("x-amz-target", "DynamoDB_20120810.GetItem")
+            .body(full("{}"))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(secure.last_seen().headers["host"], host);
+    let series =
+        r#"faultline_requests_total{code="200",method="POST",region="us-east-1",upstream="aws"}"#;
+    assert_eq!(proxy.metric(series).await, Some(2.0));
 }
 
 #[tokio::test]

@@ -90,6 +90,12 @@ async fn serve(client: OnUpgrade, conn: Arc<Connection>, tunnel: Tunnel) -> Resu
         Some(_) => HeaderValue::from_str(authority.as_str()),
     }
     .map_err(|_| "the CONNECT's host is not a header value".to_owned())?;
+    let region = conn
+        .proxy
+        .names_region_by_host(upstream)
+        .then(|| crate::endpoint::aws_endpoint(authority.host()))
+        .flatten()
+        .map(|endpoint| endpoint.region);
     let inner = Arc::new(Connection {
         proxy: Arc::clone(&conn.proxy),
         entry: conn.entry,
@@ -99,6 +105,7 @@ async fn serve(client: OnUpgrade, conn: Arc<Connection>, tunnel: Tunnel) -> Resu
             upstream,
             authority,
             host,
+            region,
         }),
     });
     let service = hyper::service::service_fn(move |request| {

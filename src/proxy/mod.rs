@@ -271,6 +271,7 @@ impl Proxy {
             }
         };
         let method = request.method().clone();
+        let region = self.derived_region(conn, &request, upstream);
         let metrics = &self.upstream_metrics[upstream];
         // Counts the call once however it ends, a client that leaves
         // mid-call (this future dropped) included.
@@ -280,7 +281,8 @@ impl Proxy {
         match outcome {
             Ok(mut response) => {
                 let by_fault = response.extensions().get::<ByFault>().is_some();
-                metrics.record_request(&method, response.status(), elapsed, by_fault);
+                let status = response.status();
+                metrics.record_request_in(region.as_deref(), &method, status, elapsed, by_fault);
                 if let Some(call) = call {
                     call.answered(&mut response);
                 }
@@ -303,7 +305,13 @@ impl Proxy {
                 }
                 // The status the error stands for, not the 200 a gRPC
                 // answer goes out with: error ratios and guards see it.
-                metrics.record_request(&method, error.status(), elapsed, false);
+                metrics.record_request_in(
+                    region.as_deref(),
+                    &method,
+                    error.status(),
+                    elapsed,
+                    false,
+                );
                 Ok(response)
             }
             Err(Unanswered::Aborted(aborted)) => {
@@ -362,6 +370,38 @@ impl Proxy {
                 (outcome, Instant::now())
             }
         }
+    }
+
+    /// The region forward traffic is counted under when its destination
+    /// has no `region` label: the one its AWS host names (read once per
+    /// intercepted tunnel). `None` for reverse traffic, at once.
+    fn derived_region<'c>(
+        &self,
+        conn: &'c Connection,
+        request: &Request<Incoming>,
+        upstream: usize,
+    ) -> Option<std::borrow::Cow<'c, str>> {
+        if let Some(intercepted) = &conn.intercepted {
+            return intercepted
+                .region
+                .as_deref()
+                .map(std::borrow::Cow::Borrowed);
+        }
+        if !matches!(conn.entry, Entry::Forward(_)) {
+            return None;
+        }
+        if !self.names_region_by_host(upstream) {
+            return None;
+        }
+        let endpoint = crate::endpoint::aws_endpoint(request.uri().host()?)?;
+        Some(std::borrow::Cow::Owned(endpoint.region))
+    }
+
+    /// Whether forward traffic to `upstream` is counted under the region
+    /// its host names: a destination (or `other`) with no `region` label.
+    fn names_region_by_host(&self, upstream: usize) -> bool {
+        let target = &self.upstreams[upstream];
+        target.ad_hoc && !target.labels.contains_key("region")
     }
 
     /// Whether `request` is a `CONNECT` this proxy decrypts.
@@ -630,6 +670,8 @@ struct Intercepted {
     authority: http::uri::Authority,
     /// Its host (and port, if not 443), the `Host` of a request that has none.
     host: HeaderValue,
+    /// The region its requests are counted under (an AWS host's), if any.
+    region: Option<String>,
 }
 
 impl Intercepted {
