@@ -22,7 +22,7 @@
 //! - [`server`]: the one accept loop every listener uses (plain and TLS), per-connection endings
 //!   (upgraded connections too), and idle plain HTTP/1.1 connections parking (hyper's state given
 //!   back between requests).
-//! - [`proxy`]: do: the request pipeline (front doors, the forward listener's routing by authority among them; fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections and `CONNECT`s.
+//! - [`proxy`]: do: the request pipeline (front doors, the forward listener's routing by authority and destination among them, and intercepted `CONNECT`s served as TLS connections; fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections and `CONNECT`s.
 //! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
 //! - [`admin`]: the admin listener: the JSON API (README "Runtime control"), `/healthz`, `/metrics`.
 //! - [`client`], [`ctl`]: the admin API from Rust, typed; `faultline ctl`, its command line.

@@ -1028,3 +1028,57 @@ fn faultline_ca_prints_where_the_ca_is_and_how_to_trust_it() {
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
     assert_eq!(run(&["ca", "--pem"]), pem, "the same CA the next time");
 }
+
+#[tokio::test]
+async fn an_injected_abort_inside_an_intercepted_tunnel_ends_the_clients_connection() {
+    let files = tempfile::tempdir().unwrap();
+    let (secure, upstream_ca) = secure_upstream(files.path()).await;
+    let ca_dir = files.path().join("ca");
+    let rules = [
+        rule(
+            "deletes-abort",
+            "",
+            "upstreams = [\"emulator\"]\nmethods = [\"DELETE\"]",
+            "kind = \"abort\"\nmode = \"reset\"",
+        ),
+        rule(
+            "gets-slow",
+            "",
+            "upstreams = [\"emulator\"]\nmethods = [\"GET\"]",
+            "kind = \"latency\"\ndelay = \"200ms\"",
+        ),
+    ]
+    .concat();
+    let proxy = TestProxy::start(&intercept_config(&secure, &ca_dir, &upstream_ca), &rules).await;
+    let (tls, _) = intercepted(
+        proxy.addr("egress"),
+        "api.example.test",
+        &ca_dir,
+        &[b"http/1.1"],
+    )
+    .await;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let started = Instant::now();
+    let request = Request::get("/slow")
+        .header("host", "api.example.test")
+        .body(empty())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let request = Request::delete("/thing")
+        .header("host", "api.example.test")
+        .body(empty())
+        .unwrap();
+    let sent = tokio::time::timeout(LOOSE, sender.send_request(request))
+        .await
+        .expect("the abort ends the exchange");
+    assert!(sent.is_err(), "no answer: {sent:?}");
+    let _ = tokio::time::timeout(LOOSE, connection)
+        .await
+        .expect("the client's connection is ended");
+    assert_eq!(secure.requests(), 1, "the aborted request went nowhere");
+}

@@ -7,9 +7,10 @@
 //! host (or `connect_to`) over verified TLS.
 //!
 //! The tunnel holds its client connection's registration, so shutdown
-//! waits for it, and ends when that connection's control does (a drain
-//! lets the requests in flight finish; an abort, such as an injected one,
-//! ends it at once).
+//! waits for it, and ends when that connection's control does: at the end
+//! of the shutdown grace period, or at once for an abort (an injected
+//! `abort` or blackhole on an HTTP/1.1 request inside it ends the client's
+//! connection, as on any listener; on h2, its stream alone).
 
 use std::future::poll_fn;
 use std::pin::pin;

@@ -13,7 +13,9 @@
 //! upstream is reached through its connector ([`connector`], [`dial`]). An
 //! upgrade goes through the same pipeline as any request, and so does a
 //! forward listener's `CONNECT`; after the `101` (or the `CONNECT`'s
-//! `200`), [`tunnel`] copies the bytes.
+//! `200`), [`tunnel`] copies the bytes, or, for a host the listener
+//! intercepts, [`intercept`] terminates the client's TLS and serves the
+//! requests inside through this same pipeline.
 
 mod body;
 mod connector;
