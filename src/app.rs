@@ -17,17 +17,19 @@ use tracing::{info, warn};
 
 use crate::admin::Admin;
 use crate::book::{self, RuleBook, RuleText};
+use crate::ca::Ca;
 use crate::config::Config;
 use crate::control::{Control, Published, RuleFiles, Snapshot, Wiring};
 use crate::diagnostic::Diagnostic;
 use crate::fault::Fault;
 use crate::metrics::Metrics;
+use crate::proxy::ForwardTls;
 use crate::proxy::{Entry, Proxy};
 use crate::reload;
 use crate::rules::{LiveRule, Rule, RuleSource};
 use crate::scenario::Scenario;
 use crate::server::{self, Limits, Stop, TlsDoor};
-use crate::tls::{ServedCertificate, UpstreamTls};
+use crate::tls::{ServedCertificate, UpstreamTls, UpstreamTlsSettings};
 
 /// A validated configuration and its rules, not yet bound to any port.
 #[derive(Debug)]
@@ -142,6 +144,7 @@ impl App {
         let proxy = Arc::new(Proxy::new(
             &config,
             &tls.upstreams,
+            tls.forward(),
             Arc::clone(&published),
             metrics.clone(),
         ));
@@ -352,6 +355,11 @@ struct TlsMaterial {
     dedicated: Vec<Option<Arc<ServedCertificate>>>,
     /// By upstream index.
     upstreams: Vec<Option<UpstreamTls>>,
+    /// faultline's CA, when a listener intercepts or generates.
+    ca: Option<Arc<Ca>>,
+    /// By upstream index: intercepted traffic's TLS to each destination
+    /// (and `other`), when a listener intercepts.
+    forward_clients: Vec<Option<Arc<rustls::ClientConfig>>>,
 }
 
 impl TlsMaterial {
@@ -361,9 +369,27 @@ impl TlsMaterial {
                 .transpose()
                 .map_err(|e| StartError::Tls(format!("{what}: {e}")))
         };
+        let intercepts = config
+            .listeners
+            .iter()
+            .any(|l| l.forward.as_ref().is_some_and(|f| !f.intercept.is_empty()));
+        let generates = config.listeners.iter().any(|l| l.generate.is_some());
+        let ca = match intercepts || generates {
+            true => {
+                Some(Ca::open(&config.ca.dir).map_err(|e| StartError::Tls(format!("[ca]: {e}")))?)
+            }
+            false => None,
+        };
         let mut listeners = Vec::new();
         for listener in &config.listeners {
             let what = format!("listener {:?}", listener.name);
+            if let (Some(names), Some(ca)) = (&listener.generate, &ca) {
+                let pair = ca
+                    .leaf_for(names)
+                    .map_err(|e| StartError::Tls(format!("{what}: tls.generate: {e}")))?;
+                listeners.push(Some(ServedCertificate::generated(pair, ca.cert_path())));
+                continue;
+            }
             listeners.push(served(listener.tls.as_ref(), &what)?);
         }
         let mut dedicated = Vec::new();
@@ -385,11 +411,40 @@ impl TlsMaterial {
                 .map_err(|e| StartError::Tls(format!("upstream {:?}: {e}", upstream.name)))?;
             upstreams.push(Some(tls));
         }
+        let mut forward_clients = vec![None; config.upstreams.len()];
+        if intercepts {
+            for (i, upstream) in config.upstreams.iter().enumerate() {
+                if !upstream.ad_hoc {
+                    continue;
+                }
+                let destination = config.destinations.iter().find(|d| d.upstream == i);
+                let settings = UpstreamTlsSettings {
+                    ca: destination.and_then(|d| d.ca.clone()),
+                    verify: true,
+                    ..UpstreamTlsSettings::default()
+                };
+                // The name is each request's; this one is a placeholder.
+                let tls = UpstreamTls::new(&settings, "localhost", &[b"h2", b"http/1.1"]).map_err(
+                    |e| StartError::Tls(format!("destination {:?}: {e}", upstream.name)),
+                )?;
+                forward_clients[i] = Some(tls.config);
+            }
+        }
         Ok(TlsMaterial {
             listeners,
             dedicated,
             upstreams,
+            ca,
+            forward_clients,
         })
+    }
+
+    /// What the proxy needs for forward traffic's TLS.
+    fn forward(&self) -> ForwardTls {
+        ForwardTls {
+            ca: self.ca.clone(),
+            clients: self.forward_clients.clone(),
+        }
     }
 
     /// Every certificate served, which reloads read again.

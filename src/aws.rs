@@ -120,7 +120,9 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// Whether a label is a region name: `us-east-1`, `us-gov-west-1`,
-/// `cn-north-1`, `eu-central-2`: two letters, words, then a number.
+/// `cn-north-1`, `eu-central-2`: two letters, words, then a number from 1.
+/// Any case: host names are case-insensitive (callers that show a region
+/// lowercase it).
 pub fn is_region(label: &str) -> bool {
     let Some((words, number)) = label.rsplit_once('-') else {
         return false;
@@ -130,13 +132,14 @@ pub fn is_region(label: &str) -> bool {
     let mut middle = 0;
     let words_ok = words.all(|w| {
         middle += 1;
-        !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase())
+        !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphabetic())
     });
     first.len() == 2
-        && first.bytes().all(|b| b.is_ascii_lowercase())
+        && first.bytes().all(|b| b.is_ascii_alphabetic())
         && middle >= 1
         && words_ok
         && !number.is_empty()
+        && !number.starts_with('0')
         && number.bytes().all(|b| b.is_ascii_digit())
 }
 
@@ -576,6 +579,169 @@ impl Protocol {
     }
 }
 
+/// The service and region forward traffic to a host is counted under
+/// (SPEC §8), lowercase: [`parse_host`]'s, with a global endpoint
+/// (`sts.amazonaws.com`, `s3.amazonaws.com`) in us-east-1, where its
+/// requests are signed. China's partition has no global endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsEndpoint {
+    /// The endpoint prefix (`dynamodb`, `s3`, `lambda`).
+    pub service: String,
+    /// `us-east-1`, `cn-north-1`, `us-gov-west-1`…
+    pub region: String,
+}
+
+/// Global services, signed in us-east-1, whose hosts have no region.
+const GLOBAL: [&str; 6] = ["s3", "sts", "iam", "route53", "cloudfront", "organizations"];
+
+/// The region global endpoints are signed for.
+const GLOBAL_REGION: &str = "us-east-1";
+
+/// [`AwsEndpoint`] for `host` (a port allowed), if it is an AWS endpoint's
+/// name that says a region.
+pub fn endpoint_name(host: &str) -> Option<AwsEndpoint> {
+    let endpoint = parse_host(host)?;
+    let china = host
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+        .ends_with(".cn");
+    let region = match endpoint.region {
+        Some(region) => region,
+        None if !china
+            && GLOBAL
+                .iter()
+                .any(|g| g.eq_ignore_ascii_case(endpoint.service)) =>
+        {
+            GLOBAL_REGION
+        }
+        None => return None,
+    };
+    Some(AwsEndpoint {
+        service: endpoint.service.to_ascii_lowercase(),
+        region: region.to_ascii_lowercase(),
+    })
+}
+
+#[cfg(test)]
+mod endpoint_name_tests {
+
+    use super::*;
+
+    fn named(host: &str) -> Option<(String, String)> {
+        endpoint_name(host).map(|e| (e.service, e.region))
+    }
+
+    fn is(host: &str, service: &str, region: &str) {
+        assert_eq!(
+            named(host),
+            Some((service.to_owned(), region.to_owned())),
+            "{host}"
+        );
+    }
+
+    #[test]
+    fn regional_endpoints_name_their_service_and_region() {
+        is("dynamodb.us-east-1.amazonaws.com", "dynamodb", "us-east-1");
+        is("lambda.eu-west-2.amazonaws.com", "lambda", "eu-west-2");
+        is("sqs.ap-southeast-3.amazonaws.com", "sqs", "ap-southeast-3");
+        is("Lambda.US-West-2.AmazonAWS.com.", "lambda", "us-west-2");
+        is("sts.us-gov-west-1.amazonaws.com", "sts", "us-gov-west-1");
+        is(
+            "dynamodb.cn-north-1.amazonaws.com.cn",
+            "dynamodb",
+            "cn-north-1",
+        );
+        is("dynamodb.us-east-1.api.aws", "dynamodb", "us-east-1");
+    }
+
+    #[test]
+    fn fips_and_dualstack_forms_name_the_plain_service() {
+        is(
+            "dynamodb-fips.us-east-1.amazonaws.com",
+            "dynamodb",
+            "us-east-1",
+        );
+        is("ec2.dualstack.eu-west-1.amazonaws.com", "ec2", "eu-west-1");
+        is(
+            "s3-fips.dualstack.us-east-2.amazonaws.com",
+            "s3",
+            "us-east-2",
+        );
+        is("s3.dualstack.us-west-2.amazonaws.com", "s3", "us-west-2");
+    }
+
+    #[test]
+    fn s3_buckets_and_legacy_forms_are_s3_in_their_region() {
+        is("my-bucket.s3.us-west-2.amazonaws.com", "s3", "us-west-2");
+        is("a.b.c.s3.eu-central-1.amazonaws.com", "s3", "eu-central-1");
+        is(
+            "my-bucket.s3.dualstack.us-east-1.amazonaws.com",
+            "s3",
+            "us-east-1",
+        );
+        is("s3-us-west-2.amazonaws.com", "s3", "us-west-2");
+        is("my-bucket.s3-eu-west-1.amazonaws.com", "s3", "eu-west-1");
+        is("s3-website-us-east-1.amazonaws.com", "s3", "us-east-1");
+        is(
+            "bucket.s3-website.eu-west-3.amazonaws.com",
+            "s3",
+            "eu-west-3",
+        );
+        is("s3-accesspoint.us-east-1.amazonaws.com", "s3", "us-east-1");
+        is("s3-external-1.amazonaws.com", "s3", "us-east-1");
+        is("s3.amazonaws.com", "s3", "us-east-1");
+        is("my-bucket.s3.amazonaws.com", "s3", "us-east-1");
+    }
+
+    #[test]
+    fn other_prefixed_endpoints_name_the_label_before_the_region() {
+        is(
+            "abc123.execute-api.us-east-1.amazonaws.com",
+            "execute-api",
+            "us-east-1",
+        );
+        is(
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+            "ecr",
+            "eu-west-1",
+        );
+    }
+
+    #[test]
+    fn global_endpoints_are_us_east_1() {
+        is("sts.amazonaws.com", "sts", "us-east-1");
+        is("iam.amazonaws.com", "iam", "us-east-1");
+    }
+
+    #[test]
+    fn other_hosts_name_nothing() {
+        for host in [
+            "example.com",
+            "amazonaws.com",
+            "us-east-1.amazonaws.com",
+            "dynamodb.amazonaws.com",
+            "foo.us-east-1.example.com",
+            "dynamodb..us-east-1.amazonaws.com",
+            "iam.amazonaws.com.cn",
+            "dynamodb.us-east-01.amazonaws.com",
+            "127.0.0.1",
+            "",
+        ] {
+            assert_eq!(named(host), None, "{host}");
+        }
+    }
+
+    #[test]
+    fn regions_look_like_regions() {
+        assert!(is_region("us-east-1"));
+        assert!(is_region("us-isob-east-1"));
+        assert!(!is_region("us-east"));
+        assert!(!is_region("dualstack"));
+        assert!(!is_region("external-1"));
+        assert!(!is_region("us-east-0"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
@@ -707,7 +873,7 @@ mod tests {
             "useast-1",
             "us--1",
             "us-east-x",
-            "US-EAST-1",
+            "us-east-0",
         ] {
             assert!(!is_region(label), "{label}");
         }

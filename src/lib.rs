@@ -9,6 +9,7 @@
 //! - [`aws`]: AWS's wire vocabulary: a request's service, region and operation (SigV4 scope, host name, target, action, REST path), and the protocol its errors speak.
 //! - [`grpc`]: gRPC's wire vocabulary: status codes, `grpc-status`/`grpc-message`, telling a call from other HTTP/2, trailers-only headers.
 //! - [`tls`]: TLS both ways: listeners' certificates (swapped on reload), upstreams' trust and identity.
+//! - [`ca`]: faultline's own CA (made on first use, kept in `[ca] dir`) and the leaves it signs, cached.
 //! - [`config`]: how the process runs (listeners, upstreams, routes, settings).
 //! - [`fault`]: what happens to a matched request: the fault kinds, written and validated.
 //! - [`rules`]: which requests are affected: rule schema, pure validation, matching, the immutable snapshot.
@@ -21,7 +22,7 @@
 //! - [`server`]: the one accept loop every listener uses (plain and TLS), per-connection endings
 //!   (upgraded connections too), and idle plain HTTP/1.1 connections parking (hyper's state given
 //!   back between requests).
-//! - [`proxy`]: do: the request pipeline (front doors, the forward listener's routing by authority among them; fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections and `CONNECT`s.
+//! - [`proxy`]: do: the request pipeline (front doors, the forward listener's routing by authority and destination among them, and intercepted `CONNECT`s served as TLS connections; fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections and `CONNECT`s.
 //! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
 //! - [`admin`]: the admin listener: the JSON API (README "Runtime control"), `/healthz`, `/metrics`.
 //! - [`client`], [`ctl`]: the admin API from Rust, typed; `faultline ctl`, its command line.
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod app;
 pub mod aws;
 pub mod book;
+pub mod ca;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -79,6 +79,16 @@ enum Command {
         #[arg(long)]
         zone: Option<String>,
     },
+    /// Show faultline's CA (made on first use in `[ca] dir`) and how to make
+    /// clients trust it, for intercepted HTTPS.
+    Ca {
+        /// The config whose `[ca] dir` to use; without the file, ./faultline-ca.
+        #[arg(short, long, default_value = "faultline.toml")]
+        config: PathBuf,
+        /// Print the CA certificate (PEM) alone.
+        #[arg(long)]
+        pem: bool,
+    },
     /// Drive a running proxy through its admin API.
     Ctl {
         /// The admin API's address.
@@ -101,6 +111,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Ca { config, pem } => ca(&config, pem),
         Command::Demo {
             listen,
             admin,
@@ -256,6 +267,33 @@ fn report(problems: &[Diagnostic]) -> ExitCode {
         eprintln!("{problem}");
     }
     ExitCode::FAILURE
+}
+
+fn ca(config_path: &Path, pem: bool) -> ExitCode {
+    let dir = if config_path.exists() {
+        match faultline::config::Config::load(config_path) {
+            Ok(config) => config.ca.dir,
+            Err(problems) => {
+                for problem in &problems {
+                    eprintln!("{problem}");
+                }
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        PathBuf::from(faultline::config::DEFAULT_CA_DIR)
+    };
+    match faultline::ca::Ca::open(&dir) {
+        Ok(ca) if pem => {
+            print!("{}", ca.pem());
+            ExitCode::SUCCESS
+        }
+        Ok(ca) => {
+            print!("{}", faultline::ca::trust_instructions(ca.cert_path()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 fn fail(message: &str) -> ExitCode {

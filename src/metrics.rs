@@ -309,6 +309,7 @@ impl Metrics {
                 .collect(),
             unanswered: (0..METHOD_SLOTS).map(|_| OnceLock::new()).collect(),
             request_duration: self.request_duration.with_label_values(&labels),
+            request_duration_vec: self.request_duration.clone(),
             upstream_duration: self
                 .upstream_duration
                 .with_label_values(&[upstream.name.as_str()]),
@@ -408,6 +409,8 @@ pub struct UpstreamMetrics {
     /// `faultline_requests_total{code="0"}` by method slot.
     unanswered: Box<[OnceLock<IntCounter>]>,
     request_duration: Histogram,
+    /// For forward traffic counted under the region its host names.
+    request_duration_vec: HistogramVec,
     upstream_duration: Histogram,
     dns_errors: IntCounter,
     connect_errors: IntCounter,
@@ -470,6 +473,39 @@ impl UpstreamMetrics {
             // A status outside 100..=599 is rare enough to look up each time.
             None => label().inc(),
         }
+    }
+
+    /// [`Self::record_request`], counted under `region` instead of the
+    /// upstream's own: forward traffic to a destination whose requests each
+    /// name their region (an AWS host). Looked up per request, as the
+    /// regions are not known ahead; reverse traffic never comes here.
+    pub fn record_request_in(
+        &self,
+        region: Option<&str>,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+        by_fault: bool,
+    ) {
+        let Some(region) = region.filter(|region| *region != self.region) else {
+            return self.record_request(method, status, elapsed, by_fault);
+        };
+        self.request_duration_vec
+            .with_label_values(&[self.name.as_str(), region])
+            .observe(elapsed.as_secs_f64());
+        let outcome = if by_fault {
+            Outcome::Injected
+        } else {
+            Outcome::of_status(status)
+        };
+        self.tally.record(outcome, elapsed);
+        let method = METHODS
+            .iter()
+            .find(|m| *m == method)
+            .map_or("OTHER", Method::as_str);
+        self.requests_vec
+            .with_label_values(&[&self.name, region, method, status.as_str()])
+            .inc();
     }
 
     /// A request that ended with no response (an injected abort or

@@ -13,7 +13,9 @@
 //! upstream is reached through its connector ([`connector`], [`dial`]). An
 //! upgrade goes through the same pipeline as any request, and so does a
 //! forward listener's `CONNECT`; after the `101` (or the `CONNECT`'s
-//! `200`), [`tunnel`] copies the bytes.
+//! `200`), [`tunnel`] copies the bytes, or, for a host the listener
+//! intercepts, [`intercept`] terminates the client's TLS and serves the
+//! requests inside through this same pipeline.
 
 mod body;
 mod connector;
@@ -22,6 +24,7 @@ mod egress;
 mod forward;
 mod h2;
 mod inject;
+mod intercept;
 mod pool;
 mod shape;
 pub mod synthetic;
@@ -40,6 +43,7 @@ use tokio_util::either::Either;
 pub use body::ResponseBody;
 use body::{RequestBody, UpstreamBody};
 
+use crate::ca::Ca;
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::control::{Published, Snapshot};
 use crate::grpc::{self, GrpcStatus};
@@ -86,7 +90,12 @@ pub struct Proxy {
     forward_routes: egress::ForwardRoutes,
     published: Arc<Published>,
     connectors: Connectors,
+    /// faultline's CA, for intercepted `CONNECT`s (when a forward listener
+    /// intercepts any).
+    ca: Option<Arc<Ca>>,
     upstream_timeout: Duration,
+    /// For a TLS handshake with an intercepted client.
+    header_timeout: Duration,
     mark_faults: bool,
     active_faults: AtomicUsize,
     max_active_faults: usize,
@@ -100,6 +109,20 @@ pub struct Proxy {
     /// `faultline_client_errors_total`, in the order of [`ClientErrorReason::ALL`].
     client_errors: [IntCounter; ClientErrorReason::ALL.len()],
 }
+
+/// The TLS of forward traffic: faultline's CA for intercepted clients,
+/// and per upstream index, the client config of each destination's (and
+/// `other`'s) intercepted traffic, verified with the system's roots and
+/// the destination's `tls.ca`.
+#[derive(Debug, Default)]
+pub struct ForwardTls {
+    pub ca: Option<Arc<Ca>>,
+    pub clients: Vec<Option<Arc<rustls::ClientConfig>>>,
+}
+
+/// The `Via` faultline adds to the forward traffic it sends, and by which
+/// it knows a request it sent already.
+const VIA: HeaderValue = HeaderValue::from_static("1.1 faultline");
 
 /// Why the pipeline gives neither the upstream's response nor an injected one.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +150,7 @@ impl Proxy {
     pub fn new(
         config: &Config,
         upstream_tls: &[Option<UpstreamTls>],
+        forward_tls: ForwardTls,
         published: Arc<Published>,
         metrics: Metrics,
     ) -> Self {
@@ -159,7 +183,9 @@ impl Proxy {
             routes,
             forward_routes: egress::ForwardRoutes::new(config),
             published,
-            connectors: Connectors::new(&config.upstreams, upstream_tls, &config.proxy),
+            connectors: Connectors::new(config, upstream_tls, &forward_tls.clients),
+            ca: forward_tls.ca,
+            header_timeout: config.proxy.header_timeout,
             // Capped so a deadline can always be added to an instant:
             // thirty years is no timeout at all, as tokio's own far future.
             upstream_timeout: config.proxy.upstream_timeout.min(NO_TIMEOUT),
@@ -210,6 +236,7 @@ impl Proxy {
             entry,
             client_ip,
             info: conn,
+            intercepted: None,
         });
         // One per-connection Arc per request: no counter shared by every worker.
         hyper::service::service_fn(move |request| Proxy::handle(Arc::clone(&conn), request))
@@ -238,17 +265,22 @@ impl Proxy {
                 Entry::Upstream(i) => &this.dedicated_inflight[i],
             };
             let _inflight = Inflight::enter(inflight);
-            if request.method() == Method::CONNECT && !matches!(conn.entry, Entry::Forward(_)) {
+            if request.method() == Method::CONNECT
+                && (!matches!(conn.entry, Entry::Forward(_)) || conn.intercepted.is_some())
+            {
                 // A reverse proxy has no tunnel to offer: the client's mistake,
-                // never forwarded. (A forward listener serves it.)
+                // never forwarded. (A forward listener serves it, outside TLS.)
                 let error = ProxyError::ConnectNotSupported;
                 this.record_client_error(&error);
                 return Ok(synthetic::rescue(&error, false));
             }
+            if matches!(conn.entry, Entry::Forward(_)) && sent_by_faultline(&request) {
+                return Ok(synthetic::rescue(&ProxyError::ForwardLoop, false));
+            }
             // Read once here, for the answer to an error and the gRPC metric;
             // an HTTP/1.1 request is ruled out by its version alone.
             let grpc = grpc::is_call(request.version(), request.headers());
-            let upstream = match this.route(conn.entry, &request) {
+            let upstream = match this.route(conn, &request) {
                 Ok(upstream) => upstream,
                 Err(error) => {
                     this.record_client_error(&error);
@@ -256,6 +288,7 @@ impl Proxy {
                 }
             };
             let method = request.method().clone();
+            let region = this.derived_region(conn, &request, upstream);
             let metrics = &this.upstream_metrics[upstream];
             // Counts the call once however it ends, a client that leaves
             // mid-call (this future dropped) included.
@@ -265,7 +298,14 @@ impl Proxy {
             match outcome {
                 Ok(mut response) => {
                     let by_fault = response.extensions().get::<ByFault>().is_some();
-                    metrics.record_request(&method, response.status(), elapsed, by_fault);
+                    let status = response.status();
+                    metrics.record_request_in(
+                        region.as_deref(),
+                        &method,
+                        status,
+                        elapsed,
+                        by_fault,
+                    );
                     if let Some(call) = call {
                         call.answered(&mut response);
                     }
@@ -288,7 +328,13 @@ impl Proxy {
                     }
                     // The status the error stands for, not the 200 a gRPC
                     // answer goes out with: error ratios and guards see it.
-                    metrics.record_request(&method, error.status(), elapsed, false);
+                    metrics.record_request_in(
+                        region.as_deref(),
+                        &method,
+                        error.status(),
+                        elapsed,
+                        false,
+                    );
                     Ok(response)
                 }
                 Err(Unanswered::Aborted(aborted)) => {
@@ -319,8 +365,10 @@ impl Proxy {
         start: Instant,
     ) -> impl Future<Output = (Result<Response<ResponseBody>, Unanswered>, Instant)> + Send + 'a
     {
+        // An intercepted CONNECT is not itself faulted: the requests in it are.
+        let intercepted = self.intercepts(conn, &request);
         let snapshot = self.published.load();
-        if reads_form(&snapshot, upstream, &request) {
+        if !intercepted && reads_form(&snapshot, upstream, &request) {
             // Not held across the read: a snapshot guard is for moments.
             drop(snapshot);
             // Boxed: rare, and it would make every request's future larger.
@@ -331,7 +379,10 @@ impl Proxy {
             }));
         }
         let request = request.map(RequestBody::from);
-        let plan = self.decide(snapshot, upstream, conn, &request, None);
+        let plan = match intercepted {
+            true => None,
+            false => self.decide(snapshot, upstream, conn, &request, None),
+        };
         Either::Left(self.run(plan, upstream, conn, request, start))
     }
 
@@ -389,10 +440,56 @@ impl Proxy {
         }
     }
 
+    /// The region forward traffic is counted under when its destination
+    /// has no `region` label: the one its AWS host names (read once per
+    /// intercepted tunnel). `None` for reverse traffic, at once.
+    fn derived_region<'c>(
+        &self,
+        conn: &'c Connection,
+        request: &Request<Incoming>,
+        upstream: usize,
+    ) -> Option<std::borrow::Cow<'c, str>> {
+        if let Some(intercepted) = &conn.intercepted {
+            return intercepted
+                .region
+                .as_deref()
+                .map(std::borrow::Cow::Borrowed);
+        }
+        if !matches!(conn.entry, Entry::Forward(_)) {
+            return None;
+        }
+        if !self.names_region_by_host(upstream) {
+            return None;
+        }
+        let endpoint = crate::aws::endpoint_name(request.uri().host()?)?;
+        Some(std::borrow::Cow::Owned(endpoint.region))
+    }
+
+    /// Whether forward traffic to `upstream` is counted under the region
+    /// its host names: a destination (or `other`) with no `region` label.
+    fn names_region_by_host(&self, upstream: usize) -> bool {
+        let target = &self.upstreams[upstream];
+        target.ad_hoc && !target.labels.contains_key("region")
+    }
+
+    /// Whether `request` is a `CONNECT` this proxy decrypts.
+    fn intercepts(&self, conn: &Connection, request: &Request<Incoming>) -> bool {
+        match conn.entry {
+            Entry::Forward(listener) if request.method() == Method::CONNECT => {
+                self.ca.is_some() && self.forward_routes.intercepts(listener, request.uri())
+            }
+            _ => false,
+        }
+    }
+
     /// The upstream for a request: the dedicated one, the first matching
-    /// route, or (on a forward listener) the one its authority names.
-    fn route(&self, entry: Entry, request: &Request<Incoming>) -> Result<usize, ProxyError> {
-        match entry {
+    /// route, (on a forward listener) the one its authority names, or (in
+    /// an intercepted tunnel) the tunnel's.
+    fn route(&self, conn: &Connection, request: &Request<Incoming>) -> Result<usize, ProxyError> {
+        if let Some(intercepted) = &conn.intercepted {
+            return Ok(intercepted.upstream);
+        }
+        match conn.entry {
             Entry::Upstream(upstream) => Ok(upstream),
             Entry::Listener(listener) => {
                 let listener = self.routes.get(listener).ok_or(ProxyError::NoRoute)?;
@@ -453,6 +550,15 @@ impl Proxy {
                 Ok(Ok((mut response, answered))) => {
                     let metrics = &self.upstream_metrics[upstream];
                     metrics.record_upstream(answered.saturating_duration_since(sent));
+                    if target.ad_hoc && response.status() == StatusCode::LOOP_DETECTED {
+                        // faultline itself, one hop on, found its own `Via`:
+                        // told as this proxy's error, not as an upstream's 508
+                        // (whose faultline headers are stripped below).
+                        let looped = response.headers().get(&synthetic::X_FAULTLINE_ERROR);
+                        if looped.is_some_and(|code| code == ProxyError::ForwardLoop.code()) {
+                            return Err(ProxyError::ForwardLoop);
+                        }
+                    }
                     let switching = match upgrade {
                         Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                             let upstream_side = hyper::upgrade::on(&mut response);
@@ -491,14 +597,22 @@ impl Proxy {
         request: Request<RequestBody>,
     ) -> Result<(Request<RequestBody>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
         // Forward traffic no upstream has goes where its URI says, with
-        // that authority as its `Host` (RFC 9112 §3.2.2).
-        let ad_hoc = match target.ad_hoc {
-            true => Some(ad_hoc_target(request.uri())?),
-            false => None,
+        // that authority as its `Host` (RFC 9112 §3.2.2); intercepted
+        // traffic to where its tunnel went, with the client's `Host`.
+        let ad_hoc = match (target.ad_hoc, &conn.intercepted) {
+            (false, _) => None,
+            (true, None) => {
+                let (authority, host) = ad_hoc_target(request.uri())?;
+                Some((http::uri::Scheme::HTTP, authority, host))
+            }
+            (true, Some(intercepted)) => {
+                let (authority, host) = intercepted.target(&request)?;
+                Some((http::uri::Scheme::HTTPS, authority, host))
+            }
         };
         let host = ad_hoc
             .as_ref()
-            .map_or(&target.host_header, |(_, host)| host);
+            .map_or(&target.host_header, |(_, _, host)| host);
         let forward::Outgoing {
             mut request,
             upgrade,
@@ -507,16 +621,20 @@ impl Proxy {
                 reason: reason.to_owned(),
             },
         )?;
-        if let Some((authority, _)) = ad_hoc {
+        if let Some((scheme, authority, _)) = ad_hoc {
             // Absolute form again: the ad-hoc client dials its authority.
-            *request.uri_mut() = absolute_http(authority, request.uri())?;
+            *request.uri_mut() = absolute(scheme, authority, request.uri())?;
+            // Marks it as faultline's, should it come back (a loop).
+            request.headers_mut().append(http::header::VIA, VIA);
         }
         Ok((request, upgrade))
     }
 
-    /// A forward listener's `CONNECT`: dials its target, and once that
-    /// answers, gives the `200` and copies both ways after it
-    /// ([`tunnel::spawn_connected`], shaped by `faults`).
+    /// A forward listener's `CONNECT`: dials its target (or its
+    /// destination's `connect_to`), and once that answers, gives the `200`
+    /// and copies both ways after it ([`tunnel::spawn_connected`], shaped
+    /// by `faults`). An intercepted one gives the `200` at once and serves
+    /// the requests inside its TLS ([`intercept`]).
     async fn open_tunnel(
         &self,
         upstream: usize,
@@ -525,14 +643,14 @@ impl Proxy {
         faults: Option<TunnelFaults<'_>>,
     ) -> Result<(Response<ResponseBody>, Instant), ProxyError> {
         let target = &self.upstreams[upstream];
-        let authority = match conn.entry {
-            Entry::Forward(listener) => self
-                .forward_routes
-                .route(listener, request.method(), request.uri())?
-                .tunnel
-                .ok_or(ProxyError::NoRoute)?,
-            Entry::Listener(_) | Entry::Upstream(_) => return Err(ProxyError::ConnectNotSupported),
+        let routed = match conn.entry {
+            Entry::Forward(listener) if conn.intercepted.is_none() => {
+                self.forward_routes
+                    .route(listener, request.method(), request.uri())?
+            }
+            _ => return Err(ProxyError::ConnectNotSupported),
         };
+        let authority = routed.tunnel.ok_or(ProxyError::NoRoute)?;
         let Some(client) = request
             .extensions_mut()
             .remove::<hyper::upgrade::OnUpgrade>()
@@ -542,10 +660,28 @@ impl Proxy {
                 reason: "this CONNECT cannot be tunnelled".to_owned(),
             });
         };
+        if let (true, Some(ca)) = (routed.intercept, &self.ca) {
+            intercept::spawn(
+                client,
+                Arc::clone(conn),
+                intercept::Tunnel {
+                    upstream,
+                    authority,
+                    ca: Arc::clone(ca),
+                    handshake_timeout: self.header_timeout,
+                },
+            );
+            let now = Instant::now();
+            return Ok((Response::new(ResponseBody::full(bytes::Bytes::new())), now));
+        }
+        let dial = self
+            .forward_routes
+            .connect_to(upstream)
+            .unwrap_or(&authority);
         let sent = Instant::now();
         let stream = self
             .connectors
-            .tcp(&authority)
+            .tcp(dial)
             .await
             .map_err(|e| ProxyError::from_upstream(&target.name, e))?;
         let answered = Instant::now();
@@ -614,6 +750,73 @@ struct Connection {
     entry: Entry,
     client_ip: HeaderValue,
     info: ConnInfo,
+    /// Set for the decrypted connection inside an intercepted `CONNECT`.
+    intercepted: Option<Intercepted>,
+}
+
+/// Where the requests of an intercepted tunnel go.
+struct Intercepted {
+    /// The destination's upstream (or `other`).
+    upstream: usize,
+    /// The `CONNECT`'s target, port explicit.
+    authority: http::uri::Authority,
+    /// Its host (and port, if not 443), the `Host` of a request that has none.
+    host: HeaderValue,
+    /// The region its requests are counted under (an AWS host's), if any.
+    region: Option<String>,
+}
+
+impl Intercepted {
+    /// Where a decrypted request goes, and its `Host`: the client's `Host`
+    /// (or h2 `:authority`), kept byte for byte as a signature covers it,
+    /// which must name the tunnel's host (the tunnel's port, if it names
+    /// one); none at all, the tunnel's.
+    fn target<B>(
+        &self,
+        request: &Request<B>,
+    ) -> Result<(http::uri::Authority, HeaderValue), ProxyError> {
+        let host = match request.headers().get(http::header::HOST) {
+            Some(host) => host.clone(),
+            None => match request.uri().authority() {
+                Some(authority) => HeaderValue::from_str(authority.as_str()).map_err(|_| {
+                    ProxyError::ClientProtocol {
+                        reason: "the request's authority is not a valid host".to_owned(),
+                    }
+                })?,
+                None => self.host.clone(),
+            },
+        };
+        let mismatch = || ProxyError::ClientProtocol {
+            reason: format!(
+                "the request's host is not the tunnel's ({}): one tunnel reaches one host",
+                self.authority
+            ),
+        };
+        let authority: http::uri::Authority = host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(mismatch)?;
+        let same_host = authority.host().eq_ignore_ascii_case(self.authority.host());
+        let port = authority.port_u16().unwrap_or(443);
+        if !same_host || Some(port) != self.authority.port_u16() {
+            return Err(mismatch());
+        }
+        Ok((authority, host))
+    }
+}
+
+/// Whether faultline already sent this request on (its `Via` names it).
+fn sent_by_faultline(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get_all(http::header::VIA)
+        .iter()
+        .any(|via| {
+            via.as_bytes()
+                .split(|&b| b == b',')
+                .any(|hop| hop.trim_ascii() == VIA.as_bytes())
+        })
 }
 
 /// Where an ad-hoc forward request goes: its URI's authority (the front
@@ -627,14 +830,15 @@ fn ad_hoc_target(uri: &http::Uri) -> Result<(http::uri::Authority, HeaderValue),
     Ok((authority, host))
 }
 
-/// `http://authority` and the path of `origin` (origin form).
-fn absolute_http(
+/// `scheme://authority` and the path of `origin` (origin form).
+fn absolute(
+    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     origin: &http::Uri,
 ) -> Result<http::Uri, ProxyError> {
     let path = origin.path_and_query().map_or("/", |p| p.as_str());
     http::Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(path)
         .build()

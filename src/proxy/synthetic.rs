@@ -73,8 +73,12 @@ pub enum ProxyError {
     ConnectNotSupported,
     /// A forward listener's `CONNECT` to a port it does not allow: a
     /// forward proxy is not an open tunnel.
-    #[error("CONNECT to port {port} is not allowed: 443 and the listener's allow_ports are")]
+    #[error("CONNECT to port {port} is not allowed: 443, the listener's allow_ports and destinations' connect_to ports are")]
     ConnectPortDenied { port: u16 },
+    /// A forward request that already went through faultline (its `Via`
+    /// says so): sent on, it would come back again and again.
+    #[error("this request already went through faultline (Via): a forward proxy pointed at itself loops")]
+    ForwardLoop,
 }
 
 /// Whose failure a [`ProxyError`] is, for the metrics.
@@ -140,6 +144,7 @@ impl ProxyError {
             ProxyError::ClientTimeout => "client_timeout",
             ProxyError::ConnectNotSupported => "connect_not_supported",
             ProxyError::ConnectPortDenied { .. } => "connect_port_denied",
+            ProxyError::ForwardLoop => "forward_loop",
         }
     }
 
@@ -159,6 +164,8 @@ impl ProxyError {
             ProxyError::ConnectNotSupported | ProxyError::ConnectPortDenied { .. } => {
                 Blame::Client(ClientErrorReason::Connect)
             }
+            // The setup's mistake (a proxy pointed at itself), as no route is.
+            ProxyError::ForwardLoop => Blame::Config,
         }
     }
 
@@ -176,6 +183,7 @@ impl ProxyError {
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ConnectPortDenied { .. } => StatusCode::FORBIDDEN,
+            ProxyError::ForwardLoop => StatusCode::LOOP_DETECTED,
         }
     }
 }
@@ -242,6 +250,7 @@ impl ProxyError {
             // listener does not serve it.
             ProxyError::ConnectNotSupported => GrpcStatus::UNIMPLEMENTED,
             ProxyError::ConnectPortDenied { .. } => GrpcStatus::PERMISSION_DENIED,
+            ProxyError::ForwardLoop => GrpcStatus::UNIMPLEMENTED,
             // Not valid HTTP/2 (one `Host`), or a body that broke: the
             // protocol error INTERNAL stands for (clients read 400 so).
             ProxyError::ClientProtocol { .. } => GrpcStatus::INTERNAL,
