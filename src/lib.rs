@@ -21,6 +21,8 @@
 //!   (upgraded connections too), and idle plain HTTP/1.1 connections parking (hyper's state given
 //!   back between requests).
 //! - [`proxy`]: do: the request pipeline (front doors, the forward listener's routing by authority among them; fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections and `CONNECT`s.
+//! - [`tcp`]: TCP upstreams (`tcp://`): their dedicated ports' accept loop, each connection decided
+//!   once and copied both ways through its faults (SPEC §9).
 //! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
 //! - [`admin`]: the admin listener: the JSON API (README "Runtime control"), `/healthz`, `/metrics`.
 //! - [`client`], [`ctl`]: the admin API from Rust, typed; `faultline ctl`, its command line.
@@ -48,5 +50,6 @@ pub mod rules;
 pub mod scenario;
 pub mod server;
 pub mod socket;
+pub mod tcp;
 pub mod tls;
 pub mod traffic;

@@ -28,7 +28,7 @@ use crate::config::UpstreamConfig;
 use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
 use crate::fault::BodySource;
 use crate::metrics::Metrics;
-use crate::rules::{LiveRule, Rule, RuleSet, RuleSource, RuleSpec};
+use crate::rules::{LiveRule, Rule, RuleSet, RuleSource, RuleSpec, UpstreamIdentity};
 use crate::scenario::Scenario;
 use crate::tls::ServedCertificate;
 use crate::traffic::Tally;
@@ -57,15 +57,18 @@ impl RuleFiles {
     /// Reads and validates the files; no rule may take a `reserved` name.
     fn load(
         &self,
-        upstream_names: &[&str],
+        upstreams: &[UpstreamConfig],
         reserved: &[&str],
     ) -> Result<RuleBook, Vec<Diagnostic>> {
-        match self {
-            RuleFiles::Dir(dir) => book::load_dir_reserving(dir, upstream_names, reserved),
+        let upstream_names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        let book = match self {
+            RuleFiles::Dir(dir) => book::load_dir_reserving(dir, &upstream_names, reserved),
             RuleFiles::Fixed(texts) => {
-                book::load_sources_reserving(texts, upstream_names, reserved)
+                book::load_sources_reserving(texts, &upstream_names, reserved)
             }
-        }
+        }?;
+        let identities: Vec<UpstreamIdentity<'_>> = upstreams.iter().map(Into::into).collect();
+        book.fitted(&identities)
     }
 }
 
@@ -416,6 +419,14 @@ impl Control {
                 &FieldPath::root(),
             )
             .map_err(ControlError::Invalid)?;
+        let identities: Vec<UpstreamIdentity<'_>> =
+            self.upstreams().iter().map(Into::into).collect();
+        if let Some(message) = rule.misfit(&identities) {
+            return Err(ControlError::Invalid(vec![FieldError::new(
+                FieldPath::root().key("fault"),
+                message,
+            )]));
+        }
         let mut entry = Entry::new(Arc::new(rule));
         if let Some(ttl) = ttl {
             entry.expiry = Some(self.arm(&mut state, entry.name(), ttl));
@@ -569,7 +580,6 @@ impl Control {
             .reloading
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let names = self.upstream_names();
         let api_names: Vec<String> = {
             let state = self.lock();
             state
@@ -581,7 +591,7 @@ impl Control {
         };
         let reserved: Vec<&str> = api_names.iter().map(String::as_str).collect();
         // Read outside the state lock: the admin API stays responsive meanwhile.
-        let loaded = self.files.load(&names, &reserved);
+        let loaded = self.files.load(self.upstreams(), &reserved);
         // A renewed certificate applies on reload; a broken one rejects the
         // reload with the rules, so nothing changes by half.
         let certificates = self.read_certificates();
@@ -862,6 +872,8 @@ mod tests {
             std::fs::write(dir.path().join(file), contents).unwrap();
             std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
             let config = Config::parse(CONFIG, dir.path()).unwrap();
+            let files = RuleFiles::Dir(dir.path().to_path_buf());
+            let rules = files.load(&config.upstreams, &[]).unwrap();
             let wiring = Wiring {
                 published: Arc::new(Published::new(Snapshot::empty(&config.upstreams))),
                 upstreams: config.upstreams,
@@ -869,8 +881,6 @@ mod tests {
                 tallies: Vec::new(),
                 certificates: Vec::new(),
             };
-            let files = RuleFiles::Dir(dir.path().to_path_buf());
-            let rules = files.load(&["orders"], &[]).unwrap();
             let control = Control::new(wiring, files, rules, 1);
             Fixture { dir, control }
         }

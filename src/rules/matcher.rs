@@ -38,6 +38,8 @@ pub struct MatchSpec {
 pub struct UpstreamIdentity<'a> {
     pub name: &'a str,
     pub labels: &'a BTreeMap<String, String>,
+    /// A `tcp://` upstream: only TCP faults, and no request conditions.
+    pub tcp: bool,
 }
 
 impl<'a> From<&'a UpstreamConfig> for UpstreamIdentity<'a> {
@@ -45,6 +47,7 @@ impl<'a> From<&'a UpstreamConfig> for UpstreamIdentity<'a> {
         Self {
             name: &upstream.name,
             labels: &upstream.labels,
+            tcp: upstream.is_tcp(),
         }
     }
 }
@@ -269,6 +272,7 @@ mod tests {
         m.applies_to_upstream(UpstreamIdentity {
             name,
             labels: &labels,
+            tcp: false,
         })
     }
 
@@ -384,7 +388,7 @@ mod properties {
             let Ok(matcher) = spec.compile(&["a", "b"], &FieldPath::root()) else {
                 return Ok(());
             };
-            let _ = matcher.applies_to_upstream(UpstreamIdentity { name: &name, labels: &labels });
+            let _ = matcher.applies_to_upstream(UpstreamIdentity { name: &name, labels: &labels, tcp: false });
             if let Some(glob) = matcher.path_glob() {
                 let _ = glob.compile_matcher().is_match(&request_path);
             }
