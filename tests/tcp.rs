@@ -435,3 +435,28 @@ async fn http_conditions_on_a_tcp_only_rule_are_refused_at_load() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn times_counts_connections() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let rules = rule(
+        "once",
+        "times = 1",
+        "",
+        "kind = \"abort\"\nmode = \"reset\"",
+    );
+    let proxy = TestProxy::start(&tcp_config(redis.addr), &rules).await;
+    let mut first = TcpStream::connect(port(&proxy)).await.unwrap();
+    let mut buffer = [0u8; 16];
+    let read = first.read(&mut buffer).await;
+    assert!(
+        matches!(&read, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+    let mut second = TcpStream::connect(port(&proxy)).await.unwrap();
+    ping(&mut second).await.unwrap();
+    assert_eq!(proxy.injected("once").await, 1);
+    proxy.shutdown().await;
+}
