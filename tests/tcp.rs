@@ -460,3 +460,39 @@ async fn times_counts_connections() {
     assert_eq!(proxy.injected("once").await, 1);
     proxy.shutdown().await;
 }
+
+/// One `SET`/`GET` exchange with the demo cache, the client's FIN after it.
+async fn kv_exchange(port: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(port).await?;
+    stream.write_all(b"SET region up\nGET region\n").await?;
+    stream.shutdown().await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    Ok(answer)
+}
+
+#[tokio::test]
+async fn the_demo_cache_of_us_east_1_goes_down_with_the_region() {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let demo = faultline::demo::Demo::start(any, any, std::path::Path::new("rules"))
+        .await
+        .unwrap();
+    let port = |name: &str| demo.tcp_ports.iter().find(|(n, _)| *n == name).unwrap().1;
+    let (east, west) = (port("cache-use1"), port("cache-usw2"));
+    assert_eq!(kv_exchange(east).await.unwrap(), "OK\nVALUE up\n");
+    // The shipped region-down rules: a refusing rule for every us-east-1 upstream.
+    let on = faultline::control::Change {
+        enabled: Some(true),
+        ..Default::default()
+    };
+    demo.proxy
+        .control()
+        .change("use1-region-refuse", on, "test")
+        .unwrap();
+    wait_until("the us-east-1 cache to refuse", async || {
+        matches!(TcpStream::connect(east).await, Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+    })
+    .await;
+    assert_eq!(kv_exchange(west).await.unwrap(), "OK\nVALUE up\n");
+    demo.shutdown().await;
+}
