@@ -496,3 +496,84 @@ async fn the_demo_cache_of_us_east_1_goes_down_with_the_region() {
     assert_eq!(kv_exchange(west).await.unwrap(), "OK\nVALUE up\n");
     demo.shutdown().await;
 }
+
+/// An upstream that sends `bytes` bytes as soon as a client connects, then closes.
+async fn sends_then_closes(bytes: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.write_all(&vec![b'x'; bytes]).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads to the end; the bytes, and when the first and the last came.
+async fn read_all(stream: &mut TcpStream) -> (Vec<u8>, Instant, Instant) {
+    let mut got = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let mut first = None;
+    loop {
+        let n = stream.read(&mut buffer).await.unwrap();
+        if n == 0 {
+            return (got, first.unwrap_or_else(Instant::now), Instant::now());
+        }
+        first.get_or_insert_with(Instant::now);
+        got.extend_from_slice(&buffer[..n]);
+    }
+}
+
+#[tokio::test]
+async fn bandwidth_paces_a_direction() {
+    let upstream = sends_then_closes(40 * 1024).await;
+    let rules = rule("narrow", "", "", "kind = \"bandwidth\"\nrate = \"80KiB/s\"");
+    let proxy = TestProxy::start(&tcp_config(upstream), &rules).await;
+    let start = Instant::now();
+    let mut client = TcpStream::connect(port(&proxy)).await.unwrap();
+    let (got, _, end) = read_all(&mut client).await;
+    assert_eq!(got.len(), 40 * 1024);
+    // Half a second at 80 KiB/s, less the first slice that goes at once.
+    let took = end - start;
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn slice_sends_small_pieces_apart() {
+    let upstream = sends_then_closes(100).await;
+    let rules = rule(
+        "pieces",
+        "",
+        "",
+        "kind = \"slice\"\naverage_size = 10\nsize_variation = 5\ndelay = \"20ms\"",
+    );
+    let proxy = TestProxy::start(&tcp_config(upstream), &rules).await;
+    let mut client = TcpStream::connect(port(&proxy)).await.unwrap();
+    let (got, first, last) = read_all(&mut client).await;
+    assert_eq!(got, vec![b'x'; 100]);
+    // At least 100 / 15 = 7 pieces, so at least 6 gaps of 20 ms.
+    let spread = last - first;
+    assert!(spread >= Duration::from_millis(120), "{spread:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_close_passes_the_close_on_late() {
+    let upstream = sends_then_closes(3).await;
+    let rules = rule(
+        "lingering",
+        "",
+        "",
+        "kind = \"slow_close\"\ndelay = \"300ms\"",
+    );
+    let proxy = TestProxy::start(&tcp_config(upstream), &rules).await;
+    let mut client = TcpStream::connect(port(&proxy)).await.unwrap();
+    let (got, first, closed) = read_all(&mut client).await;
+    assert_eq!(got, b"xxx");
+    let late = closed - first;
+    assert!(late >= Duration::from_millis(250), "{late:?}");
+    proxy.shutdown().await;
+}
