@@ -28,6 +28,7 @@ use crate::scenario::Scenario;
 use crate::server::{self, Limits, Stop, TlsDoor};
 use crate::tcp::{self, TcpDoor};
 use crate::tls::{ServedCertificate, UpstreamTls};
+use crate::toxiproxy::{Toxiproxy, ToxiproxyWiring};
 
 /// A validated configuration and its rules, not yet bound to any port.
 #[derive(Debug)]
@@ -260,6 +261,35 @@ impl App {
             let stop = Stop::draining(shutdown.clone(), grace);
             tasks.push(tokio::spawn(tcp::serve(listener, addr, door, stop)));
         }
+        let mut toxiproxy = None;
+        if let Some(addr) = config.toxiproxy {
+            let listener = bind(addr, "the Toxiproxy API")?;
+            let bound = listener.local_addr().map_err(|source| StartError::Bind {
+                addr,
+                what: "the Toxiproxy API".to_owned(),
+                source,
+            })?;
+            info!(addr = %bound, "Toxiproxy API listening");
+            let api = Toxiproxy::new(ToxiproxyWiring {
+                control: Arc::clone(&control),
+                published: Arc::clone(proxy.published()),
+                metrics: metrics.clone(),
+                connect_timeout: config.proxy.connect_timeout,
+                shutdown: shutdown.clone(),
+                grace,
+            });
+            let service_api = Arc::clone(&api);
+            tasks.push(tokio::spawn(server::serve(
+                listener,
+                move |_conn| {
+                    let api = Arc::clone(&service_api);
+                    hyper::service::service_fn(move |request| Arc::clone(&api).handle(request))
+                },
+                limits,
+                Stop::draining(shutdown.clone(), grace),
+            )));
+            toxiproxy = Some((api, bound));
+        }
         let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
             addr: config.admin.listen,
             what: "the admin API".to_owned(),
@@ -304,6 +334,7 @@ impl App {
         );
         Ok(Running {
             proxy,
+            toxiproxy,
             control,
             listeners,
             admin_addr,
@@ -465,6 +496,8 @@ struct BoundListener {
 /// A proxy that is serving.
 pub struct Running {
     proxy: Arc<Proxy>,
+    /// The Toxiproxy API and where it listens, with `[toxiproxy]`.
+    toxiproxy: Option<(Arc<Toxiproxy>, SocketAddr)>,
     control: Arc<Control>,
     listeners: Vec<BoundListener>,
     admin_addr: SocketAddr,
@@ -491,6 +524,16 @@ impl Running {
             .iter()
             .find(|l| l.name == name && kind(l.entry))
             .map(|l| l.addr)
+    }
+
+    /// The bound address of the Toxiproxy API, with `[toxiproxy]`.
+    pub fn toxiproxy_addr(&self) -> Option<SocketAddr> {
+        self.toxiproxy.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// The Toxiproxy API, with `[toxiproxy]`.
+    pub fn toxiproxy(&self) -> Option<&Arc<Toxiproxy>> {
+        self.toxiproxy.as_ref().map(|(api, _)| api)
     }
 
     /// The bound address of the admin API and `/metrics`.

@@ -38,6 +38,8 @@ pub const HTTPS_PORT: u16 = 443;
 pub const FORWARD_OTHER: &str = "other";
 /// The scheme of a TCP upstream's `url` (SPEC §9).
 pub const TCP_SCHEME: &str = "tcp";
+/// Where `[toxiproxy]` listens without `listen`: Toxiproxy's own port.
+pub const DEFAULT_TOXIPROXY_LISTEN: &str = "127.0.0.1:8474";
 
 // ---------------------------------------------------------------------------
 // Wire types: exactly the TOML schema.
@@ -55,6 +57,14 @@ pub struct ConfigFile {
     pub upstream: Vec<UpstreamSection>,
     #[serde(default)]
     pub route: Vec<RouteSection>,
+    pub toxiproxy: Option<ToxiproxySection>,
+}
+
+/// `[toxiproxy]`: Toxiproxy 2.x's REST API, for its client libraries.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToxiproxySection {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +208,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Where the Toxiproxy API listens, when `[toxiproxy]` is given.
+    pub toxiproxy: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -772,10 +784,27 @@ impl Config {
                 ));
             }
         }
-        if wire.listener.is_empty() && !wire.upstream.iter().any(|u| u.listen.is_some()) {
+        let toxiproxy = wire.toxiproxy.as_ref().and_then(|section| {
+            let at = root.key("toxiproxy").key("listen");
+            let text = section.listen.as_deref().unwrap_or(DEFAULT_TOXIPROXY_LISTEN);
+            let addr = parse_addr(text, &at, &mut errors)?;
+            if !addr.ip().is_loopback() {
+                // Like the admin API: it changes what the proxy does.
+                errors.push(FieldError::new(
+                    at.clone(),
+                    format!("toxiproxy listener {addr} is not loopback: Toxiproxy's API has no authentication"),
+                ));
+            }
+            claim_addr(addr, at, &mut errors);
+            Some(addr)
+        });
+        if wire.listener.is_empty()
+            && !wire.upstream.iter().any(|u| u.listen.is_some())
+            && wire.toxiproxy.is_none()
+        {
             errors.push(FieldError::new(
                 root,
-                "nothing to listen on: define a [[listener]] with routes, or give an [[upstream]] a dedicated `listen` address",
+                "nothing to listen on: define a [[listener]] with routes, give an [[upstream]] a dedicated `listen` address, or add [toxiproxy]",
             ));
         }
 
@@ -786,6 +815,7 @@ impl Config {
                 listeners,
                 upstreams,
                 routes,
+                toxiproxy,
             })
         } else {
             Err(errors)
@@ -1437,7 +1467,7 @@ upstream = "a"
             messages(&format!("{base}url = \"tcp://127.0.0.1:5432\"\n")),
             vec![
                 "upstream[0].url: upstream \"db\": a tcp:// upstream needs `listen`, the port its clients connect to (such as \"127.0.0.1:15432\")",
-                "nothing to listen on: define a [[listener]] with routes, or give an [[upstream]] a dedicated `listen` address",
+                "nothing to listen on: define a [[listener]] with routes, give an [[upstream]] a dedicated `listen` address, or add [toxiproxy]",
             ]
         );
         assert_eq!(
