@@ -447,3 +447,78 @@ async fn toxics_are_rules_and_act_on_real_connections() {
     assert_eq!(proxy.metric(injected).await, Some(1.0));
     proxy.shutdown().await;
 }
+
+/// A tool `.ci/run` installs: the path in `variable`, else `fallback`;
+/// `None` (the test is skipped) only outside CI.
+fn installed(variable: &str, fallback: &str, what: &str) -> Option<String> {
+    let path = std::env::var(variable).unwrap_or_else(|_| fallback.to_owned());
+    if std::path::Path::new(&path).exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{path} is missing: .ci/run installs {what} ({variable})"
+    );
+    eprintln!("SKIPPED: {path} not installed ({what}; run .ci/run or set {variable})");
+    None
+}
+
+/// Runs a client script against a fresh proxy's Toxiproxy API and an
+/// upper-casing upstream; the script prints `ok` when every check held.
+async fn run_client(program: String, script: &str, extra_env: Vec<(&'static str, String)>) {
+    let proxy = start().await;
+    let upstream = echo_upper().await;
+    let api = proxy.running().toxiproxy_addr().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(program)
+            .arg(script)
+            .env("TOXIPROXY_PORT", api.port().to_string())
+            .env("UPSTREAM", upstream.to_string())
+            .envs(extra_env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("ok"),
+        "{}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toxiproxy_python_drives_it() {
+    let Some(python) = installed(
+        "FAULTLINE_TOXIPROXY_PYTHON",
+        "/tmp/faultline-toxiproxy-venv/bin/python",
+        "toxiproxy-python in a venv",
+    ) else {
+        return;
+    };
+    run_client(python, "tests/clients/toxiproxy_client.py", Vec::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toxiproxy_node_client_drives_it() {
+    let Some(modules) = installed(
+        "FAULTLINE_TOXIPROXY_NODE_PATH",
+        "/tmp/faultline-toxiproxy-npm/node_modules",
+        "toxiproxy-node-client in a temporary npm folder",
+    ) else {
+        return;
+    };
+    let Some(node) = installed("FAULTLINE_NODE", "/usr/bin/node", "Debian nodejs") else {
+        return;
+    };
+    run_client(
+        node,
+        "tests/clients/toxiproxy_client.js",
+        vec![("NODE_PATH", modules)],
+    )
+    .await;
+}

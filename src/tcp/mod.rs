@@ -222,8 +222,9 @@ enum Held {
 }
 
 /// Holds a connection for `max_hold`: nothing is dialled, what the client
-/// sends is kept (up to [`HOLD_BUFFER_BYTES`]), and a client that leaves
-/// ends the hold.
+/// sends is kept (up to [`HOLD_BUFFER_BYTES`]), and a client whose
+/// connection breaks ends the hold (one that half-closes is still held:
+/// it may be waiting for its answer).
 async fn hold(client: &mut TcpStream, kept: &mut Vec<u8>, max_hold: Duration) -> Held {
     let deadline = tokio::time::Instant::now() + max_hold;
     let mut buffer = [0u8; 4096];
@@ -238,7 +239,12 @@ async fn hold(client: &mut TcpStream, kept: &mut Vec<u8>, max_hold: Duration) ->
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => return Held::TimedOut,
             read = client.read(&mut buffer[..room]) => match read {
-                Ok(0) | Err(_) => return Held::ClientLeft,
+                // A half-close: the client may still wait for an answer.
+                Ok(0) => {
+                    tokio::time::sleep_until(deadline).await;
+                    return Held::TimedOut;
+                }
+                Err(_) => return Held::ClientLeft,
                 Ok(n) => kept.extend_from_slice(&buffer[..n]),
             },
         }
