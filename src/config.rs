@@ -65,6 +65,8 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct ToxiproxySection {
     pub listen: Option<String>,
+    /// The API may listen beyond loopback (it has no authentication).
+    pub allow_remote: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -788,11 +790,11 @@ impl Config {
             let at = root.key("toxiproxy").key("listen");
             let text = section.listen.as_deref().unwrap_or(DEFAULT_TOXIPROXY_LISTEN);
             let addr = parse_addr(text, &at, &mut errors)?;
-            if !addr.ip().is_loopback() {
+            if !addr.ip().is_loopback() && section.allow_remote != Some(true) {
                 // Like the admin API: it changes what the proxy does.
                 errors.push(FieldError::new(
                     at.clone(),
-                    format!("toxiproxy listener {addr} is not loopback: Toxiproxy's API has no authentication"),
+                    format!("toxiproxy listener {addr} is not loopback: Toxiproxy's API has no authentication; set allow_remote = true if it is meant"),
                 ));
             }
             claim_addr(addr, at, &mut errors);

@@ -522,3 +522,71 @@ async fn toxiproxy_node_client_drives_it() {
     )
     .await;
 }
+
+/// A port the system just gave out and took back.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toxiproxy_server_takes_toxiproxys_flags_and_config() {
+    let upstream = echo_upper().await;
+    let (api_port, proxy_port) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("toxiproxy.json");
+    std::fs::write(
+        &config,
+        json!([{"name": "echo", "listen": format!("127.0.0.1:{proxy_port}"), "upstream": upstream.to_string()}]).to_string(),
+    )
+    .unwrap();
+    let _server = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_faultline"))
+            .args([
+                "toxiproxy-server",
+                "-host=127.0.0.1",
+                "-port",
+                &api_port.to_string(),
+            ])
+            .args(["-config", config.to_str().unwrap(), "-admin", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let version = format!("http://127.0.0.1:{api_port}/version");
+    wait_until("GET /version to answer", async || {
+        let request = Request::get(&version).body(empty()).unwrap();
+        client()
+            .request(request)
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let proxies = send(
+        &client(),
+        Request::get(format!("http://127.0.0.1:{api_port}/proxies"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        body(&proxies)["echo"]["listen"],
+        format!("127.0.0.1:{proxy_port}")
+    );
+    let through: SocketAddr = ([127, 0, 0, 1], proxy_port).into();
+    assert_eq!(exchange(through).await.unwrap().0, "PING");
+}

@@ -12,6 +12,7 @@
 //! `ctl disable`, `ctl delete`) takes its toxic away here too, as
 //! `POST /reset` does.
 
+pub mod cli;
 pub mod wire;
 
 use std::collections::BTreeMap;
