@@ -577,3 +577,57 @@ async fn slow_close_passes_the_close_on_late() {
     assert!(late >= Duration::from_millis(250), "{late:?}");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_guard_counts_failed_connections() {
+    // An upstream that is down: its port refuses.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let rules = r#"
+[[rule]]
+name = "slow-cache"
+enabled = false
+[rule.match]
+labels = { service = "redis" }
+[rule.fault]
+kind = "latency"
+delay = "10ms"
+
+[[scenario]]
+name = "cache-drill"
+duration = "1h"
+[[scenario.step]]
+at = "0s"
+enable = ["slow-cache"]
+[scenario.guard]
+labels = { service = "redis" }
+max_error_ratio = 0.2
+window = "5s"
+min_requests = 5
+"#;
+    let proxy = TestProxy::start(&tcp_config(dead), rules).await;
+    let started = proxy
+        .admin("POST", "/api/scenarios/cache-drill/start", None)
+        .await;
+    assert_eq!(started.status, 200, "{}", started.text());
+    for _ in 0..10 {
+        let mut client = TcpStream::connect(port(&proxy)).await.unwrap();
+        let mut buffer = [0u8; 8];
+        // The upstream cannot be reached: faultline closes the connection.
+        assert!(matches!(client.read(&mut buffer).await, Ok(0) | Err(_)));
+    }
+    wait_until("the guard to stop the drill", async || {
+        let view = proxy.admin("GET", "/api/scenarios/cache-drill", None).await;
+        let view: serde_json::Value = serde_json::from_slice(&view.body).unwrap();
+        view["state"] == "aborted"
+            && view["run"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("guard tripped: error ratio 1.000"))
+    })
+    .await;
+    let failed = "faultline_tcp_connections_total{outcome=\"upstream_connect\",region=\"us-east-1\",upstream=\"cache\"}";
+    assert_eq!(proxy.metric(failed).await, Some(10.0));
+    proxy.shutdown().await;
+}
