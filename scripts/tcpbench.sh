@@ -74,9 +74,10 @@ trap cleanup EXIT
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
-pin() { # pin CPU COMMAND...: run on one cpu with PIN=1
+pin() { # pin CPU COMMAND...: run on one cpu with PIN=1; exec, so that a
+  # backgrounded call's $! is the program's own PID (its RSS is read)
   local cpu="$1"; shift
-  if [[ "$PIN" == 1 ]]; then taskset -c "$cpu" "$@"; else "$@"; fi
+  if [[ "$PIN" == 1 ]]; then exec taskset -c "$cpu" "$@"; else exec "$@"; fi
 }
 wait_port() {
   local port="$1" i
@@ -119,7 +120,7 @@ HAPROXY_PORT="$(free_port)"
 cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 8000
 defaults
     mode tcp
     timeout connect 5s
@@ -142,8 +143,8 @@ TARGETS="direct faultline haproxy"
 for ((round = 1; round <= ROUNDS; round++)); do
   for target in $TARGETS; do
     log "round $round/$ROUNDS: $target"
-    pin 0 redis-benchmark -h 127.0.0.1 -p "${PORT[$target]}" -c "$CONNS" -n "$REQUESTS" \
-      -t ping_inline,set,get --csv >"$TMP/$target.$round.csv" 2>/dev/null \
+    (pin 0 redis-benchmark -h 127.0.0.1 -p "${PORT[$target]}" -c "$CONNS" -n "$REQUESTS" \
+      -t ping_inline,set,get --csv) >"$TMP/$target.$round.csv" 2>/dev/null \
       || die "redis-benchmark failed against $target"
   done
 done
@@ -172,8 +173,9 @@ for test in tests:
     print(f"{test:<12} faultline/haproxy: req/s x{f[0] / h[0]:.2f}, p99 x{f[1] / h[1]:.2f}")
 EOF
 
-hold() { # hold PORT: open MEM_CONNS connections, one PING each, keep them until stdin closes
-  python3 - "$1" "$MEM_CONNS" <<'EOF'
+# The holder's script: given with -c, so that its stdin is the pipe whose
+# closing lets the connections go.
+HOLD_PY='
 import socket, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
 held = []
@@ -184,7 +186,9 @@ for _ in range(n):
     held.append(s)
 print("held", flush=True)
 sys.stdin.read()
-EOF
+'
+hold() { # hold PORT: open MEM_CONNS connections, one PING each, keep them until stdin closes
+  python3 -c "$HOLD_PY" "$1" "$MEM_CONNS"
 }
 for target in faultline haproxy; do
   pid="$FAULTLINE_PID"; [[ "$target" == haproxy ]] && pid="$HAPROXY_PID"
@@ -194,6 +198,6 @@ for target in faultline haproxy; do
   sleep 1
   after="$(rss_kb "$pid")"
   exec 3>&-
-  python3 -c "print(f'memory per idle held connection, $target: {($after - $before) / $MEM_CONNS:.1f} KB ($MEM_CONNS connections)')"
+  python3 -c "print(f'memory per idle held connection, $target: {($after - $before) / $MEM_CONNS:.1f} KB ($MEM_CONNS connections; RSS $before KB before, $after KB after)')"
   sleep 1
 done

@@ -3,18 +3,21 @@
 //! add per piece) or through the direction's faults ([`StreamFaults`])
 //! until they are lifted.
 //!
-//! Back-pressure comes from the one fixed buffer per direction: nothing is
-//! read while the previous piece has not been written, so a slow reader
+//! Back-pressure comes from the one bounded buffer per direction: nothing
+//! is read while the previous piece has not been written, so a slow reader
 //! slows its writer down through TCP itself and memory never grows with
 //! the traffic.
 
 use std::io;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use prometheus::IntCounter;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::ReadHalf;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::lift::Lift;
@@ -37,33 +40,48 @@ pub enum Ended {
 
 /// Copies until `from` closes, then closes `to` for writing: a half-close,
 /// so the other direction goes on.
-pub async fn plain<R, W>(from: &mut R, to: &mut W, counter: &IntCounter) -> io::Result<Ended>
+///
+/// The buffer is taken when bytes are there to read and given back as soon
+/// as the socket has no more (a read would block), so an idle connection
+/// holds no buffer at all; it is never zeroed (bytes are read into its
+/// spare capacity).
+pub async fn plain<W>(
+    from: &mut ReadHalf<'_>,
+    to: &mut W,
+    counter: &IntCounter,
+) -> io::Result<Ended>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    // Allocated once the first bytes are wanted: a connection that holds
-    // still costs no buffer until then.
-    let mut buffer = Vec::new();
+    let socket: &TcpStream = from.as_ref();
+    let mut buffer = BytesMut::new();
     loop {
-        if buffer.is_empty() {
-            buffer = vec![0; BUFFER_BYTES];
+        socket.readable().await?;
+        if buffer.capacity() == 0 {
+            buffer.reserve(BUFFER_BYTES);
         }
-        let read = from.read(&mut buffer).await?;
-        if read == 0 {
-            // A peer that is gone already has nothing more to be told.
-            let _ = to.shutdown().await;
-            return Ok(Ended::Closed);
+        match socket.try_read_buf(&mut buffer) {
+            Ok(0) => {
+                // A peer that is gone already has nothing more to be told.
+                let _ = to.shutdown().await;
+                return Ok(Ended::Closed);
+            }
+            Ok(read) => {
+                to.write_all(&buffer).await?;
+                buffer.clear();
+                counter.inc_by(read as u64);
+            }
+            // Idle: the buffer goes back to the allocator until bytes come.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buffer = BytesMut::new(),
+            Err(e) => return Err(e),
         }
-        to.write_all(&buffer[..read]).await?;
-        counter.inc_by(read as u64);
     }
 }
 
 /// Copies through `faults` until `lift` fires (a halt, or a rule that
 /// fired on this connection turning off), then as [`plain`].
-pub async fn faulted<R, W>(
-    from: &mut R,
+pub async fn faulted<W>(
+    from: &mut ReadHalf<'_>,
     to: &mut W,
     faults: StreamFaults,
     lift: &Lift,
@@ -71,7 +89,6 @@ pub async fn faulted<R, W>(
     counter: &IntCounter,
 ) -> io::Result<Ended>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut rng = SmallRng::seed_from_u64(seed);

@@ -5,8 +5,8 @@
 //! ([`copy`]) through its faults until they are lifted ([`lift`]: a halt,
 //! or a rule that fired on it turning off).
 //!
-//! A connection no rule touches takes the plain copy: one fixed buffer per
-//! direction, one counter add per piece, each side's close passed on as a
+//! A connection no rule touches takes the plain copy: at most one buffer
+//! per direction, held only while bytes are waiting, one counter add per piece, each side's close passed on as a
 //! half-close. While a rule refuses the upstream the port is closed (as an
 //! HTTP upstream's dedicated port is) and its open connections are reset.
 
