@@ -36,6 +36,10 @@ pub const HTTPS_PORT: u16 = 443;
 /// no configured `[[upstream]]` has the request's authority (SPEC §8: the
 /// name forward traffic gets when no destination matches).
 pub const FORWARD_OTHER: &str = "other";
+/// The scheme of a TCP upstream's `url` (SPEC §9).
+pub const TCP_SCHEME: &str = "tcp";
+/// Where `[toxiproxy]` listens without `listen`: Toxiproxy's own port.
+pub const DEFAULT_TOXIPROXY_LISTEN: &str = "127.0.0.1:8474";
 
 // ---------------------------------------------------------------------------
 // Wire types: exactly the TOML schema.
@@ -57,6 +61,7 @@ pub struct ConfigFile {
     pub ca: CaSection,
     #[serde(default)]
     pub destination: Vec<DestinationSection>,
+    pub toxiproxy: Option<ToxiproxySection>,
 }
 
 /// `[ca]`: where faultline's own certificate authority lives.
@@ -85,6 +90,15 @@ pub struct DestinationSection {
 #[serde(deny_unknown_fields)]
 pub struct DestinationTlsSection {
     pub ca: Option<PathBuf>,
+}
+
+/// `[toxiproxy]`: Toxiproxy 2.x's REST API, for its client libraries.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToxiproxySection {
+    pub listen: Option<String>,
+    /// The API may listen beyond loopback (it has no authentication).
+    pub allow_remote: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +248,8 @@ pub struct Config {
     /// In file order: the first whose host matches names forward traffic.
     pub destinations: Vec<DestinationConfig>,
     pub ca: CaConfig,
+    /// Where the Toxiproxy API listens, when `[toxiproxy]` is given.
+    pub toxiproxy: Option<SocketAddr>,
 }
 
 /// Where faultline's CA lives: `ca.pem` and `ca-key.pem` in `dir`,
@@ -362,6 +378,29 @@ pub struct UpstreamConfig {
     /// ([`FORWARD_OTHER`]): each request goes to its own authority, and
     /// `scheme`, `authority` and `host_header` are placeholders nothing dials.
     pub ad_hoc: bool,
+    /// What its dedicated port carries: HTTP requests, or bytes (a
+    /// `tcp://` url).
+    pub transport: Transport,
+}
+
+/// What an upstream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP requests (`http://`, `https://`).
+    Http,
+    /// A byte stream (`tcp://`): each connection to its dedicated port is
+    /// copied to it (SPEC §9).
+    Tcp,
+}
+
+impl Transport {
+    fn of(scheme: &Scheme) -> Self {
+        if scheme.as_str() == TCP_SCHEME {
+            Transport::Tcp
+        } else {
+            Transport::Http
+        }
+    }
 }
 
 impl UpstreamConfig {
@@ -386,13 +425,47 @@ impl UpstreamConfig {
             listen_tls: None,
             tls: None,
             ad_hoc: true,
+            transport: Transport::Http,
         }
+    }
+
+    /// A `tcp://` upstream reached through `listen`, as the Toxiproxy API
+    /// makes them: no labels but those given.
+    pub fn tcp(
+        name: &str,
+        authority: Authority,
+        listen: SocketAddr,
+        labels: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            scheme: Scheme::try_from(TCP_SCHEME).unwrap_or(Scheme::HTTP),
+            host_header: HeaderValue::from_str(authority.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+            authority,
+            host: HostMode::Upstream,
+            protocol: Protocol::Http1,
+            labels,
+            listen: Some(listen),
+            listen_tls: None,
+            tls: None,
+            ad_hoc: false,
+            transport: Transport::Tcp,
+        }
+    }
+
+    pub fn is_tcp(&self) -> bool {
+        self.transport == Transport::Tcp
     }
 
     /// Whether a request for `host:port` over `scheme` (port already made
     /// explicit) is for this upstream: the same host, case aside, and port.
     pub fn has_authority(&self, host: &str, port: u16) -> bool {
-        !self.ad_hoc && self.authority.host().eq_ignore_ascii_case(host) && self.port() == port
+        // A TCP upstream carries no HTTP: forward traffic never goes to it.
+        !self.ad_hoc
+            && !self.is_tcp()
+            && self.authority.host().eq_ignore_ascii_case(host)
+            && self.port() == port
     }
 
     /// The port its url names, or its scheme's.
@@ -663,6 +736,10 @@ impl Config {
                 parse_upstream_url(&section.url, &at.key("url"), &section.name, &mut errors)
             {
                 let (scheme, authority, host_header) = upstream;
+                let transport = Transport::of(&scheme);
+                if transport == Transport::Tcp {
+                    check_tcp_upstream(section, &at, &mut errors);
+                }
                 let tls = upstream_tls(section, &scheme, base_dir, &at, &mut errors);
                 match (section.protocol, scheme == Scheme::HTTPS) {
                     (Protocol::H2, false) => errors.push(FieldError::new(
@@ -704,6 +781,7 @@ impl Config {
                     }),
                     tls,
                     ad_hoc: false,
+                    transport,
                 });
             }
         }
@@ -814,6 +892,19 @@ impl Config {
                     ),
                 ));
             }
+            if let Some(u) = upstream.filter(|&u| {
+                upstreams
+                    .iter()
+                    .any(|c| c.name == wire.upstream[u].name && c.is_tcp())
+            }) {
+                errors.push(FieldError::new(
+                    at.key("upstream"),
+                    format!(
+                        "route {i} names upstream {:?}, a tcp:// upstream: it is reached through its own `listen` port, not through routes",
+                        wire.upstream[u].name
+                    ),
+                ));
+            }
             if let (Some(listener), Some(upstream)) = (listener, upstream) {
                 routes.push(RouteConfig {
                     listener,
@@ -836,10 +927,27 @@ impl Config {
                 ));
             }
         }
-        if wire.listener.is_empty() && !wire.upstream.iter().any(|u| u.listen.is_some()) {
+        let toxiproxy = wire.toxiproxy.as_ref().and_then(|section| {
+            let at = root.key("toxiproxy").key("listen");
+            let text = section.listen.as_deref().unwrap_or(DEFAULT_TOXIPROXY_LISTEN);
+            let addr = parse_addr(text, &at, &mut errors)?;
+            if !addr.ip().is_loopback() && section.allow_remote != Some(true) {
+                // Like the admin API: it changes what the proxy does.
+                errors.push(FieldError::new(
+                    at.clone(),
+                    format!("toxiproxy listener {addr} is not loopback: Toxiproxy's API has no authentication; set allow_remote = true if it is meant"),
+                ));
+            }
+            claim_addr(addr, at, &mut errors);
+            Some(addr)
+        });
+        if wire.listener.is_empty()
+            && !wire.upstream.iter().any(|u| u.listen.is_some())
+            && wire.toxiproxy.is_none()
+        {
             errors.push(FieldError::new(
                 root,
-                "nothing to listen on: define a [[listener]] with routes, or give an [[upstream]] a dedicated `listen` address",
+                "nothing to listen on: define a [[listener]] with routes, give an [[upstream]] a dedicated `listen` address, or add [toxiproxy]",
             ));
         }
 
@@ -852,6 +960,7 @@ impl Config {
                 routes,
                 destinations,
                 ca,
+                toxiproxy,
             })
         } else {
             Err(errors)
@@ -1227,11 +1336,21 @@ fn parse_upstream_url(
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::HTTP,
         Some("https") => Scheme::HTTPS,
-        _ => return fail(format!("url {text:?} must start with http:// or https://")),
+        Some(TCP_SCHEME) => Scheme::try_from(TCP_SCHEME).ok()?,
+        _ => {
+            return fail(format!(
+                "url {text:?} must start with http://, https:// or tcp://"
+            ))
+        }
     };
     let Some(authority) = uri.authority().cloned() else {
         return fail(format!("url {text:?} has no host"));
     };
+    if scheme.as_str() == TCP_SCHEME && authority.port_u16().is_none() {
+        return fail(format!(
+            "url {text:?} needs a port: a tcp:// upstream has no default one"
+        ));
+    }
     if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
         return fail(format!(
             "url {text:?} must be scheme, host and port only; requests keep their own path"
@@ -1242,6 +1361,32 @@ fn parse_upstream_url(
         Err(_) => return fail(format!("url {text:?} has an invalid host")),
     };
     Some((scheme, authority, host_header))
+}
+
+/// What a `tcp://` upstream must have (its own port) and may not have
+/// (the HTTP settings).
+fn check_tcp_upstream(section: &UpstreamSection, at: &FieldPath, errors: &mut Vec<FieldError>) {
+    let name = &section.name;
+    if section.listen.is_none() {
+        errors.push(FieldError::new(
+            at.key("url"),
+            format!(
+                "upstream {name:?}: a tcp:// upstream needs `listen`, the port its clients connect to (such as \"127.0.0.1:15432\")"
+            ),
+        ));
+    }
+    for (field, given) in [
+        ("listen_tls", section.listen_tls.is_some()),
+        ("protocol", section.protocol != Protocol::Auto),
+        ("host", section.host != HostMode::Upstream),
+    ] {
+        if given {
+            errors.push(FieldError::new(
+                at.key(field),
+                format!("upstream {name:?}: `{field}` is for HTTP upstreams; a tcp:// upstream copies bytes as they are"),
+            ));
+        }
+    }
 }
 
 /// A served certificate's files: `cert` and `key`, both given, or (where
@@ -1479,7 +1624,7 @@ upstream = "a"
         assert!(errors[0].starts_with("proxy.upstream_timeout: invalid duration \"soon\""));
         assert_eq!(errors[1], "proxy.workers: workers must be at least 1");
         assert!(errors[2].starts_with("listener[0].listen: invalid address \"localhost\""));
-        assert!(errors[3].contains("must start with http:// or https://"));
+        assert!(errors[3].contains("must start with http://, https:// or tcp://"));
         assert!(errors
             .iter()
             .any(|e| e.contains("duplicate upstream name \"a\"")));
@@ -1652,6 +1797,35 @@ upstream = "a"
             .contains("a forward listener: it routes by each request's own host"));
         let no_listen = MINIMAL.replace("listen = \"127.0.0.1:8080\"\n", "");
         assert_eq!(messages(&no_listen), vec!["listener[0].name: listener \"edge\" needs `listen` (an address such as \"127.0.0.1:8080\")"]);
+    }
+
+    #[test]
+    fn tcp_upstreams_need_their_own_port_and_no_http_settings() {
+        let base = "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"db\"\n";
+        let config = parse(&format!(
+            "{base}url = \"tcp://127.0.0.1:5432\"\nlisten = \"127.0.0.1:15432\"\n"
+        ))
+        .unwrap();
+        let db = &config.upstreams[0];
+        assert!(db.is_tcp() && db.port() == 5432);
+        assert_eq!(
+            messages(&format!("{base}url = \"tcp://127.0.0.1:5432\"\n")),
+            vec![
+                "upstream[0].url: upstream \"db\": a tcp:// upstream needs `listen`, the port its clients connect to (such as \"127.0.0.1:15432\")",
+                "nothing to listen on: define a [[listener]] with routes, give an [[upstream]] a dedicated `listen` address, or add [toxiproxy]",
+            ]
+        );
+        assert_eq!(
+            messages(&format!("{base}url = \"tcp://db.internal\"\nlisten = \"127.0.0.1:0\"\n")),
+            vec!["upstream[0].url: upstream \"db\": url \"tcp://db.internal\" needs a port: a tcp:// upstream has no default one"]
+        );
+        assert_eq!(
+            messages(&format!("{base}url = \"tcp://127.0.0.1:1\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"h2c\"\n")),
+            vec!["upstream[0].protocol: upstream \"db\": `protocol` is for HTTP upstreams; a tcp:// upstream copies bytes as they are"]
+        );
+        let routed = format!("{base}url = \"tcp://127.0.0.1:1\"\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nlistener = \"edge\"\nupstream = \"db\"\n");
+        assert!(messages(&routed)[0]
+            .contains("a tcp:// upstream: it is reached through its own `listen` port"));
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //!   (upgraded connections too), and idle plain HTTP/1.1 connections parking (hyper's state given
 //!   back between requests).
 //! - [`proxy`]: do: the request pipeline (front doors, the forward listener's routing by authority and destination among them, and intercepted `CONNECT`s served as TLS connections; fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections and `CONNECT`s.
+//! - [`tcp`]: TCP upstreams (`tcp://`): their dedicated ports' accept loop, each connection decided
+//!   once and copied both ways through its faults (SPEC §9).
+//! - [`toxiproxy`]: Toxiproxy 2.12's REST API: its proxies as run-time TCP upstreams, its toxics as
+//!   runtime rules.
 //! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
 //! - [`admin`]: the admin listener: the JSON API (README "Runtime control"), `/healthz`, `/metrics`.
 //! - [`client`], [`ctl`]: the admin API from Rust, typed; `faultline ctl`, its command line.
@@ -52,5 +56,7 @@ pub mod rules;
 pub mod scenario;
 pub mod server;
 pub mod socket;
+pub mod tcp;
 pub mod tls;
+pub mod toxiproxy;
 pub mod traffic;

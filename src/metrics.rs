@@ -38,6 +38,8 @@ pub const INFLIGHT_REQUESTS: &str = "faultline_inflight_requests";
 pub const BUILD_INFO: &str = "faultline_build_info";
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "faultline_tls_handshake_errors_total";
 pub const GRPC_REQUESTS_TOTAL: &str = "faultline_grpc_requests_total";
+pub const TCP_CONNECTIONS_TOTAL: &str = "faultline_tcp_connections_total";
+pub const TCP_BYTES_TOTAL: &str = "faultline_tcp_bytes_total";
 
 /// The `grpc_status` of a gRPC call that ended without one (its trailers
 /// never came, or held no valid `grpc-status`).
@@ -132,6 +134,8 @@ pub struct Metrics {
     inflight: IntGaugeVec,
     tls_handshake_errors: IntCounterVec,
     grpc_requests: IntCounterVec,
+    tcp_connections: IntCounterVec,
+    tcp_bytes: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -234,9 +238,21 @@ impl Metrics {
                 "gRPC calls, by upstream, region and the status the call ended with.",
                 &["upstream", "region", "grpc_status"],
             ),
+            tcp_connections: counter_vec(
+                TCP_CONNECTIONS_TOTAL,
+                "TCP connections to tcp:// upstreams, by upstream, region and how they ended.",
+                &["upstream", "region", "outcome"],
+            ),
+            tcp_bytes: counter_vec(
+                TCP_BYTES_TOTAL,
+                "Bytes copied on TCP connections, by upstream, region and direction (upstream: the client's, downstream: the upstream's).",
+                &["upstream", "region", "direction"],
+            ),
         };
         let registry = &metrics.registry;
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+            Box::new(metrics.tcp_connections.clone()),
+            Box::new(metrics.tcp_bytes.clone()),
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.upstream_duration.clone()),
@@ -327,6 +343,26 @@ impl Metrics {
         }
     }
 
+    /// The handles of one tcp:// upstream, resolved once; `tally` is the
+    /// upstream's running counts (guards count its failed connections).
+    pub fn tcp(&self, upstream: &UpstreamConfig, tally: Arc<Tally>) -> TcpMetrics {
+        let region = region_of(upstream);
+        let name = upstream.name.as_str();
+        TcpMetrics {
+            connections: TcpOutcome::ALL.map(|outcome| {
+                self.tcp_connections
+                    .with_label_values(&[name, region, outcome.as_str()])
+            }),
+            bytes_upstream: self
+                .tcp_bytes
+                .with_label_values(&[name, region, "upstream"]),
+            bytes_downstream: self
+                .tcp_bytes
+                .with_label_values(&[name, region, "downstream"]),
+            tally,
+        }
+    }
+
     /// The injected-fault counter of one rule on one upstream.
     pub fn faults_injected(&self, rule: &str, kind: &str, upstream: &UpstreamConfig) -> IntCounter {
         self.faults_injected.with_label_values(&[
@@ -392,6 +428,64 @@ impl Metrics {
 
     pub fn halted(&self) -> &IntGauge {
         &self.halted
+    }
+}
+
+/// How a TCP connection ended, the `outcome` of `faultline_tcp_connections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpOutcome {
+    /// Both sides closed.
+    Closed,
+    /// An injected fault ended it (reset, cut, hold, refusal).
+    Injected,
+    /// The upstream could not be reached: the proxy's failure, never a fault.
+    UpstreamConnect,
+    /// Either side broke it off (a reset, an I/O error), or shutdown did.
+    Error,
+}
+
+impl TcpOutcome {
+    pub const ALL: [TcpOutcome; 4] = [
+        TcpOutcome::Closed,
+        TcpOutcome::Injected,
+        TcpOutcome::UpstreamConnect,
+        TcpOutcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcpOutcome::Closed => "closed",
+            TcpOutcome::Injected => "injected",
+            TcpOutcome::UpstreamConnect => "upstream_connect",
+            TcpOutcome::Error => "error",
+        }
+    }
+}
+
+/// One tcp:// upstream's handles.
+#[derive(Debug, Clone)]
+pub struct TcpMetrics {
+    /// In the order of [`TcpOutcome::ALL`].
+    connections: [IntCounter; 4],
+    pub bytes_upstream: IntCounter,
+    pub bytes_downstream: IntCounter,
+    tally: Arc<Tally>,
+}
+
+impl TcpMetrics {
+    /// Counts a connection that ended, and what it lasted, for guards.
+    pub fn record(&self, outcome: TcpOutcome, elapsed: Duration) {
+        let index = TcpOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.connections[index].inc();
+        let outcome = match outcome {
+            TcpOutcome::Closed => Outcome::Success,
+            TcpOutcome::Injected => Outcome::Injected,
+            TcpOutcome::UpstreamConnect | TcpOutcome::Error => Outcome::Failure,
+        };
+        self.tally.record(outcome, elapsed);
     }
 }
 
@@ -583,6 +677,7 @@ mod tests {
             listen: None,
             listen_tls: None,
             ad_hoc: false,
+            transport: crate::config::Transport::Http,
             tls: None,
         }
     }

@@ -124,6 +124,7 @@ fn the_aws_rules_take_us_east_1_calls_by_their_aws_names() {
         [UpstreamIdentity {
             name: "aws",
             labels: &labels,
+            tcp: false,
         }],
         1,
     );

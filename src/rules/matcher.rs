@@ -86,6 +86,8 @@ impl AwsCondition {
 pub struct UpstreamIdentity<'a> {
     pub name: &'a str,
     pub labels: &'a BTreeMap<String, String>,
+    /// A `tcp://` upstream: only TCP faults, and no request conditions.
+    pub tcp: bool,
 }
 
 impl<'a> From<&'a UpstreamConfig> for UpstreamIdentity<'a> {
@@ -93,6 +95,7 @@ impl<'a> From<&'a UpstreamConfig> for UpstreamIdentity<'a> {
         Self {
             name: &upstream.name,
             labels: &upstream.labels,
+            tcp: upstream.is_tcp(),
         }
     }
 }
@@ -375,6 +378,7 @@ mod tests {
         m.applies_to_upstream(UpstreamIdentity {
             name,
             labels: &labels,
+            tcp: false,
         })
     }
 
@@ -584,7 +588,7 @@ mod properties {
             let Ok(matcher) = spec.compile(&["a", "b"], &FieldPath::root()) else {
                 return Ok(());
             };
-            let _ = matcher.applies_to_upstream(UpstreamIdentity { name: &name, labels: &labels });
+            let _ = matcher.applies_to_upstream(UpstreamIdentity { name: &name, labels: &labels, tcp: false });
             if let Some(glob) = matcher.path_glob() {
                 let _ = glob.compile_matcher().is_match(&request_path);
             }

@@ -48,6 +48,7 @@ impl LiveRule {
             && self.rule.turns == Turns::default()
             && self.rule.matcher.takes_every_request()
             && self.rule.matcher.applies_to_upstream(upstream)
+            && self.rule.fits(upstream)
     }
 }
 
@@ -219,7 +220,9 @@ impl RuleSet {
                         .iter()
                         .enumerate()
                         .filter(|(_, live)| {
-                            live.enabled && live.rule.matcher.applies_to_upstream(upstream)
+                            live.enabled
+                                && live.rule.matcher.applies_to_upstream(upstream)
+                                && live.rule.fits(upstream)
                         })
                         .map(|(index, live)| Candidate {
                             rule: Arc::clone(&live.rule),
