@@ -260,6 +260,7 @@ impl App {
                 published: Arc::clone(proxy.published()),
                 metrics: metrics.tcp(upstream, Arc::clone(&tallies[i])),
                 connect_timeout: config.proxy.connect_timeout,
+                listening: tokio::sync::watch::Sender::new(true),
             });
             let stop = Stop::draining(shutdown.clone(), grace);
             tasks.push(tokio::spawn(tcp::serve(listener, addr, door, stop)));

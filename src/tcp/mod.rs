@@ -49,6 +49,11 @@ pub struct TcpDoor {
     pub published: Arc<Published>,
     pub metrics: TcpMetrics,
     pub connect_timeout: Duration,
+    /// Whether the port is bound now: false from the moment a refusing
+    /// rule has closed it until it is bound again. The Toxiproxy API waits
+    /// on it so that `enabled: false` has closed the port when it answers,
+    /// as Toxiproxy's does.
+    pub listening: tokio::sync::watch::Sender<bool>,
 }
 
 /// Serves a tcp:// upstream's dedicated port until `stop` drains it.
@@ -65,6 +70,7 @@ pub async fn serve(listener: TcpListener, addr: SocketAddr, door: Arc<TcpDoor>, 
     loop {
         if published.load().rules.refuses(door.upstream) {
             drop(listener.take());
+            door.listening.send_replace(false);
             info!(%addr, upstream = door.config.name, "refusing connections: an unavailable/refuse rule is on");
             tokio::select! {
                 _ = stop.drain.cancelled() => return,
@@ -79,6 +85,7 @@ pub async fn serve(listener: TcpListener, addr: SocketAddr, door: Arc<TcpDoor>, 
                 None => return,
             },
         };
+        door.listening.send_replace(true);
         let reset = CancellationToken::new();
         loop {
             tokio::select! {

@@ -47,6 +47,9 @@ use wire::{ApiError, ProxyInput, ProxyView, ToxicView};
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// Who the audit log says made a change.
 const CALLER: &str = "toxiproxy-api";
+/// How long enabling or disabling a proxy waits for its port to close or
+/// be bound again before answering.
+const SETTLE_TIME: Duration = Duration::from_secs(2);
 /// The label every proxy's upstream carries, naming the proxy.
 pub const PROXY_LABEL: &str = "toxiproxy";
 
@@ -86,6 +89,8 @@ struct ProxyState {
     /// Ends the port at once, resetting its connections (Toxiproxy's stop).
     reset: CancellationToken,
     task: JoinHandle<()>,
+    /// Whether its port is bound ([`TcpDoor::listening`]).
+    listening: tokio::sync::watch::Receiver<bool>,
 }
 
 struct ToxicState {
@@ -211,7 +216,7 @@ impl Toxiproxy {
         let enabled = input.enabled.unwrap_or(true);
         let proxy = proxies.entry(input.name.clone()).or_insert(proxy);
         if !enabled {
-            self.set_enabled(proxy, false)?;
+            self.set_enabled(proxy, false).await?;
         }
         Ok(json(StatusCode::CREATED, &self.view(proxy)))
     }
@@ -267,7 +272,7 @@ impl Toxiproxy {
             let proxy = self.start(&input.name, listen, &input.upstream, Vec::new())?;
             let proxy = proxies.entry(input.name.clone()).or_insert(proxy);
             if input.enabled == Some(false) {
-                self.set_enabled(proxy, false)?;
+                self.set_enabled(proxy, false).await?;
             }
             done.push(self.view(proxy));
         }
@@ -306,7 +311,7 @@ impl Toxiproxy {
             proxies.insert(name.to_owned(), fresh);
         }
         let proxy = proxies.get(name).ok_or_else(ApiError::proxy_not_found)?;
-        self.set_enabled(proxy, enabled)?;
+        self.set_enabled(proxy, enabled).await?;
         Ok(json(StatusCode::OK, &self.view(proxy)))
     }
 
@@ -321,7 +326,7 @@ impl Toxiproxy {
         let mut proxies = self.proxies.lock().await;
         self.sync(&mut proxies);
         for proxy in proxies.values_mut() {
-            self.set_enabled(proxy, true)?;
+            self.set_enabled(proxy, true).await?;
             for toxic in std::mem::take(&mut proxy.toxics) {
                 self.forget_rule(toxic.rule.as_deref());
             }
@@ -495,7 +500,9 @@ impl Toxiproxy {
             config,
             published: Arc::clone(&self.published),
             connect_timeout: self.connect_timeout,
+            listening: tokio::sync::watch::Sender::new(true),
         });
+        let listening = door.listening.subscribe();
         let reset = CancellationToken::new();
         let stop = Stop {
             drain: self.shutdown.child_token(),
@@ -513,6 +520,7 @@ impl Toxiproxy {
             toxics,
             reset,
             task,
+            listening,
         })
     }
 
@@ -596,7 +604,19 @@ impl Toxiproxy {
     }
 
     /// `enabled: false` is an `unavailable` `refuse` rule on the proxy's upstream.
-    fn set_enabled(&self, proxy: &ProxyState, enabled: bool) -> Result<(), ApiError> {
+    /// Answers once the port is as the rules now say (closed or bound
+    /// again), as Toxiproxy's does, or after [`SETTLE_TIME`].
+    async fn set_enabled(&self, proxy: &ProxyState, enabled: bool) -> Result<(), ApiError> {
+        self.set_enabled_rule(proxy, enabled)?;
+        let bound = !self.published.load().rules.refuses(proxy.index);
+        let mut listening = proxy.listening.clone();
+        // A port that cannot be bound again (taken meanwhile) is retried by
+        // its loop; the answer does not wait for that.
+        let _ = tokio::time::timeout(SETTLE_TIME, listening.wait_for(|now| *now == bound)).await;
+        Ok(())
+    }
+
+    fn set_enabled_rule(&self, proxy: &ProxyState, enabled: bool) -> Result<(), ApiError> {
         let name = disabled_rule(&proxy.name);
         if enabled {
             self.forget_rule(Some(&name));
