@@ -365,22 +365,21 @@ async fn serve_dedicated(
     let published = Arc::clone(proxy.published());
     let mut changes = published.subscribe();
     let mut listener = Some(listener);
+    let name = proxy.upstreams()[upstream].name.clone();
     loop {
-        if published.load().rules.refuses(upstream) {
-            drop(listener.take());
-            info!(%addr, "refusing connections: an unavailable/refuse rule is on");
-            tokio::select! {
-                _ = stop.drain.cancelled() => return,
-                changed = changes.changed() => if changed.is_err() { return },
-            }
-            continue;
-        }
-        let socket = match listener.take() {
-            Some(socket) => socket,
-            None => match server::rebind(addr, &stop).await {
-                Some(socket) => socket,
-                None => return,
-            },
+        let refused = || published.load().rules.refuses(upstream);
+        let Some(socket) = server::open_unless_refused(
+            &mut listener,
+            addr,
+            &name,
+            refused,
+            || {},
+            &mut changes,
+            &stop,
+        )
+        .await
+        else {
+            return;
         };
         let serving = Stop {
             drain: stop.drain.clone(),

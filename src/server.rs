@@ -227,6 +227,36 @@ pub async fn rebind(addr: SocketAddr, stop: &Stop) -> Option<TcpListener> {
     }
 }
 
+/// A dedicated port's socket once nothing refuses its upstream: the one
+/// held in `listener`, or bound again ([`rebind`]) after a refusal closed
+/// it. While `refused()` says so the socket is dropped, so connections are
+/// refused for real, `closed()` is called, and the task waits for the next
+/// change of the rules (`changes`). `None`: `stop` drained, or the rules
+/// are gone.
+pub async fn open_unless_refused(
+    listener: &mut Option<TcpListener>,
+    addr: SocketAddr,
+    name: &str,
+    refused: impl Fn() -> bool,
+    closed: impl Fn(),
+    changes: &mut tokio::sync::watch::Receiver<()>,
+    stop: &Stop,
+) -> Option<TcpListener> {
+    while refused() {
+        drop(listener.take());
+        closed();
+        info!(%addr, upstream = name, "refusing connections: an unavailable/refuse rule is on");
+        tokio::select! {
+            _ = stop.drain.cancelled() => return None,
+            changed = changes.changed() => changed.ok()?,
+        }
+    }
+    match listener.take() {
+        Some(socket) => Some(socket),
+        None => rebind(addr, stop).await,
+    }
+}
+
 /// How long a client may take before its connection is closed.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

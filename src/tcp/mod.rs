@@ -23,7 +23,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::config::UpstreamConfig;
 use crate::control::{Published, Snapshot};
@@ -68,22 +68,22 @@ pub async fn serve(listener: TcpListener, addr: SocketAddr, door: Arc<TcpDoor>, 
     let mut listener = Some(listener);
     let mut connections = JoinSet::new();
     loop {
-        if published.load().rules.refuses(door.upstream) {
-            drop(listener.take());
+        let refused = || published.load().rules.refuses(door.upstream);
+        let closed = || {
             door.listening.send_replace(false);
-            info!(%addr, upstream = door.config.name, "refusing connections: an unavailable/refuse rule is on");
-            tokio::select! {
-                _ = stop.drain.cancelled() => return,
-                changed = changes.changed() => if changed.is_err() { return },
-            }
-            continue;
-        }
-        let socket = match listener.take() {
-            Some(socket) => socket,
-            None => match server::rebind(addr, &stop).await {
-                Some(socket) => socket,
-                None => return,
-            },
+        };
+        let Some(socket) = server::open_unless_refused(
+            &mut listener,
+            addr,
+            &door.config.name,
+            refused,
+            closed,
+            &mut changes,
+            &stop,
+        )
+        .await
+        else {
+            return;
         };
         door.listening.send_replace(true);
         let reset = CancellationToken::new();

@@ -399,14 +399,7 @@ impl Toxiproxy {
     async fn update_toxic(&self, proxy: &str, toxic: &str, body: &[u8]) -> Result<Reply, ApiError> {
         let mut proxies = self.proxies.lock().await;
         self.sync(&mut proxies);
-        let proxy = proxies
-            .get_mut(proxy)
-            .ok_or_else(ApiError::proxy_not_found)?;
-        let position = proxy
-            .toxics
-            .iter()
-            .position(|t| t.name == toxic)
-            .ok_or_else(ApiError::toxic_not_found)?;
+        let (proxy, position) = find_toxic(&mut proxies, proxy, toxic)?;
         let input: Value = parse(body)?;
         let current = &proxy.toxics[position];
         let attributes =
@@ -447,14 +440,7 @@ impl Toxiproxy {
     async fn delete_toxic(&self, proxy: &str, toxic: &str) -> Result<(), ApiError> {
         let mut proxies = self.proxies.lock().await;
         self.sync(&mut proxies);
-        let proxy = proxies
-            .get_mut(proxy)
-            .ok_or_else(ApiError::proxy_not_found)?;
-        let position = proxy
-            .toxics
-            .iter()
-            .position(|t| t.name == toxic)
-            .ok_or_else(ApiError::toxic_not_found)?;
+        let (proxy, position) = find_toxic(&mut proxies, proxy, toxic)?;
         let removed = proxy.toxics.remove(position);
         self.forget_rule(removed.rule.as_deref());
         Ok(())
@@ -689,6 +675,24 @@ impl Toxiproxy {
             .map_err(|e| e.message)?;
         Ok(done.len())
     }
+}
+
+/// A proxy, and where its toxic `toxic` is in its list; Toxiproxy's
+/// errors when either is missing.
+fn find_toxic<'a>(
+    proxies: &'a mut BTreeMap<String, ProxyState>,
+    proxy: &str,
+    toxic: &str,
+) -> Result<(&'a mut ProxyState, usize), ApiError> {
+    let proxy = proxies
+        .get_mut(proxy)
+        .ok_or_else(ApiError::proxy_not_found)?;
+    let position = proxy
+        .toxics
+        .iter()
+        .position(|t| t.name == toxic)
+        .ok_or_else(ApiError::toxic_not_found)?;
+    Ok((proxy, position))
 }
 
 /// The refusing rule that stands for `enabled: false`.
