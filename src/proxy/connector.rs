@@ -134,6 +134,7 @@ impl Connectors {
     ///
     /// Not an `async fn`: HTTP/1.1 hands back the pool's own future, so the
     /// request is not moved through one more future on every call.
+    #[inline(always)] // its future is then built where the caller keeps it
     pub(super) fn send(
         &self,
         index: usize,

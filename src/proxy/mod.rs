@@ -31,6 +31,7 @@ pub mod synthetic;
 mod tunnel;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,6 +65,12 @@ pub const FORM_READ_LIMIT: u64 = 64 * 1024;
 /// How long reading that body may take; a client slower than this is
 /// decided without the operation, and its body forwarded as it comes.
 const FORM_READ_TIME: Duration = Duration::from_secs(5);
+
+/// A request's future for the rare paths (a fault, a form read first),
+/// boxed so that a plain request's future is not as large as theirs.
+type Boxed<'a> = Pin<
+    Box<dyn Future<Output = (Result<Response<ResponseBody>, Unanswered>, Instant)> + Send + 'a>,
+>;
 
 /// A timeout that never fires, and the longest one kept.
 const NO_TIMEOUT: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
@@ -357,6 +364,9 @@ impl Proxy {
     /// plain request's future; only a request whose form body a rule needs
     /// (the AWS query protocol's `Action`) waits before deciding, in a
     /// future of its own.
+    // Inlined: the future it gives is then built where its caller keeps
+    // it, not built and copied there.
+    #[inline(always)]
     fn pipeline<'a>(
         &'a self,
         upstream: usize,
@@ -376,14 +386,16 @@ impl Proxy {
                 let (request, form) = read_form(request).await;
                 let plan = self.decide(self.published.load(), upstream, conn, &request, form);
                 self.run(plan, upstream, conn, request, start).await
-            }));
+            }) as Boxed<'a>);
         }
         let request = request.map(RequestBody::from);
         let plan = match intercepted {
             true => None,
             false => self.decide(snapshot, upstream, conn, &request, None),
         };
-        Either::Left(self.run(plan, upstream, conn, request, start))
+        // Run's own future, not wrapped: hyper's is moved whole, and each
+        // wrapping copied it once more.
+        self.run(plan, upstream, conn, request, start)
     }
 
     /// The plan for a request: `None` when no rule fires.
@@ -413,6 +425,9 @@ impl Proxy {
     }
 
     /// Does what [`Self::decide`] planned.
+    // Inlined: the future it gives is then built where its caller keeps
+    // it, not built and copied there.
+    #[inline(always)]
     fn run<'a>(
         &'a self,
         plan: Option<Plan>,
@@ -420,8 +435,10 @@ impl Proxy {
         conn: &'a Arc<Connection>,
         request: Request<RequestBody>,
         start: Instant,
-    ) -> impl Future<Output = (Result<Response<ResponseBody>, Unanswered>, Instant)> + Send + 'a
-    {
+    ) -> Either<
+        impl Future<Output = (Result<Response<ResponseBody>, Unanswered>, Instant)> + Send + 'a,
+        Boxed<'a>,
+    > {
         match plan {
             // Sent as it came: the time read on arrival stands for both.
             None => Either::Left(async move {
@@ -433,10 +450,10 @@ impl Proxy {
             // Boxed: a fault's future is several times the size of a plain
             // forward, and every request's future would be that big, and
             // copied so, if it were kept inline.
-            Some(plan) => {
-                let injected = Box::pin(self.inject(plan, conn, request, start));
-                Either::Right(async move { (injected.await, Instant::now()) })
-            }
+            Some(plan) => Either::Right(Box::pin(async move {
+                let outcome = self.inject(plan, conn, request, start).await;
+                (outcome, Instant::now())
+            })),
         }
     }
 
@@ -517,6 +534,7 @@ impl Proxy {
     ///
     /// An upgrade the upstream accepts (`101`) gets its tunnel here, shaped
     /// by `faults`; it starts copying once the `101` has gone back.
+    #[inline(always)] // as `pipeline`
     #[allow(clippy::manual_async_fn)] // on purpose: see `Proxy::handle`
     fn forward<'a>(
         &'a self,

@@ -133,6 +133,7 @@ impl UpstreamClient {
     /// Not an `async fn`: that would keep the request twice in the future
     /// (rust-lang/rust #62958), which every plain request carries.
     #[allow(clippy::manual_async_fn)] // on purpose: see above
+    #[inline(always)] // its future is then built where the caller keeps it
     pub(super) fn send(
         &self,
         index: usize,
