@@ -21,6 +21,7 @@
 //!   (upgraded connections too), and idle plain HTTP/1.1 connections parking (hyper's state given
 //!   back between requests).
 //! - [`proxy`]: do: the request pipeline (front doors, the forward listener's routing by authority among them; fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections and `CONNECT`s.
+//! - [`dns`]: faultline's DNS server: queries read and answered (UDP and TCP, bounded), decided by the same rules (`match.dns`), untouched names answered from `records` or forwarded.
 //! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
 //! - [`admin`]: the admin listener: the JSON API (README "Runtime control"), `/healthz`, `/metrics`.
 //! - [`client`], [`ctl`]: the admin API from Rust, typed; `faultline ctl`, its command line.
@@ -36,6 +37,7 @@ pub mod control;
 pub mod ctl;
 pub mod demo;
 pub mod diagnostic;
+pub mod dns;
 pub mod duration;
 pub mod fault;
 pub mod files;

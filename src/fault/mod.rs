@@ -5,6 +5,7 @@
 //! ([`BodyFiles`]). Error presets (README "Error presets") live in
 //! [`preset`]; deciding which fault a request gets is [`crate::plan`]'s.
 
+pub mod dns;
 pub mod latency;
 pub mod preset;
 
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::diagnostic::{FieldError, FieldPath};
 use crate::grpc::GrpcStatus;
 
+pub use dns::{DnsAnswer, DnsFault};
 pub use latency::{Delay, DistributionSpec, Side};
 pub use preset::RequestIdStyle;
 
@@ -107,6 +109,15 @@ pub struct FaultSpec {
     /// `truncate`: …then the connection is `reset` (default) or `close`d.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub then: Option<String>,
+    /// `dns`: `nxdomain`, `servfail`, `nodata`, `refused`, `timeout` or `addresses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// `dns` with `answer = "addresses"`: the IP addresses answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<String>>,
+    /// `dns`: the TTL the answer carries (default 5s, at most 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +158,8 @@ pub enum Fault {
     /// An upstream's dedicated port refuses connections while the rule is
     /// on; a request that still arrives (a shared listener) is reset.
     Refuse,
+    /// A DNS query's answer (README "DNS"): never an HTTP request's fault.
+    Dns(DnsFault),
 }
 
 impl Fault {
@@ -161,6 +174,7 @@ impl Fault {
             Fault::Respond(_) => FaultKind::Error,
             Fault::Abort(_) => FaultKind::Abort,
             Fault::Blackhole { .. } | Fault::Refuse => FaultKind::Unavailable,
+            Fault::Dns(_) => FaultKind::Dns,
         }
     }
 }
@@ -190,11 +204,12 @@ pub enum FaultKind {
     Bandwidth,
     Dribble,
     Truncate,
+    Dns,
 }
 
 impl FaultKind {
     /// Every kind, in the order messages list them.
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::Latency,
         FaultKind::Error,
         FaultKind::Abort,
@@ -202,6 +217,7 @@ impl FaultKind {
         FaultKind::Bandwidth,
         FaultKind::Dribble,
         FaultKind::Truncate,
+        FaultKind::Dns,
     ];
 
     /// The kind as users write it, in files, logs and metric labels.
@@ -214,6 +230,7 @@ impl FaultKind {
             FaultKind::Bandwidth => "bandwidth",
             FaultKind::Dribble => "dribble",
             FaultKind::Truncate => "truncate",
+            FaultKind::Dns => "dns",
         }
     }
 
@@ -235,6 +252,7 @@ impl FaultKind {
             FaultKind::Bandwidth => &["rate"],
             FaultKind::Dribble => &["chunks", "over"],
             FaultKind::Truncate => &["after_bytes", "then"],
+            FaultKind::Dns => &["answer", "addresses", "ttl"],
         }
     }
 }
@@ -315,7 +333,10 @@ impl BodySource<'static> {
 impl FaultSpec {
     /// The fields given, by name.
     fn given(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 19] = [
+        let fields: [(&'static str, bool); 22] = [
+            ("answer", self.answer.is_some()),
+            ("addresses", self.addresses.is_some()),
+            ("ttl", self.ttl.is_some()),
             ("rate", self.rate.is_some()),
             ("chunks", self.chunks.is_some()),
             ("over", self.over.is_some()),
@@ -379,6 +400,7 @@ impl FaultSpec {
             FaultKind::Bandwidth => self.bandwidth(at, &mut errors),
             FaultKind::Dribble => self.dribble(at, &mut errors),
             FaultKind::Truncate => self.truncate(at, &mut errors),
+            FaultKind::Dns => Fault::Dns(self.dns(at, &mut errors)),
         };
         if errors.is_empty() {
             Ok(fault)
@@ -787,7 +809,8 @@ impl Shaping {
             | Fault::Respond(_)
             | Fault::Abort(_)
             | Fault::Blackhole { .. }
-            | Fault::Refuse => {}
+            | Fault::Refuse
+            | Fault::Dns(_) => {}
         }
     }
 }

@@ -63,6 +63,7 @@ impl Connectors {
         upstreams: &[UpstreamConfig],
         tls: &[Option<UpstreamTls>],
         settings: &ProxyConfig,
+        resolver: &Resolver,
     ) -> Self {
         let by_upstream = upstreams
             .iter()
@@ -94,10 +95,10 @@ impl Connectors {
             .collect();
         Self {
             by_upstream,
-            http1: UpstreamClient::new(upstreams, tls, settings),
-            http2: Http2Client::new(upstreams, &h2_tls, settings),
-            ad_hoc: AdHocClient::new(settings),
-            tcp: dial::connector(settings),
+            http1: UpstreamClient::new(upstreams, tls, settings, resolver),
+            http2: Http2Client::new(upstreams, &h2_tls, settings, resolver),
+            ad_hoc: AdHocClient::new(settings, resolver),
+            tcp: dial::connector(settings, resolver),
         }
     }
 
