@@ -182,7 +182,11 @@ impl App {
             }
         }
 
-        let dns = match config.dns.as_ref().and_then(|dns| dns.listen.map(|addr| (dns, addr))) {
+        let dns = match config
+            .dns
+            .as_ref()
+            .and_then(|dns| dns.listen.map(|addr| (dns, addr)))
+        {
             Some((dns, addr)) => Some((
                 dns.clone(),
                 DnsSockets::bind(addr).map_err(|source| StartError::Bind {

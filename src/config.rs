@@ -1200,7 +1200,10 @@ fn validate_dns(section: &DnsSection, at: &FieldPath, errors: &mut Vec<FieldErro
         .as_deref()
         .and_then(|text| parse_addr(text, &at.key("listen"), errors));
     let mut upstream = Vec::new();
-    let given = section.upstream.clone().unwrap_or_else(|| vec!["system".to_owned()]);
+    let given = section
+        .upstream
+        .clone()
+        .unwrap_or_else(|| vec!["system".to_owned()]);
     if given.is_empty() || given.len() > MAX_DNS_UPSTREAMS {
         errors.push(FieldError::new(
             at.key("upstream"),
@@ -1225,7 +1228,9 @@ fn validate_dns(section: &DnsSection, at: &FieldPath, errors: &mut Vec<FieldErro
             Some(parsed) => upstream.push(parsed),
             None => errors.push(FieldError::new(
                 at.key("upstream").index(i),
-                format!("invalid DNS upstream {text:?}: expected \"system\", an IP address or IP:PORT"),
+                format!(
+                    "invalid DNS upstream {text:?}: expected \"system\", an IP address or IP:PORT"
+                ),
             )),
         }
     }

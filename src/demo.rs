@@ -120,8 +120,9 @@ impl Demo {
             upstreams.push((name, addr));
         }
 
-        let mut config = Config::parse(&config_text(listen, admin, dns, &upstreams), Path::new("."))
-            .map_err(|e| format!("demo config: {e}"))?;
+        let mut config =
+            Config::parse(&config_text(listen, admin, dns, &upstreams), Path::new("."))
+                .map_err(|e| format!("demo config: {e}"))?;
         let names: Vec<&str> = UPSTREAMS.iter().map(|u| u.0).collect();
         let (app, rules_from) = if rules_dir.is_dir() {
             let rules =

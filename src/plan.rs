@@ -149,11 +149,20 @@ pub struct DnsDecision {
 /// header falls back to a draw); `None` when no rule fires. The same rules
 /// decide for a client's query to faultline's DNS server and for the
 /// proxy's own resolution of an upstream's name.
-pub fn decide_dns(rules: &RuleSet, name: &str, qtype: u16, client_ip: &[u8]) -> Option<DnsDecision> {
+pub fn decide_dns(
+    rules: &RuleSet,
+    name: &str,
+    qtype: u16,
+    client_ip: &[u8],
+) -> Option<DnsDecision> {
     let mut decided: Option<DnsDecision> = None;
     for (index, candidate) in rules.dns_candidates().iter().enumerate() {
         let rule = &candidate.rule;
-        if !rule.matcher.dns().is_some_and(|dns| dns.matches(name, qtype)) {
+        if !rule
+            .matcher
+            .dns()
+            .is_some_and(|dns| dns.matches(name, qtype))
+        {
             continue;
         }
         let sticky = match rule.sticky {

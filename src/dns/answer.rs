@@ -67,9 +67,12 @@ pub(super) fn parse(packet: &[u8]) -> Parsed {
     }
     let key = dns_key(&question.name().to_ascii());
     let qtype = u16::from(question.query_type());
-    let udp_limit = message.extensions().as_ref().map_or(CLASSIC_UDP_PAYLOAD, |edns| {
-        usize::from(edns.max_payload()).clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD)
-    });
+    let udp_limit = message
+        .extensions()
+        .as_ref()
+        .map_or(CLASSIC_UDP_PAYLOAD, |edns| {
+            usize::from(edns.max_payload()).clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD)
+        });
     Parsed::Query(Box::new(Query {
         message,
         key,
@@ -238,7 +241,11 @@ mod tests {
 
     #[test]
     fn names_are_compared_lowercase_without_the_final_dot() {
-        let q = parsed(&query("DynamoDB.US-East-1.amazonaws.com.", RecordType::AAAA, None));
+        let q = parsed(&query(
+            "DynamoDB.US-East-1.amazonaws.com.",
+            RecordType::AAAA,
+            None,
+        ));
         assert_eq!(q.key, "dynamodb.us-east-1.amazonaws.com");
         assert_eq!(q.qtype, 28);
         assert_eq!(q.udp_limit, CLASSIC_UDP_PAYLOAD);
@@ -296,7 +303,11 @@ mod tests {
 
     #[test]
     fn negative_answers_carry_the_fault_ttl_in_their_soa() {
-        let q = parsed(&query("dynamodb.us-east-1.amazonaws.com.", RecordType::A, None));
+        let q = parsed(&query(
+            "dynamodb.us-east-1.amazonaws.com.",
+            RecordType::A,
+            None,
+        ));
         let fault = DnsFault {
             answer: DnsAnswer::NoData,
             ttl: Duration::from_secs(3),

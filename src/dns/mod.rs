@@ -150,7 +150,13 @@ impl Context {
                 return Plan::Now(answer, DnsOutcome::Records);
             }
         }
-        if matches!(&fault, Some(DnsFault { answer: DnsAnswer::Timeout, .. })) {
+        if matches!(
+            &fault,
+            Some(DnsFault {
+                answer: DnsAnswer::Timeout,
+                ..
+            })
+        ) {
             // Nothing will be sent: there is nothing to wait for either.
             return Plan::Now(None, DnsOutcome::Timeout);
         }

@@ -181,11 +181,11 @@ mod tests {
             validate("kind = \"dns\"\nanswer = \"nxdomain\"\naddresses = [\"::1\"]").unwrap_err(),
             ["addresses: `addresses` goes with answer = \"addresses\""]
         );
-        assert!(validate("kind = \"dns\"")
-            .unwrap_err()[0]
+        assert!(validate("kind = \"dns\"").unwrap_err()[0]
             .starts_with("kind: kind = \"dns\" needs `answer`"));
-        assert!(validate("kind = \"error\"\nstatus = 500\nanswer = \"nodata\"")
-            .unwrap_err()[0]
-            .starts_with("answer: `answer` does not apply to kind = \"error\""));
+        assert!(
+            validate("kind = \"error\"\nstatus = 500\nanswer = \"nodata\"").unwrap_err()[0]
+                .starts_with("answer: `answer` does not apply to kind = \"error\"")
+        );
     }
 }

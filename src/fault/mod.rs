@@ -964,7 +964,7 @@ mod tests {
         assert_eq!(
             errors,
             // Parsed with the file: the message comes from the schema.
-            vec!["unknown fault kind \"explode\"; expected one of latency, error, abort, unavailable, bandwidth, dribble, truncate"]
+            vec!["unknown fault kind \"explode\"; expected one of latency, error, abort, unavailable, bandwidth, dribble, truncate, dns"]
         );
         let errors = fault("kind = \"latency\"\nlatency = \"1s\"").unwrap_err();
         assert!(

@@ -3,13 +3,13 @@
 //! resolve is told from a refused connect), the HTTP/1.1 client of forward
 //! traffic that no configured upstream has, and a `CONNECT`'s dial.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::Pin;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -89,7 +89,6 @@ impl Resolver {
             })),
         }
     }
-
 }
 
 /// The addresses a name resolved to (ports are the dialler's to set).
@@ -174,9 +173,10 @@ impl Service<Name> for Resolver {
                     ips.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
                 return Ok(addresses.into_iter());
             }
-            poll_fn(|cx| system.poll_ready(cx)).await.map_err(DnsFailure)?;
-            let addresses: Vec<SocketAddr> =
-                system.call(name).await.map_err(DnsFailure)?.collect();
+            poll_fn(|cx| system.poll_ready(cx))
+                .await
+                .map_err(DnsFailure)?;
+            let addresses: Vec<SocketAddr> = system.call(name).await.map_err(DnsFailure)?.collect();
             Ok(addresses.into_iter())
         })
     }

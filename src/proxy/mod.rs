@@ -128,7 +128,8 @@ impl Proxy {
             listener.routes.push(route.clone());
         }
         // Every connection resolves through the DNS rules too (README "DNS").
-        let resolver = dial::Resolver::new(Arc::clone(&published), config.dns.as_ref(), &config.proxy);
+        let resolver =
+            dial::Resolver::new(Arc::clone(&published), config.dns.as_ref(), &config.proxy);
         Self {
             upstream_metrics: config
                 .upstreams
@@ -152,12 +153,7 @@ impl Proxy {
             routes,
             forward_routes: egress::ForwardRoutes::new(config),
             published,
-            connectors: Connectors::new(
-                &config.upstreams,
-                upstream_tls,
-                &config.proxy,
-                &resolver,
-            ),
+            connectors: Connectors::new(&config.upstreams, upstream_tls, &config.proxy, &resolver),
             // Capped so a deadline can always be added to an instant:
             // thirty years is no timeout at all, as tokio's own far future.
             upstream_timeout: config.proxy.upstream_timeout.min(NO_TIMEOUT),
