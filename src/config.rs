@@ -1491,3 +1491,60 @@ upstream = "a"
         assert!(!route.matches(None, "/api"));
     }
 }
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+
+    fn parse(dns: &str) -> Result<Config, Vec<String>> {
+        let text = format!("[admin]\nlisten = \"127.0.0.1:0\"\n[dns]\n{dns}\n");
+        match Config::parse(&text, Path::new(".")) {
+            Ok(config) => Ok(config),
+            Err(ParseError::Invalid(errors)) => {
+                Err(errors.iter().map(ToString::to_string).collect())
+            }
+            Err(ParseError::Toml(e)) => Err(vec![e.to_string()]),
+        }
+    }
+
+    #[test]
+    fn a_dns_server_alone_is_something_to_listen_on() {
+        let config = parse("listen = \"127.0.0.1:5353\"\nupstream = [\"system\", \"10.0.0.2\", \"[::1]:5300\"]\nrecords = { \"Orders.Test.\" = [\"127.0.0.1\", \"::1\"] }").unwrap();
+        let dns = config.dns.unwrap();
+        assert_eq!(dns.listen, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(
+            dns.upstream,
+            [
+                DnsUpstream::System,
+                DnsUpstream::Resolver("10.0.0.2:53".parse().unwrap()),
+                DnsUpstream::Resolver("[::1]:5300".parse().unwrap()),
+            ]
+        );
+        assert_eq!(dns.records["orders.test"].len(), 2);
+        // No listen: records and rules still apply to the proxy's own
+        // resolution, but there is nothing to serve.
+        assert!(
+            parse("records = { \"a.test\" = [\"127.0.0.1\"] }").unwrap_err()[0]
+                .contains("nothing to listen on")
+        );
+    }
+
+    #[test]
+    fn problems_are_reported_at_their_field() {
+        let errors = parse(
+            "listen = \"127.0.0.1:5353\"\nupstream = [\"127.0.0.1:5353\", \"resolver\"]\nrecords = { \"bad name.test\" = [\"127.0.0.1\"], \"a.test\" = [\"localhost\"], \"A.test.\" = [\"::1\"], \"none.test\" = [] }",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "dns.upstream[0]: upstream \"127.0.0.1:5353\" is faultline's own DNS address: queries would loop",
+                "dns.upstream[1]: invalid DNS upstream \"resolver\": expected \"system\", an IP address or IP:PORT",
+                "dns.records.a.test[0]: \"localhost\" is not an IPv4 or IPv6 address",
+                "dns.records.a.test: \"a.test\" is given twice (names are compared without case or final dot)",
+                "dns.records.bad name.test: \"bad name.test\" is not a DNS name (labels of letters, digits, '-' and '_')",
+                "dns.records.none.test: \"none.test\" needs 1 to 16 addresses",
+            ]
+        );
+    }
+}

@@ -621,3 +621,57 @@ addresses = ["127.0.0.1"]
     assert_eq!(app.requests(), 1);
     proxy.shutdown().await;
 }
+
+/// DNS rules are rules: added and deleted through the admin API, and the
+/// kill switch lets a delayed answer go, with the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_rules_and_the_kill_switch_apply_to_dns() {
+    let resolver = upstream_resolver().await;
+    let proxy = dns_proxy(dns_addr(&resolver)).await;
+    let addr = dns_addr(&proxy);
+    let added = proxy
+        .admin(
+            "POST",
+            "/api/rules",
+            Some(r#"{"name":"api-nx","match":{"dns":{"name":"ok.test","types":["A"]}},"fault":{"kind":"dns","answer":"nxdomain","ttl":"1s"},"ttl":"1h"}"#),
+        )
+        .await;
+    assert_eq!(added.status, 201, "{}", added.text());
+    let message = ask(addr, "ok.test", RecordType::A, false).await.unwrap();
+    assert_eq!(message.response_code(), ResponseCode::NXDomain);
+    assert_eq!(soa_ttl(&message), Some(1));
+    // AAAA is not the rule's.
+    let message = ask(addr, "ok.test", RecordType::AAAA, true).await.unwrap();
+    assert_eq!(addresses(&message), [(5, "2001:db8::1".to_owned())]);
+    assert_eq!(
+        proxy
+            .admin("DELETE", "/api/rules/api-nx", None)
+            .await
+            .status,
+        204
+    );
+    let message = ask(addr, "ok.test", RecordType::A, false).await.unwrap();
+    assert_eq!(addresses(&message), [(5, "192.0.2.1".to_owned())]);
+
+    let added = proxy
+        .admin(
+            "POST",
+            "/api/rules",
+            Some(r#"{"name":"api-slow","match":{"dns":{"name":"ok.test"}},"fault":{"kind":"latency","delay":"30s"}}"#),
+        )
+        .await;
+    assert_eq!(added.status, 201, "{}", added.text());
+    let started = Instant::now();
+    let asked = tokio::spawn(async move { ask(addr, "ok.test", RecordType::A, false).await });
+    proxy.until_injected("api-slow", 1).await;
+    assert_eq!(proxy.admin("POST", "/api/halt", None).await.status, 200);
+    let message = asked.await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(addresses(&message), [(5, "192.0.2.1".to_owned())]);
+    // Halted: no rule answers; the truth comes from the upstream resolver.
+    let message = ask(addr, "wrong.test", RecordType::A, false).await.unwrap();
+    assert_eq!(addresses(&message), []);
+    assert_eq!(proxy.injected("wrong").await, 0);
+    proxy.shutdown().await;
+    resolver.shutdown().await;
+}

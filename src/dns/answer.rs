@@ -321,3 +321,43 @@ mod tests {
         assert_eq!(soa.name().to_ascii(), "us-east-1.amazonaws.com.");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Arbitrary bytes read as a query give a query, a refusal no longer
+    //! than themselves, or nothing; never a panic.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn arbitrary_packets_never_amplify(packet in prop::collection::vec(any::<u8>(), 0..600)) {
+            match parse(&packet) {
+                Parsed::Refuse(answer, _) => prop_assert!(answer.len() <= packet.len()),
+                Parsed::Query(query) => {
+                    let answer = query.encode(&query.response(ResponseCode::ServFail), Some(query.udp_limit));
+                    prop_assert!(answer.is_some_and(|a| a.len() <= query.udp_limit));
+                }
+                Parsed::Drop => {}
+            }
+        }
+
+        #[test]
+        fn queries_with_any_header_bits_and_counts_never_panic(
+            header in prop::collection::vec(any::<u8>(), 12..=12),
+            rest in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut packet = header;
+            // A real question after it, so the counts are what varies.
+            packet.extend_from_slice(&[1, b'a', 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1]);
+            packet.extend_from_slice(&rest);
+            if let Parsed::Refuse(answer, _) = parse(&packet) {
+                prop_assert!(answer.len() <= packet.len());
+            }
+        }
+    }
+}
