@@ -675,3 +675,57 @@ async fn api_rules_and_the_kill_switch_apply_to_dns() {
     proxy.shutdown().await;
     resolver.shutdown().await;
 }
+
+/// The head of the proxy's answer to `request`, lowercase.
+async fn answer_head(proxy: SocketAddr, request: &str) -> String {
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut byte))
+            .await
+            .expect("the proxy answers")
+            .unwrap();
+        assert_eq!(read, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+/// A forward listener's requests and `CONNECT`s resolve through the DNS
+/// rules too: a name a rule empties is `502 upstream_dns`, under `other`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_proxy_connections_resolve_through_the_dns_rules() {
+    let target = TestUpstream::start("target").await;
+    let port = target.addr.port();
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"egress\"\nlisten = \"127.0.0.1:0\"\nmode = \"forward\"\nallow_ports = [{port}]\n\n\
+         [dns]\n[dns.records]\n\"up.test\" = [\"127.0.0.1\"]\n\"down.test\" = [\"127.0.0.1\"]\n"
+    );
+    let rules = "[[rule]]\nname = \"down\"\n[rule.match]\ndns = { name = \"down.test\" }\n[rule.fault]\nkind = \"dns\"\nanswer = \"nxdomain\"\n";
+    let proxy = TestProxy::start(&config, rules).await;
+    let egress = proxy.addr("egress");
+    let get =
+        |host: &str| format!("GET http://{host}:{port}/x HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+    let head = answer_head(egress, &get("up.test")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let head = answer_head(egress, &get("down.test")).await;
+    assert!(head.starts_with("http/1.1 502"), "{head}");
+    assert!(head.contains("x-faultline-error: upstream_dns"), "{head}");
+    let connect =
+        |host: &str| format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+    let head = answer_head(egress, &connect("up.test")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let head = answer_head(egress, &connect("down.test")).await;
+    assert!(head.starts_with("http/1.1 502"), "{head}");
+    assert!(head.contains("x-faultline-error: upstream_dns"), "{head}");
+    assert_eq!(
+        proxy
+            .metric("faultline_upstream_errors_total{reason=\"dns\",upstream=\"other\"}")
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(proxy.injected("down").await, 2);
+    proxy.shutdown().await;
+}
