@@ -65,7 +65,7 @@ pub(super) fn parse(packet: &[u8]) -> Parsed {
     if question.query_class() != DNSClass::IN {
         return refuse(ResponseCode::NotImp, DnsOutcome::NotImplemented);
     }
-    let key = dns_key(&question.name().to_ascii());
+    let key = key_of(question.name());
     let qtype = u16::from(question.query_type());
     let udp_limit = message
         .extensions()
@@ -79,6 +79,39 @@ pub(super) fn parse(packet: &[u8]) -> Parsed {
         qtype,
         udp_limit,
     }))
+}
+
+/// The name as rules and records compare it, in one allocation: labels
+/// lowercased and joined by dots. A label holding a dot or a byte that is
+/// not printable ASCII takes hickory's escaped form instead, so it cannot
+/// pass for another name.
+fn key_of(name: &Name) -> String {
+    let plain = name
+        .iter()
+        .all(|label| label.iter().all(|b| b.is_ascii_graphic() && *b != b'.'));
+    if !plain {
+        return dns_key(&name.to_ascii());
+    }
+    let mut key = String::with_capacity(name.len());
+    for (i, label) in name.iter().enumerate() {
+        if i > 0 {
+            key.push('.');
+        }
+        key.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+    }
+    key
+}
+
+/// The names of the SOA that negative answers carry, made once.
+fn soa_names() -> &'static (Name, Name) {
+    static NAMES: std::sync::OnceLock<(Name, Name)> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let name = |labels: [&str; 3]| Name::from_labels(labels).unwrap_or_else(|_| Name::root());
+        (
+            name(["ns", "faultline", "invalid"]),
+            name(["hostmaster", "faultline", "invalid"]),
+        )
+    })
 }
 
 /// A response header alone, for a packet that is no query faultline
@@ -152,16 +185,8 @@ impl Query {
         } else {
             Name::root()
         };
-        let soa = SOA::new(
-            Name::from_labels(["ns", "faultline", "invalid"]).unwrap_or_else(|_| Name::root()),
-            Name::from_labels(["hostmaster", "faultline", "invalid"])
-                .unwrap_or_else(|_| Name::root()),
-            1,
-            3600,
-            600,
-            86400,
-            ttl,
-        );
+        let (mname, rname) = soa_names();
+        let soa = SOA::new(mname.clone(), rname.clone(), 1, 3600, 600, 86400, ttl);
         let mut response = self.response(code);
         response.add_name_server(Record::from_rdata(zone, ttl, RData::SOA(soa)));
         response

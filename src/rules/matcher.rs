@@ -51,15 +51,27 @@ pub struct DnsMatchSpec {
 /// `match.dns`, compiled.
 #[derive(Debug, Clone)]
 pub struct DnsMatcher {
-    name: GlobMatcher,
+    name: NameMatch,
     /// Record type codes; empty takes every type.
     types: Vec<u16>,
+}
+
+/// A name glob; a plain name (the common case) is compared as a string,
+/// without the glob's regex.
+#[derive(Debug, Clone)]
+enum NameMatch {
+    Exact(String),
+    Glob(GlobMatcher),
 }
 
 impl DnsMatcher {
     /// Whether a query for `name` (lowercase, no final dot) of type `qtype` matches.
     pub fn matches(&self, name: &str, qtype: u16) -> bool {
-        (self.types.is_empty() || self.types.contains(&qtype)) && self.name.is_match(name)
+        (self.types.is_empty() || self.types.contains(&qtype))
+            && match &self.name {
+                NameMatch::Exact(exact) => exact == name,
+                NameMatch::Glob(glob) => glob.is_match(name),
+            }
     }
 }
 
@@ -118,7 +130,12 @@ impl DnsMatchSpec {
                 )),
             }
         }
-        Some(DnsMatcher { name: name?, types })
+        let name = if pattern.contains(['*', '?', '[', '{', '\\']) {
+            NameMatch::Glob(name?)
+        } else {
+            NameMatch::Exact(pattern)
+        };
+        Some(DnsMatcher { name, types })
     }
 }
 
