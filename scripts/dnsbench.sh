@@ -11,7 +11,9 @@
 #                  fault     a kind = "dns" rule: fault.bench.test NXDOMAIN
 #     unbound    num-threads 1, module-config "iterator", with
 #                  records   local-data "rec.bench.test. 5 IN A 192.0.2.1"
-#                  fault     local-zone "fault.bench.test." always_nxdomain
+#                  fault     fault.bench.test, absent from the static zone
+#                            bench.test: NXDOMAIN with the zone's SOA, as
+#                            faultline's answer carries one
 #
 #   Runs are interleaved (round 1 runs every case once, then round 2, …) so
 #   drift of a shared machine spreads over all of them; the report gives the
@@ -120,8 +122,8 @@ server:
   access-control: 127.0.0.0/8 allow
   module-config: "iterator"
   local-zone: "bench.test." static
+  local-data: "bench.test. 5 IN SOA ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 5"
   local-data: "rec.bench.test. 5 IN A 192.0.2.1"
-  local-zone: "fault.bench.test." always_nxdomain
 remote-control:
   control-enable: no
 CONF
