@@ -84,6 +84,7 @@
 #   TARGETS="direct haproxy" scripts/loadtest.sh   # subset, no faultline needed
 #   PIN=1 ROUNDS=5 DURATION=20s CONNS=64 scripts/loadtest.sh
 #   MEMORY=1 scripts/loadtest.sh                # KB per idle connection
+#   TCP=1 scripts/loadtest.sh                   # the TCP path: scripts/tcpbench.sh
 #   MEMORY=1 MEM_TARGETS="haproxy faultline" MEM_CONNS=5000 scripts/loadtest.sh
 #
 #   Environment (defaults in brackets):
@@ -130,6 +131,11 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 # shellcheck source=scripts/common.sh
 source "$SCRIPT_DIR/common.sh"
+
+# TCP=1: redis-benchmark through a tcp:// upstream next to HAProxy mode tcp.
+if [[ "${TCP:-0}" == 1 ]]; then
+  exec "$SCRIPT_DIR/tcpbench.sh"
+fi
 
 BASELINE_BIN="${BASELINE_BIN:-}"
 # Every known target, in canonical order; the default list leaves out

@@ -158,6 +158,10 @@ impl From<ControlError> for Failure {
             ControlError::GuardWatchesNothing(_) => {
                 Failure::new(StatusCode::CONFLICT, "guard_watches_nothing", message)
             }
+            // Only the Toxiproxy API adds upstreams; answered here for completeness.
+            ControlError::UpstreamTaken(_) | ControlError::TooManyUpstreams => {
+                Failure::new(StatusCode::CONFLICT, "upstream_conflict", message)
+            }
             ControlError::Rejected(problems) => {
                 let mut failure =
                     Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "reload_rejected", message);

@@ -7,7 +7,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -17,18 +16,22 @@ use tracing::{info, warn};
 
 use crate::admin::Admin;
 use crate::book::{self, RuleBook, RuleText};
+use crate::ca::Ca;
 use crate::config::Config;
 use crate::control::{Control, Published, RuleFiles, Snapshot, Wiring};
 use crate::diagnostic::Diagnostic;
 use crate::dns::DnsSockets;
 use crate::fault::Fault;
 use crate::metrics::Metrics;
+use crate::proxy::ForwardTls;
 use crate::proxy::{Entry, Proxy};
 use crate::reload;
 use crate::rules::{LiveRule, Rule, RuleSource};
 use crate::scenario::Scenario;
 use crate::server::{self, Limits, Stop, TlsDoor};
-use crate::tls::{ServedCertificate, UpstreamTls};
+use crate::tcp::{self, TcpDoor};
+use crate::tls::{ServedCertificate, UpstreamTls, UpstreamTlsSettings};
+use crate::toxiproxy::{Toxiproxy, ToxiproxyWiring};
 
 /// A validated configuration and its rules, not yet bound to any port.
 #[derive(Debug)]
@@ -58,7 +61,8 @@ impl App {
     pub fn load(config_path: &Path) -> Result<App, Vec<Diagnostic>> {
         let config = Config::load(config_path)?;
         let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-        let book = book::load_dir(&config.proxy.rules_dir, &names)?;
+        let identities: Vec<_> = config.upstreams.iter().map(Into::into).collect();
+        let book = book::load_dir(&config.proxy.rules_dir, &names)?.fitted(&identities)?;
         Ok(App::new(config, book))
     }
 
@@ -143,6 +147,7 @@ impl App {
         let proxy = Arc::new(Proxy::new(
             &config,
             &tls.upstreams,
+            tls.forward(),
             Arc::clone(&published),
             metrics.clone(),
         ));
@@ -170,7 +175,13 @@ impl App {
                 tls.listeners[i].clone(),
             ));
         }
+        let mut tcp_bound = Vec::new();
         for (i, upstream) in config.upstreams.iter().enumerate() {
+            if let (Some(addr), true) = (upstream.listen, upstream.is_tcp()) {
+                let what = format!("the dedicated port of tcp upstream {:?}", upstream.name);
+                tcp_bound.push((bind(addr, &what)?, i));
+                continue;
+            }
             if let Some(addr) = upstream.listen {
                 let what = format!("the dedicated port of upstream {:?}", upstream.name);
                 bound.push((
@@ -256,6 +267,59 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        let tallies = proxy.tallies();
+        for (listener, i) in tcp_bound {
+            let upstream = &config.upstreams[i];
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                what: upstream.name.clone(),
+                source,
+            })?;
+            info!(%addr, name = upstream.name, kind = "tcp upstream", "listening");
+            listeners.push(BoundListener {
+                name: upstream.name.clone(),
+                entry: Entry::Upstream(i),
+                addr,
+            });
+            let door = Arc::new(TcpDoor {
+                upstream: i,
+                config: upstream.clone(),
+                published: Arc::clone(proxy.published()),
+                metrics: metrics.tcp(upstream, Arc::clone(&tallies[i])),
+                connect_timeout: config.proxy.connect_timeout,
+            });
+            let stop = Stop::draining(shutdown.clone(), grace);
+            tasks.push(tokio::spawn(tcp::serve(listener, addr, door, stop)));
+        }
+        let mut toxiproxy = None;
+        if let Some(addr) = config.toxiproxy {
+            let listener = bind(addr, "the Toxiproxy API")?;
+            let bound = listener.local_addr().map_err(|source| StartError::Bind {
+                addr,
+                what: "the Toxiproxy API".to_owned(),
+                source,
+            })?;
+            info!(addr = %bound, "Toxiproxy API listening");
+            let api = Toxiproxy::new(ToxiproxyWiring {
+                control: Arc::clone(&control),
+                published: Arc::clone(proxy.published()),
+                metrics: metrics.clone(),
+                connect_timeout: config.proxy.connect_timeout,
+                shutdown: shutdown.clone(),
+                grace,
+            });
+            let service_api = Arc::clone(&api);
+            tasks.push(tokio::spawn(server::serve(
+                listener,
+                move |_conn| {
+                    let api = Arc::clone(&service_api);
+                    hyper::service::service_fn(move |request| Arc::clone(&api).handle(request))
+                },
+                limits,
+                Stop::draining(shutdown.clone(), grace),
+            )));
+            toxiproxy = Some((api, bound));
+        }
         let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
             addr: config.admin.listen,
             what: "the admin API".to_owned(),
@@ -300,6 +364,7 @@ impl App {
         );
         Ok(Running {
             proxy,
+            toxiproxy,
             control,
             listeners,
             admin_addr,
@@ -339,7 +404,7 @@ async fn serve_dedicated(
         }
         let socket = match listener.take() {
             Some(socket) => socket,
-            None => match reopen(addr, &stop).await {
+            None => match server::rebind(addr, &stop).await {
                 Some(socket) => socket,
                 None => return,
             },
@@ -380,6 +445,11 @@ struct TlsMaterial {
     dedicated: Vec<Option<Arc<ServedCertificate>>>,
     /// By upstream index.
     upstreams: Vec<Option<UpstreamTls>>,
+    /// faultline's CA, when a listener intercepts or generates.
+    ca: Option<Arc<Ca>>,
+    /// By upstream index: intercepted traffic's TLS to each destination
+    /// (and `other`), when a listener intercepts.
+    forward_clients: Vec<Option<Arc<rustls::ClientConfig>>>,
 }
 
 impl TlsMaterial {
@@ -389,9 +459,27 @@ impl TlsMaterial {
                 .transpose()
                 .map_err(|e| StartError::Tls(format!("{what}: {e}")))
         };
+        let intercepts = config
+            .listeners
+            .iter()
+            .any(|l| l.forward.as_ref().is_some_and(|f| !f.intercept.is_empty()));
+        let generates = config.listeners.iter().any(|l| l.generate.is_some());
+        let ca = match intercepts || generates {
+            true => {
+                Some(Ca::open(&config.ca.dir).map_err(|e| StartError::Tls(format!("[ca]: {e}")))?)
+            }
+            false => None,
+        };
         let mut listeners = Vec::new();
         for listener in &config.listeners {
             let what = format!("listener {:?}", listener.name);
+            if let (Some(names), Some(ca)) = (&listener.generate, &ca) {
+                let pair = ca
+                    .leaf_for(names)
+                    .map_err(|e| StartError::Tls(format!("{what}: tls.generate: {e}")))?;
+                listeners.push(Some(ServedCertificate::generated(pair, ca.cert_path())));
+                continue;
+            }
             listeners.push(served(listener.tls.as_ref(), &what)?);
         }
         let mut dedicated = Vec::new();
@@ -413,11 +501,40 @@ impl TlsMaterial {
                 .map_err(|e| StartError::Tls(format!("upstream {:?}: {e}", upstream.name)))?;
             upstreams.push(Some(tls));
         }
+        let mut forward_clients = vec![None; config.upstreams.len()];
+        if intercepts {
+            for (i, upstream) in config.upstreams.iter().enumerate() {
+                if !upstream.ad_hoc {
+                    continue;
+                }
+                let destination = config.destinations.iter().find(|d| d.upstream == i);
+                let settings = UpstreamTlsSettings {
+                    ca: destination.and_then(|d| d.ca.clone()),
+                    verify: true,
+                    ..UpstreamTlsSettings::default()
+                };
+                // The name is each request's; this one is a placeholder.
+                let tls = UpstreamTls::new(&settings, "localhost", &[b"h2", b"http/1.1"]).map_err(
+                    |e| StartError::Tls(format!("destination {:?}: {e}", upstream.name)),
+                )?;
+                forward_clients[i] = Some(tls.config);
+            }
+        }
         Ok(TlsMaterial {
             listeners,
             dedicated,
             upstreams,
+            ca,
+            forward_clients,
         })
+    }
+
+    /// What the proxy needs for forward traffic's TLS.
+    fn forward(&self) -> ForwardTls {
+        ForwardTls {
+            ca: self.ca.clone(),
+            clients: self.forward_clients.clone(),
+        }
     }
 
     /// Every certificate served, which reloads read again.
@@ -428,35 +545,6 @@ impl TlsMaterial {
             .flatten()
             .cloned()
             .collect()
-    }
-}
-
-/// How soon a dedicated port that could not be reopened is tried again,
-/// doubling up to [`REOPEN_RETRY_MAX`].
-const REOPEN_RETRY: Duration = Duration::from_millis(20);
-const REOPEN_RETRY_MAX: Duration = Duration::from_secs(1);
-
-/// Binds a dedicated port again, retrying with backoff; `None` on shutdown.
-async fn reopen(addr: SocketAddr, stop: &Stop) -> Option<TcpListener> {
-    let mut wait = REOPEN_RETRY;
-    let mut warned = false;
-    loop {
-        match server::bind(addr) {
-            Ok(socket) => {
-                info!(%addr, "accepting connections again");
-                return Some(socket);
-            }
-            Err(e) if !warned => {
-                warn!(%addr, error = %e, "cannot reopen the dedicated port; retrying");
-                warned = true;
-            }
-            Err(_) => {}
-        }
-        tokio::select! {
-            _ = stop.drain.cancelled() => return None,
-            () = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(REOPEN_RETRY_MAX);
     }
 }
 
@@ -491,6 +579,8 @@ struct BoundListener {
 /// A proxy that is serving.
 pub struct Running {
     proxy: Arc<Proxy>,
+    /// The Toxiproxy API and where it listens, with `[toxiproxy]`.
+    toxiproxy: Option<(Arc<Toxiproxy>, SocketAddr)>,
     control: Arc<Control>,
     listeners: Vec<BoundListener>,
     admin_addr: SocketAddr,
@@ -519,6 +609,16 @@ impl Running {
             .iter()
             .find(|l| l.name == name && kind(l.entry))
             .map(|l| l.addr)
+    }
+
+    /// The bound address of the Toxiproxy API, with `[toxiproxy]`.
+    pub fn toxiproxy_addr(&self) -> Option<SocketAddr> {
+        self.toxiproxy.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// The Toxiproxy API, with `[toxiproxy]`.
+    pub fn toxiproxy(&self) -> Option<&Arc<Toxiproxy>> {
+        self.toxiproxy.as_ref().map(|(api, _)| api)
     }
 
     /// The bound address of the admin API and `/metrics`.

@@ -19,7 +19,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
 use crate::fault::{BodyFiles, BodySource};
-use crate::rules::{Rule, RuleSource, RuleSpec};
+use crate::rules::{Rule, RuleSource, RuleSpec, UpstreamIdentity};
 use crate::scenario::{Scenario, ScenarioSpec};
 
 /// The largest `body_file`: a response body, not a data set.
@@ -41,6 +41,33 @@ pub struct RuleBook {
     /// In evaluation order: files sorted by path, rules in file order.
     pub rules: Vec<Arc<Rule>>,
     pub scenarios: Vec<Arc<Scenario>>,
+}
+
+impl RuleBook {
+    /// Every rule that selects upstreams and fits none of them (a TCP
+    /// upstream's rule with an HTTP condition or kind, or the other way
+    /// round: [`Rule::misfit`]), reported at its file.
+    pub fn misfits(&self, upstreams: &[UpstreamIdentity<'_>]) -> Vec<Diagnostic> {
+        self.rules
+            .iter()
+            .filter_map(|rule| {
+                let message = rule.misfit(upstreams)?;
+                let path = match &rule.source {
+                    RuleSource::File(path) => path.clone(),
+                    RuleSource::Api => PathBuf::from("api"),
+                };
+                Some(Diagnostic::whole_file(&path, message))
+            })
+            .collect()
+    }
+
+    /// The book, or every misfit in it.
+    pub fn fitted(self, upstreams: &[UpstreamIdentity<'_>]) -> Result<Self, Vec<Diagnostic>> {
+        match self.misfits(upstreams) {
+            problems if problems.is_empty() => Ok(self),
+            problems => Err(problems),
+        }
+    }
 }
 
 /// The contents of one rule file.

@@ -36,6 +36,10 @@ pub const HTTPS_PORT: u16 = 443;
 /// no configured `[[upstream]]` has the request's authority (SPEC §8: the
 /// name forward traffic gets when no destination matches).
 pub const FORWARD_OTHER: &str = "other";
+/// The scheme of a TCP upstream's `url` (SPEC §9).
+pub const TCP_SCHEME: &str = "tcp";
+/// Where `[toxiproxy]` listens without `listen`: Toxiproxy's own port.
+pub const DEFAULT_TOXIPROXY_LISTEN: &str = "127.0.0.1:8474";
 
 // ---------------------------------------------------------------------------
 // Wire types: exactly the TOML schema.
@@ -53,7 +57,49 @@ pub struct ConfigFile {
     pub upstream: Vec<UpstreamSection>,
     #[serde(default)]
     pub route: Vec<RouteSection>,
+    #[serde(default)]
+    pub ca: CaSection,
+    #[serde(default)]
+    pub destination: Vec<DestinationSection>,
+    pub toxiproxy: Option<ToxiproxySection>,
     pub dns: Option<DnsSection>,
+}
+
+/// `[ca]`: where faultline's own certificate authority lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaSection {
+    pub dir: Option<PathBuf>,
+}
+
+/// `[[destination]]`: how forward traffic to some hosts is named and sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSection {
+    pub name: String,
+    /// A glob on the target host.
+    pub host: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `host:port` to dial instead of the host the client names.
+    pub connect_to: Option<String>,
+    pub tls: Option<DestinationTlsSection>,
+}
+
+/// `tls = { ca }` on a destination: trusted besides the system's roots.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationTlsSection {
+    pub ca: Option<PathBuf>,
+}
+
+/// `[toxiproxy]`: Toxiproxy 2.x's REST API, for its client libraries.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToxiproxySection {
+    pub listen: Option<String>,
+    /// The API may listen beyond loopback (it has no authentication).
+    pub allow_remote: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,8 +141,8 @@ pub struct ListenerSection {
     pub allow_remote: Option<bool>,
     /// Ports a forward listener's `CONNECT` may reach besides 443.
     pub allow_ports: Option<Vec<u16>>,
-    /// Hosts whose TLS a forward listener terminates (SPEC §8): not built
-    /// yet, and refused at its line rather than ignored.
+    /// Host globs whose `CONNECT`s a forward listener terminates with
+    /// faultline's CA (SPEC §8); other `CONNECT`s are byte tunnels.
     pub intercept: Option<Vec<String>>,
 }
 
@@ -112,12 +158,15 @@ pub enum ListenerMode {
 }
 
 /// `tls = { cert, key }` on a listener (or `listen_tls` on an upstream's
-/// dedicated port): the PEM chain and key it serves.
+/// dedicated port): the PEM chain and key it serves; or, on a listener,
+/// `tls = { generate = [names] }`: a certificate for those names, signed
+/// by faultline's CA.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServedTlsSection {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub generate: Option<Vec<String>>,
 }
 
 /// `tls = { … }` on an `https://` upstream.
@@ -199,6 +248,37 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[dns]`: faultline's DNS server and the names it answers itself.
     pub dns: Option<DnsConfig>,
+    /// In file order: the first whose host matches names forward traffic.
+    pub destinations: Vec<DestinationConfig>,
+    pub ca: CaConfig,
+    /// Where the Toxiproxy API listens, when `[toxiproxy]` is given.
+    pub toxiproxy: Option<SocketAddr>,
+}
+
+/// Where faultline's CA lives: `ca.pem` and `ca-key.pem` in `dir`,
+/// created on first use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaConfig {
+    /// Absolute, or relative to the directory of the config file.
+    pub dir: PathBuf,
+}
+
+/// The folder of faultline's CA when `[ca] dir` is not given.
+pub const DEFAULT_CA_DIR: &str = "faultline-ca";
+
+/// A `[[destination]]`, validated.
+#[derive(Debug, Clone)]
+pub struct DestinationConfig {
+    pub host: HostPattern,
+    /// Index into [`Config::upstreams`] of the ad-hoc upstream its traffic
+    /// is counted under (named as the destination).
+    pub upstream: usize,
+    /// Dialled instead of the host the client names, which still goes in
+    /// `Host` and SNI.
+    pub connect_to: Option<Authority>,
+    /// PEM certificates trusted besides the system's roots, for
+    /// intercepted traffic's TLS to it.
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -242,20 +322,31 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// Serves TLS with this certificate.
     pub tls: Option<ServedTls>,
+    /// Serves TLS with a certificate for these names, signed by faultline's
+    /// CA (`tls = { generate = [...] }`); `tls` is then `None`.
+    pub generate: Option<Vec<String>>,
     /// A forward listener's settings; `None` for a reverse listener.
     pub forward: Option<ForwardSettings>,
 }
 
 /// What a forward listener lets through.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ForwardSettings {
-    /// The ports `CONNECT` may reach: 443 and `allow_ports`, sorted, once each.
+    /// The ports `CONNECT` may reach: 443, `allow_ports` and the ports of
+    /// destinations' `connect_to`, sorted, once each.
     pub connect_ports: Vec<u16>,
+    /// Hosts whose `CONNECT`s are terminated with faultline's CA.
+    pub intercept: Vec<HostPattern>,
 }
 
 impl ForwardSettings {
     pub fn allows_connect_to(&self, port: u16) -> bool {
         self.connect_ports.binary_search(&port).is_ok()
+    }
+
+    /// Whether a `CONNECT` to `host` is decrypted (else tunnelled as bytes).
+    pub fn intercepts(&self, host: &str) -> bool {
+        self.intercept.iter().any(|pattern| pattern.matches(host))
     }
 }
 
@@ -290,14 +381,43 @@ pub struct UpstreamConfig {
     /// ([`FORWARD_OTHER`]): each request goes to its own authority, and
     /// `scheme`, `authority` and `host_header` are placeholders nothing dials.
     pub ad_hoc: bool,
+    /// What its dedicated port carries: HTTP requests, or bytes (a
+    /// `tcp://` url).
+    pub transport: Transport,
+}
+
+/// What an upstream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP requests (`http://`, `https://`).
+    Http,
+    /// A byte stream (`tcp://`): each connection to its dedicated port is
+    /// copied to it (SPEC §9).
+    Tcp,
+}
+
+impl Transport {
+    fn of(scheme: &Scheme) -> Self {
+        if scheme.as_str() == TCP_SCHEME {
+            Transport::Tcp
+        } else {
+            Transport::Http
+        }
+    }
 }
 
 impl UpstreamConfig {
     /// The upstream forward traffic with no configured upstream is counted
     /// under: named [`FORWARD_OTHER`], no labels, HTTP/1.1.
     fn forward_other() -> Self {
+        Self::ad_hoc(FORWARD_OTHER)
+    }
+
+    /// An upstream with no address of its own, for forward traffic: each
+    /// request goes to its own authority.
+    fn ad_hoc(name: &str) -> Self {
         Self {
-            name: FORWARD_OTHER.to_owned(),
+            name: name.to_owned(),
             scheme: Scheme::HTTP,
             authority: Authority::from_static(FORWARD_OTHER),
             host_header: HeaderValue::from_static(FORWARD_OTHER),
@@ -308,13 +428,47 @@ impl UpstreamConfig {
             listen_tls: None,
             tls: None,
             ad_hoc: true,
+            transport: Transport::Http,
         }
+    }
+
+    /// A `tcp://` upstream reached through `listen`, as the Toxiproxy API
+    /// makes them: no labels but those given.
+    pub fn tcp(
+        name: &str,
+        authority: Authority,
+        listen: SocketAddr,
+        labels: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            scheme: Scheme::try_from(TCP_SCHEME).unwrap_or(Scheme::HTTP),
+            host_header: HeaderValue::from_str(authority.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+            authority,
+            host: HostMode::Upstream,
+            protocol: Protocol::Http1,
+            labels,
+            listen: Some(listen),
+            listen_tls: None,
+            tls: None,
+            ad_hoc: false,
+            transport: Transport::Tcp,
+        }
+    }
+
+    pub fn is_tcp(&self) -> bool {
+        self.transport == Transport::Tcp
     }
 
     /// Whether a request for `host:port` over `scheme` (port already made
     /// explicit) is for this upstream: the same host, case aside, and port.
     pub fn has_authority(&self, host: &str, port: u16) -> bool {
-        !self.ad_hoc && self.authority.host().eq_ignore_ascii_case(host) && self.port() == port
+        // A TCP upstream carries no HTTP: forward traffic never goes to it.
+        !self.ad_hoc
+            && !self.is_tcp()
+            && self.authority.host().eq_ignore_ascii_case(host)
+            && self.port() == port
     }
 
     /// The port its url names, or its scheme's.
@@ -347,7 +501,7 @@ pub struct HostPattern {
 }
 
 impl HostPattern {
-    fn new(glob: &str) -> Result<Self, String> {
+    pub fn new(glob: &str) -> Result<Self, String> {
         let matcher = GlobBuilder::new(&glob.to_ascii_lowercase())
             .case_insensitive(true)
             .build()
@@ -456,6 +610,15 @@ impl Config {
                 }
             }
         }
+        for (i, destination) in self.destinations.iter().enumerate() {
+            if let Some(ca) = &destination.ca {
+                if let Err(e) = crate::tls::read_certificates(ca, "tls.ca") {
+                    let name = &self.upstreams[destination.upstream].name;
+                    let at = root.key("destination").index(i).key("tls");
+                    errors.push(FieldError::new(at, format!("destination {name:?}: {e}")));
+                }
+            }
+        }
         errors
     }
 
@@ -532,10 +695,15 @@ impl Config {
                 claim_addr(addr, at.key("listen"), &mut errors);
             }
             let forward = validate_forward(section, listen, &at, &mut errors);
+            let (tls, generate) = match &section.tls {
+                Some(tls) => served_tls(tls, base_dir, true, &at.key("tls"), &mut errors),
+                None => (None, None),
+            };
             listeners.push(ListenerConfig {
                 name: section.name.clone(),
                 listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
-                tls: section.tls.as_ref().map(|tls| served_tls(tls, base_dir)),
+                tls,
+                generate,
                 forward,
             });
         }
@@ -571,6 +739,10 @@ impl Config {
                 parse_upstream_url(&section.url, &at.key("url"), &section.name, &mut errors)
             {
                 let (scheme, authority, host_header) = upstream;
+                let transport = Transport::of(&scheme);
+                if transport == Transport::Tcp {
+                    check_tcp_upstream(section, &at, &mut errors);
+                }
                 let tls = upstream_tls(section, &scheme, base_dir, &at, &mut errors);
                 match (section.protocol, scheme == Scheme::HTTPS) {
                     (Protocol::H2, false) => errors.push(FieldError::new(
@@ -607,16 +779,35 @@ impl Config {
                     protocol: section.protocol,
                     labels: section.labels.clone(),
                     listen,
-                    listen_tls: section
-                        .listen_tls
-                        .as_ref()
-                        .map(|tls| served_tls(tls, base_dir)),
+                    listen_tls: section.listen_tls.as_ref().and_then(|tls| {
+                        served_tls(tls, base_dir, false, &at.key("listen_tls"), &mut errors).0
+                    }),
                     tls,
                     ad_hoc: false,
+                    transport,
                 });
             }
         }
+        let destinations = validate_destinations(
+            &wire.destination,
+            base_dir,
+            &mut upstreams,
+            &mut upstream_index,
+            &mut errors,
+        );
         if listeners.iter().any(|l| l.forward.is_some()) {
+            // `connect_to` targets are always reachable through CONNECT.
+            for listener in &mut listeners {
+                if let Some(forward) = &mut listener.forward {
+                    forward.connect_ports.extend(
+                        destinations
+                            .iter()
+                            .filter_map(|d| d.connect_to.as_ref()?.port_u16()),
+                    );
+                    forward.connect_ports.sort_unstable();
+                    forward.connect_ports.dedup();
+                }
+            }
             if let Some(i) = wire.upstream.iter().position(|u| u.name == FORWARD_OTHER) {
                 errors.push(FieldError::new(
                     root.key("upstream").index(i).key("name"),
@@ -624,10 +815,29 @@ impl Config {
                         "upstream name {FORWARD_OTHER:?} is taken by forward traffic that no upstream has; choose another name"
                     ),
                 ));
+            } else if let Some(i) = wire
+                .destination
+                .iter()
+                .position(|d| d.name == FORWARD_OTHER)
+            {
+                errors.push(FieldError::new(
+                    root.key("destination").index(i).key("name"),
+                    format!(
+                        "destination name {FORWARD_OTHER:?} is taken by forward traffic that no destination matches; choose another name"
+                    ),
+                ));
             } else {
                 upstreams.push(UpstreamConfig::forward_other());
             }
+        } else if !wire.destination.is_empty() {
+            errors.push(FieldError::new(
+                root.key("destination").index(0),
+                "destinations name forward traffic: add a [[listener]] with mode = \"forward\"",
+            ));
         }
+        let ca = CaConfig {
+            dir: base_dir.join(wire.ca.dir.as_deref().unwrap_or(Path::new(DEFAULT_CA_DIR))),
+        };
 
         let mut routes = Vec::new();
         for (i, section) in wire.route.iter().enumerate() {
@@ -676,6 +886,28 @@ impl Config {
                     ),
                 ));
             }
+            if let Some(u) = upstream.filter(|&u| upstreams.get(u).is_some_and(|u| u.ad_hoc)) {
+                errors.push(FieldError::new(
+                    at.key("upstream"),
+                    format!(
+                        "route {i} names {:?}, a destination: destinations name forward traffic and have no address to route to",
+                        upstreams[u].name
+                    ),
+                ));
+            }
+            if let Some(u) = upstream.filter(|&u| {
+                upstreams
+                    .iter()
+                    .any(|c| c.name == wire.upstream[u].name && c.is_tcp())
+            }) {
+                errors.push(FieldError::new(
+                    at.key("upstream"),
+                    format!(
+                        "route {i} names upstream {:?}, a tcp:// upstream: it is reached through its own `listen` port, not through routes",
+                        wire.upstream[u].name
+                    ),
+                ));
+            }
             if let (Some(listener), Some(upstream)) = (listener, upstream) {
                 routes.push(RouteConfig {
                     listener,
@@ -707,13 +939,28 @@ impl Config {
             dns
         });
         let serves_dns = dns.as_ref().is_some_and(|dns| dns.listen.is_some());
+        let toxiproxy = wire.toxiproxy.as_ref().and_then(|section| {
+            let at = root.key("toxiproxy").key("listen");
+            let text = section.listen.as_deref().unwrap_or(DEFAULT_TOXIPROXY_LISTEN);
+            let addr = parse_addr(text, &at, &mut errors)?;
+            if !addr.ip().is_loopback() && section.allow_remote != Some(true) {
+                // Like the admin API: it changes what the proxy does.
+                errors.push(FieldError::new(
+                    at.clone(),
+                    format!("toxiproxy listener {addr} is not loopback: Toxiproxy's API has no authentication; set allow_remote = true if it is meant"),
+                ));
+            }
+            claim_addr(addr, at, &mut errors);
+            Some(addr)
+        });
         if wire.listener.is_empty()
             && !wire.upstream.iter().any(|u| u.listen.is_some())
+            && wire.toxiproxy.is_none()
             && !serves_dns
         {
             errors.push(FieldError::new(
                 root,
-                "nothing to listen on: define a [[listener]] with routes, or give an [[upstream]] a dedicated `listen` address",
+                "nothing to listen on: define a [[listener]] with routes, give an [[upstream]] a dedicated `listen` address, add [toxiproxy], or give [dns] a `listen`",
             ));
         }
 
@@ -725,6 +972,9 @@ impl Config {
                 upstreams,
                 routes,
                 dns,
+                destinations,
+                ca,
+                toxiproxy,
             })
         } else {
             Err(errors)
@@ -978,11 +1228,12 @@ fn validate_forward(
             format!("listener {name:?}: a forward listener speaks plain HTTP to its clients (TLS to the proxy itself is not supported)"),
         ));
     }
-    if section.intercept.is_some() {
-        errors.push(FieldError::new(
-            at.key("intercept"),
-            format!("listener {name:?}: TLS interception is not built yet; without `intercept`, CONNECT opens a byte tunnel (connection faults apply)"),
-        ));
+    let mut intercept = Vec::new();
+    for (i, glob) in section.intercept.iter().flatten().enumerate() {
+        match HostPattern::new(glob) {
+            Ok(pattern) => intercept.push(pattern),
+            Err(e) => errors.push(FieldError::new(at.key("intercept").index(i), e)),
+        }
     }
     let mut connect_ports = vec![HTTPS_PORT];
     for (i, &port) in section.allow_ports.iter().flatten().enumerate() {
@@ -996,7 +1247,74 @@ fn validate_forward(
     }
     connect_ports.sort_unstable();
     connect_ports.dedup();
-    Some(ForwardSettings { connect_ports })
+    Some(ForwardSettings {
+        connect_ports,
+        intercept,
+    })
+}
+
+/// The `[[destination]]`s: each gets an ad-hoc upstream of its name (rules,
+/// metrics and tallies index it like any upstream), added to `upstreams`.
+fn validate_destinations(
+    sections: &[DestinationSection],
+    base_dir: &Path,
+    upstreams: &mut Vec<UpstreamConfig>,
+    upstream_index: &mut HashMap<String, usize>,
+    errors: &mut Vec<FieldError>,
+) -> Vec<DestinationConfig> {
+    let mut destinations = Vec::new();
+    for (i, section) in sections.iter().enumerate() {
+        let at = FieldPath::root().key("destination").index(i);
+        let name = &section.name;
+        check_name(name, "destination", &at.key("name"), errors);
+        if upstream_index.contains_key(name) {
+            errors.push(FieldError::new(
+                at.key("name"),
+                format!("destination name {name:?} is already an upstream's or a destination's; rules name both alike, so choose another"),
+            ));
+        }
+        for (key, value) in &section.labels {
+            if key.is_empty() || value.is_empty() {
+                errors.push(FieldError::new(
+                    at.key("labels"),
+                    format!("destination {name:?}: label keys and values must not be empty"),
+                ));
+            }
+        }
+        let host = HostPattern::new(&section.host)
+            .map_err(|e| errors.push(FieldError::new(at.key("host"), e)))
+            .ok();
+        let connect_to = section.connect_to.as_deref().and_then(|text| {
+            match text.parse::<Authority>() {
+                Ok(a) if a.port_u16().is_some_and(|p| p != 0) && !a.host().is_empty() && !text.contains('@') => Some(a),
+                _ => {
+                    errors.push(FieldError::new(
+                        at.key("connect_to"),
+                        format!("destination {name:?}: connect_to {text:?} must be host:port, such as \"127.0.0.1:4566\""),
+                    ));
+                    None
+                }
+            }
+        });
+        let ca = section
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.ca.as_ref())
+            .map(|ca| base_dir.join(ca));
+        let Some(host) = host else { continue };
+        upstream_index.insert(name.clone(), upstreams.len());
+        destinations.push(DestinationConfig {
+            host,
+            upstream: upstreams.len(),
+            connect_to,
+            ca,
+        });
+        upstreams.push(UpstreamConfig {
+            labels: section.labels.clone(),
+            ..UpstreamConfig::ad_hoc(name)
+        });
+    }
+    destinations
 }
 
 fn parse_addr(text: &str, at: &FieldPath, errors: &mut Vec<FieldError>) -> Option<SocketAddr> {
@@ -1032,11 +1350,21 @@ fn parse_upstream_url(
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::HTTP,
         Some("https") => Scheme::HTTPS,
-        _ => return fail(format!("url {text:?} must start with http:// or https://")),
+        Some(TCP_SCHEME) => Scheme::try_from(TCP_SCHEME).ok()?,
+        _ => {
+            return fail(format!(
+                "url {text:?} must start with http://, https:// or tcp://"
+            ))
+        }
     };
     let Some(authority) = uri.authority().cloned() else {
         return fail(format!("url {text:?} has no host"));
     };
+    if scheme.as_str() == TCP_SCHEME && authority.port_u16().is_none() {
+        return fail(format!(
+            "url {text:?} needs a port: a tcp:// upstream has no default one"
+        ));
+    }
     if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
         return fail(format!(
             "url {text:?} must be scheme, host and port only; requests keep their own path"
@@ -1049,10 +1377,86 @@ fn parse_upstream_url(
     Some((scheme, authority, host_header))
 }
 
-fn served_tls(section: &ServedTlsSection, base_dir: &Path) -> ServedTls {
-    ServedTls {
-        cert: base_dir.join(&section.cert),
-        key: base_dir.join(&section.key),
+/// What a `tcp://` upstream must have (its own port) and may not have
+/// (the HTTP settings).
+fn check_tcp_upstream(section: &UpstreamSection, at: &FieldPath, errors: &mut Vec<FieldError>) {
+    let name = &section.name;
+    if section.listen.is_none() {
+        errors.push(FieldError::new(
+            at.key("url"),
+            format!(
+                "upstream {name:?}: a tcp:// upstream needs `listen`, the port its clients connect to (such as \"127.0.0.1:15432\")"
+            ),
+        ));
+    }
+    for (field, given) in [
+        ("listen_tls", section.listen_tls.is_some()),
+        ("protocol", section.protocol != Protocol::Auto),
+        ("host", section.host != HostMode::Upstream),
+    ] {
+        if given {
+            errors.push(FieldError::new(
+                at.key(field),
+                format!("upstream {name:?}: `{field}` is for HTTP upstreams; a tcp:// upstream copies bytes as they are"),
+            ));
+        }
+    }
+}
+
+/// A served certificate's files: `cert` and `key`, both given, or (where
+/// `generate` is allowed, on a listener) a list of names for faultline's
+/// CA to sign. Gives the files or the names.
+fn served_tls(
+    section: &ServedTlsSection,
+    base_dir: &Path,
+    generate_allowed: bool,
+    at: &FieldPath,
+    errors: &mut Vec<FieldError>,
+) -> (Option<ServedTls>, Option<Vec<String>>) {
+    match (&section.cert, &section.key, &section.generate) {
+        (Some(cert), Some(key), None) => (
+            Some(ServedTls {
+                cert: base_dir.join(cert),
+                key: base_dir.join(key),
+            }),
+            None,
+        ),
+        (None, None, Some(names)) if generate_allowed => {
+            if names.is_empty() {
+                errors.push(FieldError::new(
+                    at.key("generate"),
+                    "tls.generate needs at least one name (such as \"localhost\")",
+                ));
+            }
+            for (i, name) in names.iter().enumerate() {
+                if crate::tls::server_name(name).is_err() {
+                    errors.push(FieldError::new(
+                        at.key("generate").index(i),
+                        format!("{name:?} is not a DNS name or an IP address"),
+                    ));
+                }
+            }
+            (None, Some(names.clone()))
+        }
+        (_, _, Some(_)) if !generate_allowed => {
+            errors.push(FieldError::new(
+                at.key("generate"),
+                "`generate` is for a listener's tls; give cert and key here",
+            ));
+            (None, None)
+        }
+        _ => {
+            let or_generate = if generate_allowed {
+                ", or `generate = [names]` alone"
+            } else {
+                ""
+            };
+            errors.push(FieldError::new(
+                at.clone(),
+                format!("tls needs both `cert` and `key`{or_generate}"),
+            ));
+            (None, None)
+        }
     }
 }
 
@@ -1383,7 +1787,7 @@ upstream = "a"
         assert!(errors[0].starts_with("proxy.upstream_timeout: invalid duration \"soon\""));
         assert_eq!(errors[1], "proxy.workers: workers must be at least 1");
         assert!(errors[2].starts_with("listener[0].listen: invalid address \"localhost\""));
-        assert!(errors[3].contains("must start with http:// or https://"));
+        assert!(errors[3].contains("must start with http://, https:// or tcp://"));
         assert!(errors
             .iter()
             .any(|e| e.contains("duplicate upstream name \"a\"")));
@@ -1435,6 +1839,90 @@ upstream = "a"
     }
 
     #[test]
+    fn destinations_become_upstreams_of_their_name_and_open_their_ports() {
+        let text = format!(
+            "{FORWARD}intercept = [\"*.amazonaws.com\"]\n\n[ca]\ndir = \"my-ca\"\n\n\
+             [[destination]]\nname = \"aws\"\nhost = \"*.amazonaws.com\"\nlabels = {{ provider = \"aws\" }}\n\
+             connect_to = \"127.0.0.1:4566\"\ntls = {{ ca = \"certs/emulator.pem\" }}\n\n\
+             [[destination]]\nname = \"github\"\nhost = \"*.github.com\"\n"
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.ca.dir, Path::new("/etc/faultline/my-ca"));
+        let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["aws", "github", FORWARD_OTHER]);
+        let aws = &config.destinations[0];
+        assert_eq!(aws.upstream, 0);
+        assert!(aws.host.matches("dynamodb.us-east-1.amazonaws.com"));
+        assert_eq!(aws.connect_to.as_ref().unwrap().as_str(), "127.0.0.1:4566");
+        assert_eq!(
+            aws.ca.as_deref(),
+            Some(Path::new("/etc/faultline/certs/emulator.pem"))
+        );
+        assert_eq!(config.upstreams[0].labels["provider"], "aws");
+        assert!(config.upstreams[0].ad_hoc);
+        let forward = config.listeners[0].forward.as_ref().unwrap();
+        assert_eq!(forward.connect_ports, [443, 4566]);
+        assert!(forward.intercepts("S3.amazonaws.com"));
+        assert!(!forward.intercepts("api.github.com"));
+        // The default CA folder sits beside the config.
+        assert_eq!(
+            parse(FORWARD).unwrap().ca.dir,
+            Path::new("/etc/faultline").join(DEFAULT_CA_DIR)
+        );
+    }
+
+    #[test]
+    fn destinations_are_checked() {
+        let bad = format!(
+            "{FORWARD}\n[[destination]]\nname = \"other\"\nhost = \"x\"\n\n\
+             [[destination]]\nname = \"d\"\nhost = \"[\"\nconnect_to = \"nowhere\"\n"
+        );
+        let errors = messages(&bad);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("destination[1].host: invalid host glob")),
+            "{errors:?}"
+        );
+        assert!(errors.iter().any(|e| e.starts_with("destination[1].connect_to: destination \"d\": connect_to \"nowhere\" must be host:port")), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("destination[0].name: destination name \"other\" is taken")),
+            "{errors:?}"
+        );
+        let clash = format!("{FORWARD}\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\nlisten = \"127.0.0.1:0\"\n\n[[destination]]\nname = \"a\"\nhost = \"*\"\n");
+        assert!(messages(&clash)[0]
+            .starts_with("destination[0].name: destination name \"a\" is already"));
+        let no_forward = format!("{MINIMAL}\n[[destination]]\nname = \"d\"\nhost = \"*\"\n");
+        assert!(messages(&no_forward)[0].contains("add a [[listener]] with mode = \"forward\""));
+    }
+
+    #[test]
+    fn a_listener_may_serve_a_generated_certificate() {
+        let generated = MINIMAL.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\ntls = { generate = [\"localhost\", \"127.0.0.1\"] }",
+        );
+        let config = parse(&generated).unwrap();
+        assert!(config.listeners[0].tls.is_none());
+        assert_eq!(
+            config.listeners[0].generate.as_deref(),
+            Some(&["localhost".to_owned(), "127.0.0.1".to_owned()][..])
+        );
+        let both = generated.replace("tls = {", "tls = { cert = \"c.pem\", key = \"k.pem\",");
+        assert_eq!(
+            messages(&both),
+            vec!["listener[0].tls: tls needs both `cert` and `key`, or `generate = [names]` alone"]
+        );
+        let bad = generated.replace("\"127.0.0.1\"", "\"not a name\"");
+        assert_eq!(
+            messages(&bad),
+            vec!["listener[0].tls.generate[1]: \"not a name\" is not a DNS name or an IP address"]
+        );
+    }
+
+    #[test]
     fn a_forward_listener_beyond_loopback_must_be_meant() {
         let remote = format!("{FORWARD}listen = \"0.0.0.0:3128\"\n");
         let errors = messages(&remote);
@@ -1452,12 +1940,10 @@ upstream = "a"
             vec!["listener[0].allow_ports: listener \"edge\": `allow_ports` applies to forward listeners (mode = \"forward\")"]
         );
         let errors = messages(&format!(
-            "{FORWARD}intercept = [\"*.amazonaws.com\"]\nallow_ports = [0]\n"
+            "{FORWARD}intercept = [\"*.amazonaws.com\", \"[\"]\nallow_ports = [0]\n"
         ));
         assert!(
-            errors[0].starts_with(
-                "listener[0].intercept: listener \"egress\": TLS interception is not built yet"
-            ),
+            errors[0].starts_with("listener[0].intercept[1]: invalid host glob \"[\""),
             "{errors:?}"
         );
         assert_eq!(
@@ -1474,6 +1960,35 @@ upstream = "a"
             .contains("a forward listener: it routes by each request's own host"));
         let no_listen = MINIMAL.replace("listen = \"127.0.0.1:8080\"\n", "");
         assert_eq!(messages(&no_listen), vec!["listener[0].name: listener \"edge\" needs `listen` (an address such as \"127.0.0.1:8080\")"]);
+    }
+
+    #[test]
+    fn tcp_upstreams_need_their_own_port_and_no_http_settings() {
+        let base = "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"db\"\n";
+        let config = parse(&format!(
+            "{base}url = \"tcp://127.0.0.1:5432\"\nlisten = \"127.0.0.1:15432\"\n"
+        ))
+        .unwrap();
+        let db = &config.upstreams[0];
+        assert!(db.is_tcp() && db.port() == 5432);
+        assert_eq!(
+            messages(&format!("{base}url = \"tcp://127.0.0.1:5432\"\n")),
+            vec![
+                "upstream[0].url: upstream \"db\": a tcp:// upstream needs `listen`, the port its clients connect to (such as \"127.0.0.1:15432\")",
+                "nothing to listen on: define a [[listener]] with routes, give an [[upstream]] a dedicated `listen` address, add [toxiproxy], or give [dns] a `listen`",
+            ]
+        );
+        assert_eq!(
+            messages(&format!("{base}url = \"tcp://db.internal\"\nlisten = \"127.0.0.1:0\"\n")),
+            vec!["upstream[0].url: upstream \"db\": url \"tcp://db.internal\" needs a port: a tcp:// upstream has no default one"]
+        );
+        assert_eq!(
+            messages(&format!("{base}url = \"tcp://127.0.0.1:1\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"h2c\"\n")),
+            vec!["upstream[0].protocol: upstream \"db\": `protocol` is for HTTP upstreams; a tcp:// upstream copies bytes as they are"]
+        );
+        let routed = format!("{base}url = \"tcp://127.0.0.1:1\"\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nlistener = \"edge\"\nupstream = \"db\"\n");
+        assert!(messages(&routed)[0]
+            .contains("a tcp:// upstream: it is reached through its own `listen` port"));
     }
 
     #[test]

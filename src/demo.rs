@@ -52,6 +52,18 @@ pub const UPSTREAMS: [(&str, &str, &str, &str); 18] = [
 /// (`NAME.REGION.amazonaws.com`), with the proxy's address.
 pub const DNS_NAMES: [&str; 6] = ["dynamodb", "ec2", "sts", "lambda", "ecs", "connect"];
 
+/// The demo's TCP upstreams: (name, region, zone), each a `cache` (a tiny
+/// key-value line protocol, [`serve_kv`]) behind its own port.
+pub const TCP_UPSTREAMS: [(&str, &str, &str); 2] = [
+    ("cache-use1", "us-east-1", "use1-az1"),
+    ("cache-usw2", "us-west-2", "usw2-az1"),
+];
+
+/// The longest line the demo cache reads; a longer one closes the connection.
+pub const KV_MAX_LINE: usize = 1024;
+/// The most keys one demo cache keeps; a `SET` of a new key past it is refused.
+pub const KV_MAX_KEYS: usize = 10_000;
+
 /// Rule files compiled in, for a demo started outside a checkout.
 const BUILTIN_RULES: [(&str, &str); 5] = [
     (
@@ -81,6 +93,8 @@ pub struct Demo {
     pub proxy: Running,
     pub proxy_addr: SocketAddr,
     pub upstreams: Vec<(&'static str, SocketAddr)>,
+    /// The TCP upstreams' ports on the proxy (name, address).
+    pub tcp_ports: Vec<(&'static str, SocketAddr)>,
     pub rules_from: PathBuf,
     upstream_shutdown: CancellationToken,
 }
@@ -119,14 +133,27 @@ impl Demo {
             ));
             upstreams.push((name, addr));
         }
+        let mut caches = Vec::new();
+        for (name, _, _) in TCP_UPSTREAMS {
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| format!("cannot start demo upstream {name}: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            tokio::spawn(serve_kv(listener, upstream_shutdown.clone()));
+            caches.push((name, addr));
+        }
 
-        let mut config =
-            Config::parse(&config_text(listen, admin, dns, &upstreams), Path::new("."))
-                .map_err(|e| format!("demo config: {e}"))?;
-        let names: Vec<&str> = UPSTREAMS.iter().map(|u| u.0).collect();
+        let mut config = Config::parse(
+            &config_text(listen, admin, dns, &upstreams, &caches),
+            Path::new("."),
+        )
+        .map_err(|e| format!("demo config: {e}"))?;
+        let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let identities: Vec<_> = config.upstreams.iter().map(Into::into).collect();
         let (app, rules_from) = if rules_dir.is_dir() {
-            let rules =
-                book::load_dir(rules_dir, &names).map_err(|d| crate::diagnostic::render(&d))?;
+            let rules = book::load_dir(rules_dir, &names)
+                .and_then(|book| book.fitted(&identities))
+                .map_err(|d| crate::diagnostic::render(&d))?;
             // Reloads and the watcher read the same folder.
             config.proxy.rules_dir = rules_dir.to_path_buf();
             (App::new(config, rules), rules_dir.to_path_buf())
@@ -138,8 +165,9 @@ impl Demo {
                     text: (*text).to_owned(),
                 })
                 .collect();
-            let rules =
-                book::load_sources(&texts, &names).map_err(|d| crate::diagnostic::render(&d))?;
+            let rules = book::load_sources(&texts, &names)
+                .and_then(|book| book.fitted(&identities))
+                .map_err(|d| crate::diagnostic::render(&d))?;
             let app = App::new(config, rules).with_fixed_rules(texts);
             (app, PathBuf::from("(built-in rules)"))
         };
@@ -147,10 +175,15 @@ impl Demo {
         let proxy_addr = proxy
             .listener_addr("edge")
             .ok_or("the demo's edge listener did not start")?;
+        let tcp_ports = TCP_UPSTREAMS
+            .iter()
+            .filter_map(|(name, _, _)| Some((*name, proxy.upstream_addr(name)?)))
+            .collect();
         Ok(Demo {
             proxy,
             proxy_addr,
             upstreams,
+            tcp_ports,
             rules_from,
             upstream_shutdown,
         })
@@ -175,6 +208,13 @@ impl Demo {
             self.upstreams.len(),
             services.join(", ")
         ));
+        for (name, addr) in &self.tcp_ports {
+            text.push_str(&format!(
+                "  tcp        {name} (a key-value cache) on {addr}: printf 'SET k v\\nGET k\\n' | nc {} {}\n",
+                addr.ip(),
+                addr.port()
+            ));
+        }
         let snapshot = self.proxy.proxy().published().load_full();
         let rules = &snapshot.rules;
         text.push_str(&format!(
@@ -334,6 +374,7 @@ fn config_text(
     admin: SocketAddr,
     dns: SocketAddr,
     upstreams: &[(&str, SocketAddr)],
+    caches: &[(&str, SocketAddr)],
 ) -> String {
     let mut text = format!(
         "[admin]\nlisten = \"{admin}\"\n\n[proxy]\nshutdown_grace = \"2s\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"{listen}\"\n"
@@ -362,7 +403,90 @@ fn config_text(
             "\n[[route]]\nlistener = \"edge\"\nhost = \"{service}.{region}.*\"\nupstream = \"{name}\"\n"
         ));
     }
+    for ((name, region, zone), (_, addr)) in TCP_UPSTREAMS.iter().zip(caches) {
+        text.push_str(&format!(
+            "\n[[upstream]]\nname = \"{name}\"\nurl = \"tcp://{addr}\"\nlisten = \"127.0.0.1:0\"\nlabels = {{ region = \"{region}\", zone = \"{zone}\", service = \"cache\" }}\n"
+        ));
+    }
     text
+}
+
+/// Serves the demo cache until `stop`: one line per command, one line per
+/// answer. `SET KEY VALUE` answers `OK`, `GET KEY` answers `VALUE V` or
+/// `NONE`, anything else `ERR unknown command`. A line longer than
+/// [`KV_MAX_LINE`] closes the connection; past [`KV_MAX_KEYS`] keys a new
+/// key's `SET` answers `ERR full`.
+pub async fn serve_kv(listener: TcpListener, stop: CancellationToken) {
+    let store = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        String,
+    >::new()));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let store = Arc::clone(&store);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = kv_connection(stream, &store) => {}
+            }
+        });
+    }
+}
+
+async fn kv_connection(
+    stream: tokio::net::TcpStream,
+    store: &std::sync::Mutex<std::collections::HashMap<String, String>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read.take(u64::MAX));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        // At most one line and a byte: a longer one is refused, not read on.
+        let limit = u64::try_from(KV_MAX_LINE + 1).unwrap_or(u64::MAX);
+        lines.get_mut().set_limit(limit);
+        if lines.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        if line.len() > KV_MAX_LINE || !line.ends_with('\n') {
+            write.write_all(b"ERR line too long\n").await?;
+            return Ok(());
+        }
+        let answer = kv_answer(line.trim_end(), store);
+        write.write_all(answer.as_bytes()).await?;
+    }
+}
+
+/// The answer to one command line, with its newline.
+fn kv_answer(
+    line: &str,
+    store: &std::sync::Mutex<std::collections::HashMap<String, String>>,
+) -> String {
+    let mut words = line.splitn(3, ' ');
+    let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+    match (words.next(), words.next(), words.next()) {
+        (Some("SET"), Some(key), Some(value)) => {
+            if store.len() >= KV_MAX_KEYS && !store.contains_key(key) {
+                return "ERR full\n".to_owned();
+            }
+            store.insert(key.to_owned(), value.to_owned());
+            "OK\n".to_owned()
+        }
+        (Some("GET"), Some(key), None) => match store.get(key) {
+            Some(value) => format!("VALUE {value}\n"),
+            None => "NONE\n".to_owned(),
+        },
+        _ => "ERR unknown command\n".to_owned(),
+    }
 }
 
 /// Serves one demo upstream until `stop`: every request gets a small JSON
@@ -584,6 +708,15 @@ impl hyper::body::Body for DemoBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_cache_answers_one_line_per_command() {
+        let store = std::sync::Mutex::default();
+        assert_eq!(kv_answer("GET k", &store), "NONE\n");
+        assert_eq!(kv_answer("SET k a value", &store), "OK\n");
+        assert_eq!(kv_answer("GET k", &store), "VALUE a value\n");
+        assert_eq!(kv_answer("DEL k", &store), "ERR unknown command\n");
+    }
 
     #[test]
     fn health_requests_are_read_by_hand() {

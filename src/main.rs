@@ -82,6 +82,27 @@ enum Command {
         #[arg(long)]
         zone: Option<String>,
     },
+    /// Show faultline's CA (made on first use in `[ca] dir`) and how to make
+    /// clients trust it, for intercepted HTTPS.
+    Ca {
+        /// The config whose `[ca] dir` to use; without the file, ./faultline-ca.
+        #[arg(short, long, default_value = "faultline.toml")]
+        config: PathBuf,
+        /// Print the CA certificate (PEM) alone.
+        #[arg(long)]
+        pem: bool,
+    },
+    /// Toxiproxy's server, with its own flags: the Toxiproxy 2.12 API on
+    /// -host (localhost) and -port (8474), the proxies of -config (a JSON
+    /// array) created at start; faultline's admin API on -admin
+    /// (127.0.0.1:9000). Also -seed N; -proxy-metrics and -runtime-metrics
+    /// are accepted (faultline's metrics are on the admin API's /metrics).
+    #[command(disable_help_flag = true)]
+    ToxiproxyServer {
+        /// Go-style flags, as toxiproxy-server takes them.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        flags: Vec<String>,
+    },
     /// Drive a running proxy through its admin API.
     Ctl {
         /// The admin API's address.
@@ -104,6 +125,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Ca { config, pem } => ca(&config, pem),
         Command::Demo {
             listen,
             admin,
@@ -116,6 +138,7 @@ fn main() -> ExitCode {
             region,
             zone,
         } => demo_upstream(listen, name, region, zone),
+        Command::ToxiproxyServer { flags } => toxiproxy_server(&flags),
         Command::Ctl {
             admin,
             token,
@@ -171,6 +194,58 @@ fn run(config_path: &Path) -> ExitCode {
             }
             Err(e) => fail(&e.to_string()),
         }
+    })
+}
+
+/// `faultline toxiproxy-server`: the Toxiproxy API on `-host`:`-port`,
+/// the proxies of `-config` created at start, faultline's admin API on `-admin`.
+fn toxiproxy_server(args: &[String]) -> ExitCode {
+    use faultline::toxiproxy::cli::{self, ArgsError};
+    let args = match cli::parse(args) {
+        Ok(args) => args,
+        Err(ArgsError::Help) => {
+            println!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(ArgsError::Invalid(message)) => {
+            eprintln!("{message}\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let config = match faultline::config::Config::parse(&cli::config_text(&args), Path::new(".")) {
+        Ok(config) => config,
+        Err(e) => return fail(&format!("toxiproxy-server: {e}")),
+    };
+    let proxies = match &args.config {
+        None => None,
+        Some(path) => match std::fs::read(path) {
+            Ok(text) => Some(text),
+            // Toxiproxy logs an unreadable config and serves on.
+            Err(e) => {
+                tracing::error!(config = %path.display(), error = %e, "Error reading config file");
+                None
+            }
+        },
+    };
+    let runtime = match app::runtime(config.proxy.workers) {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async {
+        let app =
+            App::new(config, faultline::book::RuleBook::default()).with_fixed_rules(Vec::new());
+        let running = match app.start().await {
+            Ok(running) => running,
+            Err(e) => return fail(&e.to_string()),
+        };
+        if let (Some(text), Some(api)) = (proxies, running.toxiproxy()) {
+            match api.populate_from(&text).await {
+                Ok(n) => tracing::info!(proxies = n, "Populated proxies from file"),
+                Err(e) => tracing::error!(error = %e, "Failed to populate proxies from file"),
+            }
+        }
+        running.run_until_signal().await;
+        ExitCode::SUCCESS
     })
 }
 
@@ -260,6 +335,33 @@ fn report(problems: &[Diagnostic]) -> ExitCode {
         eprintln!("{problem}");
     }
     ExitCode::FAILURE
+}
+
+fn ca(config_path: &Path, pem: bool) -> ExitCode {
+    let dir = if config_path.exists() {
+        match faultline::config::Config::load(config_path) {
+            Ok(config) => config.ca.dir,
+            Err(problems) => {
+                for problem in &problems {
+                    eprintln!("{problem}");
+                }
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        PathBuf::from(faultline::config::DEFAULT_CA_DIR)
+    };
+    match faultline::ca::Ca::open(&dir) {
+        Ok(ca) if pem => {
+            print!("{}", ca.pem());
+            ExitCode::SUCCESS
+        }
+        Ok(ca) => {
+            print!("{}", faultline::ca::trust_instructions(ca.cert_path()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 fn fail(message: &str) -> ExitCode {

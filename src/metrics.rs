@@ -39,6 +39,8 @@ pub const BUILD_INFO: &str = "faultline_build_info";
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "faultline_tls_handshake_errors_total";
 pub const GRPC_REQUESTS_TOTAL: &str = "faultline_grpc_requests_total";
 pub const DNS_QUERIES_TOTAL: &str = "faultline_dns_queries_total";
+pub const TCP_CONNECTIONS_TOTAL: &str = "faultline_tcp_connections_total";
+pub const TCP_BYTES_TOTAL: &str = "faultline_tcp_bytes_total";
 
 /// The `grpc_status` of a gRPC call that ended without one (its trailers
 /// never came, or held no valid `grpc-status`).
@@ -134,6 +136,8 @@ pub struct Metrics {
     tls_handshake_errors: IntCounterVec,
     grpc_requests: IntCounterVec,
     dns_queries: IntCounterVec,
+    tcp_connections: IntCounterVec,
+    tcp_bytes: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -241,10 +245,22 @@ impl Metrics {
                 "DNS queries faultline's DNS server took, by the answer they got.",
                 &["answer"],
             ),
+            tcp_connections: counter_vec(
+                TCP_CONNECTIONS_TOTAL,
+                "TCP connections to tcp:// upstreams, by upstream, region and how they ended.",
+                &["upstream", "region", "outcome"],
+            ),
+            tcp_bytes: counter_vec(
+                TCP_BYTES_TOTAL,
+                "Bytes copied on TCP connections, by upstream, region and direction (upstream: the client's, downstream: the upstream's).",
+                &["upstream", "region", "direction"],
+            ),
         };
         let registry = &metrics.registry;
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
             Box::new(metrics.dns_queries.clone()),
+            Box::new(metrics.tcp_connections.clone()),
+            Box::new(metrics.tcp_bytes.clone()),
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.upstream_duration.clone()),
@@ -317,6 +333,7 @@ impl Metrics {
                 .collect(),
             unanswered: (0..METHOD_SLOTS).map(|_| OnceLock::new()).collect(),
             request_duration: self.request_duration.with_label_values(&labels),
+            request_duration_vec: self.request_duration.clone(),
             upstream_duration: self
                 .upstream_duration
                 .with_label_values(&[upstream.name.as_str()]),
@@ -331,6 +348,26 @@ impl Metrics {
             grpc_vec: self.grpc_requests.clone(),
             grpc: (0..GRPC_SLOTS).map(|_| OnceLock::new()).collect(),
             tally: Arc::default(),
+        }
+    }
+
+    /// The handles of one tcp:// upstream, resolved once; `tally` is the
+    /// upstream's running counts (guards count its failed connections).
+    pub fn tcp(&self, upstream: &UpstreamConfig, tally: Arc<Tally>) -> TcpMetrics {
+        let region = region_of(upstream);
+        let name = upstream.name.as_str();
+        TcpMetrics {
+            connections: TcpOutcome::ALL.map(|outcome| {
+                self.tcp_connections
+                    .with_label_values(&[name, region, outcome.as_str()])
+            }),
+            bytes_upstream: self
+                .tcp_bytes
+                .with_label_values(&[name, region, "upstream"]),
+            bytes_downstream: self
+                .tcp_bytes
+                .with_label_values(&[name, region, "downstream"]),
+            tally,
         }
     }
 
@@ -491,6 +528,64 @@ impl DnsQueryMetrics {
     }
 }
 
+/// How a TCP connection ended, the `outcome` of `faultline_tcp_connections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpOutcome {
+    /// Both sides closed.
+    Closed,
+    /// An injected fault ended it (reset, cut, hold, refusal).
+    Injected,
+    /// The upstream could not be reached: the proxy's failure, never a fault.
+    UpstreamConnect,
+    /// Either side broke it off (a reset, an I/O error), or shutdown did.
+    Error,
+}
+
+impl TcpOutcome {
+    pub const ALL: [TcpOutcome; 4] = [
+        TcpOutcome::Closed,
+        TcpOutcome::Injected,
+        TcpOutcome::UpstreamConnect,
+        TcpOutcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcpOutcome::Closed => "closed",
+            TcpOutcome::Injected => "injected",
+            TcpOutcome::UpstreamConnect => "upstream_connect",
+            TcpOutcome::Error => "error",
+        }
+    }
+}
+
+/// One tcp:// upstream's handles.
+#[derive(Debug, Clone)]
+pub struct TcpMetrics {
+    /// In the order of [`TcpOutcome::ALL`].
+    connections: [IntCounter; 4],
+    pub bytes_upstream: IntCounter,
+    pub bytes_downstream: IntCounter,
+    tally: Arc<Tally>,
+}
+
+impl TcpMetrics {
+    /// Counts a connection that ended, and what it lasted, for guards.
+    pub fn record(&self, outcome: TcpOutcome, elapsed: Duration) {
+        let index = TcpOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.connections[index].inc();
+        let outcome = match outcome {
+            TcpOutcome::Closed => Outcome::Success,
+            TcpOutcome::Injected => Outcome::Injected,
+            TcpOutcome::UpstreamConnect | TcpOutcome::Error => Outcome::Failure,
+        };
+        self.tally.record(outcome, elapsed);
+    }
+}
+
 fn region_of(upstream: &UpstreamConfig) -> &str {
     upstream.labels.get("region").map_or("", String::as_str)
 }
@@ -505,6 +600,8 @@ pub struct UpstreamMetrics {
     /// `faultline_requests_total{code="0"}` by method slot.
     unanswered: Box<[OnceLock<IntCounter>]>,
     request_duration: Histogram,
+    /// For forward traffic counted under the region its host names.
+    request_duration_vec: HistogramVec,
     upstream_duration: Histogram,
     dns_errors: IntCounter,
     connect_errors: IntCounter,
@@ -567,6 +664,39 @@ impl UpstreamMetrics {
             // A status outside 100..=599 is rare enough to look up each time.
             None => label().inc(),
         }
+    }
+
+    /// [`Self::record_request`], counted under `region` instead of the
+    /// upstream's own: forward traffic to a destination whose requests each
+    /// name their region (an AWS host). Looked up per request, as the
+    /// regions are not known ahead; reverse traffic never comes here.
+    pub fn record_request_in(
+        &self,
+        region: Option<&str>,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+        by_fault: bool,
+    ) {
+        let Some(region) = region.filter(|region| *region != self.region) else {
+            return self.record_request(method, status, elapsed, by_fault);
+        };
+        self.request_duration_vec
+            .with_label_values(&[self.name.as_str(), region])
+            .observe(elapsed.as_secs_f64());
+        let outcome = if by_fault {
+            Outcome::Injected
+        } else {
+            Outcome::of_status(status)
+        };
+        self.tally.record(outcome, elapsed);
+        let method = METHODS
+            .iter()
+            .find(|m| *m == method)
+            .map_or("OTHER", Method::as_str);
+        self.requests_vec
+            .with_label_values(&[&self.name, region, method, status.as_str()])
+            .inc();
     }
 
     /// A request that ended with no response (an injected abort or
@@ -644,6 +774,7 @@ mod tests {
             listen: None,
             listen_tls: None,
             ad_hoc: false,
+            transport: crate::config::Transport::Http,
             tls: None,
         }
     }

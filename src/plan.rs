@@ -8,6 +8,7 @@
 //! removing one rule does not reshuffle the others. Doing it (sleeping,
 //! answering, dropping) is [`crate::proxy`]'s.
 
+use std::cell::OnceCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,10 @@ use http::{HeaderMap, Method};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::fault::{AbortMode, DnsFault, Fault, Shaping, Side, SyntheticResponse};
+use crate::aws::{self, Facts, RequestParts};
+use crate::fault::{
+    AbortMode, Delay, Direction, DnsFault, Fault, Shaping, Side, SyntheticResponse,
+};
 use crate::rules::{fnv1a, Candidate, RuleSet, Sticky};
 
 /// What the planner looks at in a request.
@@ -24,9 +28,36 @@ use crate::rules::{fnv1a, Candidate, RuleSet, Sticky};
 pub struct RequestView<'a> {
     pub method: &'a Method,
     pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// The URI's authority (absolute-form, HTTP/2); else the `Host` header
+    /// names the host, looked up only when a rule asks.
+    pub authority: Option<&'a str>,
     pub headers: &'a HeaderMap,
     /// The client's address as text, for `sticky = "client_ip"`.
     pub client_ip: &'a [u8],
+    /// A form-urlencoded body the proxy read because a rule asks for the
+    /// AWS operation ([`crate::rules::UpstreamRules::reads_form`]).
+    pub form: Option<&'a [u8]>,
+}
+
+impl<'a> RequestView<'a> {
+    /// What AWS calls this request. Not free (header parsing): the planner
+    /// works it out once, for the first rule that has `match.aws`.
+    pub fn aws_facts(&self) -> Facts<'a> {
+        let host = self.authority.or_else(|| {
+            self.headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+        });
+        aws::facts(&RequestParts {
+            method: self.method,
+            host,
+            path: self.path,
+            query: self.query,
+            headers: self.headers,
+            form: self.form,
+        })
+    }
 }
 
 /// What must happen to one request.
@@ -63,6 +94,8 @@ pub enum Action {
 pub fn decide(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Option<Decision> {
     let candidates = rules.candidates(upstream)?;
     let mut decided: Option<Decision> = None;
+    // Worked out for the first rule with `match.aws`, then reused.
+    let facts = OnceCell::new();
     for (index, candidate) in candidates.for_path(request.path) {
         let rule = &candidate.rule;
         if !rule
@@ -70,6 +103,11 @@ pub fn decide(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Op
             .matches_method_and_headers(request.method, request.headers)
         {
             continue;
+        }
+        if let Some(condition) = rule.matcher.aws() {
+            if !condition.matches(facts.get_or_init(|| request.aws_facts())) {
+                continue;
+            }
         }
         let Some(mut rng) = fires(rules.seed(), candidate, sticky_key(candidate, request)) else {
             continue;
@@ -83,7 +121,7 @@ pub fn decide(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Op
         });
         decision.fired.push(index);
         let action = match &rule.fault {
-            Fault::Latency { delay, side } => {
+            Fault::Latency { delay, side, .. } => {
                 let delay = delay.sample(rng.as_mut());
                 let total = match side {
                     Side::Request => &mut decision.delay,
@@ -97,13 +135,14 @@ pub fn decide(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Op
                 continue;
             }
             Fault::Respond(response) => Action::Respond(Arc::clone(response)),
-            Fault::Abort(mode) => Action::Abort(*mode),
+            Fault::Abort { mode, .. } => Action::Abort(*mode),
             Fault::Refuse => Action::Refuse,
             Fault::Blackhole { max_hold } => Action::Blackhole {
                 max_hold: *max_hold,
             },
-            // A DNS rule is never an upstream's candidate.
-            Fault::Dns(_) => continue,
+            // A snapshot gives an HTTP upstream no TCP-only fault, and a
+            // DNS rule is never an upstream's candidate.
+            Fault::Slice { .. } | Fault::SlowClose { .. } | Fault::Dns(_) => continue,
         };
         // The first terminal fault ends the evaluation.
         decision.action = action;
@@ -194,6 +233,181 @@ pub fn decide_dns(
     decided
 }
 
+/// What must happen to one TCP connection (SPEC §9), decided once when it
+/// is accepted.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionDecision {
+    /// The rules that fired, as in [`Decision::fired`].
+    pub fired: Vec<usize>,
+    /// What happens to the client's bytes on their way to the upstream.
+    pub upstream: StreamFaults,
+    /// What happens to the upstream's bytes on their way back.
+    pub downstream: StreamFaults,
+    /// The connection is ended this way this long after it opened
+    /// (`abort` with `after`); the earliest wins.
+    pub end_after: Option<(Duration, AbortMode)>,
+    pub action: ConnectionAction,
+    /// Seeds the per-piece draws of a jittered latency.
+    pub seed: u64,
+}
+
+/// What a TCP connection gets, after its faults are known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConnectionAction {
+    /// Dial the upstream and copy, through the stream faults.
+    #[default]
+    Forward,
+    /// End it at once (`abort` without `after`).
+    End(AbortMode),
+    /// Reset it: a refusing rule that does not close the port.
+    Refuse,
+    /// Hold it, dialling nothing and passing nothing, then close.
+    Blackhole { max_hold: Duration },
+}
+
+/// The faults on one direction of a TCP connection; stacked faults add
+/// (latency) or the strictest wins (rate, cut, piece size).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamFaults {
+    /// Every piece waits this long (latencies add up)…
+    pub delay: Duration,
+    /// …give or take this much, drawn per piece.
+    pub jitter: Duration,
+    pub bytes_per_sec: Option<u64>,
+    /// Pieces of (average_size, size_variation), (delay) apart.
+    pub slice: Option<(u64, u64, Duration)>,
+    /// After this many bytes, the connection is ended this way.
+    pub truncate: Option<(u64, AbortMode)>,
+    /// The close of the sending side reaches the other this late.
+    pub slow_close: Option<Duration>,
+}
+
+impl StreamFaults {
+    /// Whether the bytes go as they come: the cheap copy.
+    pub fn is_none(&self) -> bool {
+        *self == StreamFaults::default()
+    }
+}
+
+/// Decides for one TCP connection, from its client's address; `None`
+/// when no rule injects anything (the plain copy). Probabilities are drawn
+/// once per connection; only rules that fit a TCP upstream are candidates
+/// ([`crate::rules::Rule::fits`]).
+pub fn decide_connection(
+    rules: &RuleSet,
+    upstream: usize,
+    client_ip: &[u8],
+) -> Option<ConnectionDecision> {
+    let candidates = rules.candidates(upstream)?;
+    let mut decided: Option<ConnectionDecision> = None;
+    for (index, candidate) in candidates.iter().enumerate() {
+        let rule = &candidate.rule;
+        let sticky = match rule.sticky {
+            Some(Sticky::ClientIp) => Some(client_ip),
+            Some(Sticky::Header(_)) | None => None,
+        };
+        let Some(mut rng) = fires(rules.seed(), candidate, sticky) else {
+            continue;
+        };
+        let decision = decided.get_or_insert_with(|| ConnectionDecision {
+            seed: rng.as_mut().map_or(rule.salt, |rng| rng.random()),
+            ..ConnectionDecision::default()
+        });
+        decision.fired.push(index);
+        let action = match &rule.fault {
+            Fault::Latency {
+                delay, direction, ..
+            } => {
+                let faults = stream_of(decision, *direction);
+                match delay {
+                    // Jitter is drawn per piece, as Toxiproxy does.
+                    Delay::Fixed { delay, jitter } => {
+                        faults.delay = faults.delay.saturating_add(*delay);
+                        faults.jitter = faults.jitter.saturating_add(*jitter);
+                    }
+                    // A distribution is drawn once for the connection.
+                    random => {
+                        let delay = random.sample(rng.as_mut());
+                        faults.delay = faults.delay.saturating_add(delay);
+                    }
+                }
+                continue;
+            }
+            Fault::Bandwidth {
+                bytes_per_sec,
+                direction,
+            } => {
+                let faults = stream_of(decision, *direction);
+                faults.bytes_per_sec = Some(
+                    faults
+                        .bytes_per_sec
+                        .map_or(*bytes_per_sec, |r| r.min(*bytes_per_sec)),
+                );
+                continue;
+            }
+            Fault::Slice {
+                average_size,
+                size_variation,
+                delay,
+                direction,
+            } => {
+                let faults = stream_of(decision, *direction);
+                if faults.slice.is_none_or(|(size, _, _)| *average_size < size) {
+                    faults.slice = Some((*average_size, *size_variation, *delay));
+                }
+                continue;
+            }
+            Fault::Truncate {
+                after_bytes,
+                then,
+                direction,
+            } => {
+                let faults = stream_of(decision, *direction);
+                if faults
+                    .truncate
+                    .is_none_or(|(after, _)| *after_bytes < after)
+                {
+                    faults.truncate = Some((*after_bytes, *then));
+                }
+                continue;
+            }
+            Fault::SlowClose { delay, direction } => {
+                let faults = stream_of(decision, *direction);
+                faults.slow_close = Some(faults.slow_close.map_or(*delay, |d| d.max(*delay)));
+                continue;
+            }
+            Fault::Abort {
+                mode,
+                after: Some(after),
+            } if !after.is_zero() => {
+                if decision.end_after.is_none_or(|(at, _)| *after < at) {
+                    decision.end_after = Some((*after, *mode));
+                }
+                continue;
+            }
+            Fault::Abort { mode, .. } => ConnectionAction::End(*mode),
+            Fault::Refuse => ConnectionAction::Refuse,
+            Fault::Blackhole { max_hold } => ConnectionAction::Blackhole {
+                max_hold: *max_hold,
+            },
+            // A snapshot gives a TCP upstream no HTTP-only fault, and no DNS rule.
+            Fault::Respond(_) | Fault::Dribble { .. } | Fault::Dns(_) => continue,
+        };
+        // The first terminal fault ends the evaluation.
+        decision.action = action;
+        break;
+    }
+    decided
+}
+
+/// The faults of one direction; `downstream` unless the rule says.
+fn stream_of(decision: &mut ConnectionDecision, direction: Option<Direction>) -> &mut StreamFaults {
+    match direction.unwrap_or(Direction::Downstream) {
+        Direction::Upstream => &mut decision.upstream,
+        Direction::Downstream => &mut decision.downstream,
+    }
+}
+
 /// Whether deciding for this rule takes a random number: not for a sure
 /// hit with a fixed delay, the common case, which then touches no shared counter.
 fn needs_randomness(candidate: &Candidate) -> bool {
@@ -251,7 +465,7 @@ mod tests {
 
     use super::*;
     use crate::diagnostic::FieldPath;
-    use crate::fault::{BodySource, Delay};
+    use crate::fault::BodySource;
     use crate::rules::{LiveRule, RuleSource, RuleSpec, UpstreamIdentity};
 
     /// `[[rule]]` tables, validated: the planner needs no file, config or metrics.
@@ -261,16 +475,23 @@ mod tests {
     }
 
     fn rule_set(text: &str, seed: u64) -> RuleSet {
+        rule_set_over(text, seed, false)
+    }
+
+    /// The same upstreams, as tcp:// ones when `tcp`.
+    fn rule_set_over(text: &str, seed: u64, tcp: bool) -> RuleSet {
         let east: BTreeMap<String, String> = [("region".into(), "us-east-1".into())].into();
         let west: BTreeMap<String, String> = [("region".into(), "us-west-2".into())].into();
         let upstreams = [
             UpstreamIdentity {
                 name: "orders-use1",
                 labels: &east,
+                tcp,
             },
             UpstreamIdentity {
                 name: "orders-usw2",
                 labels: &west,
+                tcp,
             },
         ];
         let source = BodySource::inline();
@@ -302,8 +523,11 @@ mod tests {
         RequestView {
             method: &Method::GET,
             path,
+            query: None,
+            authority: None,
             headers,
             client_ip: b"127.0.0.1",
+            form: None,
         }
     }
 
@@ -467,6 +691,82 @@ status = 500
         // The DNS rules are no upstream's candidates; the HTTP rule is.
         let plan = plan_get(&rules, 0).unwrap();
         assert_eq!(fired(&rules, &plan), ["http"]);
+    }
+
+    #[test]
+    fn aws_rules_take_only_the_requests_aws_names_so() {
+        let rules = rule_set(
+            "[[rule]]\nname = \"put-use1\"\n[rule.match]\naws = { service = \"dynamodb\", operation = \"PutItem\", region = \"us-east-1\" }\n[rule.fault]\nkind = \"error\"\nstatus = 500\n\
+             [[rule]]\nname = \"sqs-send\"\n[rule.match]\naws = { operation = \"SendMessage\" }\n[rule.fault]\nkind = \"error\"\nstatus = 503\n",
+            1,
+        );
+        let signed = |region: &str, target: &str| {
+            let mut headers = HeaderMap::new();
+            let auth = format!("AWS4-HMAC-SHA256 Credential=AKID/20250101/{region}/dynamodb/aws4_request, SignedHeaders=host, Signature=0");
+            headers.insert("authorization", auth.parse().unwrap());
+            headers.insert("x-amz-target", target.parse().unwrap());
+            headers
+        };
+        let fires = |headers: &HeaderMap, form: Option<&[u8]>| {
+            let view = RequestView {
+                method: &Method::POST,
+                form,
+                ..view("/", headers)
+            };
+            decide(&rules, 0, &view).map(|decision| fired(&rules, &decision))
+        };
+        let put = signed("us-east-1", "DynamoDB_20120810.PutItem");
+        assert_eq!(fires(&put, None).unwrap(), ["put-use1"]);
+        assert!(fires(&signed("us-east-1", "DynamoDB_20120810.GetItem"), None).is_none());
+        assert!(fires(&signed("us-west-2", "DynamoDB_20120810.PutItem"), None).is_none());
+        assert!(fires(&HeaderMap::new(), None).is_none());
+        // The query protocol's operation, from a body the proxy read.
+        let mut sqs = HeaderMap::new();
+        sqs.insert("host", "sqs.us-east-1.amazonaws.com".parse().unwrap());
+        assert_eq!(
+            fires(&sqs, Some(b"Action=SendMessage&QueueUrl=q")).unwrap(),
+            ["sqs-send"]
+        );
+        assert!(fires(&sqs, Some(b"Action=ReceiveMessage")).is_none());
+        assert!(rules.candidates(0).unwrap().reads_form());
+    }
+
+    #[test]
+    fn a_connection_stacks_stream_faults_per_direction_and_stops_at_a_terminal_one() {
+        let rules = rule_set_over(
+            "[[rule]]\nname = \"slow\"\n[rule.fault]\nkind = \"latency\"\ndelay = \"100ms\"\n\
+             [[rule]]\nname = \"slow-up\"\n[rule.fault]\nkind = \"latency\"\ndelay = \"5ms\"\ndirection = \"upstream\"\n\
+             [[rule]]\nname = \"cut\"\n[rule.fault]\nkind = \"truncate\"\nafter_bytes = 10\n\
+             [[rule]]\nname = \"later\"\n[rule.fault]\nkind = \"abort\"\nmode = \"reset\"\nafter = \"1s\"\n\
+             [[rule]]\nname = \"hole\"\n[rule.fault]\nkind = \"unavailable\"\nmode = \"blackhole\"\nmax_hold = \"2s\"\n\
+             [[rule]]\nname = \"never\"\n[rule.fault]\nkind = \"abort\"\nmode = \"close\"\n",
+            1,
+            true,
+        );
+        let plan = decide_connection(&rules, 0, b"127.0.0.1").unwrap();
+        assert_eq!(plan.fired, [0, 1, 2, 3, 4]);
+        assert_eq!(plan.downstream.delay, Duration::from_millis(100));
+        assert_eq!(plan.upstream.delay, Duration::from_millis(5));
+        assert_eq!(plan.downstream.truncate, Some((10, AbortMode::Reset)));
+        assert_eq!(
+            plan.end_after,
+            Some((Duration::from_secs(1), AbortMode::Reset))
+        );
+        assert_eq!(
+            plan.action,
+            ConnectionAction::Blackhole {
+                max_hold: Duration::from_secs(2)
+            }
+        );
+    }
+
+    #[test]
+    fn zero_probability_never_fires_on_a_connection() {
+        let rules = rule_set(
+            "[[rule]]\nname = \"zero\"\nprobability = 0.0\n[rule.fault]\nkind = \"abort\"\nmode = \"reset\"\n",
+            1,
+        );
+        assert!((0..1000).all(|_| decide_connection(&rules, 0, b"127.0.0.1").is_none()));
     }
 
     #[test]

@@ -198,6 +198,35 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// How soon a dedicated port that could not be reopened is tried again,
+/// doubling up to [`REOPEN_RETRY_MAX`].
+const REOPEN_RETRY: Duration = Duration::from_millis(20);
+const REOPEN_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Binds a dedicated port again, retrying with backoff; `None` on shutdown.
+pub async fn rebind(addr: SocketAddr, stop: &Stop) -> Option<TcpListener> {
+    let mut wait = REOPEN_RETRY;
+    let mut warned = false;
+    loop {
+        match bind(addr) {
+            Ok(socket) => {
+                info!(%addr, "accepting connections again");
+                return Some(socket);
+            }
+            Err(e) if !warned => {
+                warn!(%addr, error = %e, "cannot reopen the dedicated port; retrying");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = stop.drain.cancelled() => return None,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(REOPEN_RETRY_MAX);
+    }
+}
+
 /// How long a client may take before its connection is closed.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -132,6 +132,8 @@ pub struct ServedCertificate {
     cert: PathBuf,
     key: PathBuf,
     current: ArcSwap<CertifiedKey>,
+    /// Made in memory (`tls = { generate = [...] }`): no files to read again.
+    generated: bool,
 }
 
 impl ServedCertificate {
@@ -142,12 +144,27 @@ impl ServedCertificate {
             cert: cert.to_owned(),
             key: key.to_owned(),
             current: ArcSwap::new(current),
+            generated: false,
         }))
     }
 
+    /// A pair made in memory, signed by the CA whose certificate is at
+    /// `ca_cert` (named in messages); a reload keeps it.
+    pub fn generated(pair: Arc<CertifiedKey>, ca_cert: &Path) -> Arc<Self> {
+        Arc::new(Self {
+            cert: ca_cert.to_owned(),
+            key: ca_cert.to_owned(),
+            current: ArcSwap::new(pair),
+            generated: true,
+        })
+    }
+
     /// Reads the files again: the pair to [`install`](Self::install), or
-    /// why it cannot be (the one serving stays).
+    /// why it cannot be (the one serving stays). A generated pair stays.
     pub fn read_again(&self) -> Result<Arc<CertifiedKey>, String> {
+        if self.generated {
+            return Ok(self.serving());
+        }
         load_certified_key(&self.cert, &self.key)
     }
 

@@ -505,3 +505,38 @@ fn check_validates_scenarios_against_the_rules() {
         ]
     );
 }
+
+#[test]
+fn check_refuses_http_conditions_and_kinds_on_rules_for_tcp_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "faultline.toml",
+        &format!("{CONFIG}\n[[upstream]]\nname = \"db-use1\"\nurl = \"tcp://127.0.0.1:5432\"\nlisten = \"127.0.0.1:0\"\nlabels = {{ region = \"us-east-1\", service = \"postgres\" }}\n"),
+    );
+    // A regional rule fits both kinds; these two fit no upstream they select.
+    write(
+        dir.path(),
+        "rules/db.toml",
+        "[[rule]]\nname = \"region-slow\"\n[rule.match]\nlabels = { region = \"us-east-1\" }\n[rule.fault]\nkind = \"latency\"\ndelay = \"100ms\"\n\n\
+         [[rule]]\nname = \"db-path\"\n[rule.match]\nupstreams = [\"db-use1\"]\npath = \"/x\"\n[rule.fault]\nkind = \"latency\"\ndelay = \"1s\"\n\n\
+         [[rule]]\nname = \"db-503\"\n[rule.match]\nlabels = { service = \"postgres\" }\n[rule.fault]\nkind = \"error\"\nstatus = 503\n",
+    );
+    let out = faultline(&["check"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    // Problems go where `check` prints them; either stream will do here.
+    let stderr = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stderr.contains("rule \"db-path\" selects only tcp:// upstreams, which have no HTTP requests: match.path cannot match"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rule \"db-503\" selects only tcp:// upstreams, and kind = \"error\" (an HTTP answer) does not apply to a TCP connection"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("region-slow"), "{stderr}");
+}

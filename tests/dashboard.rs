@@ -683,6 +683,25 @@ fn grpc_traffic(proxy: SocketAddr, authority: &'static str) -> tokio::task::Join
     })
 }
 
+/// Talks to the demo cache behind a TCP upstream's port, one connection
+/// per exchange, again and again until aborted, for the TCP row.
+fn tcp_traffic(port: SocketAddr) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        loop {
+            let exchange = async {
+                let mut stream = tokio::net::TcpStream::connect(port).await.ok()?;
+                stream.write_all(b"SET k v\nGET k\n").await.ok()?;
+                stream.shutdown().await.ok()?;
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer).await.ok()
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(30), exchange).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let Some(prometheus) = prometheus_tool("prometheus") else {
@@ -711,6 +730,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         ["lambda.us-east-1.demo", "lambda.us-west-2.demo"]
             .map(|authority| grpc_traffic(demo.proxy_addr, authority)),
     )
+    .chain(demo.tcp_ports.iter().map(|(_, port)| tcp_traffic(*port)))
     .collect();
 
     let dir = tempfile::tempdir().unwrap();

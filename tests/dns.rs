@@ -694,14 +694,17 @@ async fn answer_head(proxy: SocketAddr, request: &str) -> String {
 }
 
 /// A forward listener's requests and `CONNECT`s resolve through the DNS
-/// rules too: a name a rule empties is `502 upstream_dns`, under `other`.
+/// rules too: a name a rule empties is `502 upstream_dns`, under `other`;
+/// so does a destination's `connect_to`, under the destination.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_proxy_connections_resolve_through_the_dns_rules() {
     let target = TestUpstream::start("target").await;
     let port = target.addr.port();
     let config = format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"egress\"\nlisten = \"127.0.0.1:0\"\nmode = \"forward\"\nallow_ports = [{port}]\n\n\
-         [dns]\n[dns.records]\n\"up.test\" = [\"127.0.0.1\"]\n\"down.test\" = [\"127.0.0.1\"]\n"
+         [dns]\n[dns.records]\n\"up.test\" = [\"127.0.0.1\"]\n\"down.test\" = [\"127.0.0.1\"]\n\n\
+         [[destination]]\nname = \"via-up\"\nhost = \"via-up.test\"\nconnect_to = \"up.test:{port}\"\n\n\
+         [[destination]]\nname = \"via-down\"\nhost = \"via-down.test\"\nconnect_to = \"down.test:{port}\"\n"
     );
     let rules = "[[rule]]\nname = \"down\"\n[rule.match]\ndns = { name = \"down.test\" }\n[rule.fault]\nkind = \"dns\"\nanswer = \"nxdomain\"\n";
     let proxy = TestProxy::start(&config, rules).await;
@@ -726,6 +729,18 @@ async fn forward_proxy_connections_resolve_through_the_dns_rules() {
             .await,
         Some(2.0)
     );
-    assert_eq!(proxy.injected("down").await, 2);
+    // A destination dials its `connect_to`, resolved the same way.
+    let head = answer_head(egress, &get("via-up.test")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let head = answer_head(egress, &get("via-down.test")).await;
+    assert!(head.starts_with("http/1.1 502"), "{head}");
+    assert!(head.contains("x-faultline-error: upstream_dns"), "{head}");
+    assert_eq!(
+        proxy
+            .metric("faultline_upstream_errors_total{reason=\"dns\",upstream=\"via-down\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(proxy.injected("down").await, 3);
     proxy.shutdown().await;
 }

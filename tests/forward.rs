@@ -504,3 +504,581 @@ async fn curl_goes_through_the_forward_listener_for_http_and_https() {
     assert_eq!(body, "secret");
     assert_eq!(secure.requests(), 1);
 }
+
+/// A forward listener that intercepts `*.example.test` and `localhost`,
+/// faultline's CA in `ca_dir`, and two destinations reaching the TLS test
+/// upstream `secure` (whose CA is in `upstream_ca`): `emulator` for
+/// `*.example.test` (through `connect_to`, the name kept) and `local` for
+/// `localhost`.
+fn intercept_config(
+    secure: &TestUpstream,
+    ca_dir: &std::path::Path,
+    upstream_ca: &std::path::Path,
+) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[proxy]
+seed = 42
+
+[[listener]]
+name = "egress"
+listen = "127.0.0.1:0"
+mode = "forward"
+intercept = ["*.example.test", "localhost", "*.amazonaws.com"]
+allow_ports = [{port}]
+
+[ca]
+dir = "{ca_dir}"
+
+[[destination]]
+name = "emulator"
+host = "*.example.test"
+labels = {{ provider = "test" }}
+connect_to = "127.0.0.1:{port}"
+tls = {{ ca = "{upstream_ca}" }}
+
+[[destination]]
+name = "local"
+host = "localhost"
+tls = {{ ca = "{upstream_ca}" }}
+
+[[destination]]
+name = "aws"
+host = "*.amazonaws.com"
+connect_to = "127.0.0.1:{port}"
+tls = {{ ca = "{upstream_ca}" }}
+"#,
+        port = secure.addr.port(),
+        ca_dir = ca_dir.display(),
+        upstream_ca = upstream_ca.display(),
+    )
+}
+
+/// A TLS upstream for `api.example.test`, `localhost` and
+/// `dynamodb.us-east-1.amazonaws.com`, and its CA's file in `dir`.
+async fn secure_upstream(dir: &std::path::Path) -> (TestUpstream, std::path::PathBuf) {
+    let ca = TestCa::new("upstream test CA");
+    let leaf = ca.leaf(&[
+        "api.example.test",
+        "localhost",
+        "dynamodb.us-east-1.amazonaws.com",
+    ]);
+    let secure = TestUpstream::start_tls("secure", server_config(&leaf, None)).await;
+    (secure, ca.write(dir))
+}
+
+/// A TLS client that trusts only faultline's CA in `ca_dir`.
+fn trusting_faultline(
+    ca_dir: &std::path::Path,
+    alpn: &[&[u8]],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(ca_dir.join("ca.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    std::sync::Arc::new(config)
+}
+
+/// `CONNECT`s to `host:443` and makes a TLS handshake as `host` through
+/// it, trusting faultline's CA; gives the stream and the leaf shown.
+async fn intercepted(
+    proxy: SocketAddr,
+    host: &str,
+    ca_dir: &std::path::Path,
+    alpn: &[&[u8]],
+) -> (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let (head, tunnel) = connect(proxy, &format!("{host}:443")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let name = ServerName::try_from(host.to_owned()).unwrap();
+    let tls = TlsConnector::from(trusting_faultline(ca_dir, alpn))
+        .connect(name, tunnel)
+        .await
+        .expect("faultline's leaf verifies against its CA");
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    (tls, leaf)
+}
+
+#[tokio::test]
+async fn curl_reaches_an_intercepted_host_and_rules_fault_its_requests() {
+    if curl().is_none() {
+        return;
+    }
+    let files = tempfile::tempdir().unwrap();
+    let (secure, upstream_ca) = secure_upstream(files.path()).await;
+    let ca_dir = files.path().join("ca");
+    let rules = rule(
+        "emulator-puts-fail",
+        "",
+        "upstreams = [\"emulator\"]\nmethods = [\"PUT\"]",
+        "kind = \"error\"\nstatus = 503",
+    );
+    let proxy = TestProxy::start(&intercept_config(&secure, &ca_dir, &upstream_ca), &rules).await;
+    let egress = proxy.addr("egress");
+    let ca_pem = ca_dir.join("ca.pem");
+    let cacert = ca_pem.to_str().unwrap();
+
+    // Decrypted, sent on to connect_to over verified TLS, the name kept.
+    let body = curl_via(
+        egress,
+        &[
+            "--cacert",
+            cacert,
+            "--data",
+            "secret",
+            "https://api.example.test/echo",
+        ],
+    )
+    .await;
+    assert_eq!(body, "secret");
+    let seen = secure.last_seen();
+    // curl speaks h2 where it can: then the URI is absolute.
+    assert_eq!(seen.uri.parse::<http::Uri>().unwrap().path(), "/echo");
+    assert!(!seen.uri.contains(":443"), "{}", seen.uri);
+    assert_eq!(seen.headers["host"], "api.example.test");
+    assert_eq!(seen.headers["via"], "1.1 faultline");
+
+    // The destination's rule fires on the decrypted request…
+    let answer = curl_via(
+        egress,
+        &[
+            "--cacert",
+            cacert,
+            "--include",
+            "-X",
+            "PUT",
+            "https://api.example.test/thing",
+        ],
+    )
+    .await
+    .to_ascii_lowercase();
+    // After the proxy's own `200` to the CONNECT.
+    assert!(
+        answer.contains("\nhttp/2 503") || answer.contains("\nhttp/1.1 503"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("x-faultline-rule: emulator-puts-fail"),
+        "{answer}"
+    );
+    assert_eq!(secure.requests(), 1, "the faulted request went nowhere");
+    // …and another destination is untouched.
+    let port = secure.addr.port();
+    let answer = curl_via(
+        egress,
+        &[
+            "--cacert",
+            cacert,
+            "-X",
+            "PUT",
+            "--data",
+            "kept",
+            &format!("https://localhost:{port}/thing"),
+        ],
+    )
+    .await;
+    assert_eq!(answer, "kept");
+    assert_eq!(secure.requests(), 2);
+
+    let counted = |code: &str, method: &str, upstream: &str| {
+        format!(
+            r#"faultline_requests_total{{code="{code}",method="{method}",region="",upstream="{upstream}"}}"#
+        )
+    };
+    assert_eq!(
+        proxy.metric(&counted("200", "POST", "emulator")).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        proxy.metric(&counted("503", "PUT", "emulator")).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        proxy.metric(&counted("200", "PUT", "local")).await,
+        Some(1.0)
+    );
+
+    // Plain http:// through the same listener still goes as it came.
+    let plain = TestUpstream::start("plain").await;
+    let body = curl_via(
+        egress,
+        &["--data", "plain", &format!("{}/echo", plain.url())],
+    )
+    .await;
+    assert_eq!(body, "plain");
+}
+
+#[tokio::test]
+async fn intercepted_requests_speak_h2_and_http1_as_the_client_offers() {
+    let files = tempfile::tempdir().unwrap();
+    let (secure, upstream_ca) = secure_upstream(files.path()).await;
+    let ca_dir = files.path().join("ca");
+    let proxy = TestProxy::start(&intercept_config(&secure, &ca_dir, &upstream_ca), "").await;
+    let egress = proxy.addr("egress");
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let (tls, _) = intercepted(egress, "api.example.test", &ca_dir, &[alpn]).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        let io = TokioIo::new(tls);
+        let response = if alpn == b"h2" {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            let request = Request::get("https://api.example.test/h2")
+                .body(empty())
+                .unwrap();
+            sender.send_request(request).await.unwrap()
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(connection);
+            let request = Request::get("/h1")
+                .header("host", "api.example.test")
+                .body(empty())
+                .unwrap();
+            sender.send_request(request).await.unwrap()
+        };
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-upstream"], "secure");
+        assert_eq!(secure.last_seen().headers["host"], "api.example.test");
+    }
+
+    // One tunnel reaches one host: a request naming another is refused.
+    let (tls, _) = intercepted(egress, "api.example.test", &ca_dir, &[b"http/1.1"]).await;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("/elsewhere")
+        .header("host", "evil.example.test")
+        .body(empty())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["x-faultline-error"], "client_protocol");
+}
+
+#[tokio::test]
+async fn intercepted_aws_traffic_is_counted_under_its_destination_and_region() {
+    let files = tempfile::tempdir().unwrap();
+    let (secure, upstream_ca) = secure_upstream(files.path()).await;
+    let ca_dir = files.path().join("ca");
+    let proxy = TestProxy::start(&intercept_config(&secure, &ca_dir, &upstream_ca), "").await;
+    let host = "dynamodb.us-east-1.amazonaws.com";
+    let (tls, _) = intercepted(proxy.addr("egress"), host, &ca_dir, &[b"http/1.1"]).await;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..2 {
+        let request = Request::post("/")
+            .header("host", host)
+            .header("x-amz-target", "DynamoDB_20120810.GetItem")
+            .body(full("{}"))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(secure.last_seen().headers["host"], host);
+    let series =
+        r#"faultline_requests_total{code="200",method="POST",region="us-east-1",upstream="aws"}"#;
+    assert_eq!(proxy.metric(series).await, Some(2.0));
+}
+
+#[tokio::test]
+async fn the_ca_is_made_once_kept_across_restarts_and_leaves_are_cached() {
+    let files = tempfile::tempdir().unwrap();
+    let (secure, upstream_ca) = secure_upstream(files.path()).await;
+    let ca_dir = files.path().join("ca");
+    let config = intercept_config(&secure, &ca_dir, &upstream_ca);
+    let proxy = TestProxy::start(&config, "").await;
+    let ca_pem = std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = std::fs::metadata(ca_dir.join("ca-key.pem")).unwrap();
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    }
+    let egress = proxy.addr("egress");
+    let (_, first) = intercepted(egress, "api.example.test", &ca_dir, &[b"http/1.1"]).await;
+    let (_, again) = intercepted(egress, "api.example.test", &ca_dir, &[b"http/1.1"]).await;
+    assert_eq!(first, again, "one leaf per name, cached");
+    let (_, other) = intercepted(egress, "s3.example.test", &ca_dir, &[b"http/1.1"]).await;
+    assert_ne!(first, other, "a leaf of its own per name");
+    proxy.shutdown().await;
+
+    // A new process reads the same CA: clients keep trusting it.
+    let proxy = TestProxy::start(&config, "").await;
+    assert_eq!(
+        std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap(),
+        ca_pem
+    );
+    intercepted(
+        proxy.addr("egress"),
+        "api.example.test",
+        &ca_dir,
+        &[b"http/1.1"],
+    )
+    .await;
+
+    // A CA folder that cannot be made stops the start, and says why.
+    let blocked = files.path().join("blocked");
+    std::fs::write(&blocked, "a file, not a folder").unwrap();
+    let error = TestProxy::try_start(
+        &config.replace(
+            &ca_dir.display().to_string(),
+            &blocked.join("ca").display().to_string(),
+        ),
+        "",
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(error.contains("cannot create the CA folder"), "{error}");
+}
+
+#[tokio::test]
+async fn a_listener_serves_a_certificate_faultlines_ca_generates() {
+    let files = tempfile::tempdir().unwrap();
+    let orders = TestUpstream::start("orders").await;
+    let ca_dir = files.path().join("ca");
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[ca]\ndir = \"{}\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n\
+         tls = {{ generate = [\"localhost\", \"127.0.0.1\"] }}\n\n[[upstream]]\nname = \"orders\"\nurl = \"{}\"\n\n\
+         [[route]]\nlistener = \"edge\"\nupstream = \"orders\"\n",
+        ca_dir.display(),
+        orders.url()
+    );
+    let proxy = TestProxy::start(&config, "").await;
+    for name in ["localhost", "127.0.0.1"] {
+        let request = Request::get("/generated")
+            .header("host", "localhost")
+            .body(empty())
+            .unwrap();
+        let sent = support::tls::tls_send(
+            proxy.addr("edge"),
+            name,
+            trusting_faultline(&ca_dir, &[b"http/1.1"]),
+            request,
+        )
+        .await
+        .unwrap();
+        assert_eq!(sent.reply.status, 200, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_that_comes_back_to_faultline_is_refused_as_a_loop() {
+    let orders = TestUpstream::start("orders").await;
+    let proxy = TestProxy::start(&forward_config(&orders, &[], ""), "").await;
+    let egress = proxy.addr("egress");
+    // Sent to faultline itself: it goes out once with Via, comes back, and stops.
+    let reply = via_proxy(egress, absolute_get(&format!("http://{egress}/again"))).await;
+    assert_eq!(reply.status, 508);
+    assert_eq!(reply.header("x-faultline-error"), Some("forward_loop"));
+}
+
+#[tokio::test]
+async fn connection_faults_act_on_a_byte_tunnel() {
+    // A target that sends 64 KiB as soon as a tunnel reaches it, then waits.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = target.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = target.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _ = stream.write_all(&[7u8; 64 * 1024]).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let orders = TestUpstream::start("orders").await;
+    let only_connect = "upstreams = [\"other\"]\nmethods = [\"CONNECT\"]";
+    let rules = [
+        rule(
+            "aborted",
+            "enabled = false",
+            only_connect,
+            "kind = \"abort\"\nmode = \"reset\"",
+        ),
+        rule(
+            "held",
+            "enabled = false",
+            only_connect,
+            "kind = \"unavailable\"\nmode = \"blackhole\"\nmax_hold = \"300ms\"",
+        ),
+        rule(
+            "cut",
+            "enabled = false",
+            only_connect,
+            "kind = \"truncate\"\nafter_bytes = 1000",
+        ),
+    ]
+    .concat();
+    let proxy = TestProxy::start(&forward_config(&orders, &[port], ""), &rules).await;
+    let egress = proxy.addr("egress");
+    let target = format!("127.0.0.1:{port}");
+
+    /// What the client gets on a CONNECT: everything until the proxy closes.
+    async fn until_closed(proxy: SocketAddr, target: &str) -> (Vec<u8>, Duration) {
+        let started = Instant::now();
+        let mut tcp = TcpStream::connect(proxy).await.unwrap();
+        let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buffer = [0u8; 8192];
+        loop {
+            match tokio::time::timeout(LOOSE, tcp.read(&mut buffer))
+                .await
+                .expect("the proxy ends it")
+            {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buffer[..n]),
+            }
+        }
+        (got, started.elapsed())
+    }
+
+    switch(&proxy, "aborted", "enable").await;
+    let (got, _) = until_closed(egress, &target).await;
+    assert!(
+        got.is_empty(),
+        "aborted before any answer: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    switch(&proxy, "aborted", "disable").await;
+    switch(&proxy, "held", "enable").await;
+    let (got, held) = until_closed(egress, &target).await;
+    assert!(got.is_empty(), "held without an answer");
+    assert!(held >= Duration::from_millis(300), "{held:?}");
+
+    switch(&proxy, "held", "disable").await;
+    switch(&proxy, "cut", "enable").await;
+    let (got, _) = until_closed(egress, &target).await;
+    let text = String::from_utf8_lossy(&got);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a 200, then the tunnel");
+    assert!(
+        head.to_ascii_lowercase().starts_with("http/1.1 200"),
+        "{head}"
+    );
+    assert_eq!(body.len(), 1000, "the target's bytes cut after 1000");
+}
+
+#[test]
+fn faultline_ca_prints_where_the_ca_is_and_how_to_trust_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("faultline.toml");
+    std::fs::write(
+        &config,
+        "[ca]\ndir = \"my-ca\"\n\n[[listener]]\nname = \"egress\"\nmode = \"forward\"\n",
+    )
+    .unwrap();
+    let faultline = env!("CARGO_BIN_EXE_faultline");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(faultline)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let shown = run(&["ca"]);
+    let ca_pem = dir.path().join("my-ca/ca.pem");
+    let path = ca_pem.display().to_string();
+    assert!(
+        shown.starts_with(&format!("faultline CA certificate: {path}\n")),
+        "{shown}"
+    );
+    for line in [
+        format!("export AWS_CA_BUNDLE={path}"),
+        format!("export REQUESTS_CA_BUNDLE={path}"),
+        format!("export SSL_CERT_FILE={path}"),
+        format!("export NODE_EXTRA_CA_CERTS={path}"),
+        format!("curl --cacert {path}"),
+        format!("keytool -importcert -noprompt -alias faultline -file {path}"),
+    ] {
+        assert!(shown.contains(&line), "{line} in {shown}");
+    }
+    let pem = run(&["ca", "--pem"]);
+    assert_eq!(pem, std::fs::read_to_string(&ca_pem).unwrap());
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(run(&["ca", "--pem"]), pem, "the same CA the next time");
+}
+
+#[tokio::test]
+async fn an_injected_abort_inside_an_intercepted_tunnel_ends_the_clients_connection() {
+    let files = tempfile::tempdir().unwrap();
+    let (secure, upstream_ca) = secure_upstream(files.path()).await;
+    let ca_dir = files.path().join("ca");
+    let rules = [
+        rule(
+            "deletes-abort",
+            "",
+            "upstreams = [\"emulator\"]\nmethods = [\"DELETE\"]",
+            "kind = \"abort\"\nmode = \"reset\"",
+        ),
+        rule(
+            "gets-slow",
+            "",
+            "upstreams = [\"emulator\"]\nmethods = [\"GET\"]",
+            "kind = \"latency\"\ndelay = \"200ms\"",
+        ),
+    ]
+    .concat();
+    let proxy = TestProxy::start(&intercept_config(&secure, &ca_dir, &upstream_ca), &rules).await;
+    let (tls, _) = intercepted(
+        proxy.addr("egress"),
+        "api.example.test",
+        &ca_dir,
+        &[b"http/1.1"],
+    )
+    .await;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let started = Instant::now();
+    let request = Request::get("/slow")
+        .header("host", "api.example.test")
+        .body(empty())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let request = Request::delete("/thing")
+        .header("host", "api.example.test")
+        .body(empty())
+        .unwrap();
+    let sent = tokio::time::timeout(LOOSE, sender.send_request(request))
+        .await
+        .expect("the abort ends the exchange");
+    assert!(sent.is_err(), "no answer: {sent:?}");
+    let _ = tokio::time::timeout(LOOSE, connection)
+        .await
+        .expect("the client's connection is ended");
+    assert_eq!(secure.requests(), 1, "the aborted request went nowhere");
+}

@@ -54,6 +54,7 @@ async fn every_shipped_scenario_runs_to_completion() {
     assert_eq!(
         shipped,
         [
+            "aws-us-east-1-lambda-capacity",
             "us-east-1-dynamodb-dns",
             "us-east-1-lambda-capacity",
             "us-east-1-region-down",
@@ -195,6 +196,121 @@ async fn try_get(url: &str) -> Option<u16> {
     let status = response.status().as_u16();
     let _ = response.into_body().collect().await;
     Some(status)
+}
+
+/// The AWS scenario's rules, all on at probability 1, take calls to the
+/// real endpoints in us-east-1 by service and operation, and never one in
+/// us-west-2: by host name, and by SigV4 scope when the host does not say
+/// (a global endpoint, or an endpoint URL pointed at faultline).
+#[test]
+fn the_aws_rules_take_us_east_1_calls_by_their_aws_names() {
+    use faultline::plan::{decide, RequestView};
+    use faultline::rules::{LiveRule, RuleSet, UpstreamIdentity};
+    use http::{HeaderMap, Method};
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let book = faultline::book::load_dir(&dir, &["aws"]).unwrap();
+    let rules: Vec<LiveRule> = book
+        .rules
+        .iter()
+        .filter(|rule| rule.name.starts_with("aws-use1-"))
+        .map(|rule| LiveRule {
+            rule: std::sync::Arc::clone(rule),
+            enabled: true,
+            probability: 1.0,
+        })
+        .collect();
+    assert_eq!(rules.len(), 6);
+    let labels = Default::default();
+    let set = RuleSet::new(
+        rules,
+        [UpstreamIdentity {
+            name: "aws",
+            labels: &labels,
+            tcp: false,
+        }],
+        1,
+    );
+    fn names(
+        set: &RuleSet,
+        method: Method,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Vec<String> {
+        let mut map = HeaderMap::new();
+        map.insert("host", host.parse().unwrap());
+        for (name, value) in headers {
+            map.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let view = RequestView {
+            method: &method,
+            path,
+            query: None,
+            authority: None,
+            headers: &map,
+            client_ip: b"127.0.0.1",
+            form: None,
+        };
+        decide(set, 0, &view).map_or_else(Vec::new, |decision| {
+            let candidates = set.candidates(0).unwrap();
+            decision
+                .fired
+                .iter()
+                .map(|&i| candidates.get(i).unwrap().rule.name().to_owned())
+                .collect()
+        })
+    }
+    let fired =
+        |method, host, path, headers: &[(&str, &str)]| names(&set, method, host, path, headers);
+    let invoke = "/2015-03-31/functions/checkout/invocations";
+    assert_eq!(
+        fired(Method::POST, "lambda.us-east-1.amazonaws.com", invoke, &[]),
+        ["aws-use1-lambda-throttle"]
+    );
+    assert_eq!(
+        fired(
+            Method::GET,
+            "lambda.us-east-1.amazonaws.com",
+            "/2015-03-31/functions/",
+            &[]
+        ),
+        ["aws-use1-lambda-latency"]
+    );
+    assert!(fired(Method::POST, "lambda.us-west-2.amazonaws.com", invoke, &[]).is_empty());
+    let put = [("x-amz-target", "DynamoDB_20120810.PutItem")];
+    assert_eq!(
+        fired(Method::POST, "dynamodb.us-east-1.amazonaws.com", "/", &put),
+        ["aws-use1-dependents-latency", "aws-use1-dependents-errors"]
+    );
+    assert!(fired(Method::POST, "dynamodb.us-west-2.amazonaws.com", "/", &put).is_empty());
+    // STS's global endpoint: the region is the signature's.
+    let signed = |region: &str| {
+        format!("AWS4-HMAC-SHA256 Credential=AKID/20260101/{region}/sts/aws4_request, SignedHeaders=host, Signature=0")
+    };
+    let east = signed("us-east-1");
+    let west = signed("us-west-2");
+    assert_eq!(
+        fired(
+            Method::POST,
+            "sts.amazonaws.com",
+            "/",
+            &[("authorization", &east)]
+        )
+        .len(),
+        2
+    );
+    assert!(fired(
+        Method::POST,
+        "sts.amazonaws.com",
+        "/",
+        &[("authorization", &west)]
+    )
+    .is_empty());
+    assert!(fired(Method::GET, "example.com", "/", &[]).is_empty());
 }
 
 async fn support_get(url: &str) -> u16 {

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
@@ -28,7 +29,7 @@ use crate::config::UpstreamConfig;
 use crate::diagnostic::{Diagnostic, FieldError, FieldPath};
 use crate::fault::BodySource;
 use crate::metrics::Metrics;
-use crate::rules::{LiveRule, Rule, RuleSet, RuleSource, RuleSpec};
+use crate::rules::{LiveRule, Rule, RuleSet, RuleSource, RuleSpec, UpstreamIdentity};
 use crate::scenario::Scenario;
 use crate::tls::ServedCertificate;
 use crate::traffic::Tally;
@@ -57,15 +58,18 @@ impl RuleFiles {
     /// Reads and validates the files; no rule may take a `reserved` name.
     fn load(
         &self,
-        upstream_names: &[&str],
+        upstreams: &[UpstreamConfig],
         reserved: &[&str],
     ) -> Result<RuleBook, Vec<Diagnostic>> {
-        match self {
-            RuleFiles::Dir(dir) => book::load_dir_reserving(dir, upstream_names, reserved),
+        let upstream_names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        let book = match self {
+            RuleFiles::Dir(dir) => book::load_dir_reserving(dir, &upstream_names, reserved),
             RuleFiles::Fixed(texts) => {
-                book::load_sources_reserving(texts, upstream_names, reserved)
+                book::load_sources_reserving(texts, &upstream_names, reserved)
             }
-        }
+        }?;
+        let identities: Vec<UpstreamIdentity<'_>> = upstreams.iter().map(Into::into).collect();
+        book.fitted(&identities)
     }
 }
 
@@ -143,7 +147,15 @@ pub enum ControlError {
         "the guard of scenario {0:?} watches no upstream: no upstream has its labels or names"
     )]
     GuardWatchesNothing(String),
+    #[error("an upstream named {0:?} already exists")]
+    UpstreamTaken(String),
+    #[error("at most {MAX_RUNTIME_UPSTREAMS} upstreams may be added at run time")]
+    TooManyUpstreams,
 }
+
+/// The most upstreams the Toxiproxy API may add over the process's life
+/// (a retired one's index is taken again by one of the same name).
+pub const MAX_RUNTIME_UPSTREAMS: usize = 1_000;
 
 fn first_message(errors: &[FieldError]) -> String {
     errors
@@ -163,6 +175,10 @@ pub struct Change {
 /// The rules while the proxy runs, and the changes made to them.
 pub struct Control {
     wiring: Wiring,
+    /// The config's upstreams and those added at run time, by index.
+    upstreams: ArcSwap<Vec<UpstreamConfig>>,
+    /// Each upstream's running counts, by index.
+    tallies: ArcSwap<Vec<Arc<Tally>>>,
     files: RuleFiles,
     seed: u64,
     started: Instant,
@@ -189,6 +205,8 @@ struct State {
     /// Each scenario's latest run, by scenario name.
     runs: BTreeMap<String, Run>,
     next_run: u64,
+    /// Indices of run-time upstreams that were removed.
+    retired: Vec<usize>,
 }
 
 /// A rule as defined, with the switches flipped at run time.
@@ -288,6 +306,8 @@ impl Control {
             wiring.metrics.set_scenario(scenario.name(), false, None);
         }
         let control = Arc::new_cyclic(|me| Control {
+            upstreams: ArcSwap::from_pointee(wiring.upstreams.clone()),
+            tallies: ArcSwap::from_pointee(wiring.tallies.clone()),
             wiring,
             files,
             seed,
@@ -302,6 +322,7 @@ impl Control {
                 scenarios: book.scenarios,
                 runs: BTreeMap::new(),
                 next_run: 0,
+                retired: Vec::new(),
             }),
             reloading: Mutex::new(()),
             me: me.clone(),
@@ -343,12 +364,14 @@ impl Control {
         state.published = names;
         let upstreams = self.upstreams();
         let set = RuleSet::new(rules, upstreams.iter().map(Into::into), self.seed);
-        let snapshot = Snapshot::new(set, upstreams, metrics, Arc::clone(&state.halt), rule_off);
+        let snapshot = Snapshot::new(set, &upstreams, metrics, Arc::clone(&state.halt), rule_off);
         self.wiring.published.store(snapshot);
     }
 
-    fn upstreams(&self) -> &[UpstreamConfig] {
-        &self.wiring.upstreams
+    /// Every upstream: the config's, then those added at run time
+    /// ([`Control::add_upstream`]), by index.
+    fn upstreams(&self) -> Arc<Vec<UpstreamConfig>> {
+        self.upstreams.load_full()
     }
 
     fn metrics(&self) -> &Metrics {
@@ -356,12 +379,58 @@ impl Control {
     }
 
     /// The running counts of an upstream's traffic.
-    fn tally(&self, upstream: usize) -> Option<&Arc<Tally>> {
-        self.wiring.tallies.get(upstream)
+    fn tally(&self, upstream: usize) -> Option<Arc<Tally>> {
+        self.tallies.load().get(upstream).cloned()
     }
 
-    fn upstream_names(&self) -> Vec<&str> {
-        self.upstreams().iter().map(|u| u.name.as_str()).collect()
+    /// Adds a `tcp://` upstream at run time (the Toxiproxy API's proxies),
+    /// or brings back a retired one of the same name at its index; gives
+    /// its index. Rules may name it from then on.
+    pub fn add_upstream(
+        &self,
+        upstream: UpstreamConfig,
+        tally: Arc<Tally>,
+        caller: &str,
+    ) -> Result<usize, ControlError> {
+        let mut state = self.lock();
+        let mut upstreams = (*self.upstreams()).clone();
+        let mut tallies = (*self.tallies.load_full()).clone();
+        let index = match upstreams.iter().position(|u| u.name == upstream.name) {
+            Some(i) if state.retired.contains(&i) => {
+                state.retired.retain(|&r| r != i);
+                upstreams[i] = upstream;
+                tallies[i] = tally;
+                i
+            }
+            Some(_) => return Err(ControlError::UpstreamTaken(upstream.name)),
+            None if upstreams.len() >= self.wiring.upstreams.len() + MAX_RUNTIME_UPSTREAMS => {
+                return Err(ControlError::TooManyUpstreams);
+            }
+            None => {
+                upstreams.push(upstream);
+                tallies.push(tally);
+                upstreams.len() - 1
+            }
+        };
+        info!(target: "faultline::audit", caller, upstream = upstreams[index].name, "upstream added");
+        self.upstreams.store(Arc::new(upstreams));
+        self.tallies.store(Arc::new(tallies));
+        self.publish(&mut state);
+        Ok(index)
+    }
+
+    /// Retires an upstream added at run time: its index stays (snapshots
+    /// in flight keep pointing at it) until one of the same name comes back.
+    pub fn retire_upstream(&self, index: usize, caller: &str) {
+        let mut state = self.lock();
+        if index >= self.wiring.upstreams.len() && !state.retired.contains(&index) {
+            state.retired.push(index);
+            info!(target: "faultline::audit", caller, index, "upstream retired");
+        }
+    }
+
+    fn upstream_names(&self) -> Vec<String> {
+        self.upstreams().iter().map(|u| u.name.clone()).collect()
     }
 
     /// Every rule, in evaluation order.
@@ -408,6 +477,7 @@ impl Control {
             )]));
         }
         let names = self.upstream_names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let rule = spec
             .validate(
                 RuleSource::Api,
@@ -416,6 +486,14 @@ impl Control {
                 &FieldPath::root(),
             )
             .map_err(ControlError::Invalid)?;
+        let upstreams = self.upstreams();
+        let identities: Vec<UpstreamIdentity<'_>> = upstreams.iter().map(Into::into).collect();
+        if let Some(message) = rule.misfit(&identities) {
+            return Err(ControlError::Invalid(vec![FieldError::new(
+                FieldPath::root().key("fault"),
+                message,
+            )]));
+        }
         let mut entry = Entry::new(Arc::new(rule));
         if let Some(ttl) = ttl {
             entry.expiry = Some(self.arm(&mut state, entry.name(), ttl));
@@ -569,7 +647,6 @@ impl Control {
             .reloading
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let names = self.upstream_names();
         let api_names: Vec<String> = {
             let state = self.lock();
             state
@@ -581,7 +658,7 @@ impl Control {
         };
         let reserved: Vec<&str> = api_names.iter().map(String::as_str).collect();
         // Read outside the state lock: the admin API stays responsive meanwhile.
-        let loaded = self.files.load(&names, &reserved);
+        let loaded = self.files.load(&self.upstreams(), &reserved);
         // A renewed certificate applies on reload; a broken one rejects the
         // reload with the rules, so nothing changes by half.
         let certificates = self.read_certificates();
@@ -862,6 +939,8 @@ mod tests {
             std::fs::write(dir.path().join(file), contents).unwrap();
             std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
             let config = Config::parse(CONFIG, dir.path()).unwrap();
+            let files = RuleFiles::Dir(dir.path().to_path_buf());
+            let rules = files.load(&config.upstreams, &[]).unwrap();
             let wiring = Wiring {
                 published: Arc::new(Published::new(Snapshot::empty(&config.upstreams))),
                 upstreams: config.upstreams,
@@ -869,8 +948,6 @@ mod tests {
                 tallies: Vec::new(),
                 certificates: Vec::new(),
             };
-            let files = RuleFiles::Dir(dir.path().to_path_buf());
-            let rules = files.load(&["orders"], &[]).unwrap();
             let control = Control::new(wiring, files, rules, 1);
             Fixture { dir, control }
         }

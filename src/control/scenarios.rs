@@ -181,7 +181,7 @@ impl Control {
                     .iter()
                     .enumerate()
                     .filter(|(_, upstream)| guard.watch.applies_to_upstream((*upstream).into()))
-                    .filter_map(|(i, _)| self.tally(i).cloned())
+                    .filter_map(|(i, _)| self.tally(i))
                     .collect();
                 if watched.is_empty() {
                     return Err(ControlError::GuardWatchesNothing(name.to_owned()));
@@ -440,6 +440,7 @@ impl Control {
 
     fn build_report(&self, state: &State, run: &Run) -> Report {
         let upstreams = self.upstreams();
+        let upstreams = upstreams.as_slice();
         let now = self.mark(state);
         let steps = &run.scenario.steps;
         let lead_in = match steps.first() {

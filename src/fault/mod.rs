@@ -24,7 +24,7 @@ use crate::grpc::GrpcStatus;
 
 pub use dns::{DnsAnswer, DnsFault};
 pub use latency::{Delay, DistributionSpec, Side};
-pub use preset::RequestIdStyle;
+pub use preset::{AwsError, Rendered, RequestIdStyle};
 
 /// How long a blackhole holds a request when the rule does not say.
 pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(300);
@@ -33,6 +33,8 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The longest delay, jitter, hold or retry-after a fault may ask for:
 /// longer than any rehearsal, short enough that sums never overflow.
 pub const MAX_FAULT_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// The largest piece a `slice` fault may ask for: one read's buffer.
+pub const MAX_SLICE_BYTES: u64 = 64 * 1024;
 
 /// Headers that frame the message: the proxy sets them, a rule may not.
 const FRAMING_HEADERS: [&str; 5] = [
@@ -118,6 +120,38 @@ pub struct FaultSpec {
     /// `dns`: the TTL the answer carries (default 5s, at most 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+    /// TCP upstreams: which bytes the fault acts on, `downstream` (the
+    /// upstream's, to the client: the default) or `upstream` (the client's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// `slice` (TCP): the average size of the pieces the bytes are cut into…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_size: Option<u64>,
+    /// `slice` (TCP): …give or take this many bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_variation: Option<u64>,
+    /// `abort` `reset` on a TCP upstream: how long after it opens the
+    /// connection is reset (default: at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// Which bytes of a TCP connection a fault acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The client's bytes, on their way to the upstream.
+    Upstream,
+    /// The upstream's bytes, on their way back to the client (the default).
+    Downstream,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Upstream => "upstream",
+            Direction::Downstream => "downstream",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,9 +172,12 @@ pub enum Fault {
     Latency {
         delay: Delay,
         side: Side,
+        /// Given only for TCP upstreams ([`Fault::fits_http`]).
+        direction: Option<Direction>,
     },
     Bandwidth {
         bytes_per_sec: u64,
+        direction: Option<Direction>,
     },
     Dribble {
         chunks: u64,
@@ -149,15 +186,33 @@ pub enum Fault {
     Truncate {
         after_bytes: u64,
         then: AbortMode,
+        direction: Option<Direction>,
     },
     Respond(Arc<SyntheticResponse>),
-    Abort(AbortMode),
+    Abort {
+        mode: AbortMode,
+        /// TCP upstreams: the connection is reset this long after it opened.
+        after: Option<Duration>,
+    },
     Blackhole {
         max_hold: Duration,
     },
     /// An upstream's dedicated port refuses connections while the rule is
     /// on; a request that still arrives (a shared listener) is reset.
     Refuse,
+    /// TCP upstreams: the bytes go in pieces of `average_size` ±
+    /// `size_variation`, `delay` apart.
+    Slice {
+        average_size: u64,
+        size_variation: u64,
+        delay: Duration,
+        direction: Option<Direction>,
+    },
+    /// TCP upstreams: a side's close reaches the other side `delay` late.
+    SlowClose {
+        delay: Duration,
+        direction: Option<Direction>,
+    },
     /// A DNS query's answer (README "DNS"): never an HTTP request's fault.
     Dns(DnsFault),
 }
@@ -172,9 +227,44 @@ impl Fault {
             Fault::Truncate { .. } => FaultKind::Truncate,
             Fault::Respond(response) if response.unavailable => FaultKind::Unavailable,
             Fault::Respond(_) => FaultKind::Error,
-            Fault::Abort(_) => FaultKind::Abort,
+            Fault::Abort { .. } => FaultKind::Abort,
             Fault::Blackhole { .. } | Fault::Refuse => FaultKind::Unavailable,
+            Fault::Slice { .. } => FaultKind::Slice,
+            Fault::SlowClose { .. } => FaultKind::SlowClose,
             Fault::Dns(_) => FaultKind::Dns,
+        }
+    }
+
+    /// Whether the fault means something to an HTTP request: not the
+    /// TCP-only kinds, nor a TCP field (`direction`, `after`).
+    pub fn fits_http(&self) -> bool {
+        match self {
+            Fault::Latency { direction, .. }
+            | Fault::Bandwidth { direction, .. }
+            | Fault::Truncate { direction, .. } => direction.is_none(),
+            Fault::Abort { after, .. } => after.is_none(),
+            Fault::Dribble { .. } | Fault::Respond(_) | Fault::Blackhole { .. } | Fault::Refuse => {
+                true
+            }
+            // TCP-only kinds, and DNS answers: never an HTTP request's.
+            Fault::Slice { .. } | Fault::SlowClose { .. } | Fault::Dns(_) => false,
+        }
+    }
+
+    /// Whether the fault means something to a TCP connection (SPEC §9):
+    /// no answers, no `dribble` (it spreads a length a stream has not),
+    /// no response-side latency, and an abort is a reset or a close.
+    pub fn fits_tcp(&self) -> bool {
+        match self {
+            Fault::Latency { side, .. } => *side == Side::Request,
+            Fault::Abort { mode, .. } => matches!(mode, AbortMode::Reset | AbortMode::Close),
+            Fault::Bandwidth { .. }
+            | Fault::Truncate { .. }
+            | Fault::Blackhole { .. }
+            | Fault::Refuse
+            | Fault::Slice { .. }
+            | Fault::SlowClose { .. } => true,
+            Fault::Respond(_) | Fault::Dribble { .. } | Fault::Dns(_) => false,
         }
     }
 }
@@ -190,6 +280,19 @@ pub struct SyntheticResponse {
     /// A preset's request ids, made fresh for each response; `None` (no
     /// per-response work) for every response a preset did not make.
     pub request_ids: Option<RequestIdStyle>,
+    /// An `aws.*` preset's error, answered in the protocol of the service
+    /// asked when the request tells it (the fields above are the answer
+    /// when it does not).
+    pub adaptive: Option<Adaptive>,
+}
+
+/// An AWS error answered in the protocol of the request, with the rule's
+/// own `status` and `headers` over it.
+#[derive(Debug, Clone)]
+pub struct Adaptive {
+    pub error: &'static AwsError,
+    pub status: Option<StatusCode>,
+    pub headers: HeaderMap,
 }
 
 /// The kinds of fault (README "Rules"): parsed from `kind` once, so
@@ -204,12 +307,16 @@ pub enum FaultKind {
     Bandwidth,
     Dribble,
     Truncate,
+    /// TCP upstreams only.
+    Slice,
+    /// TCP upstreams only.
+    SlowClose,
     Dns,
 }
 
 impl FaultKind {
     /// Every kind, in the order messages list them.
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Latency,
         FaultKind::Error,
         FaultKind::Abort,
@@ -217,6 +324,8 @@ impl FaultKind {
         FaultKind::Bandwidth,
         FaultKind::Dribble,
         FaultKind::Truncate,
+        FaultKind::Slice,
+        FaultKind::SlowClose,
         FaultKind::Dns,
     ];
 
@@ -230,6 +339,8 @@ impl FaultKind {
             FaultKind::Bandwidth => "bandwidth",
             FaultKind::Dribble => "dribble",
             FaultKind::Truncate => "truncate",
+            FaultKind::Slice => "slice",
+            FaultKind::SlowClose => "slow_close",
             FaultKind::Dns => "dns",
         }
     }
@@ -237,7 +348,7 @@ impl FaultKind {
     /// The fields this kind takes; any other field given is an error.
     fn fields(self) -> &'static [&'static str] {
         match self {
-            FaultKind::Latency => &["delay", "jitter", "distribution", "side"],
+            FaultKind::Latency => &["delay", "jitter", "distribution", "side", "direction"],
             FaultKind::Error => &[
                 "status",
                 "headers",
@@ -247,11 +358,13 @@ impl FaultKind {
                 "grpc_status",
                 "grpc_message",
             ],
-            FaultKind::Abort => &["mode"],
+            FaultKind::Abort => &["mode", "after"],
             FaultKind::Unavailable => &["mode", "max_hold", "retry_after"],
-            FaultKind::Bandwidth => &["rate"],
+            FaultKind::Bandwidth => &["rate", "direction"],
             FaultKind::Dribble => &["chunks", "over"],
-            FaultKind::Truncate => &["after_bytes", "then"],
+            FaultKind::Truncate => &["after_bytes", "then", "direction"],
+            FaultKind::Slice => &["average_size", "size_variation", "delay", "direction"],
+            FaultKind::SlowClose => &["delay", "direction"],
             FaultKind::Dns => &["answer", "addresses", "ttl"],
         }
     }
@@ -333,10 +446,14 @@ impl BodySource<'static> {
 impl FaultSpec {
     /// The fields given, by name.
     fn given(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 22] = [
+        let fields: [(&'static str, bool); 26] = [
             ("answer", self.answer.is_some()),
             ("addresses", self.addresses.is_some()),
             ("ttl", self.ttl.is_some()),
+            ("direction", self.direction.is_some()),
+            ("average_size", self.average_size.is_some()),
+            ("size_variation", self.size_variation.is_some()),
+            ("after", self.after.is_some()),
             ("rate", self.rate.is_some()),
             ("chunks", self.chunks.is_some()),
             ("over", self.over.is_some()),
@@ -400,6 +517,8 @@ impl FaultSpec {
             FaultKind::Bandwidth => self.bandwidth(at, &mut errors),
             FaultKind::Dribble => self.dribble(at, &mut errors),
             FaultKind::Truncate => self.truncate(at, &mut errors),
+            FaultKind::Slice => self.slice(at, &mut errors),
+            FaultKind::SlowClose => self.slow_close(at, &mut errors),
             FaultKind::Dns => Fault::Dns(self.dns(at, &mut errors)),
         };
         if errors.is_empty() {
@@ -458,12 +577,38 @@ impl FaultSpec {
                 no_delay
             }
         };
-        Fault::Latency { delay, side }
+        if self.side.is_some() && self.direction.is_some() {
+            errors.push(FieldError::new(
+                at.key("direction"),
+                "give either `side` (HTTP) or `direction` (TCP), not both",
+            ));
+        }
+        let direction = self.direction(at, errors);
+        Fault::Latency {
+            delay,
+            side,
+            direction,
+        }
+    }
+
+    /// `direction`, when given.
+    fn direction(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Option<Direction> {
+        match self.direction.as_deref()? {
+            "upstream" => Some(Direction::Upstream),
+            "downstream" => Some(Direction::Downstream),
+            other => {
+                errors.push(FieldError::new(
+                    at.key("direction"),
+                    format!("unknown direction {other:?}; expected upstream or downstream"),
+                ));
+                None
+            }
+        }
     }
 
     fn abort(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Fault {
         let mode = self.mode.as_deref();
-        Fault::Abort(match mode {
+        let mode = match mode {
             Some("reset") => AbortMode::Reset,
             Some("close") => AbortMode::Close,
             Some("empty") => AbortMode::Empty,
@@ -472,7 +617,60 @@ impl FaultSpec {
                 errors.push(bad_mode(at, "abort", mode, "reset, close, empty, garbage"));
                 AbortMode::Reset
             }
-        })
+        };
+        let after = fault_duration(&self.after, at, "after", errors);
+        if after.is_some() && mode != AbortMode::Reset {
+            errors.push(FieldError::new(
+                at.key("after"),
+                "after applies to mode = \"reset\" only",
+            ));
+        }
+        Fault::Abort { mode, after }
+    }
+
+    fn slice(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Fault {
+        let delay = fault_duration(&self.delay, at, "delay", errors).unwrap_or_default();
+        let average_size = self.average_size.unwrap_or(0);
+        let size_variation = self.size_variation.unwrap_or(0);
+        if average_size == 0 {
+            errors.push(FieldError::new(
+                at.key("average_size"),
+                "kind = \"slice\" needs `average_size` of at least 1 byte",
+            ));
+        } else if size_variation >= average_size {
+            errors.push(FieldError::new(
+                at.key("size_variation"),
+                format!(
+                    "size_variation {size_variation} must be less than average_size {average_size}"
+                ),
+            ));
+        }
+        if average_size > MAX_SLICE_BYTES {
+            errors.push(FieldError::new(
+                at.key("average_size"),
+                format!("average_size {average_size} is more than {MAX_SLICE_BYTES} bytes"),
+            ));
+        }
+        Fault::Slice {
+            average_size: average_size.clamp(1, MAX_SLICE_BYTES),
+            size_variation: size_variation.min(average_size.saturating_sub(1)),
+            delay,
+            direction: self.direction(at, errors),
+        }
+    }
+
+    fn slow_close(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Fault {
+        let delay = fault_duration(&self.delay, at, "delay", errors);
+        if self.delay.is_none() {
+            errors.push(FieldError::new(
+                at.key("kind"),
+                "kind = \"slow_close\" needs `delay`",
+            ));
+        }
+        Fault::SlowClose {
+            delay: delay.unwrap_or_default(),
+            direction: self.direction(at, errors),
+        }
     }
 
     fn unavailable(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Fault {
@@ -545,7 +743,10 @@ impl FaultSpec {
                 1
             }
         };
-        Fault::Bandwidth { bytes_per_sec }
+        Fault::Bandwidth {
+            bytes_per_sec,
+            direction: self.direction(at, errors),
+        }
     }
 
     fn dribble(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Fault {
@@ -590,6 +791,7 @@ impl FaultSpec {
         Fault::Truncate {
             after_bytes: self.after_bytes.unwrap_or(0),
             then,
+            direction: self.direction(at, errors),
         }
     }
 
@@ -646,6 +848,7 @@ impl FaultSpec {
                 body: Bytes::new(),
                 unavailable: false,
                 request_ids: None,
+                adaptive: None,
             };
         }
         let body = match (&self.body, &self.body_file) {
@@ -684,10 +887,15 @@ impl FaultSpec {
                 body: body.unwrap_or_default(),
                 unavailable: false,
                 request_ids: None,
+                adaptive: None,
             },
         };
         if let Some(status) = status {
             response.status = status;
+        }
+        if let Some(adaptive) = response.adaptive.as_mut() {
+            adaptive.status = status;
+            adaptive.headers = headers.clone();
         }
         // The rule's headers replace the preset's of the same name.
         response.headers.extend(headers);
@@ -792,14 +1000,16 @@ impl Shaping {
     /// Adds one shaping fault: the slowest rate and the earliest cut win.
     pub fn add(&mut self, fault: &Fault) {
         match *fault {
-            Fault::Bandwidth { bytes_per_sec } => {
+            Fault::Bandwidth { bytes_per_sec, .. } => {
                 self.bytes_per_sec = Some(
                     self.bytes_per_sec
                         .map_or(bytes_per_sec, |r| r.min(bytes_per_sec)),
                 );
             }
             Fault::Dribble { chunks, over } => self.dribble = Some((chunks, over)),
-            Fault::Truncate { after_bytes, then } => {
+            Fault::Truncate {
+                after_bytes, then, ..
+            } => {
                 if self.truncate.is_none_or(|(after, _)| after_bytes < after) {
                     self.truncate = Some((after_bytes, then));
                 }
@@ -807,9 +1017,11 @@ impl Shaping {
             // Not shaping faults: the planner never adds them here.
             Fault::Latency { .. }
             | Fault::Respond(_)
-            | Fault::Abort(_)
+            | Fault::Abort { .. }
             | Fault::Blackhole { .. }
             | Fault::Refuse
+            | Fault::Slice { .. }
+            | Fault::SlowClose { .. }
             | Fault::Dns(_) => {}
         }
     }
@@ -894,6 +1106,7 @@ fn service_unavailable(retry_after: Duration) -> SyntheticResponse {
         ),
         unavailable: true,
         request_ids: None,
+        adaptive: None,
     }
 }
 
@@ -958,13 +1171,13 @@ mod tests {
         let errors = fault("kind = \"latency\"\ndelay = \"1s\"\nstatus = 500").unwrap_err();
         assert_eq!(
             errors,
-            vec!["fault.status: `status` does not apply to kind = \"latency\" (it takes delay, jitter, distribution, side)"]
+            vec!["fault.status: `status` does not apply to kind = \"latency\" (it takes delay, jitter, distribution, side, direction)"]
         );
         let errors = fault("kind = \"explode\"").unwrap_err();
         assert_eq!(
             errors,
             // Parsed with the file: the message comes from the schema.
-            vec!["unknown fault kind \"explode\"; expected one of latency, error, abort, unavailable, bandwidth, dribble, truncate, dns"]
+            vec!["unknown fault kind \"explode\"; expected one of latency, error, abort, unavailable, bandwidth, dribble, truncate, slice, slow_close, dns"]
         );
         let errors = fault("kind = \"latency\"\nlatency = \"1s\"").unwrap_err();
         assert!(
@@ -1014,6 +1227,45 @@ mod tests {
             fault("kind = \"error\"\nstatus = 500\nheaders = { \"Content-Length\" = \"9\" }").unwrap_err(),
             vec!["fault.headers.Content-Length: header \"Content-Length\" frames the message; the proxy sets it"]
         );
+    }
+
+    #[test]
+    fn tcp_kinds_and_fields_are_checked() {
+        let Ok(Fault::Slice {
+            average_size: 100,
+            size_variation: 10,
+            delay,
+            direction: Some(Direction::Upstream),
+        }) = fault("kind = \"slice\"\naverage_size = 100\nsize_variation = 10\ndelay = \"5ms\"\ndirection = \"upstream\"")
+        else {
+            panic!("expected a slice")
+        };
+        assert_eq!(delay, Duration::from_millis(5));
+        assert_eq!(
+            fault("kind = \"slice\"\naverage_size = 10\nsize_variation = 10").unwrap_err(),
+            vec!["fault.size_variation: size_variation 10 must be less than average_size 10"]
+        );
+        assert_eq!(
+            fault("kind = \"slow_close\"").unwrap_err(),
+            vec!["fault.kind: kind = \"slow_close\" needs `delay`"]
+        );
+        assert_eq!(
+            fault("kind = \"bandwidth\"\nrate = \"1KiB/s\"\ndirection = \"sideways\"").unwrap_err(),
+            vec![
+                "fault.direction: unknown direction \"sideways\"; expected upstream or downstream"
+            ]
+        );
+        assert_eq!(
+            fault("kind = \"abort\"\nmode = \"close\"\nafter = \"1s\"").unwrap_err(),
+            vec!["fault.after: after applies to mode = \"reset\" only"]
+        );
+        let latency = fault("kind = \"latency\"\ndelay = \"1s\"").unwrap();
+        assert!(latency.fits_http() && latency.fits_tcp());
+        let downstream =
+            fault("kind = \"latency\"\ndelay = \"1s\"\ndirection = \"downstream\"").unwrap();
+        assert!(!downstream.fits_http() && downstream.fits_tcp());
+        let error = fault("kind = \"error\"\nstatus = 503").unwrap();
+        assert!(error.fits_http() && !error.fits_tcp());
     }
 
     #[test]
@@ -1082,7 +1334,7 @@ mod tests {
         );
         assert_eq!(
             fault("kind = \"latency\"\ndelay = \"1s\"\npreset = \"aws.throttling\"").unwrap_err(),
-            vec!["fault.preset: `preset` does not apply to kind = \"latency\" (it takes delay, jitter, distribution, side)"]
+            vec!["fault.preset: `preset` does not apply to kind = \"latency\" (it takes delay, jitter, distribution, side, direction)"]
         );
     }
 
@@ -1106,8 +1358,22 @@ mod tests {
         let response =
             respond("kind = \"error\"\npreset = \"lambda.too-many-requests\"\nstatus = 500");
         assert_eq!(response.status, 500);
-        assert_eq!(response.headers["retry-after"], "1");
+        assert_eq!(
+            response.headers["x-amzn-errortype"],
+            "TooManyRequestsException"
+        );
         assert!(response.body.starts_with(br#"{"Reason":"#));
+
+        // An `aws.*` preset keeps the rule's status and headers for the
+        // protocol it answers in; a body of the rule's own stays fixed.
+        let response = respond(
+            "kind = \"error\"\npreset = \"aws.throttling\"\nstatus = 429\nheaders = { \"x-amz-retry-after\" = \"1500\" }",
+        );
+        let adaptive = response.adaptive.clone().unwrap();
+        assert_eq!(adaptive.status, Some(StatusCode::TOO_MANY_REQUESTS));
+        assert_eq!(adaptive.headers["x-amz-retry-after"], "1500");
+        let fixed = respond("kind = \"error\"\npreset = \"aws.throttling\"\nbody = \"{}\"");
+        assert!(fixed.adaptive.is_none());
 
         // An S3 body of the rule's own no longer repeats the ids.
         let s3 = respond("kind = \"error\"\npreset = \"s3.slow-down\"");
@@ -1198,7 +1464,7 @@ mod tests {
         );
         assert_eq!(
             fault("kind = \"abort\"\nmode = \"reset\"\ngrpc_status = 14").unwrap_err(),
-            vec!["fault.grpc_status: `grpc_status` does not apply to kind = \"abort\" (it takes mode)"]
+            vec!["fault.grpc_status: `grpc_status` does not apply to kind = \"abort\" (it takes mode, after)"]
         );
     }
 

@@ -10,15 +10,19 @@ use std::cell::RefCell;
 use std::hash::{BuildHasher, RandomState};
 
 use bytes::Bytes;
+use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 
 use super::SyntheticResponse;
+use crate::aws::Protocol;
 use crate::grpc::GrpcStatus;
 
 /// The request id of the AWS JSON protocols (awsJson1_0, awsJson1_1, restJson1).
 pub static X_AMZN_REQUEST_ID: HeaderName = HeaderName::from_static("x-amzn-requestid");
+/// The error's name in the JSON protocols.
+pub static X_AMZN_ERRORTYPE: HeaderName = HeaderName::from_static("x-amzn-errortype");
 /// S3's request id: 16 uppercase hex digits.
 pub static X_AMZ_REQUEST_ID: HeaderName = HeaderName::from_static("x-amz-request-id");
 /// S3's extended request id ("host id"): base64.
@@ -49,6 +53,9 @@ pub struct Preset {
 #[derive(Debug, Clone, Copy)]
 pub enum PresetBody {
     Fixed(&'static str),
+    /// An error every AWS service can give, answered in the protocol of the
+    /// service asked ([`AwsError::render`]); this text when it is unknown.
+    Aws(&'static AwsError, &'static str),
     /// S3's XML error document, which repeats the response's ids.
     S3(S3Error),
     /// A gRPC error: no body at all (trailers-only), the status and its
@@ -76,63 +83,111 @@ pub struct S3Error {
     pub message: &'static str,
 }
 
+/// An error any AWS service can give, by protocol: what each says.
+///
+/// Checked against botocore (`parsers.py`): the JSON protocols read the code
+/// from the body's `__type` (awsJson) or `x-amzn-ErrorType` (restJson1),
+/// the query protocol from `<ErrorResponse><Error><Code>`, EC2 from
+/// `<Response><Errors><Error><Code>`, S3 from `<Error><Code>`; the
+/// message from `message` or `Message`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AwsError {
+    /// awsJson and restJson1.
+    pub json: (&'static str, StatusCode),
+    /// awsQuery (STS, SNS, IAM, SQS's query SDKs).
+    pub query: (&'static str, StatusCode),
+    /// ec2Query.
+    pub ec2: (&'static str, StatusCode),
+    /// S3.
+    pub s3: (&'static str, StatusCode),
+    pub message: &'static str,
+    pub s3_message: &'static str,
+    /// The caller's fault (throttling: `Type` `User` / `Sender`), else
+    /// the service's (`Service` / `Receiver`).
+    pub sender: bool,
+}
+
+const THROTTLING: AwsError = AwsError {
+    json: ("ThrottlingException", StatusCode::BAD_REQUEST),
+    query: ("Throttling", StatusCode::BAD_REQUEST),
+    // EC2's throttling is a 503 (EC2 API Reference, "Request throttling").
+    ec2: ("RequestLimitExceeded", StatusCode::SERVICE_UNAVAILABLE),
+    s3: ("SlowDown", StatusCode::SERVICE_UNAVAILABLE),
+    message: "Rate exceeded",
+    s3_message: "Please reduce your request rate.",
+    sender: true,
+};
+
+const SERVICE_UNAVAILABLE: AwsError = AwsError {
+    json: ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE),
+    query: ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ec2: ("Unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    s3: ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE),
+    message: "The request has failed due to a temporary failure of the server.",
+    s3_message: "Reduce your request rate.",
+    sender: false,
+};
+
+const INTERNAL_ERROR: AwsError = AwsError {
+    json: ("InternalError", StatusCode::INTERNAL_SERVER_ERROR),
+    query: ("InternalError", StatusCode::INTERNAL_SERVER_ERROR),
+    ec2: ("InternalError", StatusCode::INTERNAL_SERVER_ERROR),
+    s3: ("InternalError", StatusCode::INTERNAL_SERVER_ERROR),
+    message: "We encountered an internal error. Please try again.",
+    s3_message: "We encountered an internal error. Please try again.",
+    sender: false,
+};
+
 /// Every preset, by name.
 ///
 /// Sources: the AWS JSON protocols (Smithy `awsJson1_0`, `awsJson1_1`,
 /// `restJson1`) name the error in `x-amzn-ErrorType` and in the body
 /// (`__type`, or the shape's members for restJson1) and send
-/// `x-amzn-RequestId`. `ThrottlingException` (400) and `InternalFailure`
-/// (500) are on the "Common Errors" page of the AWS API references; that page
-/// calls the 503 `ServiceUnavailable`, while the services that model it
-/// themselves (API Gateway, for one) name it `ServiceUnavailableException`.
+/// `x-amzn-RequestId`. The `aws.*` presets answer in the protocol of the
+/// service asked ([`AwsError`]), with the codes services send for an
+/// outage: `ServiceUnavailable` (503) and `InternalError` (500), as the
+/// query services, EC2 and S3 spell them, `ThrottlingException` (JSON),
+/// `Throttling` (query), `RequestLimitExceeded` (EC2), `SlowDown` (S3).
 pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "aws.throttling",
-        status: StatusCode::BAD_REQUEST,
-        headers: &[
+    aws_preset(
+        "aws.throttling",
+        &THROTTLING,
+        r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+        &[
             ("content-type", AWS_JSON_1_1),
             ("x-amzn-errortype", "ThrottlingException"),
         ],
-        body: PresetBody::Fixed(r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#),
-        request_ids: Some(RequestIdStyle::Amzn),
-        crc32: false,
-    },
-    Preset {
-        name: "aws.service-unavailable",
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        headers: &[
+    ),
+    aws_preset(
+        "aws.service-unavailable",
+        &SERVICE_UNAVAILABLE,
+        r#"{"__type":"ServiceUnavailable","message":"The request has failed due to a temporary failure of the server."}"#,
+        &[
             ("content-type", AWS_JSON_1_1),
-            ("x-amzn-errortype", "ServiceUnavailableException"),
+            ("x-amzn-errortype", "ServiceUnavailable"),
         ],
-        body: PresetBody::Fixed(
-            r#"{"__type":"ServiceUnavailableException","message":"Service is unavailable"}"#,
-        ),
-        request_ids: Some(RequestIdStyle::Amzn),
-        crc32: false,
-    },
-    Preset {
-        name: "aws.internal-error",
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        headers: &[
+    ),
+    aws_preset(
+        "aws.internal-error",
+        &INTERNAL_ERROR,
+        r#"{"__type":"InternalError","message":"We encountered an internal error. Please try again."}"#,
+        &[
             ("content-type", AWS_JSON_1_1),
-            ("x-amzn-errortype", "InternalFailure"),
+            ("x-amzn-errortype", "InternalError"),
         ],
-        body: PresetBody::Fixed(
-            r#"{"__type":"InternalFailure","message":"The request processing has failed because of an unknown error, exception or failure."}"#,
-        ),
-        request_ids: Some(RequestIdStyle::Amzn),
-        crc32: false,
-    },
-    // Lambda is restJson1. The model binds TooManyRequestsException's
-    // `retryAfterSeconds` to the `Retry-After` header; its body members are
+    ),
+    // Lambda is restJson1; TooManyRequestsException's body members are
     // `Type`, `message` and `Reason` (Lambda API Reference, Invoke, Errors).
+    // No `Retry-After`: the model binds `retryAfterSeconds` to it, but no
+    // SDK's retry reads it (botocore's standard mode backs off on its own,
+    // and reads only `x-amz-retry-after`, in milliseconds, and only with
+    // its new retries switched on); a rule may add either header.
     Preset {
         name: "lambda.too-many-requests",
         status: StatusCode::TOO_MANY_REQUESTS,
         headers: &[
             ("content-type", REST_JSON),
             ("x-amzn-errortype", "TooManyRequestsException"),
-            ("retry-after", "1"),
         ],
         body: PresetBody::Fixed(
             r#"{"Reason":"ConcurrentInvocationLimitExceeded","Type":"User","message":"Rate Exceeded."}"#,
@@ -188,6 +243,8 @@ pub const PRESETS: &[Preset] = &[
         request_ids: Some(RequestIdStyle::S3 { echo: None }),
         crc32: false,
     },
+    s3_preset("s3.internal-error", &INTERNAL_ERROR),
+    s3_preset("s3.service-unavailable", &SERVICE_UNAVAILABLE),
     // gRPC errors answer trailers-only (gRPC PROTOCOL-HTTP2.md). The
     // messages are those Google's APIs send with each code ("Errors" in
     // the Google Cloud API design guide), the most common gRPC servers a
@@ -213,6 +270,39 @@ pub const PRESETS: &[Preset] = &[
         "Internal error encountered.",
     ),
 ];
+
+/// An AWS error that answers in the protocol of the service asked, and as
+/// `awsJson1_1` (`json`) when the request does not say.
+const fn aws_preset(
+    name: &'static str,
+    error: &'static AwsError,
+    json: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+) -> Preset {
+    Preset {
+        name,
+        status: error.json.1,
+        headers,
+        body: PresetBody::Aws(error, json),
+        request_ids: Some(RequestIdStyle::Amzn),
+        crc32: false,
+    }
+}
+
+/// An S3 error (S3's `Code`, status and message of `error`).
+const fn s3_preset(name: &'static str, error: &'static AwsError) -> Preset {
+    Preset {
+        name,
+        status: error.s3.1,
+        headers: &[("content-type", "application/xml"), ("server", "AmazonS3")],
+        body: PresetBody::S3(S3Error {
+            code: error.s3.0,
+            message: error.s3_message,
+        }),
+        request_ids: Some(RequestIdStyle::S3 { echo: None }),
+        crc32: false,
+    }
+}
 
 const fn grpc_preset(name: &'static str, status: GrpcStatus, message: &'static str) -> Preset {
     Preset {
@@ -251,7 +341,7 @@ impl Preset {
     pub fn grpc(&self) -> Option<(GrpcStatus, &'static str)> {
         match self.body {
             PresetBody::Grpc { status, message } => Some((status, message)),
-            PresetBody::Fixed(_) | PresetBody::S3(_) => None,
+            PresetBody::Fixed(_) | PresetBody::Aws(..) | PresetBody::S3(_) => None,
         }
     }
 
@@ -267,9 +357,14 @@ impl Preset {
             );
         }
         let mut request_ids = self.request_ids;
+        let mut adaptive = None;
         let body = match (body, self.body) {
             (Some(body), _) => body,
             (None, PresetBody::Fixed(text)) => Bytes::from_static(text.as_bytes()),
+            (None, PresetBody::Aws(error, text)) => {
+                adaptive = Some(error);
+                Bytes::from_static(text.as_bytes())
+            }
             (None, PresetBody::S3(error)) => {
                 request_ids = Some(RequestIdStyle::S3 { echo: Some(error) });
                 // The document's shape; the ids are filled in per response.
@@ -289,6 +384,105 @@ impl Preset {
             body,
             unavailable: false,
             request_ids,
+            adaptive: adaptive.map(|error| super::Adaptive {
+                error,
+                status: None,
+                headers: HeaderMap::new(),
+            }),
+        }
+    }
+}
+
+/// An error answered in a protocol, ids and all: what goes back.
+#[derive(Debug)]
+pub struct Rendered {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl AwsError {
+    /// The error as `protocol` says it, with fresh request ids.
+    pub fn render(&self, protocol: Protocol) -> Rendered {
+        let mut headers = HeaderMap::new();
+        let (code, status) = match protocol {
+            Protocol::AwsJson1_0 | Protocol::AwsJson1_1 | Protocol::RestJson => self.json,
+            Protocol::Query => self.query,
+            Protocol::Ec2Query => self.ec2,
+            Protocol::S3Xml => self.s3,
+        };
+        let body = match protocol {
+            Protocol::AwsJson1_0 | Protocol::AwsJson1_1 => {
+                let content_type = match protocol {
+                    Protocol::AwsJson1_0 => AWS_JSON_1_0,
+                    _ => AWS_JSON_1_1,
+                };
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                headers.insert(X_AMZN_ERRORTYPE.clone(), HeaderValue::from_static(code));
+                headers.insert(X_AMZN_REQUEST_ID.clone(), amzn_request_id());
+                Bytes::from(
+                    serde_json::json!({ "__type": code, "message": self.message }).to_string(),
+                )
+            }
+            Protocol::RestJson => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static(REST_JSON));
+                headers.insert(X_AMZN_ERRORTYPE.clone(), HeaderValue::from_static(code));
+                headers.insert(X_AMZN_REQUEST_ID.clone(), amzn_request_id());
+                let kind = if self.sender { "User" } else { "Service" };
+                Bytes::from(
+                    serde_json::json!({ "Type": kind, "message": self.message }).to_string(),
+                )
+            }
+            Protocol::Query | Protocol::Ec2Query => {
+                let id = amzn_request_id();
+                let text = id.to_str().unwrap_or_default().to_owned();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+                headers.insert(X_AMZN_REQUEST_ID.clone(), id);
+                let mut xml = String::with_capacity(256);
+                xml.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+                if protocol == Protocol::Ec2Query {
+                    xml.push_str("<Response><Errors><Error><Code>");
+                } else {
+                    let kind = if self.sender { "Sender" } else { "Receiver" };
+                    xml.push_str("<ErrorResponse><Error><Type>");
+                    xml.push_str(kind);
+                    xml.push_str("</Type><Code>");
+                }
+                push_escaped(&mut xml, code);
+                xml.push_str("</Code><Message>");
+                push_escaped(&mut xml, self.message);
+                if protocol == Protocol::Ec2Query {
+                    xml.push_str("</Message></Error></Errors><RequestID>");
+                    push_escaped(&mut xml, &text);
+                    xml.push_str("</RequestID></Response>");
+                } else {
+                    xml.push_str("</Message></Error><RequestId>");
+                    push_escaped(&mut xml, &text);
+                    xml.push_str("</RequestId></ErrorResponse>");
+                }
+                Bytes::from(xml)
+            }
+            Protocol::S3Xml => {
+                let (request_id, host_id) = (s3_request_id(), s3_host_id());
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+                headers.insert(http::header::SERVER, HeaderValue::from_static("AmazonS3"));
+                let body = S3Error {
+                    code,
+                    message: self.s3_message,
+                }
+                .render(
+                    request_id.to_str().unwrap_or_default(),
+                    host_id.to_str().unwrap_or_default(),
+                );
+                headers.insert(X_AMZ_REQUEST_ID.clone(), request_id);
+                headers.insert(X_AMZ_ID_2.clone(), host_id);
+                body
+            }
+        };
+        Rendered {
+            status,
+            headers,
+            body,
         }
     }
 }
@@ -457,7 +651,7 @@ mod tests {
     #[test]
     fn json_preset_bodies_parse_and_name_their_error() {
         for preset in PRESETS {
-            let PresetBody::Fixed(body) = preset.body else {
+            let (PresetBody::Fixed(body) | PresetBody::Aws(_, body)) = preset.body else {
                 continue;
             };
             let json: serde_json::Value =
@@ -527,6 +721,61 @@ mod tests {
             b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>ABC</RequestId><HostId>h/s+t=</HostId></Error>"
         );
         assert!(String::from_utf8_lossy(&error.render("<&>", "")).contains("&lt;&amp;&gt;"));
+    }
+
+    /// The code, status and the text of the body in each protocol.
+    #[test]
+    fn aws_errors_speak_the_protocol_of_the_service_asked() {
+        let Some(preset) = find("aws.throttling") else {
+            panic!("missing preset")
+        };
+        let PresetBody::Aws(error, _) = preset.body else {
+            panic!("aws.throttling adapts")
+        };
+        let json = error.render(Protocol::AwsJson1_0);
+        assert_eq!(json.status, 400);
+        assert_eq!(json.headers["content-type"], AWS_JSON_1_0);
+        assert_eq!(
+            &json.body[..],
+            br#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#
+        );
+        assert!(json.headers.contains_key(&X_AMZN_REQUEST_ID));
+        let rest = error.render(Protocol::RestJson);
+        assert_eq!(rest.headers["x-amzn-errortype"], "ThrottlingException");
+        assert_eq!(
+            &rest.body[..],
+            br#"{"Type":"User","message":"Rate exceeded"}"#
+        );
+        let query = error.render(Protocol::Query);
+        let id = query.headers[&X_AMZN_REQUEST_ID]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            String::from_utf8_lossy(&query.body),
+            format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>{id}</RequestId></ErrorResponse>")
+        );
+        let ec2 = error.render(Protocol::Ec2Query);
+        assert_eq!(ec2.status, 503);
+        let id = ec2.headers[&X_AMZN_REQUEST_ID].to_str().unwrap().to_owned();
+        assert_eq!(
+            String::from_utf8_lossy(&ec2.body),
+            format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Rate exceeded</Message></Error></Errors><RequestID>{id}</RequestID></Response>")
+        );
+        let s3 = error.render(Protocol::S3Xml);
+        assert_eq!(s3.status, 503);
+        let request_id = s3.headers[&X_AMZ_REQUEST_ID].to_str().unwrap().to_owned();
+        assert!(String::from_utf8_lossy(&s3.body).contains(&format!("<Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>{request_id}</RequestId>")));
+        assert!(!s3.headers.contains_key(&X_AMZN_REQUEST_ID));
+        let Some(PresetBody::Aws(unavailable, _)) = find("aws.service-unavailable").map(|p| p.body)
+        else {
+            panic!("aws.service-unavailable adapts")
+        };
+        assert!(
+            String::from_utf8_lossy(&unavailable.render(Protocol::Query).body)
+                .contains("<Type>Receiver</Type><Code>ServiceUnavailable</Code>")
+        );
+        assert_eq!(unavailable.render(Protocol::Ec2Query).status, 503);
     }
 
     #[test]

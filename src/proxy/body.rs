@@ -216,6 +216,15 @@ impl RequestBody {
         }
     }
 
+    /// The body as read-ahead frames and the rest, to read further ahead:
+    /// a body already read ahead keeps what it has.
+    pub(super) fn into_replayed(self) -> Box<Replayed> {
+        match self.source {
+            Source::Client(body) => Box::new(Replayed::new(body)),
+            Source::Replayed(replayed) => replayed,
+        }
+    }
+
     /// A flag that says, at any moment, whether sending the body on is
     /// waiting for the client: set while the last read of the client's body
     /// found nothing yet, cleared once bytes came. A timeout that finds it
@@ -259,6 +268,22 @@ impl Replayed {
     pub(super) fn discard(&mut self) {
         self.discarding = true;
         self.frames.clear();
+    }
+
+    /// Whether the whole body has been read ahead.
+    pub(super) fn is_complete(&self) -> bool {
+        self.rest.is_none() && !self.discarding
+    }
+
+    /// The bytes read ahead, in one piece (a form body, to parse).
+    pub(super) fn contiguous(&self) -> Bytes {
+        let mut data = bytes::BytesMut::with_capacity(self.buffered as usize);
+        for frame in &self.frames {
+            if let Some(chunk) = frame.data_ref() {
+                data.extend_from_slice(chunk);
+            }
+        }
+        data.freeze()
     }
 
     /// Whether everything read ahead is still here to forward.

@@ -25,7 +25,9 @@ use super::body::RequestBody;
 use super::dial::{self, AdHocClient, Resolver};
 use super::h2::{Http2Client, Sent};
 use super::pool::{UpstreamClient, UpstreamError};
-use crate::config::{Protocol, ProxyConfig, UpstreamConfig};
+use rustls::ClientConfig;
+
+use crate::config::{Config, Protocol};
 use crate::tls::UpstreamTls;
 
 /// How requests reach one upstream.
@@ -41,8 +43,8 @@ enum Connector {
     FollowClient,
     /// `auto` over `https://`: HTTP/2 unless ALPN chose HTTP/1.1.
     Alpn,
-    /// Forward traffic that no configured upstream has: HTTP/1.1 to the
-    /// authority of each request's absolute-form URI.
+    /// Forward traffic that no configured upstream has (a destination, or
+    /// `other`): to the authority of each request's absolute-form URI.
     AdHoc,
 }
 
@@ -51,7 +53,8 @@ pub(super) struct Connectors {
     by_upstream: Vec<Connector>,
     http1: UpstreamClient,
     http2: Http2Client,
-    ad_hoc: AdHocClient,
+    /// By upstream index: `Some` for destinations and `other`.
+    ad_hoc: Vec<Option<AdHocClient>>,
     /// Dials a `CONNECT`'s target.
     tcp: HttpConnector<Resolver>,
 }
@@ -59,12 +62,16 @@ pub(super) struct Connectors {
 impl Connectors {
     /// `tls` has, per upstream index, the TLS of each `https://` upstream
     /// (for HTTP/1.1; HTTP/2 offers its own ALPN from the same settings).
+    /// `forward_tls` has, per upstream index, the TLS of intercepted
+    /// traffic to each destination (and `other`).
     pub(super) fn new(
-        upstreams: &[UpstreamConfig],
+        config: &Config,
         tls: &[Option<UpstreamTls>],
-        settings: &ProxyConfig,
+        forward_tls: &[Option<Arc<ClientConfig>>],
         resolver: &Resolver,
     ) -> Self {
+        let upstreams = &config.upstreams;
+        let settings = &config.proxy;
         let by_upstream = upstreams
             .iter()
             .map(
@@ -97,7 +104,21 @@ impl Connectors {
             by_upstream,
             http1: UpstreamClient::new(upstreams, tls, settings, resolver),
             http2: Http2Client::new(upstreams, &h2_tls, settings, resolver),
-            ad_hoc: AdHocClient::new(settings, resolver),
+            ad_hoc: upstreams
+                .iter()
+                .enumerate()
+                .map(|(i, upstream)| {
+                    upstream.ad_hoc.then(|| {
+                        let connect_to = config
+                            .destinations
+                            .iter()
+                            .find(|d| d.upstream == i)
+                            .and_then(|d| d.connect_to.clone());
+                        let tls = forward_tls.get(i).cloned().flatten();
+                        AdHocClient::new(settings, resolver, connect_to, tls)
+                    })
+                })
+                .collect(),
             tcp: dial::connector(settings, resolver),
         }
     }
@@ -126,20 +147,33 @@ impl Connectors {
             Connector::FollowClient => client == Version::HTTP_2,
             Connector::Http2 => true,
             Connector::Alpn => !self.http2.chose_http1(index),
-            Connector::AdHoc => return Either::Right(Either::Left(self.ad_hoc.send(request))),
+            Connector::AdHoc => {
+                let sending = async move {
+                    match &self.ad_hoc[index] {
+                        Some(client) => client.send(request).await,
+                        None => Err(UpstreamError::Connect("no client for this upstream".into())),
+                    }
+                };
+                return Either::Right(Either::Left(sending));
+            }
         };
         if !http2 {
             return Either::Left(self.http1.send(index, request, now));
         }
-        Either::Right(Either::Right(async move {
-            match self.http2.send(index, request).await? {
-                Sent::Answered(response, at) => Ok((response, at)),
-                // The first connection taught that the upstream speaks
-                // HTTP/1.1 only. Boxed: it happens once per upstream, and
-                // the pool's future inline would make every request's
-                // future (which hyper moves about) as large as both.
-                Sent::Http1(request) => Box::pin(self.http1.send(index, request, now)).await,
-            }
-        }))
+        // Boxed: an HTTP/2 exchange's future is twice an HTTP/1.1 one's, and
+        // inline it would make every request's future (which hyper moves
+        // about) that large. One allocation next to the several hyper's
+        // HTTP/2 makes per stream.
+        Either::Right(Either::Right(Box::pin(async move {
+            // A `let`, not a `match` around both waits: the first one's
+            // result would stay in the future while the second runs.
+            let request = match self.http2.send(index, request).await? {
+                Sent::Answered(response, at) => return Ok((response, at)),
+                Sent::Http1(request) => request,
+            };
+            // The first connection taught that the upstream speaks
+            // HTTP/1.1 only. Boxed: it happens once per upstream.
+            Box::pin(self.http1.send(index, request, now)).await
+        })))
     }
 }

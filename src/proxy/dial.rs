@@ -1,7 +1,8 @@
 //! Reaching the address a request names: the resolver every upstream
 //! connection goes through (its failures typed, so a name that does not
-//! resolve is told from a refused connect), the HTTP/1.1 client of forward
-//! traffic that no configured upstream has, and a `CONNECT`'s dial.
+//! resolve is told from a refused connect), the client of forward traffic
+//! that no configured upstream has (per destination: its `connect_to`, its
+//! TLS trust), and a `CONNECT`'s dial.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -18,10 +19,15 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use rustls::ClientConfig;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 use tower_service::Service;
 
 use super::body::RequestBody;
@@ -219,35 +225,214 @@ pub(super) async fn tcp(
     Ok(io.into_inner())
 }
 
-/// HTTP/1.1 to wherever a forward request names, pooled by authority:
-/// hyper-util's own client, as these authorities are not known ahead and
-/// the upstream pool is indexed by configured upstream.
+/// Where a destination's traffic is dialled and how its TLS is checked.
+#[derive(Clone)]
+pub(super) struct DestinationConnector {
+    tcp: HttpConnector<Resolver>,
+    /// Dialled instead of the URI's authority (which stays in SNI).
+    connect_to: Option<Authority>,
+    /// For `https://` (intercepted traffic): the system's roots and the
+    /// destination's `tls.ca`, ALPN h2 and HTTP/1.1.
+    tls: Option<TlsConnector>,
+    connect_timeout: std::time::Duration,
+}
+
+/// A destination's TLS handshake failed (told from a refused connect).
+#[derive(Debug)]
+struct TlsFailure(io::Error);
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TLS handshake failed: {}", self.0)
+    }
+}
+
+impl StdError for TlsFailure {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.0)
+    }
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+type Connecting = Pin<Box<dyn Future<Output = Result<DestinationStream, BoxError>> + Send>>;
+
+impl Service<Uri> for DestinationConnector {
+    type Response = DestinationStream;
+    type Error = BoxError;
+    // Boxed: connecting is rare (a new connection).
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Connecting {
+        let https = uri.scheme() == Some(&Scheme::HTTPS);
+        let dial = match (&self.connect_to, uri.authority()) {
+            (Some(to), _) => Some(to.clone()),
+            (None, Some(authority)) if authority.port().is_none() && https => {
+                format!("{authority}:443").parse().ok()
+            }
+            (None, authority) => authority.cloned(),
+        };
+        let mut tcp = self.tcp.clone();
+        let tls = self.tls.clone().filter(|_| https);
+        let timeout = self.connect_timeout;
+        Box::pin(async move {
+            let dial = dial.ok_or("the request's URI has no host")?;
+            let target = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(dial)
+                .path_and_query("/")
+                .build()?;
+            let stream = tcp.call(target).await?.into_inner();
+            let Some(tls) = tls else {
+                return Ok(DestinationStream {
+                    io: TokioIo::new(Either::Left(stream)),
+                    h2: false,
+                });
+            };
+            // The name the client asked for, whatever was dialled.
+            let host = uri.host().ok_or("the request's URI has no host")?;
+            let name = crate::tls::server_name(host)?;
+            let stream = match tokio::time::timeout(timeout, tls.connect(name, stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(TlsFailure(e).into()),
+                Err(_) => {
+                    let late = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no handshake within connect_timeout",
+                    );
+                    return Err(TlsFailure(late).into());
+                }
+            };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            Ok(DestinationStream {
+                io: TokioIo::new(Either::Right(stream)),
+                h2,
+            })
+        })
+    }
+}
+
+/// A connection to a destination, plain or TLS, and whether ALPN chose h2.
+pub(super) struct DestinationStream {
+    io: TokioIo<Either<TcpStream, TlsStream<TcpStream>>>,
+    h2: bool,
+}
+
+impl Connection for DestinationStream {
+    fn connected(&self) -> Connected {
+        let connected = Connected::new();
+        if self.h2 {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+impl hyper::rt::Read for DestinationStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for DestinationStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Forward traffic to a destination (or to none, `other`): HTTP/1.1 to
+/// wherever an absolute-form `http://` request names, and HTTP/1.1 or h2
+/// (as ALPN agrees) over verified TLS for intercepted `https://` requests;
+/// to the destination's `connect_to` instead, when it has one. Pooled by
+/// authority: hyper-util's own client, as these authorities are not known
+/// ahead and the upstream pool is indexed by configured upstream.
 pub(super) struct AdHocClient {
-    client: Client<HttpConnector<Resolver>, RequestBody>,
+    client: Client<DestinationConnector, RequestBody>,
 }
 
 impl AdHocClient {
-    pub(super) fn new(settings: &ProxyConfig, resolver: &Resolver) -> Self {
+    /// `tls`: the client config of intercepted traffic to it.
+    pub(super) fn new(
+        settings: &ProxyConfig,
+        resolver: &Resolver,
+        connect_to: Option<Authority>,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Self {
+        let connector = DestinationConnector {
+            tcp: connector(settings, resolver),
+            connect_to,
+            tls: tls.map(TlsConnector::from),
+            connect_timeout: settings.connect_timeout,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
             .pool_idle_timeout(settings.pool_idle_timeout)
             .pool_max_idle_per_host(AD_HOC_MAX_IDLE_PER_AUTHORITY)
             // `Host` is set already: the request target's authority.
             .set_host(false)
-            .build(connector(settings, resolver));
+            .build(connector);
         Self { client }
     }
 
-    /// Sends `request`, whose URI is in absolute form (`http://authority/…`:
-    /// the client dials its authority and writes the origin form).
+    /// Sends `request`, whose URI is in absolute form (`http://authority/…`
+    /// or `https://…`: the client dials its authority and writes the
+    /// origin form).
     pub(super) async fn send(
         &self,
         request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
         match self.client.request(request).await {
             Ok(response) => Ok((response, Instant::now())),
-            Err(e) if e.is_connect() => Err(UpstreamError::Connect(e.into())),
+            Err(e) if e.is_connect() => match tls_failure(&e) {
+                Some(message) => Err(UpstreamError::Tls(io::Error::other(message))),
+                None => Err(UpstreamError::Connect(e.into())),
+            },
             Err(e) => Err(UpstreamError::Forwarded(e.into())),
         }
     }
+}
+
+/// The TLS failure somewhere in a connect error's chain, said in a sentence.
+fn tls_failure(error: &(dyn StdError + 'static)) -> Option<String> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(failure) = e.downcast_ref::<TlsFailure>() {
+            return Some(failure.0.to_string());
+        }
+        current = e.source();
+    }
+    None
 }

@@ -2,8 +2,10 @@
 //! `HTTP_PROXY` / `HTTPS_PROXY` send absolute-form requests
 //! (`GET http://host:port/path`) and `CONNECT host:port`, and the upstream
 //! is picked from that authority: a configured `[[upstream]]` with the same
-//! host and port (its name, labels and rules apply), else the stand-in
-//! [`FORWARD_OTHER`], which sends each request to its own authority.
+//! host and port (its name, labels and rules apply), else the first
+//! `[[destination]]` whose host glob matches, else the stand-in
+//! [`FORWARD_OTHER`]; destinations and `other` send each request to its own
+//! authority (or the destination's `connect_to`).
 //!
 //! Pure: the checks a request passes before it enters the pipeline, each
 //! failure the client's (`400 client_protocol`) or the policy's (`403
@@ -13,7 +15,7 @@ use http::uri::{Authority, Scheme};
 use http::{Method, Uri};
 
 use super::synthetic::ProxyError;
-use crate::config::{Config, ForwardSettings, UpstreamConfig, FORWARD_OTHER};
+use crate::config::{Config, DestinationConfig, ForwardSettings, UpstreamConfig, FORWARD_OTHER};
 
 /// What a forward listener's request is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +24,8 @@ pub(super) struct Target {
     pub(super) upstream: usize,
     /// Set for a `CONNECT`: where the tunnel goes, port explicit.
     pub(super) tunnel: Option<Authority>,
+    /// A `CONNECT` to a host the listener intercepts.
+    pub(super) intercept: bool,
 }
 
 /// Every forward listener's settings, and how an authority finds its upstream.
@@ -33,6 +37,8 @@ pub(super) struct ForwardRoutes {
     upstreams: Vec<UpstreamConfig>,
     /// The index of [`FORWARD_OTHER`], when there is a forward listener.
     other: Option<usize>,
+    /// In file order: the first whose host glob matches names the traffic.
+    destinations: Vec<DestinationConfig>,
 }
 
 impl ForwardRoutes {
@@ -44,7 +50,27 @@ impl ForwardRoutes {
                 .upstreams
                 .iter()
                 .position(|u| u.ad_hoc && u.name == FORWARD_OTHER),
+            destinations: config.destinations.clone(),
         }
+    }
+
+    /// Where a destination's traffic is dialled instead of the host the
+    /// client names, by upstream index.
+    pub(super) fn connect_to(&self, upstream: usize) -> Option<&Authority> {
+        self.destinations
+            .iter()
+            .find(|d| d.upstream == upstream)?
+            .connect_to
+            .as_ref()
+    }
+
+    /// Whether a `CONNECT` to `uri` on `listener` is decrypted.
+    pub(super) fn intercepts(&self, listener: usize, uri: &Uri) -> bool {
+        let Some(Some(settings)) = self.listeners.get(listener) else {
+            return false;
+        };
+        uri.authority()
+            .is_some_and(|authority| settings.intercepts(authority.host()))
     }
 
     /// The upstream, and a `CONNECT`'s tunnel target, for a request that
@@ -80,6 +106,7 @@ impl ForwardRoutes {
             return Ok(Target {
                 upstream,
                 tunnel: Some(authority.clone()),
+                intercept: settings.intercepts(host),
             });
         }
         match uri.scheme() {
@@ -116,15 +143,27 @@ impl ForwardRoutes {
         Ok(Target {
             upstream,
             tunnel: None,
+            intercept: false,
         })
     }
 
-    /// The first configured upstream at `host:port` (over `scheme`, if given).
+    /// The first configured upstream at `host:port` (over `scheme`, if
+    /// given), else the first destination whose glob takes `host`.
     fn find(&self, scheme: Option<&Scheme>, host: &str, port: u16) -> Option<usize> {
-        self.upstreams.iter().position(|upstream| {
-            scheme.is_none_or(|scheme| upstream.scheme == *scheme)
-                && upstream.has_authority(host, port)
-        })
+        self.upstreams
+            .iter()
+            .position(|upstream| {
+                scheme.is_none_or(|scheme| upstream.scheme == *scheme)
+                    && upstream.has_authority(host, port)
+            })
+            .or_else(|| {
+                // Globs are lowercase and match case-insensitively.
+                let bare = host.trim_start_matches('[').trim_end_matches(']');
+                self.destinations
+                    .iter()
+                    .find(|d| d.host.matches(bare))
+                    .map(|d| d.upstream)
+            })
     }
 }
 

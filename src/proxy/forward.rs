@@ -511,6 +511,7 @@ mod tests {
             listen: None,
             listen_tls: None,
             ad_hoc: false,
+            transport: crate::config::Transport::Http,
             tls: None,
         }
     }

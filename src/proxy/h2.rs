@@ -25,6 +25,7 @@
 //! `400`), is remembered, and its requests go to the HTTP/1.1 pool from then
 //! on ([`Http2Client::send`] says so with [`Sent::Http1`]).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
+use hyper::client::conn::TrySendError;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -172,40 +174,57 @@ impl Http2Client {
 
     /// Sends `request` (as the HTTP/1.1 rewriting left it: origin form,
     /// `Host` set) to upstream `index` over HTTP/2.
-    pub(super) async fn send(
+    ///
+    /// Not an `async fn`, and the retry apart: each would keep another copy
+    /// of the request in every call's future (rust-lang/rust #62958).
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub(super) fn send(
         &self,
         index: usize,
         request: Request<RequestBody>,
+    ) -> impl Future<Output = Result<Sent, UpstreamError>> + Send + '_ {
+        async move {
+            let Some(upstream) = &self.upstreams[index] else {
+                return Ok(Sent::Http1(request));
+            };
+            let Some(mut sender) = self.sender(upstream).await? else {
+                return Ok(Sent::Http1(request));
+            };
+            let sending = sender.try_send_request(to_http2(request, upstream));
+            match sending.await {
+                Ok(response) => Ok(Sent::Answered(response, Instant::now())),
+                // Boxed: rare, and it holds the request handed back.
+                Err(failed) => Box::pin(self.resend(upstream, failed)).await,
+            }
+        }
+    }
+
+    /// Sends again a request hyper handed back because it never left: the
+    /// connection was found closing (its upstream's GOAWAY is only noticed
+    /// by the next request) and is closed now. Another connection takes it,
+    /// up to `UNSENT_RETRIES` times.
+    async fn resend(
+        &self,
+        upstream: &Http2Upstream,
+        mut failed: TrySendError<Request<RequestBody>>,
     ) -> Result<Sent, UpstreamError> {
-        let Some(upstream) = &self.upstreams[index] else {
-            return Ok(Sent::Http1(request));
-        };
-        let Some(mut sender) = self.sender(upstream).await? else {
-            return Ok(Sent::Http1(request));
-        };
-        let mut request = to_http2(request, upstream);
         let mut retries = 0;
         loop {
-            let mut failed = match sender.try_send_request(request).await {
-                Ok(response) => return Ok(Sent::Answered(response, Instant::now())),
-                Err(failed) => failed,
-            };
-            // hyper hands the request back when it never left: the
-            // connection was found closing (its upstream's GOAWAY is only
-            // noticed by the next request) and is closed now. Another
-            // connection takes it.
             let unsent = failed.take_message().filter(|_| retries < UNSENT_RETRIES);
-            let Some(unsent) = unsent else {
+            let Some(request) = unsent else {
                 return Err(UpstreamError::Exchange(failed.into_error()));
             };
             debug!(upstream = %upstream.authority, "the connection was closing; the request goes to another");
             retries += 1;
-            request = unsent;
-            sender = match self.sender(upstream).await? {
+            let mut sender = match self.sender(upstream).await? {
                 Some(sender) => sender,
                 // Only a first connection learns HTTP/1.1; this upstream
                 // spoke HTTP/2 already.
                 None => return Err(UpstreamError::Exchange(failed.into_error())),
+            };
+            failed = match sender.try_send_request(request).await {
+                Ok(response) => return Ok(Sent::Answered(response, Instant::now())),
+                Err(failed) => failed,
             };
         }
     }

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use tracing::debug;
 
 use super::body::{ReadAhead, Replayed, RequestBody, ResponseBody};
 use super::synthetic::{self, X_FAULTLINE_RULE};
 use super::tunnel::TunnelFaults;
 use super::{shape, ActiveFault, ByFault, Connection, Plan, Proxy, StreamAborted, Unanswered};
+use crate::aws::{self, Protocol};
 use crate::control::HaltSignal;
 use crate::fault::AbortMode;
 use crate::plan::Action;
@@ -50,7 +50,7 @@ impl Proxy {
         &self,
         plan: Plan,
         conn: &Arc<Connection>,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         start: Instant,
     ) -> Result<Response<ResponseBody>, Unanswered> {
         let Plan {
@@ -76,9 +76,7 @@ impl Proxy {
                     .counters
                     .give_back(candidate.rule.turns.times);
             }
-            return Ok(self
-                .forward_now(upstream, conn, request.map(RequestBody::from), None)
-                .await?);
+            return Ok(self.forward_now(upstream, conn, request, None).await?);
         };
         // Counted when decided: a client that leaves mid-fault was still faulted.
         for (i, candidate) in fired() {
@@ -117,7 +115,7 @@ impl Proxy {
         &self,
         plan: &Plan,
         conn: &Arc<Connection>,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         start: Instant,
     ) -> Result<BeforeUpstream, Unanswered> {
         let (action, delay, upstream) = (&plan.decision.action, plan.decision.delay, plan.upstream);
@@ -127,12 +125,18 @@ impl Proxy {
         }
         let multiplexed = request.version() == Version::HTTP_2;
         if halt.is_halted() {
-            return Ok(BeforeUpstream::LetGo(request.map(RequestBody::from)));
+            return Ok(BeforeUpstream::LetGo(request));
         }
         match action {
-            Action::Forward => Ok(BeforeUpstream::Forward(request.map(RequestBody::from))),
+            Action::Forward => Ok(BeforeUpstream::Forward(request)),
             Action::Respond(response) => {
-                let mut response = synthetic::injected(response);
+                // Worked out only for an `aws.*` preset, which answers in
+                // the protocol of the service asked.
+                let protocol = response
+                    .adaptive
+                    .as_ref()
+                    .and_then(|_| aws_protocol(&request));
+                let mut response = synthetic::injected(response, protocol);
                 response.extensions_mut().insert(ByFault);
                 Ok(BeforeUpstream::Answer(response))
             }
@@ -158,7 +162,7 @@ impl Proxy {
                         }
                     };
                     let (parts, body) = request.into_parts();
-                    let mut read = Box::new(Replayed::new(body));
+                    let mut read = body.into_replayed();
                     if drain(&mut read, limit, time, halt).await && read.is_whole() {
                         let request = Request::from_parts(parts, RequestBody::replayed(read));
                         return Ok(BeforeUpstream::LetGo(request));
@@ -180,7 +184,7 @@ impl Proxy {
                     .last()
                     .and_then(|&i| plan.snapshot.rule_off(upstream, i));
                 let (parts, body) = request.into_parts();
-                let mut held = Box::new(Replayed::new(body));
+                let mut held = body.into_replayed();
                 let let_go = hold(&mut held, max_hold, halt, rule_off.map(Arc::as_ref)).await;
                 if let_go == Held::Halted && held.is_whole() {
                     let request = Request::from_parts(parts, RequestBody::replayed(held));
@@ -331,4 +335,23 @@ async fn hold(
         held = read => held,
         () = tokio::time::sleep(max_hold) => Held::Expired,
     }
+}
+
+/// The protocol of the AWS service a request asks, when it tells.
+fn aws_protocol<B>(request: &Request<B>) -> Option<Protocol> {
+    let host = request.uri().authority().map(|a| a.as_str()).or_else(|| {
+        request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    });
+    let facts = aws::facts(&aws::RequestParts {
+        method: request.method(),
+        host,
+        path: request.uri().path(),
+        query: request.uri().query(),
+        headers: request.headers(),
+        form: None,
+    });
+    Protocol::of(request.headers(), request.uri().query(), facts.service)
 }

@@ -13,7 +13,9 @@
 //! upstream is reached through its connector ([`connector`], [`dial`]). An
 //! upgrade goes through the same pipeline as any request, and so does a
 //! forward listener's `CONNECT`; after the `101` (or the `CONNECT`'s
-//! `200`), [`tunnel`] copies the bytes.
+//! `200`), [`tunnel`] copies the bytes, or, for a host the listener
+//! intercepts, [`intercept`] terminates the client's TLS and serves the
+//! requests inside through this same pipeline.
 
 mod body;
 mod connector;
@@ -22,6 +24,7 @@ mod egress;
 mod forward;
 mod h2;
 mod inject;
+mod intercept;
 mod pool;
 mod shape;
 pub mod synthetic;
@@ -35,10 +38,12 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus::{IntCounter, IntGauge};
+use tokio_util::either::Either;
 
 pub use body::ResponseBody;
 use body::{RequestBody, UpstreamBody};
 
+use crate::ca::Ca;
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::control::{Published, Snapshot};
 use crate::grpc::{self, GrpcStatus};
@@ -51,6 +56,14 @@ use connector::Connectors;
 use forward::Hop;
 use synthetic::{Blame, ProxyError};
 use tunnel::TunnelFaults;
+
+/// The largest form body read to find a query-protocol call's `Action`
+/// (README "AWS-aware rules"): only bodies that say their length, up to
+/// this, are read; others are decided without the operation.
+pub const FORM_READ_LIMIT: u64 = 64 * 1024;
+/// How long reading that body may take; a client slower than this is
+/// decided without the operation, and its body forwarded as it comes.
+const FORM_READ_TIME: Duration = Duration::from_secs(5);
 
 /// A timeout that never fires, and the longest one kept.
 const NO_TIMEOUT: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
@@ -77,7 +90,12 @@ pub struct Proxy {
     forward_routes: egress::ForwardRoutes,
     published: Arc<Published>,
     connectors: Connectors,
+    /// faultline's CA, for intercepted `CONNECT`s (when a forward listener
+    /// intercepts any).
+    ca: Option<Arc<Ca>>,
     upstream_timeout: Duration,
+    /// For a TLS handshake with an intercepted client.
+    header_timeout: Duration,
     mark_faults: bool,
     active_faults: AtomicUsize,
     max_active_faults: usize,
@@ -91,6 +109,20 @@ pub struct Proxy {
     /// `faultline_client_errors_total`, in the order of [`ClientErrorReason::ALL`].
     client_errors: [IntCounter; ClientErrorReason::ALL.len()],
 }
+
+/// The TLS of forward traffic: faultline's CA for intercepted clients,
+/// and per upstream index, the client config of each destination's (and
+/// `other`'s) intercepted traffic, verified with the system's roots and
+/// the destination's `tls.ca`.
+#[derive(Debug, Default)]
+pub struct ForwardTls {
+    pub ca: Option<Arc<Ca>>,
+    pub clients: Vec<Option<Arc<rustls::ClientConfig>>>,
+}
+
+/// The `Via` faultline adds to the forward traffic it sends, and by which
+/// it knows a request it sent already.
+const VIA: HeaderValue = HeaderValue::from_static("1.1 faultline");
 
 /// Why the pipeline gives neither the upstream's response nor an injected one.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +150,7 @@ impl Proxy {
     pub fn new(
         config: &Config,
         upstream_tls: &[Option<UpstreamTls>],
+        forward_tls: ForwardTls,
         published: Arc<Published>,
         metrics: Metrics,
     ) -> Self {
@@ -153,7 +186,9 @@ impl Proxy {
             routes,
             forward_routes: egress::ForwardRoutes::new(config),
             published,
-            connectors: Connectors::new(&config.upstreams, upstream_tls, &config.proxy, &resolver),
+            connectors: Connectors::new(config, upstream_tls, &forward_tls.clients, &resolver),
+            ca: forward_tls.ca,
+            header_timeout: config.proxy.header_timeout,
             // Capped so a deadline can always be added to an instant:
             // thirty years is no timeout at all, as tokio's own far future.
             upstream_timeout: config.proxy.upstream_timeout.min(NO_TIMEOUT),
@@ -204,140 +239,260 @@ impl Proxy {
             entry,
             client_ip,
             info: conn,
+            intercepted: None,
         });
         // One per-connection Arc per request: no counter shared by every worker.
-        hyper::service::service_fn(move |request| {
-            let conn = Arc::clone(&conn);
-            async move { conn.proxy.handle(&conn, request).await }
-        })
+        hyper::service::service_fn(move |request| Proxy::handle(Arc::clone(&conn), request))
     }
 
     /// The edge of the pipeline: everything before it returns typed
     /// errors; here the request is recorded, and an error becomes its
     /// response.
-    async fn handle(
-        &self,
-        conn: &Arc<Connection>,
+    ///
+    /// This and the steps below it are plain functions giving an `async`
+    /// block, not `async fn`s: an `async fn` keeps its arguments and the
+    /// locals they are moved into side by side in its future (rust-lang/rust
+    /// #62958), a few hundred bytes for every request moved down a step,
+    /// and hyper moves each request's future whole.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    fn handle(
+        conn: Arc<Connection>,
         request: Request<Incoming>,
-    ) -> Result<Response<ResponseBody>, StreamAborted> {
-        let start = Instant::now();
-        let inflight = match conn.entry {
-            Entry::Listener(i) | Entry::Forward(i) => &self.listener_inflight[i],
-            Entry::Upstream(i) => &self.dedicated_inflight[i],
-        };
-        let _inflight = Inflight::enter(inflight);
-        if request.method() == Method::CONNECT && !matches!(conn.entry, Entry::Forward(_)) {
-            // A reverse proxy has no tunnel to offer: the client's mistake,
-            // never forwarded. (A forward listener serves it.)
-            let error = ProxyError::ConnectNotSupported;
-            self.record_client_error(&error);
-            return Ok(synthetic::rescue(&error, false));
-        }
-        // Read once here, for the answer to an error and the gRPC metric;
-        // an HTTP/1.1 request is ruled out by its version alone.
-        let grpc = grpc::is_call(request.version(), request.headers());
-        let upstream = match self.route(conn.entry, &request) {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                self.record_client_error(&error);
-                return Ok(synthetic::rescue(&error, grpc));
+    ) -> impl Future<Output = Result<Response<ResponseBody>, StreamAborted>> + Send + 'static {
+        async move {
+            let this = &*conn.proxy;
+            let conn = &conn;
+            let start = Instant::now();
+            let inflight = match conn.entry {
+                Entry::Listener(i) | Entry::Forward(i) => &this.listener_inflight[i],
+                Entry::Upstream(i) => &this.dedicated_inflight[i],
+            };
+            let _inflight = Inflight::enter(inflight);
+            if request.method() == Method::CONNECT
+                && (!matches!(conn.entry, Entry::Forward(_)) || conn.intercepted.is_some())
+            {
+                // A reverse proxy has no tunnel to offer: the client's mistake,
+                // never forwarded. (A forward listener serves it, outside TLS.)
+                let error = ProxyError::ConnectNotSupported;
+                this.record_client_error(&error);
+                return Ok(synthetic::rescue(&error, false));
             }
-        };
-        let method = request.method().clone();
-        let metrics = &self.upstream_metrics[upstream];
-        // Counts the call once however it ends, a client that leaves
-        // mid-call (this future dropped) included.
-        let call = grpc.then(|| GrpcCall(Some(metrics)));
-        let (outcome, end) = self.pipeline(upstream, conn, request, start).await;
-        let elapsed = end.saturating_duration_since(start);
-        match outcome {
-            Ok(mut response) => {
-                let by_fault = response.extensions().get::<ByFault>().is_some();
-                metrics.record_request(&method, response.status(), elapsed, by_fault);
-                if let Some(call) = call {
-                    call.answered(&mut response);
-                }
-                Ok(response)
+            if matches!(conn.entry, Entry::Forward(_)) && sent_by_faultline(&request) {
+                return Ok(synthetic::rescue(&ProxyError::ForwardLoop, false));
             }
-            Err(Unanswered::Error(error)) => {
-                let response = synthetic::rescue(&error, grpc);
-                if let Some(call) = call {
-                    call.ended(Some(error.grpc_status()));
+            // Read once here, for the answer to an error and the gRPC metric;
+            // an HTTP/1.1 request is ruled out by its version alone.
+            let grpc = grpc::is_call(request.version(), request.headers());
+            let upstream = match this.route(conn, &request) {
+                Ok(upstream) => upstream,
+                Err(error) => {
+                    this.record_client_error(&error);
+                    return Ok(synthetic::rescue(&error, grpc));
                 }
-                match error.blame() {
-                    Blame::Upstream(reason) => metrics.record_upstream_error(reason),
-                    // Gone before the answer: counted as the client's, not as a request.
-                    Blame::Client(ClientErrorReason::Aborted) => {
-                        self.record_client_error(&error);
-                        return Ok(response);
+            };
+            let method = request.method().clone();
+            let region = this.derived_region(conn, &request, upstream);
+            let metrics = &this.upstream_metrics[upstream];
+            // Counts the call once however it ends, a client that leaves
+            // mid-call (this future dropped) included.
+            let call = grpc.then(|| GrpcCall(Some(metrics)));
+            let (outcome, end) = this.pipeline(upstream, conn, request, start).await;
+            let elapsed = end.saturating_duration_since(start);
+            match outcome {
+                Ok(mut response) => {
+                    let by_fault = response.extensions().get::<ByFault>().is_some();
+                    let status = response.status();
+                    metrics.record_request_in(
+                        region.as_deref(),
+                        &method,
+                        status,
+                        elapsed,
+                        by_fault,
+                    );
+                    if let Some(call) = call {
+                        call.answered(&mut response);
                     }
-                    Blame::Client(_) => self.record_client_error(&error),
-                    Blame::Config => {}
+                    Ok(response)
                 }
-                // The status the error stands for, not the 200 a gRPC
-                // answer goes out with: error ratios and guards see it.
-                metrics.record_request(&method, error.status(), elapsed, false);
-                Ok(response)
-            }
-            Err(Unanswered::Aborted(aborted)) => {
-                metrics.record_unanswered(&method, elapsed);
-                if let Some(call) = call {
-                    // hyper resets the stream with INTERNAL_ERROR, which gRPC
-                    // clients read as INTERNAL.
-                    call.ended(Some(GrpcStatus::INTERNAL));
+                Err(Unanswered::Error(error)) => {
+                    let response = synthetic::rescue(&error, grpc);
+                    if let Some(call) = call {
+                        call.ended(Some(error.grpc_status()));
+                    }
+                    match error.blame() {
+                        Blame::Upstream(reason) => metrics.record_upstream_error(reason),
+                        // Gone before the answer: counted as the client's, not as a request.
+                        Blame::Client(ClientErrorReason::Aborted) => {
+                            this.record_client_error(&error);
+                            return Ok(response);
+                        }
+                        Blame::Client(_) => this.record_client_error(&error),
+                        Blame::Config => {}
+                    }
+                    // The status the error stands for, not the 200 a gRPC
+                    // answer goes out with: error ratios and guards see it.
+                    metrics.record_request_in(
+                        region.as_deref(),
+                        &method,
+                        error.status(),
+                        elapsed,
+                        false,
+                    );
+                    Ok(response)
                 }
-                Err(aborted)
+                Err(Unanswered::Aborted(aborted)) => {
+                    metrics.record_unanswered(&method, elapsed);
+                    if let Some(call) = call {
+                        // hyper resets the stream with INTERNAL_ERROR, which gRPC
+                        // clients read as INTERNAL.
+                        call.ended(Some(GrpcStatus::INTERNAL));
+                    }
+                    Err(aborted)
+                }
             }
         }
     }
 
     /// Decides, then does: forwards at once when no rule fires, else runs
     /// the fault phases. Gives the outcome and when it came.
-    async fn pipeline(
-        &self,
+    ///
+    /// Decided before the future exists, so the plan is not carried in a
+    /// plain request's future; only a request whose form body a rule needs
+    /// (the AWS query protocol's `Action`) waits before deciding, in a
+    /// future of its own.
+    fn pipeline<'a>(
+        &'a self,
         upstream: usize,
-        conn: &Arc<Connection>,
+        conn: &'a Arc<Connection>,
         request: Request<Incoming>,
         start: Instant,
-    ) -> (Result<Response<ResponseBody>, Unanswered>, Instant) {
-        let plan = {
-            let snapshot = self.published.load();
-            let view = RequestView {
-                method: request.method(),
-                path: request.uri().path(),
-                headers: request.headers(),
-                client_ip: conn.client_ip.as_bytes(),
-            };
-            plan::decide(&snapshot.rules, upstream, &view).map(|decision| Plan {
-                decision,
-                // Kept only when a fault needs it: one atomic load per plain request.
-                snapshot: arc_swap::Guard::into_inner(snapshot),
-                upstream,
-            })
+    ) -> impl Future<Output = (Result<Response<ResponseBody>, Unanswered>, Instant)> + Send + 'a
+    {
+        // An intercepted CONNECT is not itself faulted: the requests in it are.
+        let intercepted = self.intercepts(conn, &request);
+        let snapshot = self.published.load();
+        if !intercepted && reads_form(&snapshot, upstream, &request) {
+            // Not held across the read: a snapshot guard is for moments.
+            drop(snapshot);
+            // Boxed: rare, and it would make every request's future larger.
+            return Either::Right(Box::pin(async move {
+                let (request, form) = read_form(request).await;
+                let plan = self.decide(self.published.load(), upstream, conn, &request, form);
+                self.run(plan, upstream, conn, request, start).await
+            }));
+        }
+        let request = request.map(RequestBody::from);
+        let plan = match intercepted {
+            true => None,
+            false => self.decide(snapshot, upstream, conn, &request, None),
         };
+        Either::Left(self.run(plan, upstream, conn, request, start))
+    }
+
+    /// The plan for a request: `None` when no rule fires.
+    fn decide(
+        &self,
+        snapshot: arc_swap::Guard<Arc<Snapshot>>,
+        upstream: usize,
+        conn: &Connection,
+        request: &Request<RequestBody>,
+        form: Option<bytes::Bytes>,
+    ) -> Option<Plan> {
+        let view = RequestView {
+            method: request.method(),
+            path: request.uri().path(),
+            query: request.uri().query(),
+            authority: request.uri().authority().map(|a| a.as_str()),
+            headers: request.headers(),
+            client_ip: conn.client_ip.as_bytes(),
+            form: form.as_deref(),
+        };
+        plan::decide(&snapshot.rules, upstream, &view).map(|decision| Plan {
+            decision,
+            // Kept only when a fault needs it: one atomic load per plain request.
+            snapshot: arc_swap::Guard::into_inner(snapshot),
+            upstream,
+        })
+    }
+
+    /// Does what [`Self::decide`] planned.
+    fn run<'a>(
+        &'a self,
+        plan: Option<Plan>,
+        upstream: usize,
+        conn: &'a Arc<Connection>,
+        request: Request<RequestBody>,
+        start: Instant,
+    ) -> impl Future<Output = (Result<Response<ResponseBody>, Unanswered>, Instant)> + Send + 'a
+    {
         match plan {
             // Sent as it came: the time read on arrival stands for both.
-            None => match self
-                .forward(upstream, conn, request.map(RequestBody::from), start, None)
-                .await
-            {
-                Ok((response, answered)) => (Ok(response), answered),
-                Err(error) => (Err(error.into()), Instant::now()),
-            },
+            None => Either::Left(async move {
+                match self.forward(upstream, conn, request, start, None).await {
+                    Ok((response, answered)) => (Ok(response), answered),
+                    Err(error) => (Err(error.into()), Instant::now()),
+                }
+            }),
             // Boxed: a fault's future is several times the size of a plain
             // forward, and every request's future would be that big, and
             // copied so, if it were kept inline.
             Some(plan) => {
-                let outcome = Box::pin(self.inject(plan, conn, request, start)).await;
-                (outcome, Instant::now())
+                let injected = Box::pin(self.inject(plan, conn, request, start));
+                Either::Right(async move { (injected.await, Instant::now()) })
             }
         }
     }
 
+    /// The region forward traffic is counted under when its destination
+    /// has no `region` label: the one its AWS host names (read once per
+    /// intercepted tunnel). `None` for reverse traffic, at once.
+    fn derived_region<'c>(
+        &self,
+        conn: &'c Connection,
+        request: &Request<Incoming>,
+        upstream: usize,
+    ) -> Option<std::borrow::Cow<'c, str>> {
+        if let Some(intercepted) = &conn.intercepted {
+            return intercepted
+                .region
+                .as_deref()
+                .map(std::borrow::Cow::Borrowed);
+        }
+        if !matches!(conn.entry, Entry::Forward(_)) {
+            return None;
+        }
+        if !self.names_region_by_host(upstream) {
+            return None;
+        }
+        let endpoint = crate::aws::endpoint_name(request.uri().host()?)?;
+        Some(std::borrow::Cow::Owned(endpoint.region))
+    }
+
+    /// Whether forward traffic to `upstream` is counted under the region
+    /// its host names: a destination (or `other`) with no `region` label.
+    fn names_region_by_host(&self, upstream: usize) -> bool {
+        let target = &self.upstreams[upstream];
+        target.ad_hoc && !target.labels.contains_key("region")
+    }
+
+    /// Whether `request` is a `CONNECT` this proxy decrypts.
+    fn intercepts(&self, conn: &Connection, request: &Request<Incoming>) -> bool {
+        match conn.entry {
+            Entry::Forward(listener) if request.method() == Method::CONNECT => {
+                self.ca.is_some() && self.forward_routes.intercepts(listener, request.uri())
+            }
+            _ => false,
+        }
+    }
+
     /// The upstream for a request: the dedicated one, the first matching
-    /// route, or (on a forward listener) the one its authority names.
-    fn route(&self, entry: Entry, request: &Request<Incoming>) -> Result<usize, ProxyError> {
-        match entry {
+    /// route, (on a forward listener) the one its authority names, or (in
+    /// an intercepted tunnel) the tunnel's.
+    fn route(&self, conn: &Connection, request: &Request<Incoming>) -> Result<usize, ProxyError> {
+        if let Some(intercepted) = &conn.intercepted {
+            return Ok(intercepted.upstream);
+        }
+        match conn.entry {
             Entry::Upstream(upstream) => Ok(upstream),
             Entry::Listener(listener) => {
                 let listener = self.routes.get(listener).ok_or(ProxyError::NoRoute)?;
@@ -365,30 +520,102 @@ impl Proxy {
     ///
     /// An upgrade the upstream accepts (`101`) gets its tunnel here, shaped
     /// by `faults`; it starts copying once the `101` has gone back.
-    async fn forward(
-        &self,
+    #[allow(clippy::manual_async_fn)] // on purpose: see `Proxy::handle`
+    fn forward<'a>(
+        &'a self,
         upstream: usize,
-        conn: &Arc<Connection>,
+        conn: &'a Arc<Connection>,
         mut request: Request<RequestBody>,
         sent: Instant,
-        faults: Option<TunnelFaults<'_>>,
-    ) -> Result<(Response<ResponseBody>, Instant), ProxyError> {
-        let target = &self.upstreams[upstream];
-        if request.method() == Method::CONNECT {
-            return self.open_tunnel(upstream, conn, request, faults).await;
+        faults: Option<TunnelFaults<'a>>,
+    ) -> impl Future<Output = Result<(Response<ResponseBody>, Instant), ProxyError>> + Send + 'a
+    {
+        async move {
+            let target = &self.upstreams[upstream];
+            if request.method() == Method::CONNECT {
+                // Boxed: dialling's future is large, and a CONNECT rare.
+                return Box::pin(self.open_tunnel(upstream, conn, request, faults)).await;
+            }
+            // A timeout while waiting on the client for its body is the client's stall.
+            let waiting_on_client = request.body_mut().watch_client();
+            let client_version = request.version();
+            // In a block: the request's storage ends before the wait, and
+            // with it the request is not carried in the future twice.
+            let (sending, upgrade) = {
+                let (request, upgrade) = self.outgoing(target, conn, request)?;
+                let sending = self
+                    .connectors
+                    .send(upstream, request, client_version, sent);
+                (sending, upgrade)
+            };
+            let deadline = tokio::time::Instant::from_std(sent + self.upstream_timeout);
+            match tokio::time::timeout_at(deadline, sending).await {
+                Ok(Ok((mut response, answered))) => {
+                    let metrics = &self.upstream_metrics[upstream];
+                    metrics.record_upstream(answered.saturating_duration_since(sent));
+                    if target.ad_hoc && response.status() == StatusCode::LOOP_DETECTED {
+                        // faultline itself, one hop on, found its own `Via`:
+                        // told as this proxy's error, not as an upstream's 508
+                        // (whose faultline headers are stripped below).
+                        let looped = response.headers().get(&synthetic::X_FAULTLINE_ERROR);
+                        if looped.is_some_and(|code| code == ProxyError::ForwardLoop.code()) {
+                            return Err(ProxyError::ForwardLoop);
+                        }
+                    }
+                    let switching = match upgrade {
+                        Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                            let upstream_side = hyper::upgrade::on(&mut response);
+                            tunnel::spawn(client, upstream_side, Arc::clone(conn), faults);
+                            true
+                        }
+                        // Refused (or answered otherwise): a response like any.
+                        _ => false,
+                    };
+                    let (mut parts, body) = response.into_parts();
+                    forward::remove_hop_by_hop(&mut parts.headers, Hop::Response { switching });
+                    let success = Outcome::of_status(parts.status) == Outcome::Success;
+                    let body = UpstreamBody::new(body, Arc::clone(conn), upstream, success);
+                    let response = Response::from_parts(parts, ResponseBody::Upstream(body));
+                    Ok((response, answered))
+                }
+                Ok(Err(e)) => Err(ProxyError::from_upstream(&target.name, e)),
+                Err(_)
+                    if waiting_on_client.is_some_and(|waiting| waiting.load(Ordering::Acquire)) =>
+                {
+                    Err(ProxyError::ClientTimeout)
+                }
+                Err(_) => Err(ProxyError::UpstreamTimeout {
+                    upstream: target.name.clone(),
+                }),
+            }
         }
-        // A timeout while waiting on the client for its body is the client's stall.
-        let waiting_on_client = request.body_mut().watch_client();
-        let client_version = request.version();
+    }
+
+    /// The request as it goes upstream, and the client's side of an
+    /// upgrade it asks for.
+    fn outgoing(
+        &self,
+        target: &UpstreamConfig,
+        conn: &Connection,
+        request: Request<RequestBody>,
+    ) -> Result<(Request<RequestBody>, Option<hyper::upgrade::OnUpgrade>), ProxyError> {
         // Forward traffic no upstream has goes where its URI says, with
-        // that authority as its `Host` (RFC 9112 §3.2.2).
-        let ad_hoc = match target.ad_hoc {
-            true => Some(ad_hoc_target(request.uri())?),
-            false => None,
+        // that authority as its `Host` (RFC 9112 §3.2.2); intercepted
+        // traffic to where its tunnel went, with the client's `Host`.
+        let ad_hoc = match (target.ad_hoc, &conn.intercepted) {
+            (false, _) => None,
+            (true, None) => {
+                let (authority, host) = ad_hoc_target(request.uri())?;
+                Some((http::uri::Scheme::HTTP, authority, host))
+            }
+            (true, Some(intercepted)) => {
+                let (authority, host) = intercepted.target(&request)?;
+                Some((http::uri::Scheme::HTTPS, authority, host))
+            }
         };
         let host = ad_hoc
             .as_ref()
-            .map_or(&target.host_header, |(_, host)| host);
+            .map_or(&target.host_header, |(_, _, host)| host);
         let forward::Outgoing {
             mut request,
             upgrade,
@@ -397,47 +624,20 @@ impl Proxy {
                 reason: reason.to_owned(),
             },
         )?;
-        if let Some((authority, _)) = ad_hoc {
+        if let Some((scheme, authority, _)) = ad_hoc {
             // Absolute form again: the ad-hoc client dials its authority.
-            *request.uri_mut() = absolute_http(authority, request.uri())?;
+            *request.uri_mut() = absolute(scheme, authority, request.uri())?;
+            // Marks it as faultline's, should it come back (a loop).
+            request.headers_mut().append(http::header::VIA, VIA);
         }
-        let deadline = tokio::time::Instant::from_std(sent + self.upstream_timeout);
-        let sending = self
-            .connectors
-            .send(upstream, request, client_version, sent);
-        match tokio::time::timeout_at(deadline, sending).await {
-            Ok(Ok((mut response, answered))) => {
-                let metrics = &self.upstream_metrics[upstream];
-                metrics.record_upstream(answered.saturating_duration_since(sent));
-                let switching = match upgrade {
-                    Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                        let upstream_side = hyper::upgrade::on(&mut response);
-                        tunnel::spawn(client, upstream_side, Arc::clone(conn), faults);
-                        true
-                    }
-                    // Refused (or answered otherwise): a response like any.
-                    _ => false,
-                };
-                let (mut parts, body) = response.into_parts();
-                forward::remove_hop_by_hop(&mut parts.headers, Hop::Response { switching });
-                let success = Outcome::of_status(parts.status) == Outcome::Success;
-                let body = UpstreamBody::new(body, Arc::clone(conn), upstream, success);
-                let response = Response::from_parts(parts, ResponseBody::Upstream(body));
-                Ok((response, answered))
-            }
-            Ok(Err(e)) => Err(ProxyError::from_upstream(&target.name, e)),
-            Err(_) if waiting_on_client.is_some_and(|waiting| waiting.load(Ordering::Acquire)) => {
-                Err(ProxyError::ClientTimeout)
-            }
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                upstream: target.name.clone(),
-            }),
-        }
+        Ok((request, upgrade))
     }
 
-    /// A forward listener's `CONNECT`: dials its target, and once that
-    /// answers, gives the `200` and copies both ways after it
-    /// ([`tunnel::spawn_connected`], shaped by `faults`).
+    /// A forward listener's `CONNECT`: dials its target (or its
+    /// destination's `connect_to`), and once that answers, gives the `200`
+    /// and copies both ways after it ([`tunnel::spawn_connected`], shaped
+    /// by `faults`). An intercepted one gives the `200` at once and serves
+    /// the requests inside its TLS ([`intercept`]).
     async fn open_tunnel(
         &self,
         upstream: usize,
@@ -446,14 +646,14 @@ impl Proxy {
         faults: Option<TunnelFaults<'_>>,
     ) -> Result<(Response<ResponseBody>, Instant), ProxyError> {
         let target = &self.upstreams[upstream];
-        let authority = match conn.entry {
-            Entry::Forward(listener) => self
-                .forward_routes
-                .route(listener, request.method(), request.uri())?
-                .tunnel
-                .ok_or(ProxyError::NoRoute)?,
-            Entry::Listener(_) | Entry::Upstream(_) => return Err(ProxyError::ConnectNotSupported),
+        let routed = match conn.entry {
+            Entry::Forward(listener) if conn.intercepted.is_none() => {
+                self.forward_routes
+                    .route(listener, request.method(), request.uri())?
+            }
+            _ => return Err(ProxyError::ConnectNotSupported),
         };
+        let authority = routed.tunnel.ok_or(ProxyError::NoRoute)?;
         let Some(client) = request
             .extensions_mut()
             .remove::<hyper::upgrade::OnUpgrade>()
@@ -463,10 +663,28 @@ impl Proxy {
                 reason: "this CONNECT cannot be tunnelled".to_owned(),
             });
         };
+        if let (true, Some(ca)) = (routed.intercept, &self.ca) {
+            intercept::spawn(
+                client,
+                Arc::clone(conn),
+                intercept::Tunnel {
+                    upstream,
+                    authority,
+                    ca: Arc::clone(ca),
+                    handshake_timeout: self.header_timeout,
+                },
+            );
+            let now = Instant::now();
+            return Ok((Response::new(ResponseBody::full(bytes::Bytes::new())), now));
+        }
+        let dial = self
+            .forward_routes
+            .connect_to(upstream)
+            .unwrap_or(&authority);
         let sent = Instant::now();
         let stream = self
             .connectors
-            .tcp(&authority)
+            .tcp(dial)
             .await
             .map_err(|e| ProxyError::from_upstream(&target.name, e))?;
         let answered = Instant::now();
@@ -535,6 +753,73 @@ struct Connection {
     entry: Entry,
     client_ip: HeaderValue,
     info: ConnInfo,
+    /// Set for the decrypted connection inside an intercepted `CONNECT`.
+    intercepted: Option<Intercepted>,
+}
+
+/// Where the requests of an intercepted tunnel go.
+struct Intercepted {
+    /// The destination's upstream (or `other`).
+    upstream: usize,
+    /// The `CONNECT`'s target, port explicit.
+    authority: http::uri::Authority,
+    /// Its host (and port, if not 443), the `Host` of a request that has none.
+    host: HeaderValue,
+    /// The region its requests are counted under (an AWS host's), if any.
+    region: Option<String>,
+}
+
+impl Intercepted {
+    /// Where a decrypted request goes, and its `Host`: the client's `Host`
+    /// (or h2 `:authority`), kept byte for byte as a signature covers it,
+    /// which must name the tunnel's host (the tunnel's port, if it names
+    /// one); none at all, the tunnel's.
+    fn target<B>(
+        &self,
+        request: &Request<B>,
+    ) -> Result<(http::uri::Authority, HeaderValue), ProxyError> {
+        let host = match request.headers().get(http::header::HOST) {
+            Some(host) => host.clone(),
+            None => match request.uri().authority() {
+                Some(authority) => HeaderValue::from_str(authority.as_str()).map_err(|_| {
+                    ProxyError::ClientProtocol {
+                        reason: "the request's authority is not a valid host".to_owned(),
+                    }
+                })?,
+                None => self.host.clone(),
+            },
+        };
+        let mismatch = || ProxyError::ClientProtocol {
+            reason: format!(
+                "the request's host is not the tunnel's ({}): one tunnel reaches one host",
+                self.authority
+            ),
+        };
+        let authority: http::uri::Authority = host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(mismatch)?;
+        let same_host = authority.host().eq_ignore_ascii_case(self.authority.host());
+        let port = authority.port_u16().unwrap_or(443);
+        if !same_host || Some(port) != self.authority.port_u16() {
+            return Err(mismatch());
+        }
+        Ok((authority, host))
+    }
+}
+
+/// Whether faultline already sent this request on (its `Via` names it).
+fn sent_by_faultline(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get_all(http::header::VIA)
+        .iter()
+        .any(|via| {
+            via.as_bytes()
+                .split(|&b| b == b',')
+                .any(|hop| hop.trim_ascii() == VIA.as_bytes())
+        })
 }
 
 /// Where an ad-hoc forward request goes: its URI's authority (the front
@@ -548,20 +833,70 @@ fn ad_hoc_target(uri: &http::Uri) -> Result<(http::uri::Authority, HeaderValue),
     Ok((authority, host))
 }
 
-/// `http://authority` and the path of `origin` (origin form).
-fn absolute_http(
+/// `scheme://authority` and the path of `origin` (origin form).
+fn absolute(
+    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     origin: &http::Uri,
 ) -> Result<http::Uri, ProxyError> {
     let path = origin.path_and_query().map_or("/", |p| p.as_str());
     http::Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(path)
         .build()
         .map_err(|e| ProxyError::ClientProtocol {
             reason: format!("the request's URI cannot be forwarded: {e}"),
         })
+}
+
+/// Whether to read this request's body before deciding: a rule of its
+/// upstream matches on the AWS operation (checked first: the common case
+/// looks at no header), and the body is a small form (the query
+/// protocol's `Action`).
+fn reads_form(snapshot: &Snapshot, upstream: usize, request: &Request<Incoming>) -> bool {
+    if !snapshot
+        .rules
+        .candidates(upstream)
+        .is_some_and(|rules| rules.reads_form())
+    {
+        return false;
+    }
+    let headers = request.headers();
+    let is_form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let small = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > 0 && len <= FORM_READ_LIMIT);
+    is_form && small
+}
+
+/// Reads a small form body ahead ([`reads_form`]); gives the
+/// request, whose body replays what was read, and the body when it came
+/// whole within [`FORM_READ_TIME`].
+async fn read_form(request: Request<Incoming>) -> (Request<RequestBody>, Option<bytes::Bytes>) {
+    let (parts, body) = request.into_parts();
+    let mut read = Box::new(body::Replayed::new(body));
+    let whole = tokio::time::timeout(FORM_READ_TIME, async {
+        loop {
+            match read.read_ahead().await {
+                body::ReadAhead::More if read.buffered() <= FORM_READ_LIMIT => {}
+                body::ReadAhead::Ended => return true,
+                _ => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let form = (whole && read.is_complete()).then(|| read.contiguous());
+    (
+        Request::from_parts(parts, RequestBody::replayed(read)),
+        form,
+    )
 }
 
 /// The request's host name, port removed: `Host`, else the URI authority (HTTP/2).

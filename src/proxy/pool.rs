@@ -21,7 +21,7 @@
 //! opened stay open until traffic falls off; in exchange no lock is taken.
 
 use std::error::Error as StdError;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -130,36 +130,43 @@ impl UpstreamClient {
     /// the time it came. `now` is the time the caller already read:
     /// connections idle since before `now` minus the idle timeout are not
     /// used.
-    pub(super) async fn send(
+    ///
+    /// Not an `async fn`: that would keep the request twice in the future
+    /// (rust-lang/rust #62958), which every plain request carries.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub(super) fn send(
         &self,
         index: usize,
         mut request: Request<RequestBody>,
         now: Instant,
-    ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
-        let pool = &self.pools[index];
-        let fresh_since = now.checked_sub(self.idle_timeout);
-        loop {
-            let (mut sender, reused) = match pool.checkout(fresh_since) {
-                Some(sender) => (sender, true),
-                // Boxed: dialling is rare, and its future large.
-                None => (Box::pin(self.connect(pool)).await?, false),
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let answered = Instant::now();
-                    // After a `101` the connection is the tunnel's, not HTTP.
-                    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                        self.checkin(index, sender, answered);
+    ) -> impl Future<Output = Result<(Response<Incoming>, Instant), UpstreamError>> + Send + '_
+    {
+        async move {
+            let pool = &self.pools[index];
+            let fresh_since = now.checked_sub(self.idle_timeout);
+            loop {
+                let (mut sender, reused) = match pool.checkout(fresh_since) {
+                    Some(sender) => (sender, true),
+                    // Boxed: dialling is rare, and its future large.
+                    None => (Box::pin(self.connect(pool)).await?, false),
+                };
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        let answered = Instant::now();
+                        // After a `101` the connection is the tunnel's, not HTTP.
+                        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                            self.checkin(index, sender, answered);
+                        }
+                        return Ok((response, answered));
                     }
-                    return Ok((response, answered));
+                    Err(mut failed) => match failed.take_message() {
+                        // The pooled connection closed before the request was
+                        // written (the upstream ended it while idle): nothing
+                        // was sent, so another connection may carry it.
+                        Some(unsent) if reused => request = unsent,
+                        _ => return Err(UpstreamError::Exchange(failed.into_error())),
+                    },
                 }
-                Err(mut failed) => match failed.take_message() {
-                    // The pooled connection closed before the request was
-                    // written (the upstream ended it while idle): nothing
-                    // was sent, so another connection may carry it.
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(UpstreamError::Exchange(failed.into_error())),
-                },
             }
         }
     }

@@ -11,8 +11,9 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use super::body::{ClientBodyError, ResponseBody};
 use super::dial::DnsFailure;
 use super::pool::UpstreamError;
+use crate::aws::Protocol;
 use crate::fault::preset::{self, X_AMZN_REQUEST_ID, X_AMZ_ID_2, X_AMZ_REQUEST_ID};
-use crate::fault::{RequestIdStyle, SyntheticResponse};
+use crate::fault::{Rendered, RequestIdStyle, SyntheticResponse};
 use crate::grpc::GrpcStatus;
 use crate::metrics::{ClientErrorReason, UpstreamErrorReason};
 
@@ -72,8 +73,12 @@ pub enum ProxyError {
     ConnectNotSupported,
     /// A forward listener's `CONNECT` to a port it does not allow: a
     /// forward proxy is not an open tunnel.
-    #[error("CONNECT to port {port} is not allowed: 443 and the listener's allow_ports are")]
+    #[error("CONNECT to port {port} is not allowed: 443, the listener's allow_ports and destinations' connect_to ports are")]
     ConnectPortDenied { port: u16 },
+    /// A forward request that already went through faultline (its `Via`
+    /// says so): sent on, it would come back again and again.
+    #[error("this request already went through faultline (Via): a forward proxy pointed at itself loops")]
+    ForwardLoop,
 }
 
 /// Whose failure a [`ProxyError`] is, for the metrics.
@@ -139,6 +144,7 @@ impl ProxyError {
             ProxyError::ClientTimeout => "client_timeout",
             ProxyError::ConnectNotSupported => "connect_not_supported",
             ProxyError::ConnectPortDenied { .. } => "connect_port_denied",
+            ProxyError::ForwardLoop => "forward_loop",
         }
     }
 
@@ -158,6 +164,8 @@ impl ProxyError {
             ProxyError::ConnectNotSupported | ProxyError::ConnectPortDenied { .. } => {
                 Blame::Client(ClientErrorReason::Connect)
             }
+            // The setup's mistake (a proxy pointed at itself), as no route is.
+            ProxyError::ForwardLoop => Blame::Config,
         }
     }
 
@@ -175,6 +183,7 @@ impl ProxyError {
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ConnectPortDenied { .. } => StatusCode::FORBIDDEN,
+            ProxyError::ForwardLoop => StatusCode::LOOP_DETECTED,
         }
     }
 }
@@ -241,6 +250,7 @@ impl ProxyError {
             // listener does not serve it.
             ProxyError::ConnectNotSupported => GrpcStatus::UNIMPLEMENTED,
             ProxyError::ConnectPortDenied { .. } => GrpcStatus::PERMISSION_DENIED,
+            ProxyError::ForwardLoop => GrpcStatus::UNIMPLEMENTED,
             // Not valid HTTP/2 (one `Host`), or a body that broke: the
             // protocol error INTERNAL stands for (clients read 400 so).
             ProxyError::ClientProtocol { .. } => GrpcStatus::INTERNAL,
@@ -302,8 +312,25 @@ fn error_message(error: &(dyn StdError + 'static)) -> String {
 }
 
 /// An injected response, as the rule defined it; a preset's gets request
-/// ids of its own.
-pub fn injected(response: &SyntheticResponse) -> Response<ResponseBody> {
+/// ids of its own, and an `aws.*` preset's speaks `protocol` (the
+/// request's, [`crate::aws::Protocol::of`]) when it is known.
+pub fn injected(
+    response: &SyntheticResponse,
+    protocol: Option<Protocol>,
+) -> Response<ResponseBody> {
+    if let (Some(adaptive), Some(protocol)) = (&response.adaptive, protocol) {
+        let Rendered {
+            status,
+            mut headers,
+            body,
+        } = adaptive.error.render(protocol);
+        // The rule's own status and headers, over the preset's.
+        headers.extend(adaptive.headers.clone());
+        let mut out = Response::new(ResponseBody::full(body));
+        *out.status_mut() = adaptive.status.unwrap_or(status);
+        *out.headers_mut() = headers;
+        return out;
+    }
     let mut headers = response.headers.clone();
     let body = match &response.request_ids {
         None => response.body.clone(),
@@ -380,8 +407,8 @@ mod tests {
     #[tokio::test]
     async fn each_injected_preset_response_gets_a_fresh_request_id() {
         let response = preset_response("kind = \"error\"\npreset = \"aws.throttling\"");
-        let (first, body) = parts(injected(&response)).await;
-        let (second, _) = parts(injected(&response)).await;
+        let (first, body) = parts(injected(&response, None)).await;
+        let (second, _) = parts(injected(&response, None)).await;
         assert_eq!(body, response.body);
         assert_eq!(first["x-amzn-errortype"], "ThrottlingException");
         assert_eq!(first["x-amzn-requestid"].len(), 36);
@@ -393,8 +420,8 @@ mod tests {
     #[tokio::test]
     async fn s3_bodies_repeat_the_ids_of_their_headers() {
         let response = preset_response("kind = \"error\"\npreset = \"s3.slow-down\"");
-        let (first, body) = parts(injected(&response)).await;
-        let (second, second_body) = parts(injected(&response)).await;
+        let (first, body) = parts(injected(&response, None)).await;
+        let (second, second_body) = parts(injected(&response, None)).await;
         let request_id = first["x-amz-request-id"].to_str().unwrap();
         let host_id = first["x-amz-id-2"].to_str().unwrap();
         assert_eq!(
@@ -412,14 +439,14 @@ mod tests {
         let response = preset_response(
             "kind = \"error\"\npreset = \"s3.slow-down\"\nheaders = { \"x-amz-request-id\" = \"0123456789ABCDEF\" }",
         );
-        let (headers, body) = parts(injected(&response)).await;
+        let (headers, body) = parts(injected(&response, None)).await;
         assert_eq!(headers["x-amz-request-id"], "0123456789ABCDEF");
         assert!(String::from_utf8_lossy(&body).contains("<RequestId>0123456789ABCDEF</RequestId>"));
 
         let response = preset_response(
             "kind = \"error\"\npreset = \"aws.internal-error\"\nheaders = { \"x-amzn-RequestId\" = \"fixed\" }",
         );
-        let (headers, _) = parts(injected(&response)).await;
+        let (headers, _) = parts(injected(&response, None)).await;
         assert_eq!(headers.get_all("x-amzn-requestid").iter().count(), 1);
         assert_eq!(headers["x-amzn-requestid"], "fixed");
     }
@@ -457,7 +484,7 @@ mod tests {
     #[tokio::test]
     async fn responses_without_a_preset_go_out_as_built() {
         let response = preset_response("kind = \"error\"\nstatus = 503\nbody = \"down\"");
-        let (headers, body) = parts(injected(&response)).await;
+        let (headers, body) = parts(injected(&response, None)).await;
         assert!(headers.is_empty());
         assert_eq!(&body[..], b"down");
     }

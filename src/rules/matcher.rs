@@ -2,7 +2,9 @@
 //!
 //! Upstream names and labels depend only on the upstream, so they are decided
 //! once per rule snapshot ([`Matcher::applies_to_upstream`]); methods, path
-//! and headers are checked per request ([`Matcher::matches_request`]).
+//! and headers are checked per request ([`Matcher::matches_method_and_headers`]),
+//! and so is `aws` ([`AwsCondition::matches`]), on the request's
+//! [`crate::aws::Facts`], which the planner works out only for a rule that asks.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +12,7 @@ use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::{Deserialize, Serialize};
 
+use crate::aws::Facts;
 use crate::config::UpstreamConfig;
 use crate::diagnostic::{FieldError, FieldPath};
 
@@ -28,9 +31,13 @@ pub struct MatchSpec {
     /// Glob on the path: `*` stays within a segment, `**` crosses segments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// Exact values; `"*"` means the header is present.
+    /// Values: exact, or a glob when they hold `*`, `?`, `[` or `{`;
+    /// `"*"` alone means the header is present.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// What AWS calls the request (SPEC §8): service, operation, region; globs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsMatchSpec>,
     /// DNS queries rather than HTTP requests: a name glob and record types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsMatchSpec>,
@@ -139,11 +146,54 @@ impl DnsMatchSpec {
     }
 }
 
+/// `match.aws` as written; each field optional, each a glob.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsMatchSpec {
+    /// The SigV4 signing name (`dynamodb`, `s3`, `lambda`), else the host's endpoint prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// `PutItem`, `Invoke`, `GetObject`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// `match.aws`, compiled: each given glob must match the request's fact;
+/// a request with no such fact (not an AWS request) does not match.
+#[derive(Debug, Clone)]
+pub struct AwsCondition {
+    service: Option<GlobMatcher>,
+    operation: Option<GlobMatcher>,
+    region: Option<GlobMatcher>,
+}
+
+impl AwsCondition {
+    pub fn matches(&self, facts: &Facts<'_>) -> bool {
+        let holds = |glob: &Option<GlobMatcher>, fact: Option<&str>| {
+            glob.as_ref()
+                .is_none_or(|glob| fact.is_some_and(|fact| glob.is_match(fact)))
+        };
+        holds(&self.service, facts.service)
+            && holds(&self.region, facts.region)
+            && holds(&self.operation, facts.operation)
+    }
+
+    /// Whether the condition needs the operation, which for the query
+    /// protocol may be in a form body.
+    pub fn needs_operation(&self) -> bool {
+        self.operation.is_some()
+    }
+}
+
 /// What a rule knows of an upstream: its name and labels.
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamIdentity<'a> {
     pub name: &'a str,
     pub labels: &'a BTreeMap<String, String>,
+    /// A `tcp://` upstream: only TCP faults, and no request conditions.
+    pub tcp: bool,
 }
 
 impl<'a> From<&'a UpstreamConfig> for UpstreamIdentity<'a> {
@@ -151,6 +201,7 @@ impl<'a> From<&'a UpstreamConfig> for UpstreamIdentity<'a> {
         Self {
             name: &upstream.name,
             labels: &upstream.labels,
+            tcp: upstream.is_tcp(),
         }
     }
 }
@@ -166,12 +217,16 @@ pub struct Matcher {
     path: Option<Glob>,
     headers: Vec<(HeaderName, HeaderCondition)>,
     dns: Option<DnsMatcher>,
+    aws: Option<AwsCondition>,
 }
 
 #[derive(Debug, Clone)]
 enum HeaderCondition {
     Present,
     Equals(HeaderValue),
+    /// Matched against each value that is text (a value that is not
+    /// UTF-8 never matches a glob).
+    Glob(GlobMatcher),
 }
 
 impl MatchSpec {
@@ -275,6 +330,20 @@ impl MatchSpec {
             };
             let condition = if value == "*" {
                 HeaderCondition::Present
+            } else if value.contains(['*', '?', '[', '{']) {
+                match Glob::new(value) {
+                    Ok(glob) => HeaderCondition::Glob(glob.compile_matcher()),
+                    Err(e) => {
+                        errors.push(FieldError::new(
+                            field,
+                            format!(
+                                "invalid glob {value:?} for header {name:?}: {} (write [*] for a literal *)",
+                                e.kind()
+                            ),
+                        ));
+                        continue;
+                    }
+                }
             } else {
                 match HeaderValue::from_str(value) {
                     Ok(v) => HeaderCondition::Equals(v),
@@ -298,6 +367,7 @@ impl MatchSpec {
                 ("methods", !self.methods.is_empty()),
                 ("path", self.path.is_some()),
                 ("headers", !self.headers.is_empty()),
+                ("aws", self.aws.is_some()),
             ];
             for (field, given) in http {
                 if given {
@@ -310,6 +380,33 @@ impl MatchSpec {
             dns.compile(&at, &mut errors)
         });
 
+        let aws = self.aws.as_ref().map(|spec| {
+            let at = at.key("aws");
+            if *spec == AwsMatchSpec::default() {
+                errors.push(FieldError::new(
+                    at.clone(),
+                    "give at least one of `service`, `operation`, `region`",
+                ));
+            }
+            let mut glob = |field: &str, pattern: &Option<String>| {
+                let pattern = pattern.as_deref()?;
+                Glob::new(pattern)
+                    .map(|glob| glob.compile_matcher())
+                    .map_err(|e| {
+                        errors.push(FieldError::new(
+                            at.key(field),
+                            format!("invalid glob {pattern:?}: {}", e.kind()),
+                        ))
+                    })
+                    .ok()
+            };
+            AwsCondition {
+                service: glob("service", &spec.service),
+                operation: glob("operation", &spec.operation),
+                region: glob("region", &spec.region),
+            }
+        });
+
         if errors.is_empty() {
             Ok(Matcher {
                 spec: self.clone(),
@@ -319,6 +416,7 @@ impl MatchSpec {
                 path,
                 headers,
                 dns,
+                aws,
             })
         } else {
             Err(errors)
@@ -358,7 +456,15 @@ impl Matcher {
 
     /// Whether the rule takes every request of the upstreams it applies to.
     pub fn takes_every_request(&self) -> bool {
-        self.methods.is_empty() && self.path.is_none() && self.headers.is_empty()
+        self.methods.is_empty()
+            && self.path.is_none()
+            && self.headers.is_empty()
+            && self.aws.is_none()
+    }
+
+    /// `match.aws`, which the caller checks on the request's facts.
+    pub fn aws(&self) -> Option<&AwsCondition> {
+        self.aws.as_ref()
     }
 
     /// The path glob, which [`crate::rules::RuleSet`] matches for all of an
@@ -380,6 +486,10 @@ impl Matcher {
                 HeaderCondition::Equals(expected) => {
                     headers.get_all(name).iter().any(|v| v == expected)
                 }
+                HeaderCondition::Glob(glob) => headers
+                    .get_all(name)
+                    .iter()
+                    .any(|v| v.to_str().is_ok_and(|v| glob.is_match(v))),
             })
     }
 }
@@ -406,6 +516,7 @@ mod tests {
         m.applies_to_upstream(UpstreamIdentity {
             name,
             labels: &labels,
+            tcp: false,
         })
     }
 
@@ -503,6 +614,100 @@ mod tests {
     }
 
     #[test]
+    fn header_values_may_be_globs() {
+        let m = compile(MatchSpec {
+            headers: [("x-amz-target".to_owned(), "DynamoDB_*.Put*".to_owned())].into(),
+            ..Default::default()
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-amz-target",
+            HeaderValue::from_static("DynamoDB_20120810.PutItem"),
+        );
+        assert!(m.matches_request(&Method::POST, "/", &headers));
+        headers.insert(
+            "x-amz-target",
+            HeaderValue::from_static("DynamoDB_20120810.GetItem"),
+        );
+        assert!(!m.matches_request(&Method::POST, "/", &headers));
+        headers.insert(
+            "x-amz-target",
+            HeaderValue::from_bytes(b"DynamoDB_\xff.Put").unwrap(),
+        );
+        assert!(!m.matches_request(&Method::POST, "/", &headers));
+        let errors = MatchSpec {
+            headers: [("x-a".to_owned(), "[".to_owned())].into(),
+            ..Default::default()
+        }
+        .compile(&[], &FieldPath::root().key("match"))
+        .unwrap_err();
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with("match.headers.x-a: invalid glob \"[\" for header \"x-a\""),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn aws_conditions_match_the_requests_facts() {
+        let m = compile(MatchSpec {
+            aws: Some(AwsMatchSpec {
+                service: Some("dynamodb".into()),
+                operation: Some("Put*".into()),
+                region: Some("us-east-*".into()),
+            }),
+            ..Default::default()
+        });
+        assert!(!m.takes_every_request());
+        let aws = m.aws().unwrap();
+        assert!(aws.needs_operation());
+        let facts = |service, operation, region| Facts {
+            service,
+            operation,
+            region,
+        };
+        assert!(aws.matches(&facts(Some("dynamodb"), Some("PutItem"), Some("us-east-1"))));
+        assert!(!aws.matches(&facts(Some("dynamodb"), Some("GetItem"), Some("us-east-1"))));
+        assert!(!aws.matches(&facts(Some("dynamodb"), Some("PutItem"), Some("us-west-2"))));
+        assert!(!aws.matches(&facts(Some("dynamodb"), None, Some("us-east-1"))));
+        assert!(!aws.matches(&Facts::default()));
+        let region_only = compile(MatchSpec {
+            aws: Some(AwsMatchSpec {
+                region: Some("us-west-2".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let aws = region_only.aws().unwrap();
+        assert!(!aws.needs_operation());
+        assert!(aws.matches(&facts(Some("sqs"), None, Some("us-west-2"))));
+        let errors = MatchSpec {
+            aws: Some(AwsMatchSpec {
+                operation: Some("Put[".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .compile(&[], &FieldPath::root().key("match"))
+        .unwrap_err();
+        assert!(errors[0]
+            .to_string()
+            .starts_with("match.aws.operation: invalid glob \"Put[\""));
+        let errors = MatchSpec {
+            aws: Some(AwsMatchSpec::default()),
+            ..Default::default()
+        }
+        .compile(&[], &FieldPath::root().key("match"))
+        .unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "match.aws: give at least one of `service`, `operation`, `region`"
+        );
+    }
+
+    #[test]
     fn unknown_upstreams_and_bad_globs_are_reported() {
         let errors = MatchSpec {
             upstreams: vec!["lambda".into()],
@@ -550,11 +755,11 @@ mod properties {
             method in text(),
             name in text(),
         ) {
-            let spec = MatchSpec { upstreams, labels: labels.clone(), methods, path, headers, dns: None };
+            let spec = MatchSpec { upstreams, labels: labels.clone(), methods, path, headers, dns: None, aws: None };
             let Ok(matcher) = spec.compile(&["a", "b"], &FieldPath::root()) else {
                 return Ok(());
             };
-            let _ = matcher.applies_to_upstream(UpstreamIdentity { name: &name, labels: &labels });
+            let _ = matcher.applies_to_upstream(UpstreamIdentity { name: &name, labels: &labels, tcp: false });
             if let Some(glob) = matcher.path_glob() {
                 let _ = glob.compile_matcher().is_match(&request_path);
             }

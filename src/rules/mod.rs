@@ -23,7 +23,9 @@ use crate::config::is_valid_name;
 use crate::diagnostic::{FieldError, FieldPath};
 use crate::fault::{BodySource, Fault, FaultKind, FaultSpec};
 
-pub use matcher::{DnsMatchSpec, DnsMatcher, MatchSpec, Matcher, UpstreamIdentity};
+pub use matcher::{
+    AwsCondition, AwsMatchSpec, DnsMatchSpec, DnsMatcher, MatchSpec, Matcher, UpstreamIdentity,
+};
 pub use snapshot::{Candidate, LiveRule, RuleSet, UpstreamRules};
 
 /// The longest rule name: it rides on responses as `x-faultline-rule`, in
@@ -265,6 +267,89 @@ impl Rule {
             && self.turns == other.turns
             && self.sticky == other.sticky
             && same_body
+    }
+}
+
+impl Rule {
+    /// Whether the rule means something to `upstream`'s traffic: a TCP
+    /// upstream takes TCP faults from rules without request conditions
+    /// (path, methods, headers, a sticky header); an HTTP one takes every
+    /// fault but the TCP-only ones. A rule that selects both kinds of
+    /// upstream (a region's label) acts where it fits.
+    pub fn fits(&self, upstream: UpstreamIdentity<'_>) -> bool {
+        if upstream.tcp {
+            self.matcher.takes_every_request()
+                && !matches!(self.sticky, Some(Sticky::Header(_)))
+                && self.fault.fits_tcp()
+        } else {
+            self.fault.fits_http()
+        }
+    }
+
+    /// What keeps this rule from acting on any upstream it selects, when
+    /// it selects some and fits none of them (SPEC §9: rules that select
+    /// TCP upstreams match on `upstreams` and `labels` only, and take TCP
+    /// kinds); `None` when it fits one, or selects none.
+    pub fn misfit(&self, upstreams: &[UpstreamIdentity<'_>]) -> Option<String> {
+        let selected: Vec<&UpstreamIdentity<'_>> = upstreams
+            .iter()
+            .filter(|u| self.matcher.applies_to_upstream(**u))
+            .collect();
+        if selected.is_empty() || selected.iter().any(|u| self.fits(**u)) {
+            return None;
+        }
+        let label = format!("rule {:?}", shorten(&self.name));
+        if selected.iter().all(|u| u.tcp) {
+            let spec = self.matcher.spec();
+            let mut http_only: Vec<&str> = Vec::new();
+            if !spec.methods.is_empty() {
+                http_only.push("match.methods");
+            }
+            if spec.path.is_some() {
+                http_only.push("match.path");
+            }
+            if !spec.headers.is_empty() {
+                http_only.push("match.headers");
+            }
+            if matches!(self.sticky, Some(Sticky::Header(_))) {
+                http_only.push("sticky = \"header:…\"");
+            }
+            if !http_only.is_empty() {
+                return Some(format!(
+                    "{label} selects only tcp:// upstreams, which have no HTTP requests: {} cannot match (a TCP rule matches on `upstreams` and `labels` only)",
+                    http_only.join(", ")
+                ));
+            }
+            return Some(format!(
+                "{label} selects only tcp:// upstreams, and kind = \"{}\" {} does not apply to a TCP connection (TCP takes latency, bandwidth, slice, truncate, abort reset or close, unavailable blackhole or refuse, slow_close)",
+                self.fault.kind(),
+                tcp_misfit_detail(&self.fault)
+            ));
+        }
+        if selected.iter().all(|u| !u.tcp) {
+            return Some(format!(
+                "{label} selects only HTTP upstreams, and its fault (kind = \"{}\"{}) is for tcp:// upstreams",
+                self.fault.kind(),
+                if matches!(self.fault, Fault::Slice { .. } | Fault::SlowClose { .. }) {
+                    ""
+                } else {
+                    ", with `direction` or `after`"
+                }
+            ));
+        }
+        Some(format!(
+            "{label} fits none of the upstreams it selects: its fault is for HTTP where they are TCP, and for TCP where they are HTTP"
+        ))
+    }
+}
+
+/// Why a fault does not fit TCP, in the words of its fields.
+fn tcp_misfit_detail(fault: &Fault) -> &'static str {
+    match fault {
+        Fault::Latency { .. } => "with side = \"response\"",
+        Fault::Abort { .. } => "with this mode",
+        Fault::Respond(_) => "(an HTTP answer)",
+        _ => "",
     }
 }
 

@@ -50,6 +50,7 @@ impl LiveRule {
             && self.rule.turns == Turns::default()
             && self.rule.matcher.takes_every_request()
             && self.rule.matcher.applies_to_upstream(upstream)
+            && self.rule.fits(upstream)
     }
 }
 
@@ -64,6 +65,9 @@ pub struct UpstreamRules {
     path_owner: Box<[usize]>,
     /// Indices of the rules with no path condition.
     pathless: Box<[usize]>,
+    /// Whether a rule asks for the AWS operation, which the query protocol
+    /// carries in a form body: only then does the proxy read one.
+    reads_form: bool,
 }
 
 /// An enabled rule that can apply to an upstream, with the probability in force.
@@ -104,16 +108,30 @@ impl UpstreamRules {
                 ),
             }
         };
+        let reads_form = rules.iter().any(|candidate| {
+            candidate
+                .rule
+                .matcher
+                .aws()
+                .is_some_and(|aws| aws.needs_operation())
+        });
         Self {
             rules: rules.into(),
             paths,
             path_owner: path_owner.into(),
             pathless: pathless.into(),
+            reads_form,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// Whether a rule here matches on the AWS operation: a form-urlencoded
+    /// request body is then read before deciding (README "AWS-aware rules").
+    pub fn reads_form(&self) -> bool {
+        self.reads_form
     }
 
     /// Every rule that can apply to the upstream, in evaluation order (the
@@ -204,7 +222,9 @@ impl RuleSet {
                         .iter()
                         .enumerate()
                         .filter(|(_, live)| {
-                            live.enabled && live.rule.matcher.applies_to_upstream(upstream)
+                            live.enabled
+                                && live.rule.matcher.applies_to_upstream(upstream)
+                                && live.rule.fits(upstream)
                         })
                         .map(|(index, live)| Candidate {
                             rule: Arc::clone(&live.rule),

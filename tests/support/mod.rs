@@ -349,7 +349,9 @@ impl TestProxy {
         // A real rules folder, so reloads and the watcher have files to read.
         std::fs::create_dir_all(&config.proxy.rules_dir).unwrap();
         std::fs::write(config.proxy.rules_dir.join("test.toml"), rules).unwrap();
+        let identities: Vec<_> = config.upstreams.iter().map(Into::into).collect();
         let rules = book::load_dir(&config.proxy.rules_dir, &names)
+            .and_then(|book| book.fitted(&identities))
             .map_err(|d| faultline::diagnostic::render(&d))?;
         let rules_dir = config.proxy.rules_dir.clone();
         let running = App::new(config, rules)
