@@ -20,6 +20,7 @@ use crate::ca::Ca;
 use crate::config::Config;
 use crate::control::{Control, Published, RuleFiles, Snapshot, Wiring};
 use crate::diagnostic::Diagnostic;
+use crate::dns::DnsSockets;
 use crate::fault::Fault;
 use crate::metrics::Metrics;
 use crate::proxy::ForwardTls;
@@ -192,6 +193,22 @@ impl App {
             }
         }
 
+        let dns = match config
+            .dns
+            .as_ref()
+            .and_then(|dns| dns.listen.map(|addr| (dns, addr)))
+        {
+            Some((dns, addr)) => Some((
+                dns.clone(),
+                DnsSockets::bind(addr).map_err(|source| StartError::Bind {
+                    addr,
+                    what: "the DNS server (UDP and TCP)".to_owned(),
+                    source,
+                })?,
+            )),
+            None => None,
+        };
+
         let shutdown = CancellationToken::new();
         let grace = config.proxy.shutdown_grace;
         let limits = Limits {
@@ -239,6 +256,16 @@ impl App {
                 )),
             };
             tasks.push(task);
+        }
+        let mut dns_addr = None;
+        if let Some((dns, sockets)) = dns {
+            dns_addr = sockets.local_addr().ok();
+            tasks.extend(sockets.serve(
+                dns,
+                Arc::clone(proxy.published()),
+                &metrics,
+                shutdown.clone(),
+            ));
         }
         let tallies = proxy.tallies();
         for (listener, i) in tcp_bound {
@@ -342,6 +369,7 @@ impl App {
             control,
             listeners,
             admin_addr,
+            dns_addr,
             shutdown,
             tasks,
             seed,
@@ -556,6 +584,8 @@ pub struct Running {
     control: Arc<Control>,
     listeners: Vec<BoundListener>,
     admin_addr: SocketAddr,
+    /// The DNS server's address (UDP and TCP), when `[dns] listen` is set.
+    dns_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     seed: u64,
@@ -594,6 +624,11 @@ impl Running {
     /// The bound address of the admin API and `/metrics`.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The bound address of the DNS server (UDP and TCP on the same port).
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns_addr
     }
 
     pub fn proxy(&self) -> &Arc<Proxy> {

@@ -62,6 +62,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub destination: Vec<DestinationSection>,
     pub toxiproxy: Option<ToxiproxySection>,
+    pub dns: Option<DnsSection>,
 }
 
 /// `[ca]`: where faultline's own certificate authority lives.
@@ -245,6 +246,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[dns]`: faultline's DNS server and the names it answers itself.
+    pub dns: Option<DnsConfig>,
     /// In file order: the first whose host matches names forward traffic.
     pub destinations: Vec<DestinationConfig>,
     pub ca: CaConfig,
@@ -927,6 +930,15 @@ impl Config {
                 ));
             }
         }
+        let dns = wire.dns.as_ref().map(|section| {
+            let at = root.key("dns");
+            let dns = validate_dns(section, &at, &mut errors);
+            if let Some(addr) = dns.listen {
+                claim_addr(addr, at.key("listen"), &mut errors);
+            }
+            dns
+        });
+        let serves_dns = dns.as_ref().is_some_and(|dns| dns.listen.is_some());
         let toxiproxy = wire.toxiproxy.as_ref().and_then(|section| {
             let at = root.key("toxiproxy").key("listen");
             let text = section.listen.as_deref().unwrap_or(DEFAULT_TOXIPROXY_LISTEN);
@@ -944,10 +956,11 @@ impl Config {
         if wire.listener.is_empty()
             && !wire.upstream.iter().any(|u| u.listen.is_some())
             && wire.toxiproxy.is_none()
+            && !serves_dns
         {
             errors.push(FieldError::new(
                 root,
-                "nothing to listen on: define a [[listener]] with routes, give an [[upstream]] a dedicated `listen` address, or add [toxiproxy]",
+                "nothing to listen on: define a [[listener]] with routes, give an [[upstream]] a dedicated `listen` address, add [toxiproxy], or give [dns] a `listen`",
             ));
         }
 
@@ -958,6 +971,7 @@ impl Config {
                 listeners,
                 upstreams,
                 routes,
+                dns,
                 destinations,
                 ca,
                 toxiproxy,
@@ -1521,6 +1535,155 @@ fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
     format!(" (known: {})", names.join(", "))
 }
 
+// ---------------------------------------------------------------------------
+// [dns] (README "DNS").
+
+/// The most addresses one name of `[dns] records` may have: they must fit
+/// a 512-byte UDP answer.
+pub const MAX_RECORD_ADDRESSES: usize = 16;
+/// The most names `[dns] records` may hold.
+pub const MAX_RECORDS: usize = 10_000;
+/// The most resolvers `[dns] upstream` may name.
+pub const MAX_DNS_UPSTREAMS: usize = 8;
+
+/// `[dns]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// Where the DNS server listens, UDP and TCP; none: no server, but
+    /// `records` and the DNS rules still apply to the proxy's own resolution.
+    pub listen: Option<String>,
+    /// `"system"` or resolver addresses (`IP` or `IP:PORT`, port 53 by default).
+    pub upstream: Option<Vec<String>>,
+    /// Fixed answers: name to addresses.
+    #[serde(default)]
+    pub records: BTreeMap<String, Vec<String>>,
+}
+
+/// `[dns]`, validated.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    pub listen: Option<SocketAddr>,
+    /// Tried in order until one answers.
+    pub upstream: Vec<DnsUpstream>,
+    /// By lowercase name without the final dot.
+    pub records: std::sync::Arc<HashMap<String, Vec<std::net::IpAddr>>>,
+}
+
+/// Where names that no rule and no record answers are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsUpstream {
+    /// The system's resolver (`getaddrinfo`): A and AAAA only.
+    System,
+    /// A DNS resolver, asked over UDP (TCP for queries that came over TCP).
+    Resolver(SocketAddr),
+}
+
+/// A name as DNS compares it: lowercase, without the final dot.
+pub fn dns_key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether `name` (no final dot) is a host name DNS can carry: labels of 1
+/// to 63 letters, digits, '-' or '_', at most 253 characters in all.
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn validate_dns(section: &DnsSection, at: &FieldPath, errors: &mut Vec<FieldError>) -> DnsConfig {
+    let listen = section
+        .listen
+        .as_deref()
+        .and_then(|text| parse_addr(text, &at.key("listen"), errors));
+    let mut upstream = Vec::new();
+    let given = section
+        .upstream
+        .clone()
+        .unwrap_or_else(|| vec!["system".to_owned()]);
+    if given.is_empty() || given.len() > MAX_DNS_UPSTREAMS {
+        errors.push(FieldError::new(
+            at.key("upstream"),
+            format!("upstream must name 1 to {MAX_DNS_UPSTREAMS} resolvers, or \"system\""),
+        ));
+    }
+    for (i, text) in given.iter().enumerate() {
+        let parsed = if text == "system" {
+            Some(DnsUpstream::System)
+        } else if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+            Some(DnsUpstream::Resolver(SocketAddr::new(ip, 53)))
+        } else {
+            text.parse().ok().map(DnsUpstream::Resolver)
+        };
+        match parsed {
+            Some(DnsUpstream::Resolver(addr)) if listen == Some(addr) => {
+                errors.push(FieldError::new(
+                    at.key("upstream").index(i),
+                    format!("upstream {text:?} is faultline's own DNS address: queries would loop"),
+                ));
+            }
+            Some(parsed) => upstream.push(parsed),
+            None => errors.push(FieldError::new(
+                at.key("upstream").index(i),
+                format!(
+                    "invalid DNS upstream {text:?}: expected \"system\", an IP address or IP:PORT"
+                ),
+            )),
+        }
+    }
+    if section.records.len() > MAX_RECORDS {
+        errors.push(FieldError::new(
+            at.key("records"),
+            format!("records may hold at most {MAX_RECORDS} names"),
+        ));
+    }
+    let mut records = HashMap::new();
+    for (name, addresses) in &section.records {
+        let field = at.key("records").key(name.as_str());
+        let key = dns_key(name);
+        if !is_dns_name(&key) {
+            errors.push(FieldError::new(
+                field.clone(),
+                format!("{name:?} is not a DNS name (labels of letters, digits, '-' and '_')"),
+            ));
+        }
+        if addresses.is_empty() || addresses.len() > MAX_RECORD_ADDRESSES {
+            errors.push(FieldError::new(
+                field.clone(),
+                format!("{name:?} needs 1 to {MAX_RECORD_ADDRESSES} addresses"),
+            ));
+        }
+        let mut ips = Vec::new();
+        for (i, text) in addresses.iter().enumerate() {
+            match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => ips.push(ip),
+                Err(_) => errors.push(FieldError::new(
+                    field.index(i),
+                    format!("{text:?} is not an IPv4 or IPv6 address"),
+                )),
+            }
+        }
+        if records.insert(key, ips).is_some() {
+            errors.push(FieldError::new(
+                field,
+                format!("{name:?} is given twice (names are compared without case or final dot)"),
+            ));
+        }
+    }
+    DnsConfig {
+        listen,
+        upstream,
+        records: std::sync::Arc::new(records),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1812,7 +1975,7 @@ upstream = "a"
             messages(&format!("{base}url = \"tcp://127.0.0.1:5432\"\n")),
             vec![
                 "upstream[0].url: upstream \"db\": a tcp:// upstream needs `listen`, the port its clients connect to (such as \"127.0.0.1:15432\")",
-                "nothing to listen on: define a [[listener]] with routes, give an [[upstream]] a dedicated `listen` address, or add [toxiproxy]",
+                "nothing to listen on: define a [[listener]] with routes, give an [[upstream]] a dedicated `listen` address, add [toxiproxy], or give [dns] a `listen`",
             ]
         );
         assert_eq!(
@@ -1841,5 +2004,62 @@ upstream = "a"
         assert!(!route.matches(Some("orders.us-west-2.example"), "/api"));
         assert!(!route.matches(Some("orders.us-east-1.example"), "/apix"));
         assert!(!route.matches(None, "/api"));
+    }
+}
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+
+    fn parse(dns: &str) -> Result<Config, Vec<String>> {
+        let text = format!("[admin]\nlisten = \"127.0.0.1:0\"\n[dns]\n{dns}\n");
+        match Config::parse(&text, Path::new(".")) {
+            Ok(config) => Ok(config),
+            Err(ParseError::Invalid(errors)) => {
+                Err(errors.iter().map(ToString::to_string).collect())
+            }
+            Err(ParseError::Toml(e)) => Err(vec![e.to_string()]),
+        }
+    }
+
+    #[test]
+    fn a_dns_server_alone_is_something_to_listen_on() {
+        let config = parse("listen = \"127.0.0.1:5353\"\nupstream = [\"system\", \"10.0.0.2\", \"[::1]:5300\"]\nrecords = { \"Orders.Test.\" = [\"127.0.0.1\", \"::1\"] }").unwrap();
+        let dns = config.dns.unwrap();
+        assert_eq!(dns.listen, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(
+            dns.upstream,
+            [
+                DnsUpstream::System,
+                DnsUpstream::Resolver("10.0.0.2:53".parse().unwrap()),
+                DnsUpstream::Resolver("[::1]:5300".parse().unwrap()),
+            ]
+        );
+        assert_eq!(dns.records["orders.test"].len(), 2);
+        // No listen: records and rules still apply to the proxy's own
+        // resolution, but there is nothing to serve.
+        assert!(
+            parse("records = { \"a.test\" = [\"127.0.0.1\"] }").unwrap_err()[0]
+                .contains("nothing to listen on")
+        );
+    }
+
+    #[test]
+    fn problems_are_reported_at_their_field() {
+        let errors = parse(
+            "listen = \"127.0.0.1:5353\"\nupstream = [\"127.0.0.1:5353\", \"resolver\"]\nrecords = { \"bad name.test\" = [\"127.0.0.1\"], \"a.test\" = [\"localhost\"], \"A.test.\" = [\"::1\"], \"none.test\" = [] }",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "dns.upstream[0]: upstream \"127.0.0.1:5353\" is faultline's own DNS address: queries would loop",
+                "dns.upstream[1]: invalid DNS upstream \"resolver\": expected \"system\", an IP address or IP:PORT",
+                "dns.records.a.test[0]: \"localhost\" is not an IPv4 or IPv6 address",
+                "dns.records.a.test: \"a.test\" is given twice (names are compared without case or final dot)",
+                "dns.records.bad name.test: \"bad name.test\" is not a DNS name (labels of letters, digits, '-' and '_')",
+                "dns.records.none.test: \"none.test\" needs 1 to 16 addresses",
+            ]
+        );
     }
 }

@@ -48,6 +48,10 @@ pub const UPSTREAMS: [(&str, &str, &str, &str); 18] = [
     ("guardduty-usw2", "guardduty", "us-west-2", "usw2-az3"),
 ];
 
+/// The AWS endpoints the demo's DNS server answers, in both regions
+/// (`NAME.REGION.amazonaws.com`), with the proxy's address.
+pub const DNS_NAMES: [&str; 6] = ["dynamodb", "ec2", "sts", "lambda", "ecs", "connect"];
+
 /// The demo's TCP upstreams: (name, region, zone), each a `cache` (a tiny
 /// key-value line protocol, [`serve_kv`]) behind its own port.
 pub const TCP_UPSTREAMS: [(&str, &str, &str); 2] = [
@@ -61,10 +65,14 @@ pub const KV_MAX_LINE: usize = 1024;
 pub const KV_MAX_KEYS: usize = 10_000;
 
 /// Rule files compiled in, for a demo started outside a checkout.
-const BUILTIN_RULES: [(&str, &str); 4] = [
+const BUILTIN_RULES: [(&str, &str); 5] = [
     (
         "rules/us-east-1-brownout.toml",
         include_str!("../rules/us-east-1-brownout.toml"),
+    ),
+    (
+        "rules/us-east-1-dynamodb-dns.toml",
+        include_str!("../rules/us-east-1-dynamodb-dns.toml"),
     ),
     (
         "rules/us-east-1-lambda-capacity.toml",
@@ -92,11 +100,23 @@ pub struct Demo {
 }
 
 impl Demo {
-    /// Starts the demo upstreams and the proxy on `listen`. Rules come from
-    /// `rules_dir` when it exists, else from the copies built in.
+    /// Starts the demo upstreams and the proxy on `listen`, its DNS server
+    /// on any free loopback port. Rules come from `rules_dir` when it
+    /// exists, else from the copies built in.
     pub async fn start(
         listen: SocketAddr,
         admin: SocketAddr,
+        rules_dir: &Path,
+    ) -> Result<Demo, String> {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_with_dns(listen, admin, any, rules_dir).await
+    }
+
+    /// [`Demo::start`], with the DNS server on `dns` (UDP and TCP).
+    pub async fn start_with_dns(
+        listen: SocketAddr,
+        admin: SocketAddr,
+        dns: SocketAddr,
         rules_dir: &Path,
     ) -> Result<Demo, String> {
         let upstream_shutdown = CancellationToken::new();
@@ -124,7 +144,7 @@ impl Demo {
         }
 
         let mut config = Config::parse(
-            &config_text(listen, admin, &upstreams, &caches),
+            &config_text(listen, admin, dns, &upstreams, &caches),
             Path::new("."),
         )
         .map_err(|e| format!("demo config: {e}"))?;
@@ -232,6 +252,12 @@ impl Demo {
                 scenario.description.as_deref().unwrap_or("")
             ));
         }
+        if let Some(dns) = self.proxy.dns_addr() {
+            text.push_str(&format!(
+                "  dns        {dns} (UDP and TCP): {}.<region>.amazonaws.com, the rest from the system\n",
+                DNS_NAMES.join("|")
+            ));
+        }
         text.push_str(&format!("  seed       {}\n\n", self.proxy.seed()));
         text.push_str(
             "Routes: /<region>/<service>/... by path, or Host: <service>.<region>.demo\n\n",
@@ -305,6 +331,25 @@ impl Demo {
                 "  {ctl} scenario report us-east-1-lambda-capacity   # step by step, per region and upstream\n\n"
             ));
         }
+        if let (Some(dns), true) = (
+            self.proxy.dns_addr(),
+            scenarios.iter().any(|s| s.name == "us-east-1-dynamodb-dns"),
+        ) {
+            text.push_str("Replay the 19-20 Oct 2025 us-east-1 outage, DNS first:\n");
+            text.push_str(&format!(
+                "  dig @{} -p {} dynamodb.us-east-1.amazonaws.com A    # NOERROR, one A record\n",
+                dns.ip(),
+                dns.port()
+            ));
+            text.push_str(&format!(
+                "  {ctl} scenario start us-east-1-dynamodb-dns --speed 600 --follow\n"
+            ));
+            text.push_str(&format!(
+                "  dig @{} -p {} dynamodb.us-east-1.amazonaws.com A    # during the first step: NOERROR, no records (5s TTL)\n\n",
+                dns.ip(),
+                dns.port()
+            ));
+        }
         text.push_str("Injected responses carry x-faultline-rule; errors the proxy makes itself carry x-faultline-error.\n");
         text.push_str("Press Ctrl-C to stop.\n");
         text
@@ -327,12 +372,26 @@ impl Demo {
 fn config_text(
     listen: SocketAddr,
     admin: SocketAddr,
+    dns: SocketAddr,
     upstreams: &[(&str, SocketAddr)],
     caches: &[(&str, SocketAddr)],
 ) -> String {
     let mut text = format!(
         "[admin]\nlisten = \"{admin}\"\n\n[proxy]\nshutdown_grace = \"2s\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"{listen}\"\n"
     );
+    // The demo's DNS: the AWS endpoints of its services answer with the
+    // proxy's address; every other name is the system's.
+    text.push_str(&format!(
+        "\n[dns]\nlisten = \"{dns}\"\nupstream = [\"system\"]\n[dns.records]\n"
+    ));
+    for name in DNS_NAMES {
+        for region in ["us-east-1", "us-west-2"] {
+            text.push_str(&format!(
+                "\"{name}.{region}.amazonaws.com\" = [\"{}\"]\n",
+                listen.ip()
+            ));
+        }
+    }
     for ((name, service, region, zone), (_, addr)) in UPSTREAMS.iter().zip(upstreams) {
         text.push_str(&format!(
             "\n[[upstream]]\nname = \"{name}\"\nurl = \"http://{addr}\"\nlabels = {{ region = \"{region}\", zone = \"{zone}\", service = \"{service}\" }}\n"

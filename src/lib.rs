@@ -23,6 +23,7 @@
 //!   (upgraded connections too), and idle plain HTTP/1.1 connections parking (hyper's state given
 //!   back between requests).
 //! - [`proxy`]: do: the request pipeline (front doors, the forward listener's routing by authority and destination among them, and intercepted `CONNECT`s served as TLS connections; fault phases, upstream connectors, synthetic responses), and the tunnels of upgraded connections and `CONNECT`s.
+//! - [`dns`]: faultline's DNS server: queries read and answered (UDP and TCP, bounded), decided by the same rules (`match.dns`), untouched names answered from `records` or forwarded.
 //! - [`tcp`]: TCP upstreams (`tcp://`): their dedicated ports' accept loop, each connection decided
 //!   once and copied both ways through its faults (SPEC §9).
 //! - [`toxiproxy`]: Toxiproxy 2.12's REST API: its proxies as run-time TCP upstreams, its toxics as
@@ -44,6 +45,7 @@ pub mod control;
 pub mod ctl;
 pub mod demo;
 pub mod diagnostic;
+pub mod dns;
 pub mod duration;
 pub mod fault;
 pub mod files;

@@ -61,6 +61,9 @@ enum Command {
         /// Rule files for the demo; the built-in copies when the folder is missing.
         #[arg(long, default_value = "rules")]
         rules: PathBuf,
+        /// Where the demo's DNS server listens (UDP and TCP).
+        #[arg(long, default_value = "127.0.0.1:5353")]
+        dns: SocketAddr,
     },
     /// One demo upstream on its own, as the docker-compose stack runs one
     /// per zone: it answers every request with JSON naming itself and the
@@ -127,7 +130,8 @@ fn main() -> ExitCode {
             listen,
             admin,
             rules,
-        } => demo(listen, admin, &rules),
+            dns,
+        } => demo(listen, admin, dns, &rules),
         Command::DemoUpstream {
             listen,
             name,
@@ -278,13 +282,13 @@ fn check(config_path: &Path) -> ExitCode {
     }
 }
 
-fn demo(listen: SocketAddr, admin: SocketAddr, rules: &Path) -> ExitCode {
+fn demo(listen: SocketAddr, admin: SocketAddr, dns: SocketAddr, rules: &Path) -> ExitCode {
     let runtime = match app::runtime(None) {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async {
-        match Demo::start(listen, admin, rules).await {
+        match Demo::start_with_dns(listen, admin, dns, rules).await {
             Ok(demo) => {
                 print!("{}", demo.instructions());
                 demo.run_until_signal().await;

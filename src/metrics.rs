@@ -38,6 +38,7 @@ pub const INFLIGHT_REQUESTS: &str = "faultline_inflight_requests";
 pub const BUILD_INFO: &str = "faultline_build_info";
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "faultline_tls_handshake_errors_total";
 pub const GRPC_REQUESTS_TOTAL: &str = "faultline_grpc_requests_total";
+pub const DNS_QUERIES_TOTAL: &str = "faultline_dns_queries_total";
 pub const TCP_CONNECTIONS_TOTAL: &str = "faultline_tcp_connections_total";
 pub const TCP_BYTES_TOTAL: &str = "faultline_tcp_bytes_total";
 
@@ -134,6 +135,7 @@ pub struct Metrics {
     inflight: IntGaugeVec,
     tls_handshake_errors: IntCounterVec,
     grpc_requests: IntCounterVec,
+    dns_queries: IntCounterVec,
     tcp_connections: IntCounterVec,
     tcp_bytes: IntCounterVec,
 }
@@ -238,6 +240,11 @@ impl Metrics {
                 "gRPC calls, by upstream, region and the status the call ended with.",
                 &["upstream", "region", "grpc_status"],
             ),
+            dns_queries: counter_vec(
+                DNS_QUERIES_TOTAL,
+                "DNS queries faultline's DNS server took, by the answer they got.",
+                &["answer"],
+            ),
             tcp_connections: counter_vec(
                 TCP_CONNECTIONS_TOTAL,
                 "TCP connections to tcp:// upstreams, by upstream, region and how they ended.",
@@ -250,7 +257,8 @@ impl Metrics {
             ),
         };
         let registry = &metrics.registry;
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
+            Box::new(metrics.dns_queries.clone()),
             Box::new(metrics.tcp_connections.clone()),
             Box::new(metrics.tcp_bytes.clone()),
             Box::new(metrics.requests.clone()),
@@ -373,6 +381,21 @@ impl Metrics {
         ])
     }
 
+    /// The injected-fault counter of a rule that matches DNS queries: it
+    /// has no upstream, so `upstream` and `region` are empty.
+    pub fn dns_faults_injected(&self, rule: &str, kind: &str) -> IntCounter {
+        self.faults_injected
+            .with_label_values(&[rule, kind, "", ""])
+    }
+
+    /// `faultline_dns_queries_total` for each answer, resolved once.
+    pub fn dns_queries(&self) -> DnsQueryMetrics {
+        DnsQueryMetrics {
+            counters: DnsOutcome::ALL
+                .map(|outcome| self.dns_queries.with_label_values(&[outcome.as_str()])),
+        }
+    }
+
     pub fn set_rule_enabled(&self, rule: &str, enabled: bool) {
         self.rule_enabled
             .with_label_values(&[rule])
@@ -428,6 +451,80 @@ impl Metrics {
 
     pub fn halted(&self) -> &IntGauge {
         &self.halted
+    }
+}
+
+/// What a DNS query got: the `answer` label of `faultline_dns_queries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsOutcome {
+    /// A fixed answer from `[dns] records`.
+    Records,
+    /// Answered by an `upstream` resolver (whatever it said).
+    Forwarded,
+    /// No `upstream` resolver answered in time, or too many queries were
+    /// being forwarded: `SERVFAIL`.
+    UpstreamFailed,
+    /// Not a query faultline answers (another opcode or class, a type the
+    /// system resolver cannot ask): `NOTIMP`.
+    NotImplemented,
+    /// Malformed: `FORMERR`, or nothing when not even the header could be read.
+    Malformed,
+    /// Injected by a `dns` rule, by answer.
+    NxDomain,
+    ServFail,
+    NoData,
+    Refused,
+    Timeout,
+    Addresses,
+}
+
+impl DnsOutcome {
+    pub const ALL: [DnsOutcome; 11] = [
+        DnsOutcome::Records,
+        DnsOutcome::Forwarded,
+        DnsOutcome::UpstreamFailed,
+        DnsOutcome::NotImplemented,
+        DnsOutcome::Malformed,
+        DnsOutcome::NxDomain,
+        DnsOutcome::ServFail,
+        DnsOutcome::NoData,
+        DnsOutcome::Refused,
+        DnsOutcome::Timeout,
+        DnsOutcome::Addresses,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsOutcome::Records => "records",
+            DnsOutcome::Forwarded => "forwarded",
+            DnsOutcome::UpstreamFailed => "upstream_failed",
+            DnsOutcome::NotImplemented => "notimp",
+            DnsOutcome::Malformed => "malformed",
+            DnsOutcome::NxDomain => "nxdomain",
+            DnsOutcome::ServFail => "servfail",
+            DnsOutcome::NoData => "nodata",
+            DnsOutcome::Refused => "refused",
+            DnsOutcome::Timeout => "timeout",
+            DnsOutcome::Addresses => "addresses",
+        }
+    }
+}
+
+/// `faultline_dns_queries_total`'s handles, one per [`DnsOutcome`].
+#[derive(Debug, Clone)]
+pub struct DnsQueryMetrics {
+    counters: [IntCounter; DnsOutcome::ALL.len()],
+}
+
+impl DnsQueryMetrics {
+    pub fn record(&self, outcome: DnsOutcome) {
+        if let Some(counter) = DnsOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .and_then(|i| self.counters.get(i))
+        {
+            counter.inc();
+        }
     }
 }
 

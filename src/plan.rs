@@ -18,7 +18,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::aws::{self, Facts, RequestParts};
-use crate::fault::{AbortMode, Delay, Direction, Fault, Shaping, Side, SyntheticResponse};
+use crate::fault::{
+    AbortMode, Delay, Direction, DnsFault, Fault, Shaping, Side, SyntheticResponse,
+};
 use crate::rules::{fnv1a, Candidate, RuleSet, Sticky};
 
 /// What the planner looks at in a request.
@@ -107,22 +109,9 @@ pub fn decide(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Op
                 continue;
             }
         }
-        if !rule.counters.take_turn(rule.turns.every) {
+        let Some(mut rng) = fires(rules.seed(), candidate, sticky_key(candidate, request)) else {
             continue;
-        }
-        let mut rng = needs_randomness(candidate).then(|| {
-            let draw = rule.counters.draws.fetch_add(1, Ordering::Relaxed);
-            stream(rules.seed(), rule.salt, draw)
-        });
-        let hit = match sticky_key(candidate, request) {
-            Some(key) => sticky_hits(rules.seed(), rule.salt, key, candidate.probability),
-            None => rng.as_mut().map_or(candidate.probability >= 1.0, |rng| {
-                hits(candidate.probability, rng)
-            }),
         };
-        if !hit || !rule.counters.take_one(rule.turns.times) {
-            continue;
-        }
         let decision = decided.get_or_insert_with(|| Decision {
             delay: Duration::ZERO,
             response_delay: Duration::ZERO,
@@ -151,12 +140,95 @@ pub fn decide(rules: &RuleSet, upstream: usize, request: &RequestView<'_>) -> Op
             Fault::Blackhole { max_hold } => Action::Blackhole {
                 max_hold: *max_hold,
             },
-            // A snapshot gives an HTTP upstream no TCP-only fault.
-            Fault::Slice { .. } | Fault::SlowClose { .. } => continue,
+            // A snapshot gives an HTTP upstream no TCP-only fault, and a
+            // DNS rule is never an upstream's candidate.
+            Fault::Slice { .. } | Fault::SlowClose { .. } | Fault::Dns(_) => continue,
         };
         // The first terminal fault ends the evaluation.
         decision.action = action;
         break;
+    }
+    decided
+}
+
+/// Whether a matching rule fires for this request (its turn under `every`,
+/// its probability, `times` left), and the random stream it drew from.
+fn fires(seed: u64, candidate: &Candidate, sticky_key: Option<&[u8]>) -> Option<Option<SmallRng>> {
+    let rule = &candidate.rule;
+    if !rule.counters.take_turn(rule.turns.every) {
+        return None;
+    }
+    let mut rng = needs_randomness(candidate).then(|| {
+        let draw = rule.counters.draws.fetch_add(1, Ordering::Relaxed);
+        stream(seed, rule.salt, draw)
+    });
+    let hit = match sticky_key {
+        Some(key) => sticky_hits(seed, rule.salt, key, candidate.probability),
+        None => rng.as_mut().map_or(candidate.probability >= 1.0, |rng| {
+            hits(candidate.probability, rng)
+        }),
+    };
+    (hit && rule.counters.take_one(rule.turns.times)).then_some(rng)
+}
+
+/// What one DNS query gets from the DNS rules.
+#[derive(Debug, Clone)]
+pub struct DnsDecision {
+    /// Injected latency before the answer (latencies add up).
+    pub delay: Duration,
+    /// The rules that fired, in evaluation order, as indices into
+    /// [`RuleSet::dns_candidates`].
+    pub fired: Vec<usize>,
+    /// The first `dns` fault's answer; `None`: the true answer, after `delay`.
+    pub answer: Option<DnsFault>,
+}
+
+/// Decides for one DNS query for `name` (lowercase, no final dot) of type
+/// `qtype`, asked by `client_ip` (for `sticky = "client_ip"`; a sticky
+/// header falls back to a draw); `None` when no rule fires. The same rules
+/// decide for a client's query to faultline's DNS server and for the
+/// proxy's own resolution of an upstream's name.
+pub fn decide_dns(
+    rules: &RuleSet,
+    name: &str,
+    qtype: u16,
+    client_ip: &[u8],
+) -> Option<DnsDecision> {
+    let mut decided: Option<DnsDecision> = None;
+    for (index, candidate) in rules.dns_candidates().iter().enumerate() {
+        let rule = &candidate.rule;
+        if !rule
+            .matcher
+            .dns()
+            .is_some_and(|dns| dns.matches(name, qtype))
+        {
+            continue;
+        }
+        let sticky = match rule.sticky {
+            Some(Sticky::ClientIp) => Some(client_ip),
+            Some(Sticky::Header(_)) | None => None,
+        };
+        let Some(mut rng) = fires(rules.seed(), candidate, sticky) else {
+            continue;
+        };
+        let decision = decided.get_or_insert_with(|| DnsDecision {
+            delay: Duration::ZERO,
+            fired: Vec::new(),
+            answer: None,
+        });
+        decision.fired.push(index);
+        match &rule.fault {
+            Fault::Latency { delay, .. } => {
+                decision.delay = decision.delay.saturating_add(delay.sample(rng.as_mut()));
+            }
+            Fault::Dns(fault) => {
+                // The first answer ends the evaluation, as a terminal fault does.
+                decision.answer = Some(fault.clone());
+                break;
+            }
+            // Validation lets a DNS rule take no other kind.
+            _ => {}
+        }
     }
     decided
 }
@@ -230,24 +302,13 @@ pub fn decide_connection(
     let mut decided: Option<ConnectionDecision> = None;
     for (index, candidate) in candidates.iter().enumerate() {
         let rule = &candidate.rule;
-        if !rule.counters.take_turn(rule.turns.every) {
-            continue;
-        }
-        let mut rng = needs_randomness(candidate).then(|| {
-            let draw = rule.counters.draws.fetch_add(1, Ordering::Relaxed);
-            stream(rules.seed(), rule.salt, draw)
-        });
-        let hit = match &rule.sticky {
-            Some(Sticky::ClientIp) => {
-                sticky_hits(rules.seed(), rule.salt, client_ip, candidate.probability)
-            }
-            _ => rng.as_mut().map_or(candidate.probability >= 1.0, |rng| {
-                hits(candidate.probability, rng)
-            }),
+        let sticky = match rule.sticky {
+            Some(Sticky::ClientIp) => Some(client_ip),
+            Some(Sticky::Header(_)) | None => None,
         };
-        if !hit || !rule.counters.take_one(rule.turns.times) {
+        let Some(mut rng) = fires(rules.seed(), candidate, sticky) else {
             continue;
-        }
+        };
         let decision = decided.get_or_insert_with(|| ConnectionDecision {
             seed: rng.as_mut().map_or(rule.salt, |rng| rng.random()),
             ..ConnectionDecision::default()
@@ -329,8 +390,8 @@ pub fn decide_connection(
             Fault::Blackhole { max_hold } => ConnectionAction::Blackhole {
                 max_hold: *max_hold,
             },
-            // A snapshot gives a TCP upstream no HTTP-only fault.
-            Fault::Respond(_) | Fault::Dribble { .. } => continue,
+            // A snapshot gives a TCP upstream no HTTP-only fault, and no DNS rule.
+            Fault::Respond(_) | Fault::Dribble { .. } | Fault::Dns(_) => continue,
         };
         // The first terminal fault ends the evaluation.
         decision.action = action;
@@ -579,6 +640,57 @@ mode = "reset"
         // 10,000 draws at p = 0.3: sd ≈ 46, so ±5 sd is 2,770..3,230.
         let hits = decisions(7, 10_000).iter().filter(|hit| **hit).count();
         assert!((2770..=3230).contains(&hits), "{hits}");
+    }
+
+    const DNS: &str = r#"
+[[rule]]
+name = "slow-dns"
+[rule.match]
+dns = { name = "*.us-east-1.amazonaws.com" }
+[rule.fault]
+kind = "latency"
+delay = "20ms"
+
+[[rule]]
+name = "empty"
+times = 2
+[rule.match]
+dns = { name = "dynamodb.us-east-1.amazonaws.com", types = ["A", "AAAA"] }
+[rule.fault]
+kind = "dns"
+answer = "nodata"
+
+[[rule]]
+name = "http"
+[rule.fault]
+kind = "error"
+status = 500
+"#;
+
+    #[test]
+    fn dns_rules_decide_dns_queries_only() {
+        let rules = rule_set(DNS, 1);
+        let names = |decision: &DnsDecision| -> Vec<&str> {
+            decision
+                .fired
+                .iter()
+                .map(|&i| rules.dns_candidates()[i].rule.name())
+                .collect()
+        };
+        let ddb = "dynamodb.us-east-1.amazonaws.com";
+        let first = decide_dns(&rules, ddb, 1, b"").unwrap();
+        assert_eq!(names(&first), ["slow-dns", "empty"]);
+        assert_eq!(first.delay, Duration::from_millis(20));
+        assert_eq!(first.answer.unwrap().answer.name(), "nodata");
+        // TXT is not taken; `times = 2` runs out after the second.
+        assert!(decide_dns(&rules, ddb, 16, b"").unwrap().answer.is_none());
+        assert!(decide_dns(&rules, ddb, 28, b"").unwrap().answer.is_some());
+        let third = decide_dns(&rules, ddb, 1, b"").unwrap();
+        assert_eq!(names(&third), ["slow-dns"]);
+        assert!(decide_dns(&rules, "example.com", 1, b"").is_none());
+        // The DNS rules are no upstream's candidates; the HTTP rule is.
+        let plan = plan_get(&rules, 0).unwrap();
+        assert_eq!(fired(&rules, &plan), ["http"]);
     }
 
     #[test]

@@ -174,7 +174,7 @@ const NUDGE_BYTES: usize = 1 << 20;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long the accept loop waits after an error such as running out of file descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The accept queue a listener asks for. The kernel silently caps it at
 /// its own limit (`net.core.somaxconn` on Linux, 4096 by default since

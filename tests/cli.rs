@@ -408,6 +408,8 @@ async fn the_demo_starts_and_shows_one_region_browning_out() {
             "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
+            "--dns",
+            "127.0.0.1:0",
             "--rules",
             "no-such-dir",
         ])
@@ -417,19 +419,40 @@ async fn the_demo_starts_and_shows_one_region_browning_out() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let proxy = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| {
+    let (proxy, dns) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        let mut field = |name: &str| {
+            lines.by_ref().find_map(|line| {
                 line.trim()
-                    .strip_prefix("proxy")
+                    .strip_prefix(name)
                     .map(|rest| rest.trim().to_owned())
             })
+        };
+        (field("proxy"), field("dns"))
     })
     .await
-    .unwrap()
-    .expect("the demo printed no proxy address");
+    .unwrap();
+    let proxy = proxy.expect("the demo printed no proxy address");
+
+    // Its DNS server answers the AWS endpoints of the demo with the proxy's address.
+    let dns: std::net::SocketAddr = dns
+        .expect("the demo printed no dns address")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut ask = hickory_proto::op::Message::new();
+    ask.add_query(hickory_proto::op::Query::query(
+        hickory_proto::rr::Name::from_ascii("dynamodb.us-east-1.amazonaws.com.").unwrap(),
+        hickory_proto::rr::RecordType::A,
+    ));
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(&ask.to_vec().unwrap(), dns).await.unwrap();
+    let mut buffer = [0u8; 512];
+    let n = socket.recv(&mut buffer).await.unwrap();
+    let answer = hickory_proto::op::Message::from_vec(&buffer[..n]).unwrap();
+    assert_eq!(answer.answers().len(), 1, "{answer:?}");
 
     let west = get(&format!("{proxy}/us-west-2/orders/42")).await;
     assert_eq!(west.status, 200);

@@ -38,7 +38,15 @@ struct RunningDemo {
 impl RunningDemo {
     fn start() -> RunningDemo {
         let mut child = Command::new(FAULTLINE)
-            .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args([
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--dns",
+                "127.0.0.1:0",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

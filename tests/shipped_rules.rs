@@ -55,6 +55,7 @@ async fn every_shipped_scenario_runs_to_completion() {
         shipped,
         [
             "aws-us-east-1-lambda-capacity",
+            "us-east-1-dynamodb-dns",
             "us-east-1-lambda-capacity",
             "us-east-1-region-down",
             "use1-az1-power-loss"
@@ -93,6 +94,108 @@ async fn every_shipped_scenario_runs_to_completion() {
         }
     }
     demo.shutdown().await;
+}
+
+/// The 19-20 Oct 2025 scenario played at full speed in the demo with
+/// traffic: DNS queries for DynamoDB's name and HTTP calls to the us-east-1
+/// services it breaks, each step's faults in the report, in AWS's order;
+/// us-west-2 answers throughout and the guard never trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dynamodb_dns_outage_plays_in_the_demo() {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let demo = faultline::demo::Demo::start(any, any, &dir).await.unwrap();
+    let dns = demo.proxy.dns_addr().unwrap();
+    let control = demo.proxy.control();
+    let name = "us-east-1-dynamodb-dns";
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut ask = Message::new();
+    ask.set_recursion_desired(true).add_query(Query::query(
+        Name::from_ascii("dynamodb.us-east-1.amazonaws.com.").unwrap(),
+        RecordType::A,
+    ));
+    let packet = ask.to_vec().unwrap();
+    let mut buffer = vec![0u8; 1500];
+    // Before the run: the demo's record.
+    socket.send_to(&packet, dns).await.unwrap();
+    let n = socket.recv(&mut buffer).await.unwrap();
+    assert_eq!(Message::from_vec(&buffer[..n]).unwrap().answers().len(), 1);
+
+    control
+        .start_scenario(name, faultline::control::MAX_SPEED, "test")
+        .unwrap();
+    let (mut empty, mut west) = (0, 0);
+    let http = format!("http://{}", demo.proxy_addr);
+    loop {
+        socket.send_to(&packet, dns).await.unwrap();
+        let n = socket.recv(&mut buffer).await.unwrap();
+        let answer = Message::from_vec(&buffer[..n]).unwrap();
+        if answer.answers().is_empty() {
+            empty += 1;
+        }
+        for service in ["lambda", "ecs", "connect", "orders"] {
+            // An NLB reset fails the request itself: that is the point.
+            let _ = try_get(&format!("{http}/us-east-1/{service}/x")).await;
+        }
+        assert_eq!(
+            support_get(&format!("{http}/us-west-2/lambda/x")).await,
+            200
+        );
+        west += 1;
+        if control.scenario(name).unwrap().state != "running" {
+            break;
+        }
+    }
+    assert_eq!(control.scenario(name).unwrap().state, "completed");
+    assert!(empty > 0, "no query saw DynamoDB's empty name");
+    let report = control.report(name).unwrap();
+    assert_eq!(report.steps.len(), 7);
+    for step in &report.steps {
+        eprintln!(
+            "step {:?} at {} ({}): faults {:?}; us-east-1 {:?} errors of {:?}; us-west-2 errors {:?} of {:?}",
+            step.step,
+            step.at,
+            step.description.as_deref().unwrap_or(""),
+            step.faults,
+            step.regions.get("us-east-1").map(|s| s.errors),
+            step.regions.get("us-east-1").map(|s| s.requests),
+            step.regions.get("us-west-2").map(|s| s.errors),
+            step.regions.get("us-west-2").map(|s| s.requests),
+        );
+        if let Some(west) = step.regions.get("us-west-2") {
+            assert_eq!(west.errors, 0, "us-west-2 in step {:?}", step.step);
+        }
+    }
+    // Each fault shows in the step that turns it on, in AWS's order.
+    let fired = |step: usize, rule: &str| report.steps[step].faults.get(rule).copied().unwrap_or(0);
+    assert!(fired(0, "use1-dynamodb-dns-empty") > 0);
+    assert!(fired(0, "use1-ddb-dependents-errors") > 0);
+    assert_eq!(fired(1, "use1-dynamodb-dns-empty"), 0, "DNS restored");
+    assert!(fired(1, "use1-ec2-launch-errors") > 0);
+    assert!(fired(2, "use1-nlb-health-check-resets") > 0);
+    assert!(fired(2, "use1-lambda-launch-errors") > 0);
+    assert_eq!(fired(3, "use1-nlb-health-check-resets"), 0, "NLB recovered");
+    // Recovery in AWS's order: Connect, then EC2 launches, then Lambda.
+    assert_eq!(fired(4, "use1-connect-errors"), 0);
+    assert_eq!(fired(5, "use1-ec2-launch-errors"), 0);
+    assert_eq!(fired(6, "use1-lambda-launch-errors"), 0);
+    assert!(report.steps[6].faults.is_empty(), "all clear");
+    assert!(west > 0);
+    demo.shutdown().await;
+}
+
+/// A GET's status, or `None` when the connection failed (an injected reset).
+async fn try_get(url: &str) -> Option<u16> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let response = client.get(url.parse().unwrap()).await.ok()?;
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    Some(status)
 }
 
 /// The AWS scenario's rules, all on at probability 1, take calls to the

@@ -56,6 +56,8 @@ pub struct Snapshot {
     /// Per upstream, per rule that can apply to it (in the order of
     /// [`RuleSet::candidates`]): `faultline_faults_injected_total`.
     injected: Vec<Vec<IntCounter>>,
+    /// Per rule of [`RuleSet::dns_candidates`]: `faultline_faults_injected_total`.
+    dns_injected: Vec<IntCounter>,
     /// Given when the proxy halts: requests inside this snapshot's faults
     /// stop waiting.
     pub halt: Arc<HaltSignal>,
@@ -89,9 +91,15 @@ impl Snapshot {
                     .collect()
             })
             .collect();
+        let dns_injected = rules
+            .dns_candidates()
+            .iter()
+            .map(|c| metrics.dns_faults_injected(c.rule.name(), c.rule.fault.kind().name()))
+            .collect();
         Self {
             rules,
             injected,
+            dns_injected,
             halt,
             rule_off,
         }
@@ -102,6 +110,7 @@ impl Snapshot {
         Self {
             rules: RuleSet::new(Vec::new(), upstreams.iter().map(Into::into), 0),
             injected: Vec::new(),
+            dns_injected: Vec::new(),
             halt: Arc::default(),
             rule_off: Vec::new(),
         }
@@ -111,6 +120,17 @@ impl Snapshot {
     pub fn rule_off(&self, upstream: usize, candidate: usize) -> Option<&Arc<HaltSignal>> {
         let candidate = self.rules.candidates(upstream)?.get(candidate)?;
         self.rule_off.get(candidate.index)
+    }
+
+    /// Counts a fault the `candidate`-th DNS rule injected (into a client's
+    /// query or the proxy's own resolution), on the rule and in the metrics.
+    pub fn count_dns_injected(&self, candidate: usize) {
+        if let Some(c) = self.rules.dns_candidates().get(candidate) {
+            c.rule.counters.record_injected();
+        }
+        if let Some(counter) = self.dns_injected.get(candidate) {
+            counter.inc();
+        }
     }
 
     /// Counts a fault the `candidate`-th rule of `upstream` injected.

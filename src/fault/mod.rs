@@ -5,6 +5,7 @@
 //! ([`BodyFiles`]). Error presets (README "Error presets") live in
 //! [`preset`]; deciding which fault a request gets is [`crate::plan`]'s.
 
+pub mod dns;
 pub mod latency;
 pub mod preset;
 
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::diagnostic::{FieldError, FieldPath};
 use crate::grpc::GrpcStatus;
 
+pub use dns::{DnsAnswer, DnsFault};
 pub use latency::{Delay, DistributionSpec, Side};
 pub use preset::{AwsError, Rendered, RequestIdStyle};
 
@@ -109,6 +111,15 @@ pub struct FaultSpec {
     /// `truncate`: …then the connection is `reset` (default) or `close`d.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub then: Option<String>,
+    /// `dns`: `nxdomain`, `servfail`, `nodata`, `refused`, `timeout` or `addresses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// `dns` with `answer = "addresses"`: the IP addresses answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<String>>,
+    /// `dns`: the TTL the answer carries (default 5s, at most 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
     /// TCP upstreams: which bytes the fault acts on, `downstream` (the
     /// upstream's, to the client: the default) or `upstream` (the client's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,6 +213,8 @@ pub enum Fault {
         delay: Duration,
         direction: Option<Direction>,
     },
+    /// A DNS query's answer (README "DNS"): never an HTTP request's fault.
+    Dns(DnsFault),
 }
 
 impl Fault {
@@ -218,6 +231,7 @@ impl Fault {
             Fault::Blackhole { .. } | Fault::Refuse => FaultKind::Unavailable,
             Fault::Slice { .. } => FaultKind::Slice,
             Fault::SlowClose { .. } => FaultKind::SlowClose,
+            Fault::Dns(_) => FaultKind::Dns,
         }
     }
 
@@ -232,7 +246,8 @@ impl Fault {
             Fault::Dribble { .. } | Fault::Respond(_) | Fault::Blackhole { .. } | Fault::Refuse => {
                 true
             }
-            Fault::Slice { .. } | Fault::SlowClose { .. } => false,
+            // TCP-only kinds, and DNS answers: never an HTTP request's.
+            Fault::Slice { .. } | Fault::SlowClose { .. } | Fault::Dns(_) => false,
         }
     }
 
@@ -249,7 +264,7 @@ impl Fault {
             | Fault::Refuse
             | Fault::Slice { .. }
             | Fault::SlowClose { .. } => true,
-            Fault::Respond(_) | Fault::Dribble { .. } => false,
+            Fault::Respond(_) | Fault::Dribble { .. } | Fault::Dns(_) => false,
         }
     }
 }
@@ -296,11 +311,12 @@ pub enum FaultKind {
     Slice,
     /// TCP upstreams only.
     SlowClose,
+    Dns,
 }
 
 impl FaultKind {
     /// Every kind, in the order messages list them.
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Latency,
         FaultKind::Error,
         FaultKind::Abort,
@@ -310,6 +326,7 @@ impl FaultKind {
         FaultKind::Truncate,
         FaultKind::Slice,
         FaultKind::SlowClose,
+        FaultKind::Dns,
     ];
 
     /// The kind as users write it, in files, logs and metric labels.
@@ -324,6 +341,7 @@ impl FaultKind {
             FaultKind::Truncate => "truncate",
             FaultKind::Slice => "slice",
             FaultKind::SlowClose => "slow_close",
+            FaultKind::Dns => "dns",
         }
     }
 
@@ -347,6 +365,7 @@ impl FaultKind {
             FaultKind::Truncate => &["after_bytes", "then", "direction"],
             FaultKind::Slice => &["average_size", "size_variation", "delay", "direction"],
             FaultKind::SlowClose => &["delay", "direction"],
+            FaultKind::Dns => &["answer", "addresses", "ttl"],
         }
     }
 }
@@ -427,7 +446,10 @@ impl BodySource<'static> {
 impl FaultSpec {
     /// The fields given, by name.
     fn given(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 23] = [
+        let fields: [(&'static str, bool); 26] = [
+            ("answer", self.answer.is_some()),
+            ("addresses", self.addresses.is_some()),
+            ("ttl", self.ttl.is_some()),
             ("direction", self.direction.is_some()),
             ("average_size", self.average_size.is_some()),
             ("size_variation", self.size_variation.is_some()),
@@ -497,6 +519,7 @@ impl FaultSpec {
             FaultKind::Truncate => self.truncate(at, &mut errors),
             FaultKind::Slice => self.slice(at, &mut errors),
             FaultKind::SlowClose => self.slow_close(at, &mut errors),
+            FaultKind::Dns => Fault::Dns(self.dns(at, &mut errors)),
         };
         if errors.is_empty() {
             Ok(fault)
@@ -998,7 +1021,8 @@ impl Shaping {
             | Fault::Blackhole { .. }
             | Fault::Refuse
             | Fault::Slice { .. }
-            | Fault::SlowClose { .. } => {}
+            | Fault::SlowClose { .. }
+            | Fault::Dns(_) => {}
         }
     }
 }
@@ -1153,7 +1177,7 @@ mod tests {
         assert_eq!(
             errors,
             // Parsed with the file: the message comes from the schema.
-            vec!["unknown fault kind \"explode\"; expected one of latency, error, abort, unavailable, bandwidth, dribble, truncate, slice, slow_close"]
+            vec!["unknown fault kind \"explode\"; expected one of latency, error, abort, unavailable, bandwidth, dribble, truncate, slice, slow_close, dns"]
         );
         let errors = fault("kind = \"latency\"\nlatency = \"1s\"").unwrap_err();
         assert!(

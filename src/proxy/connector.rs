@@ -68,6 +68,7 @@ impl Connectors {
         config: &Config,
         tls: &[Option<UpstreamTls>],
         forward_tls: &[Option<Arc<ClientConfig>>],
+        resolver: &Resolver,
     ) -> Self {
         let upstreams = &config.upstreams;
         let settings = &config.proxy;
@@ -101,8 +102,8 @@ impl Connectors {
             .collect();
         Self {
             by_upstream,
-            http1: UpstreamClient::new(upstreams, tls, settings),
-            http2: Http2Client::new(upstreams, &h2_tls, settings),
+            http1: UpstreamClient::new(upstreams, tls, settings, resolver),
+            http2: Http2Client::new(upstreams, &h2_tls, settings, resolver),
             ad_hoc: upstreams
                 .iter()
                 .enumerate()
@@ -114,11 +115,11 @@ impl Connectors {
                             .find(|d| d.upstream == i)
                             .and_then(|d| d.connect_to.clone());
                         let tls = forward_tls.get(i).cloned().flatten();
-                        AdHocClient::new(settings, connect_to, tls)
+                        AdHocClient::new(settings, resolver, connect_to, tls)
                     })
                 })
                 .collect(),
-            tcp: dial::connector(settings),
+            tcp: dial::connector(settings, resolver),
         }
     }
 

@@ -4,22 +4,24 @@
 //! that no configured upstream has (per destination: its `connect_to`, its
 //! TLS trust), and a `CONNECT`'s dial.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::dns::{GaiAddrs, GaiResolver, Name};
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::sync::Arc;
 
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
@@ -30,7 +32,10 @@ use tower_service::Service;
 
 use super::body::RequestBody;
 use super::pool::UpstreamError;
-use crate::config::ProxyConfig;
+use crate::config::{dns_key, DnsConfig, ProxyConfig};
+use crate::control::Published;
+use crate::fault::{DnsAnswer, DnsFault};
+use crate::plan::decide_dns;
 
 /// The most idle connections the forward client keeps to one authority.
 /// It keeps them for `pool_idle_timeout`, as the upstream pool does.
@@ -52,40 +57,146 @@ impl StdError for DnsFailure {
     }
 }
 
-/// The system resolver (`getaddrinfo` on a blocking thread, as hyper-util
-/// does), with its failures typed as [`DnsFailure`].
+/// The resolver of every upstream connection: the DNS rules and `[dns]
+/// records` first (README "DNS": the proxy resolves through the same
+/// rules as faultline's DNS server), then the system resolver
+/// (`getaddrinfo` on a blocking thread, as hyper-util does), with its
+/// failures typed as [`DnsFailure`]. An upstream given by IP address never
+/// gets here: hyper-util's connector dials it as it is.
 #[derive(Clone)]
-pub(super) struct Resolver(GaiResolver);
+pub(super) struct Resolver {
+    system: GaiResolver,
+    view: Option<Arc<DnsView>>,
+}
+
+/// What the proxy's resolution looks at besides the system resolver.
+struct DnsView {
+    published: Arc<Published>,
+    records: Arc<HashMap<String, Vec<IpAddr>>>,
+    /// How long an `answer = "timeout"` rule keeps a dial waiting before
+    /// it fails: the connect timeout, as a resolver that never answers
+    /// would keep it for its own.
+    timeout: Duration,
+}
 
 impl Resolver {
-    fn new() -> Self {
-        Self(GaiResolver::new())
+    /// The resolver of a proxy whose rules are published in `published`.
+    pub(super) fn new(
+        published: Arc<Published>,
+        dns: Option<&DnsConfig>,
+        settings: &ProxyConfig,
+    ) -> Self {
+        Self {
+            system: GaiResolver::new(),
+            view: Some(Arc::new(DnsView {
+                published,
+                records: dns.map(|dns| Arc::clone(&dns.records)).unwrap_or_default(),
+                timeout: settings.connect_timeout,
+            })),
+        }
     }
 }
 
-type Resolving = Pin<Box<dyn Future<Output = Result<GaiAddrs, DnsFailure>> + Send>>;
+/// The addresses a name resolved to (ports are the dialler's to set).
+pub(super) type Addresses = std::vec::IntoIter<SocketAddr>;
+
+type Resolving = Pin<Box<dyn Future<Output = Result<Addresses, DnsFailure>> + Send>>;
 
 impl Service<Name> for Resolver {
-    type Response = GaiAddrs;
+    type Response = Addresses;
     type Error = DnsFailure;
     // Boxed: resolving is rare (a new connection), its future opaque.
     type Future = Resolving;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), DnsFailure>> {
-        self.0.poll_ready(cx).map_err(DnsFailure)
+        self.system.poll_ready(cx).map_err(DnsFailure)
     }
 
     fn call(&mut self, name: Name) -> Resolving {
-        let resolving = self.0.call(name);
-        Box::pin(async move { resolving.await.map_err(DnsFailure) })
+        let view = self.view.as_ref().filter(|view| {
+            // No DNS rule and no record: straight to the system resolver.
+            !view.records.is_empty() || !view.published.load().rules.dns_candidates().is_empty()
+        });
+        let Some(view) = view.map(Arc::clone) else {
+            let resolving = self.system.call(name);
+            return Box::pin(async move {
+                let addresses: Vec<SocketAddr> = resolving.await.map_err(DnsFailure)?.collect();
+                Ok(addresses.into_iter())
+            });
+        };
+        let mut system = self.system.clone();
+        Box::pin(async move {
+            let key = dns_key(name.as_str());
+            let snapshot = view.published.load_full();
+            // As getaddrinfo asks: A, then AAAA; the first rule that fires decides.
+            let decision = decide_dns(&snapshot.rules, &key, QTYPE_A, b"")
+                .or_else(|| decide_dns(&snapshot.rules, &key, QTYPE_AAAA, b""));
+            let (delay, fault) = match decision {
+                Some(decision) => {
+                    for &i in &decision.fired {
+                        snapshot.count_dns_injected(i);
+                    }
+                    (decision.delay, decision.answer)
+                }
+                None => (Duration::ZERO, None),
+            };
+            let wait = match &fault {
+                Some(DnsFault {
+                    answer: DnsAnswer::Timeout,
+                    ..
+                }) => delay.saturating_add(view.timeout),
+                _ => delay,
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = snapshot.halt.halted() => {}
+                }
+            }
+            // The kill switch: the truth.
+            let fault = fault.filter(|_| !snapshot.halt.is_halted());
+            if let Some(fault) = fault {
+                let failure = |what: &str| {
+                    Err(DnsFailure(io::Error::other(format!(
+                        "{key}: {what} (a DNS rule)"
+                    ))))
+                };
+                return match &fault.answer {
+                    DnsAnswer::NxDomain => failure("NXDOMAIN"),
+                    DnsAnswer::NoData => failure("no address records (NODATA)"),
+                    DnsAnswer::ServFail => failure("SERVFAIL"),
+                    DnsAnswer::Refused => failure("REFUSED"),
+                    DnsAnswer::Timeout => failure("no answer (timed out)"),
+                    DnsAnswer::Addresses(ips) => Ok(ips
+                        .iter()
+                        .map(|ip| SocketAddr::new(*ip, 0))
+                        .collect::<Vec<_>>()
+                        .into_iter()),
+                };
+            }
+            if let Some(ips) = view.records.get(&key) {
+                let addresses: Vec<SocketAddr> =
+                    ips.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
+                return Ok(addresses.into_iter());
+            }
+            poll_fn(|cx| system.poll_ready(cx))
+                .await
+                .map_err(DnsFailure)?;
+            let addresses: Vec<SocketAddr> = system.call(name).await.map_err(DnsFailure)?.collect();
+            Ok(addresses.into_iter())
+        })
     }
 }
+
+/// Record type codes, as rules name them.
+const QTYPE_A: u16 = 1;
+const QTYPE_AAAA: u16 = 28;
 
 /// The TCP dialler of every upstream connection: [`Resolver`], the
 /// connect timeout, `TCP_NODELAY`, and any scheme (TLS, when there is
 /// one, is made over it by the caller).
-pub(super) fn connector(settings: &ProxyConfig) -> HttpConnector<Resolver> {
-    let mut connector = HttpConnector::new_with_resolver(Resolver::new());
+pub(super) fn connector(settings: &ProxyConfig, resolver: &Resolver) -> HttpConnector<Resolver> {
+    let mut connector = HttpConnector::new_with_resolver(resolver.clone());
     connector.set_connect_timeout(Some(settings.connect_timeout));
     connector.set_nodelay(true);
     connector.enforce_http(false);
@@ -275,11 +386,12 @@ impl AdHocClient {
     /// `tls`: the client config of intercepted traffic to it.
     pub(super) fn new(
         settings: &ProxyConfig,
+        resolver: &Resolver,
         connect_to: Option<Authority>,
         tls: Option<Arc<ClientConfig>>,
     ) -> Self {
         let connector = DestinationConnector {
-            tcp: connector(settings),
+            tcp: connector(settings, resolver),
             connect_to,
             tls: tls.map(TlsConnector::from),
             connect_timeout: settings.connect_timeout,

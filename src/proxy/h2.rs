@@ -114,8 +114,9 @@ impl Http2Client {
         upstreams: &[UpstreamConfig],
         tls: &[Option<UpstreamTls>],
         settings: &ProxyConfig,
+        resolver: &super::dial::Resolver,
     ) -> Self {
-        let connector = super::dial::connector(settings);
+        let connector = super::dial::connector(settings, resolver);
         let mut builder = http2::Builder::new(BoxingExecutor);
         builder
             .timer(TokioTimer::new())

@@ -167,6 +167,9 @@ impl Proxy {
             listener.by_host |= route.host.is_some();
             listener.routes.push(route.clone());
         }
+        // Every connection resolves through the DNS rules too (README "DNS").
+        let resolver =
+            dial::Resolver::new(Arc::clone(&published), config.dns.as_ref(), &config.proxy);
         Self {
             upstream_metrics: config
                 .upstreams
@@ -190,7 +193,7 @@ impl Proxy {
             routes,
             forward_routes: egress::ForwardRoutes::new(config),
             published,
-            connectors: Connectors::new(config, upstream_tls, &forward_tls.clients),
+            connectors: Connectors::new(config, upstream_tls, &forward_tls.clients, &resolver),
             ca: forward_tls.ca,
             header_timeout: config.proxy.header_timeout,
             // Capped so a deadline can always be added to an instant:

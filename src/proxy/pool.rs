@@ -99,9 +99,10 @@ impl UpstreamClient {
         upstreams: &[UpstreamConfig],
         tls: &[Option<UpstreamTls>],
         settings: &ProxyConfig,
+        resolver: &Resolver,
     ) -> Self {
         // It dials https:// targets too: the TLS is ours, over its TCP.
-        let connector = super::dial::connector(settings);
+        let connector = super::dial::connector(settings, resolver);
         let pools = upstreams
             .iter()
             .enumerate()

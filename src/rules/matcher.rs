@@ -38,6 +38,112 @@ pub struct MatchSpec {
     /// What AWS calls the request (SPEC §8): service, operation, region; globs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsMatchSpec>,
+    /// DNS queries rather than HTTP requests: a name glob and record types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsMatchSpec>,
+}
+
+/// `match.dns`: which DNS queries a rule takes (README "DNS").
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsMatchSpec {
+    /// A glob over the query name, case-insensitive, without the final
+    /// dot: `*` stays within a label, `**` crosses labels.
+    pub name: String,
+    /// Record types such as `A`, `AAAA`, `TXT`; none means every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+}
+
+/// `match.dns`, compiled.
+#[derive(Debug, Clone)]
+pub struct DnsMatcher {
+    name: NameMatch,
+    /// Record type codes; empty takes every type.
+    types: Vec<u16>,
+}
+
+/// A name glob; a plain name (the common case) is compared as a string,
+/// without the glob's regex.
+#[derive(Debug, Clone)]
+enum NameMatch {
+    Exact(String),
+    Glob(GlobMatcher),
+}
+
+impl DnsMatcher {
+    /// Whether a query for `name` (lowercase, no final dot) of type `qtype` matches.
+    pub fn matches(&self, name: &str, qtype: u16) -> bool {
+        (self.types.is_empty() || self.types.contains(&qtype))
+            && match &self.name {
+                NameMatch::Exact(exact) => exact == name,
+                NameMatch::Glob(glob) => glob.is_match(name),
+            }
+    }
+}
+
+/// The record types `match.dns.types` may name, with their codes.
+const RECORD_TYPES: [(&str, u16); 14] = [
+    ("A", 1),
+    ("NS", 2),
+    ("CNAME", 5),
+    ("SOA", 6),
+    ("PTR", 12),
+    ("MX", 15),
+    ("TXT", 16),
+    ("AAAA", 28),
+    ("SRV", 33),
+    ("NAPTR", 35),
+    ("DS", 43),
+    ("SVCB", 64),
+    ("HTTPS", 65),
+    ("ANY", 255),
+];
+
+impl DnsMatchSpec {
+    fn compile(&self, at: &FieldPath, errors: &mut Vec<FieldError>) -> Option<DnsMatcher> {
+        let pattern = self.name.trim_end_matches('.').to_ascii_lowercase();
+        if pattern.is_empty() {
+            errors.push(FieldError::new(
+                at.key("name"),
+                "dns.name must name a domain (a glob such as \"*.amazonaws.com\")",
+            ));
+        }
+        let name = GlobBuilder::new(&pattern)
+            .literal_separator(false)
+            .case_insensitive(true)
+            .build()
+            .map_err(|e| {
+                errors.push(FieldError::new(
+                    at.key("name"),
+                    format!("invalid name glob {:?}: {}", self.name, e.kind()),
+                ))
+            })
+            .ok()
+            .map(|glob| glob.compile_matcher());
+        let mut types = Vec::new();
+        for (i, text) in self.types.iter().enumerate() {
+            match RECORD_TYPES
+                .iter()
+                .find(|(known, _)| known.eq_ignore_ascii_case(text))
+            {
+                Some((_, code)) => types.push(*code),
+                None => errors.push(FieldError::new(
+                    at.key("types").index(i),
+                    format!(
+                        "unknown record type {text:?}; expected one of {}",
+                        RECORD_TYPES.map(|(n, _)| n).join(", ")
+                    ),
+                )),
+            }
+        }
+        let name = if pattern.contains(['*', '?', '[', '{', '\\']) {
+            NameMatch::Glob(name?)
+        } else {
+            NameMatch::Exact(pattern)
+        };
+        Some(DnsMatcher { name, types })
+    }
 }
 
 /// `match.aws` as written; each field optional, each a glob.
@@ -110,6 +216,7 @@ pub struct Matcher {
     /// Kept as a glob so a snapshot can join every rule's path into one set.
     path: Option<Glob>,
     headers: Vec<(HeaderName, HeaderCondition)>,
+    dns: Option<DnsMatcher>,
     aws: Option<AwsCondition>,
 }
 
@@ -252,6 +359,27 @@ impl MatchSpec {
             headers.push((header, condition));
         }
 
+        let dns = self.dns.as_ref().and_then(|dns| {
+            let at = at.key("dns");
+            let http = [
+                ("upstreams", !self.upstreams.is_empty()),
+                ("labels", !self.labels.is_empty()),
+                ("methods", !self.methods.is_empty()),
+                ("path", self.path.is_some()),
+                ("headers", !self.headers.is_empty()),
+                ("aws", self.aws.is_some()),
+            ];
+            for (field, given) in http {
+                if given {
+                    errors.push(FieldError::new(
+                        at.clone(),
+                        format!("a DNS query has no {field}: `dns` goes alone in [rule.match]"),
+                    ));
+                }
+            }
+            dns.compile(&at, &mut errors)
+        });
+
         let aws = self.aws.as_ref().map(|spec| {
             let at = at.key("aws");
             if *spec == AwsMatchSpec::default() {
@@ -287,6 +415,7 @@ impl MatchSpec {
                 methods,
                 path,
                 headers,
+                dns,
                 aws,
             })
         } else {
@@ -301,8 +430,17 @@ impl Matcher {
         &self.spec
     }
 
-    /// The conditions that depend on the upstream alone.
+    /// `match.dns`: a rule for DNS queries, never for an upstream's requests.
+    pub fn dns(&self) -> Option<&DnsMatcher> {
+        self.dns.as_ref()
+    }
+
+    /// The conditions that depend on the upstream alone; a DNS rule
+    /// applies to no upstream.
     pub fn applies_to_upstream(&self, upstream: UpstreamIdentity<'_>) -> bool {
+        if self.dns.is_some() {
+            return false;
+        }
         if let Some(set) = &self.upstreams {
             if !set.is_match(upstream.name) {
                 return false;
@@ -440,6 +578,39 @@ mod tests {
         assert!(!m.matches_request(&Method::GET, "/", &headers));
         headers.insert("x-tenant", HeaderValue::from_static("green"));
         assert!(!m.matches_request(&Method::POST, "/", &headers));
+    }
+
+    #[test]
+    fn dns_names_match_by_glob_and_type() {
+        let m = compile(MatchSpec {
+            dns: Some(DnsMatchSpec {
+                name: "DynamoDB.*.amazonaws.com.".into(),
+                types: vec!["a".into(), "AAAA".into()],
+            }),
+            ..Default::default()
+        });
+        let dns = m.dns().unwrap();
+        assert!(dns.matches("dynamodb.us-east-1.amazonaws.com", 1));
+        assert!(dns.matches("dynamodb.us-east-1.amazonaws.com", 28));
+        assert!(!dns.matches("dynamodb.us-east-1.amazonaws.com", 16), "TXT");
+        assert!(!dns.matches("sts.us-east-1.amazonaws.com", 1));
+        assert!(!applies(&m, "lambda-use1", "us-east-1"), "no upstream");
+        let errors = MatchSpec {
+            dns: Some(DnsMatchSpec {
+                name: "x.test".into(),
+                types: vec!["AXFR?".into()],
+            }),
+            methods: vec!["GET".into()],
+            ..Default::default()
+        }
+        .compile(&[], &FieldPath::root().key("match"))
+        .unwrap_err();
+        let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            messages[0],
+            "match.dns: a DNS query has no methods: `dns` goes alone in [rule.match]"
+        );
+        assert!(messages[1].starts_with("match.dns.types[0]: unknown record type \"AXFR?\""));
     }
 
     #[test]
@@ -584,7 +755,7 @@ mod properties {
             method in text(),
             name in text(),
         ) {
-            let spec = MatchSpec { upstreams, labels: labels.clone(), methods, path, headers, aws: None };
+            let spec = MatchSpec { upstreams, labels: labels.clone(), methods, path, headers, dns: None, aws: None };
             let Ok(matcher) = spec.compile(&["a", "b"], &FieldPath::root()) else {
                 return Ok(());
             };

@@ -21,9 +21,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::is_valid_name;
 use crate::diagnostic::{FieldError, FieldPath};
-use crate::fault::{BodySource, Fault, FaultSpec};
+use crate::fault::{BodySource, Fault, FaultKind, FaultSpec};
 
-pub use matcher::{AwsCondition, AwsMatchSpec, MatchSpec, Matcher, UpstreamIdentity};
+pub use matcher::{
+    AwsCondition, AwsMatchSpec, DnsMatchSpec, DnsMatcher, MatchSpec, Matcher, UpstreamIdentity,
+};
 pub use snapshot::{Candidate, LiveRule, RuleSet, UpstreamRules};
 
 /// The longest rule name: it rides on responses as `x-faultline-rule`, in
@@ -437,6 +439,20 @@ impl RuleSpec {
             .validate(bodies, &at.key("fault"))
             .map_err(|problems| errors.extend(named(problems)))
             .ok();
+        // A DNS query takes a `dns` answer or a delay; an HTTP request never a `dns` answer.
+        match (self.matcher.dns.is_some(), self.fault.kind) {
+            (false, FaultKind::Dns) => errors.push(FieldError::new(
+                at.key("match"),
+                format!("{label}: kind = \"dns\" needs `dns = {{ name = \"…\" }}` in [rule.match]"),
+            )),
+            (true, kind) if kind != FaultKind::Dns && kind != FaultKind::Latency => {
+                errors.push(FieldError::new(
+                    at.key("fault").key("kind"),
+                    format!("{label}: a rule that matches `dns` takes kind = \"dns\" or \"latency\", not {kind:?}", kind = kind.name()),
+                ))
+            }
+            _ => {}
+        }
         match (matcher, fault) {
             (Some(matcher), Some(fault)) if errors.is_empty() => Ok(Rule {
                 name_header: HeaderValue::from_str(&self.name)
@@ -545,6 +561,23 @@ mod tests {
         assert_eq!(
             errors,
             vec!["fault.body_file: rule \"teapot\": body_file \"./Cargo.toml\" was not read with the rule file"]
+        );
+    }
+
+    #[test]
+    fn dns_rules_take_dns_answers_and_delays_only() {
+        assert!(validate(
+            "name = \"d\"\n[match]\ndns = { name = \"*.test\" }\n[fault]\nkind = \"latency\"\ndelay = \"1s\""
+        )
+        .is_ok());
+        assert_eq!(
+            validate("name = \"d\"\n[fault]\nkind = \"dns\"\nanswer = \"nodata\"").unwrap_err(),
+            ["match: rule \"d\": kind = \"dns\" needs `dns = { name = \"…\" }` in [rule.match]"]
+        );
+        assert_eq!(
+            validate("name = \"d\"\n[match]\ndns = { name = \"*.test\" }\n[fault]\nkind = \"error\"\nstatus = 500")
+                .unwrap_err(),
+            ["fault.kind: rule \"d\": a rule that matches `dns` takes kind = \"dns\" or \"latency\", not \"error\""]
         );
     }
 

@@ -17,6 +17,8 @@ pub struct RuleSet {
     by_upstream: Vec<UpstreamRules>,
     /// Per upstream index: whether its dedicated port must refuse connections.
     refused: Vec<bool>,
+    /// The enabled rules that match DNS queries (`match.dns`), in evaluation order.
+    dns: Box<[Candidate]>,
     seed: u64,
 }
 
@@ -237,10 +239,21 @@ impl RuleSet {
             .iter()
             .map(|&upstream| rules.iter().any(|live| live.refuses(upstream)))
             .collect();
+        let dns = rules
+            .iter()
+            .enumerate()
+            .filter(|(_, live)| live.enabled && live.rule.matcher.dns().is_some())
+            .map(|(index, live)| Candidate {
+                rule: Arc::clone(&live.rule),
+                probability: live.probability,
+                index,
+            })
+            .collect();
         Self {
             rules,
             by_upstream,
             refused,
+            dns,
             seed,
         }
     }
@@ -255,6 +268,12 @@ impl RuleSet {
         self.by_upstream
             .get(upstream)
             .filter(|rules| !rules.is_empty())
+    }
+
+    /// The enabled rules that match DNS queries, in evaluation order; empty
+    /// (one length check) while no DNS rule is on.
+    pub fn dns_candidates(&self) -> &[Candidate] {
+        &self.dns
     }
 
     /// Whether the upstream's dedicated port must refuse connections now.
