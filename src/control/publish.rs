@@ -133,6 +133,22 @@ impl Snapshot {
         }
     }
 
+    /// What a DNS decision comes to: the rules that fired counted as
+    /// injected ([`Self::count_dns_injected`]), then the delay before the
+    /// answer and the answer a rule makes (`None`: the true one).
+    pub fn take_dns_decision(
+        &self,
+        decision: Option<crate::plan::DnsDecision>,
+    ) -> (std::time::Duration, Option<crate::fault::DnsFault>) {
+        let Some(decision) = decision else {
+            return (std::time::Duration::ZERO, None);
+        };
+        for &i in &decision.fired {
+            self.count_dns_injected(i);
+        }
+        (decision.delay, decision.answer)
+    }
+
     /// Counts a fault the `candidate`-th rule of `upstream` injected.
     pub fn count_injected(&self, upstream: usize, candidate: usize) {
         if let Some(counter) = self.injected.get(upstream).and_then(|c| c.get(candidate)) {

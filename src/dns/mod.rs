@@ -131,15 +131,7 @@ impl Context {
         } else {
             decide_dns(&snapshot.rules, &query.key, query.qtype, b"")
         };
-        let (delay, fault) = match decision {
-            Some(decision) => {
-                for &i in &decision.fired {
-                    snapshot.count_dns_injected(i);
-                }
-                (decision.delay, decision.answer)
-            }
-            None => (Duration::ZERO, None),
-        };
+        let (delay, fault) = snapshot.take_dns_decision(decision);
         if delay.is_zero() {
             if let Some(fault) = &fault {
                 let answer = query.fault(fault).and_then(|m| query.encode(&m, limit));

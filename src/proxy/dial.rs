@@ -131,15 +131,7 @@ impl Service<Name> for Resolver {
             // As getaddrinfo asks: A, then AAAA; the first rule that fires decides.
             let decision = decide_dns(&snapshot.rules, &key, QTYPE_A, b"")
                 .or_else(|| decide_dns(&snapshot.rules, &key, QTYPE_AAAA, b""));
-            let (delay, fault) = match decision {
-                Some(decision) => {
-                    for &i in &decision.fired {
-                        snapshot.count_dns_injected(i);
-                    }
-                    (decision.delay, decision.answer)
-                }
-                None => (Duration::ZERO, None),
-            };
+            let (delay, fault) = snapshot.take_dns_decision(decision);
             let wait = match &fault {
                 Some(DnsFault {
                     answer: DnsAnswer::Timeout,
