@@ -159,9 +159,8 @@ async fn counters_equal_what_the_client_saw() {
 #[tokio::test]
 async fn proxy_errors_count_as_upstream_errors_never_as_faults() {
     let upstream = TestUpstream::start("orders-use1").await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let (closed, _kept) = refused_addr();
+    let dead = format!("http://{closed}");
     let proxy = TestProxy::start(
         &edge_config(&[&upstream], "").replace(&upstream.url(), &dead),
         "",

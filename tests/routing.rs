@@ -106,9 +106,8 @@ async fn a_dedicated_port_sends_everything_to_its_upstream() {
 #[tokio::test]
 async fn a_refused_upstream_is_a_502_marked_upstream_connect() {
     let east = TestUpstream::start("orders-use1").await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let (closed, _kept) = refused_addr();
+    let dead_url = format!("http://{closed}");
     let config = edge_config(&[&east], "").replace(&east.url(), &dead_url);
     let proxy = TestProxy::start(&config, "").await;
     let reply = get(&proxy.url("edge")).await;

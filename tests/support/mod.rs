@@ -454,6 +454,18 @@ impl TestProxy {
 
 /// One rule as TOML: `name`, lines at the rule's top level (`enabled`,
 /// `probability`, …), `[rule.match]` lines and `[rule.fault]` lines.
+/// An address where connections are refused, and the socket that keeps it
+/// so: bound but not listening, so no other test can take the port while
+/// the socket lives (a port bound and dropped may be given to another).
+pub fn refused_addr() -> (std::net::SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind a port");
+    let addr = socket.local_addr().expect("its address");
+    (addr, socket)
+}
+
 pub fn rule(name: &str, top: &str, matcher: &str, fault: &str) -> String {
     format!("[[rule]]\nname = \"{name}\"\n{top}\n[rule.match]\n{matcher}\n[rule.fault]\n{fault}\n")
 }
