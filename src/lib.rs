@@ -1,5 +1,5 @@
 //! faultline: a chaos-engineering reverse (and forward) proxy that injects
-//! latency, errors and unavailability into HTTP traffic according to rule files.
+//! latency, errors and unavailability into HTTP, gRPC, TCP and DNS traffic according to rule files.
 //!
 //! # Layout
 //! Each module owns one thing; `use crate::` points down this list's layers
