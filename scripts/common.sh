@@ -1,4 +1,4 @@
-# scripts/common.sh: shell helpers shared by loadtest.sh and stress.sh.
+# scripts/common.sh: shell helpers shared by the benchmark scripts.
 # Sourced, not run.
 
 # stop_pid PID: SIGTERM, then SIGKILL (with whatever it forked, such as
@@ -15,4 +15,16 @@ stop_pid() {
     kill -KILL "$pid" 2>/dev/null || true
   fi
   wait "$pid" 2>/dev/null || true
+}
+
+# show_log NAME: print a server's log (the file LOGF[NAME] names), indented,
+# through the caller's `log`.
+show_log() { # show_log NAME: print a server's log, indented
+  local f="${LOGF[$1]:-}"
+  if [[ -n "$f" && -s "$f" ]]; then
+    log "log of $1 ($f):"
+    sed 's/^/    /' "$f" >&2 || true
+  else
+    log "log of $1 is empty${f:+ ($f)}"
+  fi
 }

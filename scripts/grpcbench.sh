@@ -92,15 +92,6 @@ READY_TIMEOUT="${READY_TIMEOUT:-30}"
 
 log() { printf '[grpcbench] %s\n' "$*" >&2; }
 die() { printf '[grpcbench] ERROR: %s\n' "$*" >&2; exit 1; }
-show_log() { # show_log NAME: print a server's log, indented
-  local f="${LOGF[$1]:-}"
-  if [[ -n "$f" && -s "$f" ]]; then
-    log "log of $1 ($f):"
-    sed 's/^/    /' "$f" >&2 || true
-  else
-    log "log of $1 is empty${f:+ ($f)}"
-  fi
-}
 
 # ---------------------------------------------------------------- arguments
 declare -A WANT=()

@@ -168,15 +168,6 @@ fi
 
 log() { printf '[loadtest] %s\n' "$*" >&2; }
 die() { printf '[loadtest] ERROR: %s\n' "$*" >&2; exit 1; }
-show_log() { # show_log NAME: print a server's log, indented
-  local f="${LOGF[$1]:-}"
-  if [[ -n "$f" && -s "$f" ]]; then
-    log "log of $1 ($f):"
-    sed 's/^/    /' "$f" >&2 || true
-  else
-    log "log of $1 is empty${f:+ ($f)}"
-  fi
-}
 
 # ---------------------------------------------------------------- arguments
 declare -A WANT=()
