@@ -1082,3 +1082,58 @@ async fn an_injected_abort_inside_an_intercepted_tunnel_ends_the_clients_connect
         .expect("the client's connection is ended");
     assert_eq!(secure.requests(), 1, "the aborted request went nowhere");
 }
+
+/// Stress for the forward client's pool: many clients kept busy through
+/// intercepted tunnels to one authority keep one upstream connection each.
+/// With a low idle cap per authority (it was 16), every round beyond the
+/// cap's worth of clients paid a new connection and a new TLS handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_intercepted_tunnels_keep_their_upstream_connections() {
+    const CLIENTS: usize = 40;
+    const ROUNDS: usize = 4;
+    let files = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("upstream test CA");
+    let leaf = ca.leaf(&["api.example.test"]);
+    // HTTP/1.1 only: over h2 one connection would carry every request.
+    let mut config = (*server_config(&leaf, None)).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let secure = TestUpstream::start_tls("secure", std::sync::Arc::new(config)).await;
+    let upstream_ca = ca.write(files.path());
+    let ca_dir = files.path().join("ca");
+    let proxy = TestProxy::start(&intercept_config(&secure, &ca_dir, &upstream_ca), "").await;
+    let egress = proxy.addr("egress");
+
+    let mut senders = Vec::new();
+    for _ in 0..CLIENTS {
+        let (tls, _) = intercepted(egress, "api.example.test", &ca_dir, &[b"http/1.1"]).await;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        senders.push(sender);
+    }
+    for round in 0..ROUNDS {
+        // Every client at once, and the round over before the next: between
+        // rounds every upstream connection is idle in the pool together.
+        let calls = senders.iter_mut().map(|sender| async move {
+            let request = Request::get("/")
+                .header("host", "api.example.test")
+                .body(empty())
+                .unwrap();
+            sender.ready().await.unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.into_body().collect().await.unwrap();
+        });
+        futures_util::future::join_all(calls).await;
+        assert_eq!(secure.requests(), CLIENTS * (round + 1));
+    }
+    // A few over CLIENTS may come from a connection handed back to the pool
+    // just after the next round's request looked for one; a cap below
+    // CLIENTS adds CLIENTS - cap in every round after the first.
+    let connections = secure.connections();
+    assert!(
+        connections <= CLIENTS + CLIENTS / 4,
+        "{connections} upstream connections for {CLIENTS} busy clients over {ROUNDS} rounds"
+    );
+}
