@@ -89,10 +89,52 @@ impl Body for ResponseBody {
     }
 }
 
+/// An upstream's response body as its connection gives it: hyper's, for
+/// HTTP/1.1 and forward traffic, or an HTTP/2 stream's.
+#[derive(Debug)]
+pub(super) enum Received {
+    Http1(Incoming),
+    Http2(super::h2::RecvBody),
+}
+
+impl Body for Received {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Received::Http1(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map_err(BoxError::from))),
+            Received::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map_err(BoxError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Received::Http1(body) => body.is_end_stream(),
+            Received::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Received::Http1(body) => body.size_hint(),
+            Received::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
 /// An upstream's response body, streamed; one that breaks off is counted
 /// as the upstream's protocol error.
 pub struct UpstreamBody {
-    body: Incoming,
+    body: Received,
     /// The connection the request came on, and through it the upstream's
     /// metrics: a handle of the connection's own, so counting a cut costs
     /// no shared atomic per response.
@@ -115,7 +157,7 @@ impl std::fmt::Debug for UpstreamBody {
 
 impl UpstreamBody {
     pub(super) fn new(
-        body: Incoming,
+        body: Received,
         conn: Arc<Connection>,
         upstream: usize,
         counted_success: bool,
@@ -154,7 +196,7 @@ impl UpstreamBody {
                 }
             }
         }
-        polled.map(|frame| frame.map(|result| result.map_err(BoxError::from)))
+        polled
     }
 }
 

@@ -7,8 +7,9 @@
 //! multiplexed [`Http2Client`], or a choice per request (`auto`: the
 //! client's version over `http://`, ALPN's over `https://`). A new way to
 //! reach upstreams is a new variant here and a new arm in
-//! [`Connectors::send`]; nothing else in the pipeline changes. An enum rather than a trait object: the hot path matches on it
-//! instead of boxing every request's future.
+//! [`Connectors::send`]; nothing else in the pipeline changes. An enum
+//! rather than a trait object: the hot path matches on it instead of
+//! boxing every request's future.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,12 +17,11 @@ use std::time::Instant;
 
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-use super::body::RequestBody;
+use super::body::{Received, RequestBody};
 use super::dial::{self, AdHocClient, Resolver};
 use super::h2::{Http2Client, Sent};
 use super::pool::{UpstreamClient, UpstreamError};
@@ -142,7 +142,7 @@ impl Connectors {
         request: Request<RequestBody>,
         client: Version,
         now: Instant,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Instant), UpstreamError>> + '_ {
+    ) -> impl Future<Output = Result<(Response<Received>, Instant), UpstreamError>> + '_ {
         let http2 = match self.by_upstream[index] {
             Connector::Http1 => false,
             Connector::FollowClient => client == Version::HTTP_2,
@@ -151,7 +151,10 @@ impl Connectors {
             Connector::AdHoc => {
                 let sending = async move {
                     match &self.ad_hoc[index] {
-                        Some(client) => client.send(request).await,
+                        Some(client) => client
+                            .send(request)
+                            .await
+                            .map(|(response, at)| (response.map(Received::Http1), at)),
                         None => Err(UpstreamError::Connect("no client for this upstream".into())),
                     }
                 };
@@ -169,7 +172,7 @@ impl Connectors {
             // A `let`, not a `match` around both waits: the first one's
             // result would stay in the future while the second runs.
             let request = match self.http2.send(index, request).await? {
-                Sent::Answered(response, at) => return Ok((response, at)),
+                Sent::Answered(response, at) => return Ok((response.map(Received::Http2), at)),
                 Sent::Http1(request) => request,
             };
             // The first connection taught that the upstream speaks

@@ -1,21 +1,28 @@
 //! HTTP/2 to upstreams: h2 over TLS (ALPN) and h2c by prior knowledge.
 //!
 //! Each HTTP/2 upstream gets at most `[proxy] h2_connections` connections,
-//! opened as requests need them and shared by every request as streams
-//! (hyper's `client::conn::http2`, each connection driven by a task of its
-//! own). A request takes the next live connection in turn: one atomic load
-//! of the list and one increment, no lock. Only opening a connection, or
-//! replacing one that closed (an upstream's GOAWAY, a failed keep-alive
-//! ping, a broken socket), takes the upstream's dial lock. The server's
-//! `max_concurrent_streams` is respected by hyper: streams past it wait
-//! for one to finish. Keep-alive pings ([`PING_INTERVAL`]) notice a dead
-//! upstream between requests.
+//! opened as requests need them and shared by every request as streams,
+//! each connection driven by a task of its own. A request takes the next
+//! live connection in turn: one atomic load of the list and one increment,
+//! no lock. Only opening a connection, or replacing one that closed (an
+//! upstream's GOAWAY, a failed keep-alive ping, a broken socket), takes the
+//! upstream's dial lock. The server's `max_concurrent_streams` is respected
+//! by h2: streams past it wait for one to finish. Keep-alive pings
+//! ([`PING_INTERVAL`]) notice a dead upstream between requests.
 //!
-//! An upstream's GOAWAY is not seen by `SendRequest::is_closed` until a
-//! request reaches the connection (h2 records it as the connection's error
-//! and wakes no sender); hyper then ends the connection's dispatch task and
-//! hands that request back unsent, and [`Http2Client::send`] gives it to
-//! another connection. Streams in flight on the old one finish.
+//! The `h2` crate is driven directly, not through hyper's
+//! `client::conn::http2`: hyper hands each request to the connection's task
+//! through a channel, spawns a task per response and one per request body,
+//! and sends the response back through a oneshot, about a tenth of a gRPC
+//! call's instructions through the proxy. Here the request's own task
+//! opens the stream, and sends the body ([`Pump`]) while it awaits the
+//! response; only a body still streaming when the response comes gets a
+//! task of its own.
+//!
+//! An upstream's GOAWAY makes the connection refuse new streams: the next
+//! request finds it not ready, marks it closed, and goes to another
+//! connection (a new one if need be), untouched. Streams in flight on the
+//! old one finish.
 //!
 //! `protocol = "auto"` over `https://` offers h2 and HTTP/1.1 in ALPN on
 //! the first connection; over `http://` (for a client that spoke HTTP/2)
@@ -25,28 +32,30 @@
 //! `400`), is remembered, and its requests go to the HTTP/1.1 pool from then
 //! on ([`Http2Client::send`] says so with [`Sent::Http1`]).
 
-use std::future::Future;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream as StreamSender};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper::client::conn::TrySendError;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::task::AbortHandle;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tower_service::Service;
 use tracing::debug;
 
-use super::body::RequestBody;
+use super::body::{ClientBodyError, RequestBody};
 use super::pool::UpstreamError;
 use crate::config::{Protocol, ProxyConfig, UpstreamConfig};
-use crate::server::BoxingExecutor;
 use crate::socket::SendStream;
 use crate::tls::UpstreamTls;
 
@@ -55,9 +64,19 @@ use crate::tls::UpstreamTls;
 pub(super) const PING_INTERVAL: Duration = Duration::from_secs(20);
 pub(super) const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many times a request hyper hands back unsent (its connection was
-/// closing) is tried on another connection.
+/// How many times a request whose connection turned out closing (a
+/// GOAWAY, a failed ping) is tried on another connection.
 const UNSENT_RETRIES: u32 = 2;
+
+/// Flow-control windows offered to upstreams, and the most header bytes
+/// taken from one: hyper's client defaults, which this client had before
+/// it drove `h2` itself. Large uploads and downloads (gRPC streams) are
+/// not held to HTTP/2's 64 KiB default window.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Streams opened before the upstream's SETTINGS say how many it takes.
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
 
 /// What the first connection taught about an `auto` upstream.
 const LEARNED_NOTHING: u8 = 0;
@@ -75,7 +94,7 @@ pub(super) struct Http2Client {
     /// By upstream index; `None` for upstreams that never speak HTTP/2.
     upstreams: Box<[Option<Http2Upstream>]>,
     connector: HttpConnector<super::dial::Resolver>,
-    builder: http2::Builder<BoxingExecutor>,
+    builder: h2::client::Builder,
     connect_timeout: Duration,
     max_connections: usize,
 }
@@ -93,17 +112,25 @@ struct Http2Upstream {
     /// `protocol = "auto"`: ALPN may choose HTTP/1.1.
     auto: bool,
     /// The live connections, shared by every request.
-    connections: ArcSwap<Vec<SendRequest<RequestBody>>>,
+    connections: ArcSwap<Vec<Http2Connection>>,
     /// Which connection the next request takes.
     turn: AtomicUsize,
     /// Held while a connection is dialled, so a burst opens one, not many.
     dialing: tokio::sync::Mutex<()>,
 }
 
+/// One connection to an upstream: a handle that opens streams on it, and
+/// whether its task has ended or it refused a stream.
+#[derive(Clone)]
+struct Http2Connection {
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
 /// How a request went: answered over HTTP/2, or to be sent over HTTP/1.1
 /// (an `auto` upstream whose ALPN chose it), with the request back.
 pub(super) enum Sent {
-    Answered(Response<Incoming>, Instant),
+    Answered(Response<RecvBody>, Instant),
     Http1(Request<RequestBody>),
 }
 
@@ -117,15 +144,13 @@ impl Http2Client {
         resolver: &super::dial::Resolver,
     ) -> Self {
         let connector = super::dial::connector(settings, resolver);
-        let mut builder = http2::Builder::new(BoxingExecutor);
+        let mut builder = h2::client::Builder::new();
         builder
-            .timer(TokioTimer::new())
-            .keep_alive_interval(PING_INTERVAL)
-            .keep_alive_timeout(PING_TIMEOUT)
-            .keep_alive_while_idle(true)
-            // Large uploads and downloads (gRPC streams) are not held to the
-            // 64 KiB default window.
-            .adaptive_window(true);
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+            .enable_push(false);
         let upstreams = upstreams
             .iter()
             .enumerate()
@@ -187,46 +212,49 @@ impl Http2Client {
             let Some(upstream) = &self.upstreams[index] else {
                 return Ok(Sent::Http1(request));
             };
-            let Some(mut sender) = self.sender(upstream).await? else {
+            let Some(connection) = self.sender(upstream).await? else {
                 return Ok(Sent::Http1(request));
             };
-            let sending = sender.try_send_request(to_http2(request, upstream));
-            match sending.await {
-                Ok(response) => Ok(Sent::Answered(response, Instant::now())),
-                // Boxed: rare, and it holds the request handed back.
-                Err(failed) => Box::pin(self.resend(upstream, failed)).await,
+            let mut sender = connection.sender;
+            match poll_fn(|cx| sender.poll_ready(cx)).await {
+                Ok(()) => exchange(sender, to_http2(request, upstream)).await,
+                Err(e) => {
+                    connection.closed.store(true, Ordering::Release);
+                    // Boxed: rare, and it holds the request.
+                    Box::pin(self.resend(upstream, request, e)).await
+                }
             }
         }
     }
 
-    /// Sends again a request hyper handed back because it never left: the
-    /// connection was found closing (its upstream's GOAWAY is only noticed
-    /// by the next request) and is closed now. Another connection takes it,
-    /// up to `UNSENT_RETRIES` times.
+    /// Sends a request whose connection refused a new stream (its
+    /// upstream's GOAWAY, a failed keep-alive ping, a broken socket): it is
+    /// marked closed, and another connection takes the request, up to
+    /// `UNSENT_RETRIES` times.
     async fn resend(
         &self,
         upstream: &Http2Upstream,
-        mut failed: TrySendError<Request<RequestBody>>,
+        request: Request<RequestBody>,
+        mut error: h2::Error,
     ) -> Result<Sent, UpstreamError> {
-        let mut retries = 0;
-        loop {
-            let unsent = failed.take_message().filter(|_| retries < UNSENT_RETRIES);
-            let Some(request) = unsent else {
-                return Err(UpstreamError::Exchange(failed.into_error()));
-            };
-            debug!(upstream = %upstream.authority, "the connection was closing; the request goes to another");
-            retries += 1;
-            let mut sender = match self.sender(upstream).await? {
-                Some(sender) => sender,
+        for _ in 0..UNSENT_RETRIES {
+            debug!(upstream = %upstream.authority, %error, "the connection was closing; the request goes to another");
+            let connection = match self.sender(upstream).await? {
+                Some(connection) => connection,
                 // Only a first connection learns HTTP/1.1; this upstream
                 // spoke HTTP/2 already.
-                None => return Err(UpstreamError::Exchange(failed.into_error())),
+                None => return Err(UpstreamError::Http2(error)),
             };
-            failed = match sender.try_send_request(request).await {
-                Ok(response) => return Ok(Sent::Answered(response, Instant::now())),
-                Err(failed) => failed,
-            };
+            let mut sender = connection.sender;
+            match poll_fn(|cx| sender.poll_ready(cx)).await {
+                Ok(()) => return exchange(sender, to_http2(request, upstream)).await,
+                Err(e) => {
+                    connection.closed.store(true, Ordering::Release);
+                    error = e;
+                }
+            }
         }
+        Err(UpstreamError::Http2(error))
     }
 
     /// A live connection to `upstream`, opened if need be; `None`: the
@@ -234,7 +262,7 @@ impl Http2Client {
     async fn sender(
         &self,
         upstream: &Http2Upstream,
-    ) -> Result<Option<SendRequest<RequestBody>>, UpstreamError> {
+    ) -> Result<Option<Http2Connection>, UpstreamError> {
         match upstream.pick(self.max_connections) {
             Some(sender) => Ok(Some(sender)),
             // Boxed: dialling is rare, and its future large.
@@ -248,7 +276,7 @@ impl Http2Client {
     async fn connect(
         &self,
         upstream: &Http2Upstream,
-    ) -> Result<Option<SendRequest<RequestBody>>, UpstreamError> {
+    ) -> Result<Option<Http2Connection>, UpstreamError> {
         let _dialing = upstream.dialing.lock().await;
         if let Some(sender) = upstream.pick(self.max_connections) {
             return Ok(Some(sender));
@@ -256,7 +284,7 @@ impl Http2Client {
         if upstream.learned.load(Ordering::Relaxed) == LEARNED_HTTP1 {
             return Ok(None);
         }
-        let Some(sender) = Box::pin(self.dial(upstream)).await? else {
+        let Some(connection) = Box::pin(self.dial(upstream)).await? else {
             return Ok(None);
         };
         // The dead are dropped; the new one joins the live.
@@ -264,18 +292,18 @@ impl Http2Client {
             .connections
             .load()
             .iter()
-            .filter(|sender| !sender.is_closed())
+            .filter(|connection| !connection.closed.load(Ordering::Acquire))
             .cloned()
             .collect();
-        live.push(sender.clone());
+        live.push(connection.clone());
         upstream.connections.store(Arc::new(live));
-        Ok(Some(sender))
+        Ok(Some(connection))
     }
 
     async fn dial(
         &self,
         upstream: &Http2Upstream,
-    ) -> Result<Option<SendRequest<RequestBody>>, UpstreamError> {
+    ) -> Result<Option<Http2Connection>, UpstreamError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -323,36 +351,80 @@ impl Http2Client {
         self.handshake(stream).await.map(Some)
     }
 
-    async fn handshake<S>(&self, stream: S) -> Result<SendRequest<RequestBody>, UpstreamError>
+    async fn handshake<S>(&self, stream: S) -> Result<Http2Connection, UpstreamError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let (sender, connection) = self
-            .builder
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-            }
-        });
-        Ok(sender)
+        open(&self.builder, stream).await
+    }
+}
+
+/// Makes the HTTP/2 handshake on `stream`, and drives the connection in a
+/// task of its own, with a second one pinging to notice a dead upstream.
+async fn open<S>(builder: &h2::client::Builder, stream: S) -> Result<Http2Connection, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, mut connection) = builder
+        .handshake::<S, Bytes>(stream)
+        .await
+        .map_err(|e| UpstreamError::Connect(e.into()))?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let pinger = connection.ping_pong();
+    let ended = Arc::clone(&closed);
+    let driving = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+        ended.store(true, Ordering::Release);
+    });
+    if let Some(pinger) = pinger {
+        tokio::spawn(keep_alive(
+            pinger,
+            driving.abort_handle(),
+            Arc::clone(&closed),
+        ));
+    }
+    Ok(Http2Connection { sender, closed })
+}
+
+/// Pings the upstream every [`PING_INTERVAL`]: a ping not answered within
+/// [`PING_TIMEOUT`] (a dead upstream, or a path that drops packets) ends
+/// the connection, and the requests after go to a new one. A task apart
+/// from the connection's, so a busy connection polls no timer on every
+/// frame; it ends with the connection.
+async fn keep_alive(mut pinger: PingPong, connection: AbortHandle, closed: Arc<AtomicBool>) {
+    loop {
+        tokio::time::sleep(PING_INTERVAL).await;
+        if closed.load(Ordering::Acquire) {
+            return;
+        }
+        match tokio::time::timeout(PING_TIMEOUT, pinger.ping(Ping::opaque())).await {
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => debug!(error = %e, "keep-alive ping failed; the connection is closed"),
+            Err(_) => debug!(
+                "no answer to a keep-alive ping within {}s; the connection is closed",
+                PING_TIMEOUT.as_secs()
+            ),
+        }
+        closed.store(true, Ordering::Release);
+        connection.abort();
+        return;
     }
 }
 
 impl Http2Upstream {
     /// The next live connection in turn, once there are as many as
     /// allowed (`max`); `None` asks the caller to open one.
-    fn pick(&self, max: usize) -> Option<SendRequest<RequestBody>> {
+    fn pick(&self, max: usize) -> Option<Http2Connection> {
         let connections = self.connections.load();
         if connections.len() < max {
             return None;
         }
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let sender = &connections[turn % connections.len()];
+        let connection = &connections[turn % connections.len()];
         // A closed one (GOAWAY, failed ping) is replaced by the caller.
-        (!sender.is_closed() && sender.is_ready()).then(|| sender.clone())
+        (!connection.closed.load(Ordering::Acquire)).then(|| connection.clone())
     }
 }
 
@@ -373,28 +445,292 @@ async fn speaks_h2c(stream: &mut SendStream) -> std::io::Result<bool> {
     Ok(head[3] == SETTINGS_FRAME)
 }
 
-/// The request as HTTP/2 carries it: the target in absolute form (hyper
-/// takes `:scheme` and `:authority` from it), the `Host` moved into
-/// `:authority`.
+/// The request as HTTP/2 carries it: `:scheme` and `:authority` in the
+/// URI, the `Host` moved into `:authority`.
 fn to_http2(request: Request<RequestBody>, upstream: &Http2Upstream) -> Request<RequestBody> {
     let (mut parts, body) = request.into_parts();
-    let authority = parts
-        .headers
-        .remove(header::HOST)
-        .and_then(|host| Authority::try_from(host.as_bytes()).ok())
-        .unwrap_or_else(|| upstream.authority.clone());
+    let authority = match parts.headers.remove(header::HOST) {
+        // The upstream's own name (`host = "upstream"`): no parse.
+        Some(host) if host.as_bytes() == upstream.authority.as_str().as_bytes() => {
+            upstream.authority.clone()
+        }
+        Some(host) => {
+            Authority::try_from(host.as_bytes()).unwrap_or_else(|_| upstream.authority.clone())
+        }
+        None => upstream.authority.clone(),
+    };
     let path = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        // Every part was parsed already: always valid.
-        .unwrap_or_default();
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(upstream.scheme.clone());
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(path);
+    // Every part was parsed already: always valid.
+    parts.uri = Uri::from_parts(uri).unwrap_or_default();
     parts.version = Version::HTTP_2;
     Request::from_parts(parts, body)
+}
+
+/// Opens the request's stream on a ready connection, sends its body while
+/// waiting for the response's head (the rest in a task of its own, if it
+/// is still streaming when the head comes), and gives the response.
+#[allow(clippy::manual_async_fn)] // as `Http2Client::send`
+fn exchange(
+    mut sender: SendRequest<Bytes>,
+    request: Request<RequestBody>,
+) -> impl Future<Output = Result<Sent, UpstreamError>> + Send {
+    async move {
+        let (head, body) = request.into_parts();
+        let end = body.is_end_stream();
+        let (response, stream) = sender
+            .send_request(Request::from_parts(head, ()), end)
+            .map_err(UpstreamError::Http2)?;
+        drop(sender);
+        let mut pump = (!end).then_some(Pump {
+            body,
+            stream,
+            waiting: None,
+        });
+        let mut response = response;
+        // The body is sent from this task while the response is awaited:
+        // most (a gRPC call's message, a small POST) end before it comes.
+        let response = poll_fn(|cx| {
+            if let Some(sending) = &mut pump {
+                match sending.poll(cx) {
+                    Poll::Pending => {}
+                    Poll::Ready(Ok(())) => pump = None,
+                    Poll::Ready(Err(PumpError::Client(e))) => {
+                        return Poll::Ready(Err(UpstreamError::Body(e.into())));
+                    }
+                    // The upstream reset the stream or went away: its
+                    // response says how, or fails.
+                    Poll::Ready(Err(PumpError::Upstream(e))) => {
+                        debug!(error = %e, "the upstream stopped taking the request's body");
+                        pump = None;
+                    }
+                }
+            }
+            Pin::new(&mut response)
+                .poll(cx)
+                .map_err(UpstreamError::Http2)
+        })
+        .await?;
+        if let Some(mut sending) = pump {
+            // Still streaming when the response came (a bidirectional
+            // call, an upload answered early): the rest in a task.
+            tokio::spawn(async move {
+                if let Err(e) = poll_fn(|cx| sending.poll(cx)).await {
+                    debug!(error = %e, "the request's body was not sent whole");
+                }
+            });
+        }
+        Ok(Sent::Answered(response.map(RecvBody::new), Instant::now()))
+    }
+}
+
+/// Sends a request's body on its stream as it comes, keeping to the
+/// stream's flow control: a chunk read is held until the upstream's window
+/// takes it, and the next is not read until then (hyper's own
+/// `PipeToSendStream`, whose fix for hyperium/hyper#4003 it keeps: no
+/// capacity is claimed before a chunk is in hand).
+struct Pump {
+    body: RequestBody,
+    stream: StreamSender<Bytes>,
+    /// A chunk read, waiting for capacity, and whether it ends the body.
+    waiting: Option<(Bytes, bool)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PumpError {
+    /// The client's body failed (it went away, or broke its framing).
+    #[error(transparent)]
+    Client(ClientBodyError),
+    /// The upstream reset the stream, or the connection failed.
+    #[error("the upstream stream failed: {0}")]
+    Upstream(h2::Error),
+}
+
+impl Pump {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
+        loop {
+            // Woken by an RST_STREAM too, while waiting on the client or on
+            // capacity.
+            if let Poll::Ready(reason) = self.stream.poll_reset(cx).map_err(PumpError::Upstream)? {
+                return Poll::Ready(Err(PumpError::Upstream(h2::Error::from(reason))));
+            }
+            if let Some((_, end)) = self.waiting {
+                while self.stream.capacity() == 0 {
+                    match ready!(self.stream.poll_capacity(cx)) {
+                        Some(Ok(0)) => {}
+                        Some(Ok(_)) => break,
+                        Some(Err(e)) => return Poll::Ready(Err(PumpError::Upstream(e))),
+                        None => {
+                            let reset = h2::Error::from(Reason::STREAM_CLOSED);
+                            return Poll::Ready(Err(PumpError::Upstream(reset)));
+                        }
+                    }
+                }
+                let (chunk, _) = self.waiting.take().unwrap_or_default();
+                self.stream
+                    .send_data(chunk, end)
+                    .map_err(PumpError::Upstream)?;
+                if end {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    self.stream.send_reset(Reason::CANCEL);
+                    return Poll::Ready(Err(PumpError::Client(e)));
+                }
+                None => {
+                    // Ended with no trailers and no last chunk said so.
+                    self.stream
+                        .send_data(Bytes::new(), true)
+                        .map_err(PumpError::Upstream)?;
+                    return Poll::Ready(Ok(()));
+                }
+            };
+            match frame.into_data() {
+                Ok(chunk) => {
+                    let end = self.body.is_end_stream();
+                    if chunk.is_empty() {
+                        // Needs no capacity: an explicit end of the body.
+                        self.stream
+                            .send_data(chunk, end)
+                            .map_err(PumpError::Upstream)?;
+                        if end {
+                            return Poll::Ready(Ok(()));
+                        }
+                        continue;
+                    }
+                    // h2 raises the claim to the chunk's length as it sends.
+                    self.stream.reserve_capacity(1);
+                    self.waiting = Some((chunk, end));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.stream.reserve_capacity(0);
+                        self.stream
+                            .send_trailers(trailers)
+                            .map_err(PumpError::Upstream)?;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An upstream's response body on an HTTP/2 stream: its DATA, then its
+/// trailers. Each chunk read gives its window back to the upstream.
+#[derive(Debug)]
+pub(super) struct RecvBody {
+    recv: RecvStream,
+    data_done: bool,
+}
+
+impl RecvBody {
+    fn new(recv: RecvStream) -> Self {
+        Self {
+            recv,
+            data_done: false,
+        }
+    }
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(chunk)) => {
+                    let _ = self.recv.flow_control().release_capacity(chunk.len());
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                // An RST_STREAM with NO_ERROR after the response ends it
+                // early, without failing it (RFC 9113 §8.1).
+                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
+            Err(e) if e.reason() == Some(Reason::NO_ERROR) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // The `content-length` travels as a header, and h2 holds the body
+        // to it.
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits, on tokio's paused clock, until `connection` is marked
+    /// closed; gives how long that took.
+    async fn until_closed(connection: &Http2Connection, within: Duration) -> Option<Duration> {
+        let start = tokio::time::Instant::now();
+        while !connection.closed.load(Ordering::Acquire) {
+            if start.elapsed() > within {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_that_stops_answering_pings_loses_its_connection() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        // The upstream makes its handshake, then is never polled again: it
+        // answers no ping, as a dead host or a black-holed path would not.
+        let upstream = tokio::spawn(h2::server::handshake(theirs));
+        let connection = open(&h2::client::Builder::new(), ours).await.unwrap();
+        let _silent = upstream.await.unwrap().unwrap();
+        let took = until_closed(&connection, PING_INTERVAL + PING_TIMEOUT + PING_INTERVAL)
+            .await
+            .expect("closed after a ping went unanswered");
+        assert!(took >= PING_INTERVAL + PING_TIMEOUT, "{took:?}");
+        let mut sender = connection.sender;
+        assert!(
+            poll_fn(|cx| sender.poll_ready(cx)).await.is_err(),
+            "the aborted connection opens no stream"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_that_answers_pings_keeps_its_connection() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut upstream = h2::server::handshake(theirs).await.unwrap();
+            while upstream.accept().await.is_some() {}
+        });
+        let connection = open(&h2::client::Builder::new(), ours).await.unwrap();
+        assert_eq!(
+            until_closed(&connection, 4 * (PING_INTERVAL + PING_TIMEOUT)).await,
+            None,
+            "pinged and answered, the connection stays"
+        );
+    }
 }

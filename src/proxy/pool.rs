@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
 use http::{Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -36,7 +35,7 @@ use tokio_rustls::TlsConnector;
 use tower_service::Service;
 use tracing::debug;
 
-use super::body::RequestBody;
+use super::body::{Received, RequestBody};
 use super::dial::Resolver;
 use crate::config::{ProxyConfig, UpstreamConfig};
 use crate::socket::SendStream;
@@ -65,6 +64,13 @@ pub enum UpstreamError {
     /// after connecting (hyper-util's client, which wraps hyper's error).
     #[error(transparent)]
     Forwarded(BoxError),
+    /// An HTTP/2 stream failed: reset by the upstream, or its connection
+    /// broke or went away.
+    #[error("the upstream's HTTP/2 stream failed: {0}")]
+    Http2(#[source] h2::Error),
+    /// The client's request body failed before the upstream answered.
+    #[error("the request's body failed: {0}")]
+    Body(#[source] BoxError),
 }
 
 /// The one client every request to every upstream goes through.
@@ -140,7 +146,7 @@ impl UpstreamClient {
         index: usize,
         mut request: Request<RequestBody>,
         now: Instant,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Instant), UpstreamError>> + Send + '_
+    ) -> impl Future<Output = Result<(Response<Received>, Instant), UpstreamError>> + Send + '_
     {
         async move {
             let pool = &self.pools[index];
@@ -158,7 +164,7 @@ impl UpstreamClient {
                         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                             self.checkin(index, sender, answered);
                         }
-                        return Ok((response, answered));
+                        return Ok((response.map(Received::Http1), answered));
                     }
                     Err(mut failed) => match failed.take_message() {
                         // The pooled connection closed before the request was
