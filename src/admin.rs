@@ -41,7 +41,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
@@ -148,6 +148,15 @@ impl From<ControlError> for Failure {
             }
             ControlError::ScenarioNotRunning(_) => {
                 Failure::new(StatusCode::CONFLICT, "scenario_not_running", message)
+            }
+            ControlError::ScenarioScheduled { .. } => {
+                Failure::new(StatusCode::CONFLICT, "scenario_scheduled", message)
+            }
+            ControlError::ScenarioOver { .. } => {
+                Failure::new(StatusCode::CONFLICT, "scenario_over", message)
+            }
+            ControlError::NoRuntime(_) => {
+                Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
             ControlError::ScenarioConflict { .. } => {
                 Failure::new(StatusCode::CONFLICT, "scenario_conflict", message)
@@ -345,8 +354,8 @@ impl Admin {
             (["scenarios", name], &Method::GET) => ok(&control.scenario(name)?),
             (["scenarios", _], _) => Err(method_not_allowed("GET")),
             (["scenarios", name, "start"], &Method::POST) => {
-                let Start { speed } = read(request).await?;
-                ok(&control.start_scenario(name, speed.unwrap_or(1.0), &caller)?)
+                let Start { speed, start_at } = read(request).await?;
+                ok(&control.start_scenario_at(name, speed.unwrap_or(1.0), start_at, &caller)?)
             }
             (["scenarios", name, "stop"], &Method::POST) => {
                 let NoFields {} = read(request).await?;
@@ -475,6 +484,16 @@ impl Body for Enable {
 struct Start {
     #[serde(default)]
     speed: Option<f64>,
+    /// RFC 3339: the run is anchored at this wall-clock instant.
+    #[serde(default, deserialize_with = "start_at")]
+    start_at: Option<SystemTime>,
+}
+
+/// `"start_at": "2026-12-01T14:00:00Z"` or `null` (start now).
+fn start_at<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SystemTime>, D::Error> {
+    Option::<String>::deserialize(deserializer)?
+        .map(|text| crate::scenario::spec::parse_start_at(&text).map_err(de::Error::custom))
+        .transpose()
 }
 
 impl Body for Start {
@@ -816,10 +835,19 @@ mod tests {
         assert_eq!(ttl, None, "no body keeps a TTL counting down");
         let Enable { ttl } = parse(br#"{"ttl": null}"#).unwrap();
         assert_eq!(ttl, Some(None));
-        let Start { speed } = parse(br#"{"speed": 60}"#).unwrap();
-        assert_eq!(speed, Some(60.0));
-        let Start { speed } = parse(b" \r\n").unwrap();
-        assert_eq!(speed, None);
+        let Start { speed, start_at } = parse(br#"{"speed": 60}"#).unwrap();
+        assert_eq!((speed, start_at), (Some(60.0), None));
+        let Start { speed, start_at } = parse(b" \r\n").unwrap();
+        assert_eq!((speed, start_at), (None, None));
+        let Start { speed, start_at } =
+            parse(br#"{"speed": 600, "start_at": "2026-12-01T15:00:00.250+01:00"}"#).unwrap();
+        assert_eq!(speed, Some(600.0));
+        assert_eq!(
+            start_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_133_600_250))
+        );
+        let Start { start_at, .. } = parse(br#"{"start_at": null}"#).unwrap();
+        assert_eq!(start_at, None);
         let NoFields {} = parse(b"{}").unwrap();
     }
 
