@@ -5,7 +5,7 @@
 //! |---------------------------------------|-------------------------------------------------|
 //! | `GET /healthz`                        | `200 ok` (no token needed)                      |
 //! | `GET /metrics`                        | Prometheus text exposition (no token needed)    |
-//! | `GET /api/status`                     | version, uptime, halted, seed, rule counts, last reload |
+//! | `GET /api/status`                     | version, uptime, halted, seed, rule counts, last reload, clock, runs |
 //! | `GET /api/rules`                      | every rule, in evaluation order                 |
 //! | `POST /api/rules`                     | add a runtime rule (the file schema as JSON, optional `ttl`) → `201` |
 //! | `GET /api/rules/{name}`               | one rule                                        |
@@ -17,7 +17,7 @@
 //! | `POST /api/halt`, `POST /api/resume`  | the kill switch (it also stops every scenario), and lifting it |
 //! | `GET /api/scenarios`                  | every scenario: definition and state            |
 //! | `GET /api/scenarios/{name}`           | one scenario: state, current and next step, times |
-//! | `POST /api/scenarios/{name}/start`    | start a run, with an optional `{"speed": 60}`   |
+//! | `POST /api/scenarios/{name}/start`    | start or arm a run: optional `{"speed": 60, "start_at": "RFC 3339"}` |
 //! | `POST /api/scenarios/{name}/stop`     | stop a run; its changes are undone at once      |
 //! | `GET /api/scenarios/{name}/report`    | the latest run, step by step                    |
 //!
@@ -25,8 +25,9 @@
 //! field, `errors` for a rejected reload): `400` bad JSON or schema, `401`
 //! no or wrong token, `404` unknown route or rule, `405` wrong method, `408`
 //! body too slow, `409` a conflict (name taken, file rule, halted, TTL on a
-//! disabled rule, a scenario already running or driving the same rule, a
-//! rule a scenario drives), `413` body too large, `422` reload rejected.
+//! disabled rule, a scenario already running, armed or driving the same
+//! rule, a `start_at` whose run is over, a rule a scenario drives), `413`
+//! body too large, `422` reload rejected.
 //!
 //! Each body is one struct (a `Body`): unknown fields are refused, and
 //! a bad value is named by its path: `"field": "fault.status"`, and a
@@ -478,7 +479,7 @@ impl Body for Enable {
 }
 
 /// `POST /api/scenarios/{name}/start`: an optional `speed` (1 when absent or
-/// `null`; its range is the control's to check).
+/// `null`; its range is the control's to check) and an optional `start_at`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Start {
