@@ -26,7 +26,11 @@ pub struct ScenarioSpec {
     pub duration: String,
     /// RFC 3339: every replica that loads the file starts the run at this
     /// wall-clock instant, or joins it mid-run (README "Scenarios").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "start_at_text"
+    )]
     pub start_at: Option<String>,
     #[serde(default)]
     pub step: Vec<StepSpec>,
@@ -132,6 +136,34 @@ impl Scenario {
             )
         })
     }
+}
+
+/// `start_at` as written: a string, or a TOML date-time written bare
+/// (`start_at = 2026-12-01T14:00:00Z`), kept as its text; checked by
+/// [`parse_start_at`] with the rest of the scenario.
+fn start_at_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    struct Text;
+    impl<'de> serde::de::Visitor<'de> for Text {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an RFC 3339 time such as \"2026-12-01T14:00:00Z\"")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<String, E> {
+            Ok(text.to_owned())
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<String, A::Error> {
+            let at = toml::value::Datetime::deserialize(
+                serde::de::value::MapAccessDeserializer::new(map),
+            )?;
+            Ok(at.to_string())
+        }
+    }
+    deserializer.deserialize_any(Text).map(Some)
 }
 
 /// Reads an RFC 3339 time (`2026-12-01T14:00:00Z`, `2026-12-01T15:00:00.5+01:00`).
@@ -551,6 +583,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(scenarios[0].start_at, Some(utc));
+        // A bare TOML date-time is taken as well.
+        let bare = load(
+            "[[scenario]]\nname = \"outage\"\nduration = \"1h\"\nstart_at = 2026-12-01T14:00:00Z\n[[scenario.step]]\nat = \"0s\"\nenable = [\"slow\"]\n",
+        )
+        .unwrap();
+        assert_eq!(bare[0].start_at, Some(utc));
         let over = utc + Duration::from_secs(3600);
         assert!(scenarios[0].start_at_warning(over).is_some());
         assert!(scenarios[0]
