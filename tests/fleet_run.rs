@@ -427,7 +427,7 @@ async fn a_restarted_replica_joins_at_the_current_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_api_takes_start_at_and_speed() {
     let upstream = TestUpstream::start("orders").await;
-    let dir = fleet_dir(&drill(None, "1m", "3m"));
+    let dir = fleet_dir(&drill(None, "1m", "10m"));
     let replicas = fleet(dir.path(), &upstream, 3).await;
 
     // A malformed time is refused with the reason; so is a run already over.
@@ -498,6 +498,16 @@ async fn the_start_api_takes_start_at_and_speed() {
         humantime::parse_rfc3339(status["clock"].as_str().unwrap()).unwrap(),
         SystemTime::UNIX_EPOCH + Duration::from_millis(clock)
     );
+
+    // Halted, the run ends; resumed, the replica rejoins it at its step.
+    let (_, halted) = replicas[0].call("POST", "/api/halt", None).await;
+    assert_eq!(halted["runs"], json!([]), "{halted}");
+    let (_, resumed) = replicas[0].call("POST", "/api/resume", None).await;
+    let run = &resumed["runs"][0];
+    assert_eq!(run["step"], 2, "{resumed}");
+    assert_eq!(run["step_started_unix_ms"], unix_ms(start_at) + 2000);
+    assert_eq!(run["speed"], 60.0);
+    until_switched(&replicas[0], &["c"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

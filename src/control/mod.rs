@@ -645,7 +645,9 @@ impl Control {
             info!(target: "faultline::audit", caller, "resumed: rules may be enabled again");
             // The rule files' anchored runs are a standing order: a run the
             // halt stopped, or kept from starting, is joined at its current step.
-            self.arm_locked(&mut state, &format!("resumed by {caller}"));
+            let trigger = format!("resumed by {caller}");
+            self.arm_locked(&mut state, &trigger);
+            self.rejoin_after_halt(&mut state, &trigger);
             self.publish(&mut state);
         }
         StatusView::of(&state, self.seed, self.started.elapsed())

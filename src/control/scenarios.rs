@@ -95,6 +95,8 @@ pub(super) struct Run {
     /// that joined mid-run has none for the steps before it joined.
     step_marks: Vec<(usize, Mark)>,
     end_mark: Option<Mark>,
+    /// Ended by the kill switch: an anchored run is rejoined on resume.
+    halted: bool,
     stop: CancellationToken,
 }
 
@@ -354,6 +356,7 @@ impl Control {
             start_mark: self.mark(state),
             step_marks: Vec::new(),
             end_mark: None,
+            halted: false,
             stop: stop.clone(),
         };
         state.runs.insert(name.to_owned(), run);
@@ -609,8 +612,49 @@ impl Control {
             .collect();
         for (id, _) in &running {
             self.end_run(state, *id, RunState::Stopped, Some(reason.to_owned()));
+            if let Some(run) = state.runs.values_mut().find(|r| r.id == *id) {
+                run.halted = true;
+            }
         }
         running.into_iter().map(|(_, name)| name).collect()
+    }
+
+    /// On resume: the runs anchored through the API that the halt ended are
+    /// joined again at their current step (or armed again), as the files'
+    /// anchors are by [`Control::arm_locked`]; a run that is over stays
+    /// ended. The caller publishes.
+    pub(super) fn rejoin_after_halt(&self, state: &mut State, caller: &str) {
+        let halted: Vec<(Arc<Scenario>, f64, SystemTime)> = state
+            .runs
+            .values()
+            .filter(|r| r.halted && !r.from_file)
+            .filter_map(|r| Some((Arc::clone(&r.scenario), r.speed, r.start_at?)))
+            .collect();
+        let now = SystemTime::now();
+        for (scenario, speed, start_at) in halted {
+            if let Some(run) = state.runs.get_mut(scenario.name()) {
+                run.halted = false;
+            }
+            if scenario.end_of_run(start_at, speed) <= now {
+                continue;
+            }
+            // The files' current definition, when they still have it.
+            let Some(current) = state
+                .scenarios
+                .iter()
+                .find(|s| s.name() == scenario.name())
+                .cloned()
+            else {
+                continue;
+            };
+            if let Err(e) = self.launch(state, &current, speed, Some(start_at), false, caller) {
+                warn!(
+                    scenario = current.name(),
+                    "the run anchored at {} could not rejoin on resume: {e}",
+                    rfc3339_millis(start_at)
+                );
+            }
+        }
     }
 
     /// Ends the runs that drive any of `rules` (changed by a reload); the
