@@ -44,15 +44,13 @@ impl Replica {
         )
         .unwrap();
         let log = dir.join(format!("replica-{index}.log"));
-        let mut replica = Replica {
+        Replica {
             child: Replica::start(&config, &log),
             admin,
             edge,
             config,
             log,
-        };
-        replica.admin = admin;
-        replica
+        }
     }
 
     fn start(config: &Path, log: &Path) -> Child {
