@@ -5,7 +5,7 @@
 //! |---------------------------------------|-------------------------------------------------|
 //! | `GET /healthz`                        | `200 ok` (no token needed)                      |
 //! | `GET /metrics`                        | Prometheus text exposition (no token needed)    |
-//! | `GET /api/status`                     | version, uptime, halted, seed, rule counts, last reload |
+//! | `GET /api/status`                     | version, uptime, halted, seed, rule counts, last reload, clock, runs |
 //! | `GET /api/rules`                      | every rule, in evaluation order                 |
 //! | `POST /api/rules`                     | add a runtime rule (the file schema as JSON, optional `ttl`) → `201` |
 //! | `GET /api/rules/{name}`               | one rule                                        |
@@ -17,7 +17,7 @@
 //! | `POST /api/halt`, `POST /api/resume`  | the kill switch (it also stops every scenario), and lifting it |
 //! | `GET /api/scenarios`                  | every scenario: definition and state            |
 //! | `GET /api/scenarios/{name}`           | one scenario: state, current and next step, times |
-//! | `POST /api/scenarios/{name}/start`    | start a run, with an optional `{"speed": 60}`   |
+//! | `POST /api/scenarios/{name}/start`    | start or arm a run: optional `{"speed": 60, "start_at": "RFC 3339"}` |
 //! | `POST /api/scenarios/{name}/stop`     | stop a run; its changes are undone at once      |
 //! | `GET /api/scenarios/{name}/report`    | the latest run, step by step                    |
 //!
@@ -25,8 +25,9 @@
 //! field, `errors` for a rejected reload): `400` bad JSON or schema, `401`
 //! no or wrong token, `404` unknown route or rule, `405` wrong method, `408`
 //! body too slow, `409` a conflict (name taken, file rule, halted, TTL on a
-//! disabled rule, a scenario already running or driving the same rule, a
-//! rule a scenario drives), `413` body too large, `422` reload rejected.
+//! disabled rule, a scenario already running, armed or driving the same
+//! rule, a `start_at` whose run is over, a rule a scenario drives), `413`
+//! body too large, `422` reload rejected.
 //!
 //! Each body is one struct (a `Body`): unknown fields are refused, and
 //! a bad value is named by its path: `"field": "fault.status"`, and a
@@ -41,7 +42,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
@@ -148,6 +149,15 @@ impl From<ControlError> for Failure {
             }
             ControlError::ScenarioNotRunning(_) => {
                 Failure::new(StatusCode::CONFLICT, "scenario_not_running", message)
+            }
+            ControlError::ScenarioScheduled { .. } => {
+                Failure::new(StatusCode::CONFLICT, "scenario_scheduled", message)
+            }
+            ControlError::ScenarioOver { .. } => {
+                Failure::new(StatusCode::CONFLICT, "scenario_over", message)
+            }
+            ControlError::NoRuntime(_) => {
+                Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
             ControlError::ScenarioConflict { .. } => {
                 Failure::new(StatusCode::CONFLICT, "scenario_conflict", message)
@@ -345,8 +355,8 @@ impl Admin {
             (["scenarios", name], &Method::GET) => ok(&control.scenario(name)?),
             (["scenarios", _], _) => Err(method_not_allowed("GET")),
             (["scenarios", name, "start"], &Method::POST) => {
-                let Start { speed } = read(request).await?;
-                ok(&control.start_scenario(name, speed.unwrap_or(1.0), &caller)?)
+                let Start { speed, start_at } = read(request).await?;
+                ok(&control.start_scenario_at(name, speed.unwrap_or(1.0), start_at, &caller)?)
             }
             (["scenarios", name, "stop"], &Method::POST) => {
                 let NoFields {} = read(request).await?;
@@ -469,12 +479,22 @@ impl Body for Enable {
 }
 
 /// `POST /api/scenarios/{name}/start`: an optional `speed` (1 when absent or
-/// `null`; its range is the control's to check).
+/// `null`; its range is the control's to check) and an optional `start_at`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Start {
     #[serde(default)]
     speed: Option<f64>,
+    /// RFC 3339: the run is anchored at this wall-clock instant.
+    #[serde(default, deserialize_with = "start_at")]
+    start_at: Option<SystemTime>,
+}
+
+/// `"start_at": "2026-12-01T14:00:00Z"` or `null` (start now).
+fn start_at<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SystemTime>, D::Error> {
+    Option::<String>::deserialize(deserializer)?
+        .map(|text| crate::scenario::spec::parse_start_at(&text).map_err(de::Error::custom))
+        .transpose()
 }
 
 impl Body for Start {
@@ -816,10 +836,19 @@ mod tests {
         assert_eq!(ttl, None, "no body keeps a TTL counting down");
         let Enable { ttl } = parse(br#"{"ttl": null}"#).unwrap();
         assert_eq!(ttl, Some(None));
-        let Start { speed } = parse(br#"{"speed": 60}"#).unwrap();
-        assert_eq!(speed, Some(60.0));
-        let Start { speed } = parse(b" \r\n").unwrap();
-        assert_eq!(speed, None);
+        let Start { speed, start_at } = parse(br#"{"speed": 60}"#).unwrap();
+        assert_eq!((speed, start_at), (Some(60.0), None));
+        let Start { speed, start_at } = parse(b" \r\n").unwrap();
+        assert_eq!((speed, start_at), (None, None));
+        let Start { speed, start_at } =
+            parse(br#"{"speed": 600, "start_at": "2026-12-01T15:00:00.250+01:00"}"#).unwrap();
+        assert_eq!(speed, Some(600.0));
+        assert_eq!(
+            start_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_133_600_250))
+        );
+        let Start { start_at, .. } = parse(br#"{"start_at": null}"#).unwrap();
+        assert_eq!(start_at, None);
         let NoFields {} = parse(b"{}").unwrap();
     }
 

@@ -107,6 +107,13 @@ impl App {
                 ));
             }
         }
+        let now = std::time::SystemTime::now();
+        warnings.extend(
+            self.book
+                .scenarios
+                .iter()
+                .filter_map(|scenario| scenario.start_at_warning(now)),
+        );
         for rule in &self.book.rules {
             if !matches!(rule.fault, Fault::Refuse) {
                 continue;
@@ -159,6 +166,8 @@ impl App {
             certificates: tls.served(),
         };
         let control = Control::new(wiring, self.files.clone(), self.book, seed);
+        // Runs the rule files anchor with `start_at`: armed, or joined mid-run.
+        control.arm_from_files();
 
         let admin = bind(config.admin.listen, "the admin API")?;
         let mut bound = Vec::new();

@@ -145,7 +145,7 @@ fn check_names_the_scenario_a_schema_error_is_in() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "rules/a.toml:10:1: error: scenario \"s1\": unknown field `bogus`, expected one of `name`, `description`, `duration`, `step`, `guard`\n1 problem found\n"
+        "rules/a.toml:10:1: error: scenario \"s1\": unknown field `bogus`, expected one of `name`, `description`, `duration`, `start_at`, `step`, `guard`\n1 problem found\n"
     );
 }
 

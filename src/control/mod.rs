@@ -34,12 +34,13 @@ use crate::scenario::Scenario;
 use crate::tls::ServedCertificate;
 use crate::traffic::Tally;
 use rustls::sign::CertifiedKey;
-use scenarios::{Overlay, Run};
+use scenarios::{Anchor, Overlay, Run};
 
 pub use publish::{HaltSignal, Published, Snapshot};
 pub use scenarios::{RunState, MAX_SPEED};
 pub use view::{
-    LastReload, ReloadSummary, RuleCounts, RuleView, RunView, ScenarioView, StatusView, StepRef,
+    LastReload, ReloadSummary, RuleCounts, RuleView, RunStatus, RunView, ScenarioView, StatusView,
+    StepRef,
 };
 
 /// The longest TTL a rule may be given.
@@ -131,6 +132,12 @@ pub enum ControlError {
     ScenarioRunning(String),
     #[error("scenario {0:?} is not running")]
     ScenarioNotRunning(String),
+    #[error("scenario {scenario:?} is already armed to start at {at}; stop it first")]
+    ScenarioScheduled { scenario: String, at: String },
+    #[error("scenario {scenario:?} anchored there would have ended at {ended_at}: a run that is over is not started")]
+    ScenarioOver { scenario: String, ended_at: String },
+    #[error("scenario {0:?} cannot start outside the proxy's runtime")]
+    NoRuntime(String),
     #[error("scenario {0:?} has not run yet")]
     NoReport(String),
     #[error("scenario {scenario:?} cannot start while {other:?} runs: both drive rule {rule:?}")]
@@ -204,6 +211,8 @@ struct State {
     scenarios: Vec<Arc<Scenario>>,
     /// Each scenario's latest run, by scenario name.
     runs: BTreeMap<String, Run>,
+    /// The rule files' `start_at`s acted on, by scenario name.
+    anchors: BTreeMap<String, Anchor>,
     next_run: u64,
     /// Indices of run-time upstreams that were removed.
     retired: Vec<usize>,
@@ -321,6 +330,7 @@ impl Control {
                 next_timer: 0,
                 scenarios: book.scenarios,
                 runs: BTreeMap::new(),
+                anchors: BTreeMap::new(),
                 next_run: 0,
                 retired: Vec::new(),
             }),
@@ -633,6 +643,12 @@ impl Control {
             state.halted = false;
             self.metrics().halted().set(0);
             info!(target: "faultline::audit", caller, "resumed: rules may be enabled again");
+            // The rule files' anchored runs are a standing order: a run the
+            // halt stopped, or kept from starting, is joined at its current step.
+            let trigger = format!("resumed by {caller}");
+            self.arm_locked(&mut state, &trigger);
+            self.rejoin_after_halt(&mut state, &trigger);
+            self.publish(&mut state);
         }
         StatusView::of(&state, self.seed, self.started.elapsed())
     }
@@ -723,6 +739,7 @@ impl Control {
             }
         }
         state.scenarios = book.scenarios;
+        self.arm_locked(&mut state, &format!("reload by {trigger}"));
         self.publish(&mut state);
         if summary.is_empty() && *trigger == Trigger::Watcher && !was_rejected {
             // A file touched but not changed (an editor's swap file, a

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::scenarios::Run;
+use super::scenarios::{rfc3339_millis, unix_ms, Run};
 use super::Trigger;
 use super::{Entry, State};
 use crate::diagnostic::Diagnostic;
@@ -94,6 +94,35 @@ pub struct StatusView {
     pub scenarios_running: Vec<String>,
     #[serde(default)]
     pub last_reload: Option<LastReload>,
+    /// The replica's wall clock when it answered, RFC 3339 UTC with
+    /// milliseconds: fleets compare it across replicas.
+    #[serde(default)]
+    pub clock: String,
+    #[serde(default)]
+    pub clock_unix_ms: u64,
+    /// One per running scenario.
+    #[serde(default)]
+    pub runs: Vec<RunStatus>,
+}
+
+/// A running scenario in `GET /api/status`: where it is and when its
+/// current step began on this replica, to see drift across a fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub name: String,
+    /// The current step's index; `null` before the first step.
+    pub step: Option<usize>,
+    /// When the current step began here (the run's start in the lead-in).
+    /// For a run anchored at `start_at` and joined late, the step's
+    /// scheduled instant, which every replica shares.
+    pub step_started_at: String,
+    pub step_started_unix_ms: u64,
+    /// The run's anchor: its `start_at`, or when it was told to start.
+    pub started_at: String,
+    pub speed: f64,
+    /// Present when the run was anchored with `start_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +136,7 @@ pub struct RuleCounts {
 impl StatusView {
     pub(super) fn of(state: &State, seed: u64, uptime: Duration) -> StatusView {
         let api = state.entries.iter().filter(|e| e.is_api()).count();
+        let now = SystemTime::now();
         StatusView {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: uptime.as_secs(),
@@ -120,6 +150,14 @@ impl StatusView {
             },
             scenarios_running: super::Control::running_names(state),
             last_reload: state.last_reload.clone(),
+            clock: rfc3339_millis(now),
+            clock_unix_ms: unix_ms(now),
+            runs: state
+                .runs
+                .values()
+                .filter(|r| r.is_running())
+                .map(Run::status)
+                .collect(),
         }
     }
 }
@@ -188,12 +226,16 @@ pub struct ScenarioView {
     /// As written.
     pub duration: String,
     pub duration_seconds: f64,
+    /// The file's `start_at`, as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<String>,
     /// The rules its steps drive.
     pub rules: Vec<String>,
     pub steps: Vec<StepSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardSpec>,
-    /// `idle` (never run), `running`, `completed`, `stopped` or `aborted`.
+    /// `idle` (never run), `scheduled` (armed for its `start_at`),
+    /// `running`, `completed`, `stopped` or `aborted`.
     pub state: String,
     /// The latest run; `null` when idle.
     pub run: Option<RunView>,
@@ -208,6 +250,7 @@ impl ScenarioView {
             file: scenario.source.display().to_string(),
             duration: scenario.spec.duration.clone(),
             duration_seconds: scenario.duration.as_secs_f64(),
+            start_at: scenario.spec.start_at.clone(),
             rules: scenario.touched.iter().cloned().collect(),
             steps: scenario.spec.step.clone(),
             guard: scenario.spec.guard.clone(),
@@ -224,7 +267,11 @@ impl ScenarioView {
 pub struct RunView {
     pub state: String,
     pub speed: f64,
+    /// The run's anchor: its `start_at`, or when it was told to start.
     pub started_at: String,
+    /// RFC 3339 with milliseconds, when the run was anchored at a wall-clock time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<String>,
     pub ended_at: Option<String>,
     /// Why it ended early: who stopped it, or what the guard saw.
     pub reason: Option<String>,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +24,14 @@ pub struct ScenarioSpec {
     pub description: Option<String>,
     /// At the end every change the scenario made is undone.
     pub duration: String,
+    /// RFC 3339: every replica that loads the file starts the run at this
+    /// wall-clock instant, or joins it mid-run (README "Scenarios").
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "start_at_text"
+    )]
+    pub start_at: Option<String>,
     #[serde(default)]
     pub step: Vec<StepSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +103,8 @@ pub struct Scenario {
     pub spec: ScenarioSpec,
     pub source: PathBuf,
     pub duration: Duration,
+    /// `start_at`, read.
+    pub start_at: Option<SystemTime>,
     pub steps: Vec<Step>,
     pub guard: Option<Guard>,
     /// Every rule a step changes, sorted: two runs that share one conflict.
@@ -105,6 +115,65 @@ impl Scenario {
     pub fn name(&self) -> &str {
         &self.spec.name
     }
+
+    /// When a run anchored at `start_at` and played at `speed` ends.
+    pub fn end_of_run(&self, start_at: SystemTime, speed: f64) -> SystemTime {
+        start_at + self.duration.div_f64(speed)
+    }
+
+    /// A warning when the file's `start_at` run is already over at `now`:
+    /// such a run is not started.
+    pub fn start_at_warning(&self, now: SystemTime) -> Option<String> {
+        let start_at = self.start_at?;
+        let end = self.end_of_run(start_at, 1.0);
+        (end <= now).then(|| {
+            format!(
+                "{}: warning: scenario {:?}: start_at = {:?}: its run ended at {}, so it is not started",
+                self.source.display(),
+                self.name(),
+                self.spec.start_at.as_deref().unwrap_or_default(),
+                humantime::format_rfc3339_seconds(end)
+            )
+        })
+    }
+}
+
+/// `start_at` as written: a string, or a TOML date-time written bare
+/// (`start_at = 2026-12-01T14:00:00Z`), kept as its text; checked by
+/// [`parse_start_at`] with the rest of the scenario.
+fn start_at_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    struct Text;
+    impl<'de> serde::de::Visitor<'de> for Text {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an RFC 3339 time such as \"2026-12-01T14:00:00Z\"")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<String, E> {
+            Ok(text.to_owned())
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<String, A::Error> {
+            let at = toml::value::Datetime::deserialize(
+                serde::de::value::MapAccessDeserializer::new(map),
+            )?;
+            Ok(at.to_string())
+        }
+    }
+    deserializer.deserialize_any(Text).map(Some)
+}
+
+/// Reads an RFC 3339 time (`2026-12-01T14:00:00Z`, `2026-12-01T15:00:00.5+01:00`).
+pub fn parse_start_at(text: &str) -> Result<SystemTime, String> {
+    let expected = "expected an RFC 3339 time such as \"2026-12-01T14:00:00Z\"";
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("start_at {text:?} is not a valid time ({e}); {expected}"))?;
+    let seconds = u64::try_from(at.unix_timestamp())
+        .map_err(|_| format!("start_at {text:?} is before 1970; {expected}"))?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::new(seconds, at.nanosecond()))
 }
 
 /// A validated step.
@@ -228,6 +297,11 @@ impl ScenarioSpec {
                 ));
             }
         }
+        let start_at = self.start_at.as_deref().and_then(|text| {
+            parse_start_at(text)
+                .map_err(|message| errors.push(FieldError::new(at.key("start_at"), message)))
+                .ok()
+        });
         if self.step.is_empty() {
             errors.push(FieldError::new(
                 at.key("name"),
@@ -351,6 +425,7 @@ impl ScenarioSpec {
         if errors.is_empty() {
             Ok(Scenario {
                 duration: total.unwrap_or_default(),
+                start_at,
                 steps,
                 guard,
                 touched,
@@ -485,6 +560,40 @@ mod tests {
             patched_fault(&base, &patch).unwrap().delay.as_deref(),
             Some("3s")
         );
+    }
+
+    #[test]
+    fn start_at_is_rfc3339_with_any_offset() {
+        let utc = parse_start_at("2026-12-01T14:00:00Z").unwrap();
+        assert_eq!(
+            utc,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_133_600)
+        );
+        assert_eq!(parse_start_at("2026-12-01T15:00:00.000+01:00"), Ok(utc));
+        let error = parse_start_at("2026-12-01 14:00").unwrap_err();
+        assert!(
+            error.starts_with("start_at \"2026-12-01 14:00\" is not a valid time ("),
+            "{error}"
+        );
+        assert!(parse_start_at("1969-12-31T23:59:59Z")
+            .unwrap_err()
+            .contains("is before 1970"));
+        let scenarios = load(
+            "[[scenario]]\nname = \"outage\"\nduration = \"1h\"\nstart_at = \"2026-12-01T14:00:00Z\"\n[[scenario.step]]\nat = \"0s\"\nenable = [\"slow\"]\n",
+        )
+        .unwrap();
+        assert_eq!(scenarios[0].start_at, Some(utc));
+        // A bare TOML date-time is taken as well.
+        let bare = load(
+            "[[scenario]]\nname = \"outage\"\nduration = \"1h\"\nstart_at = 2026-12-01T14:00:00Z\n[[scenario.step]]\nat = \"0s\"\nenable = [\"slow\"]\n",
+        )
+        .unwrap();
+        assert_eq!(bare[0].start_at, Some(utc));
+        let over = utc + Duration::from_secs(3600);
+        assert!(scenarios[0].start_at_warning(over).is_some());
+        assert!(scenarios[0]
+            .start_at_warning(over - Duration::from_millis(1))
+            .is_none());
     }
 
     #[test]
