@@ -572,3 +572,133 @@ async fn start_at_is_one_instant_for_every_replica() {
     assert_eq!(bad.code, Some(1));
     assert!(bad.stderr.contains("--at \"noon\""), "{}", bad.stderr);
 }
+
+#[tokio::test]
+async fn a_replica_that_never_answers_is_cut_off_at_the_timeout() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let proxies = fleet(2, &upstream).await;
+    // Bound and listening, never accepting: connecting succeeds (the
+    // kernel's backlog), then no answer comes.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    let list = format!(
+        "{},{hung_url},{}",
+        proxies[0].admin_url(),
+        proxies[1].admin_url()
+    );
+    let ran = ctl(&["--admin", &list, "--timeout", "500ms", "halt"]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!(
+            "{hung_url}: cannot reach faultline's admin API at {hung_url}: no answer within 500ms"
+        )),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stdout.contains(&format!("NOT halted: {hung_url}\n")),
+        "{}",
+        ran.stdout
+    );
+    for proxy in &proxies {
+        assert_eq!(api(proxy, "GET", "/api/status").await["halted"], true);
+    }
+}
+
+/// An admin API that answers every call with `status`: a replica's
+/// `/api/status` in the shape SPEC §11 gives it (clock, runs), standing in
+/// for a proxy running a scenario at a chosen step start.
+async fn canned_status(
+    step: usize,
+    step_started_unix_ms: u64,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    let status = serde_json::json!({
+        "version": "0.1.0", "uptime_seconds": 60, "halted": false, "seed": 42,
+        "rules": { "total": 3, "enabled": 2, "file": 3, "api": 0 },
+        "scenarios_running": ["drill"], "last_reload": null,
+        "clock": "2026-11-29T14:30:00.123Z", "clock_unix_ms": 1_796_049_000_123_u64,
+        "runs": [{
+            "name": "drill", "step": step,
+            "step_started_at": "2026-11-29T14:29:58.004Z",
+            "step_started_unix_ms": step_started_unix_ms,
+            "started_at": "2026-11-29T14:20:00.000Z", "speed": 1.0,
+        }],
+    })
+    .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let status = status.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| {
+                    let body = bytes::Bytes::from(status.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn status_shows_the_drift_between_step_starts() {
+    let start = 1_796_048_998_004;
+    let mut replicas = Vec::new();
+    for (step, late_ms) in [(1, 0), (1, 12), (1, 3)] {
+        replicas.push(canned_status(step, start + late_ms).await);
+    }
+    let list: Vec<&str> = replicas.iter().map(|(url, _)| url.as_str()).collect();
+    let list = list.join(",");
+    let ran = ctl(&["--admin", &list, "status"]).await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let first = ran
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&replicas[1].0))
+        .unwrap();
+    assert!(
+        first.ends_with("drill step 2  14:29:58.016"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains("running drill step 2\n"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout
+            .contains("drift     12 ms between the starts of drill step 2 on 3 replicas\n"),
+        "{}",
+        ran.stdout
+    );
+    let json = ctl(&["--admin", &list, "--json", "status"]).await;
+    let document: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        document["drift"],
+        serde_json::json!({ "ms": 12, "scenario": "drill", "step": 1, "replicas": 3 })
+    );
+
+    // One replica a step behind: they disagree, and drift is within a step.
+    replicas.push(canned_status(0, start - 60_000).await);
+    let list: Vec<&str> = replicas.iter().map(|(url, _)| url.as_str()).collect();
+    let ran = ctl(&["--admin", &list.join(","), "status"]).await;
+    assert!(
+        ran.stdout
+            .contains("running (drill step 2 on 3, drill step 1 on 1)"),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("drift     12 ms"), "{}", ran.stdout);
+}
