@@ -51,6 +51,16 @@ duration = "1h"
 at = "0s"
 description = "fail on"
 enable = ["fail"]
+
+[[scenario]]
+name = "blip"
+duration = "20m"
+[[scenario.step]]
+at = "0s"
+enable = ["tea"]
+[[scenario.step]]
+at = "10m"
+disable = ["tea"]
 "#;
 
 struct Ran {
@@ -701,4 +711,34 @@ async fn status_shows_the_drift_between_step_starts() {
         ran.stdout
     );
     assert!(ran.stdout.contains("drift     12 ms"), "{}", ran.stdout);
+}
+
+#[tokio::test]
+async fn follow_watches_the_run_on_every_replica_then_merges_the_report() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let proxies = fleet(2, &upstream).await;
+    let all = format!("{},{}", proxies[0].admin_url(), proxies[1].admin_url());
+    // 20 minutes at 600x: two seconds.
+    let args = [
+        "--admin", &all, "scenario", "start", "blip", "--speed", "600", "--follow",
+    ];
+    let ran = ctl(&args).await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(ran.stdout.contains("state running"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("state completed, step 2/2"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains("merged from 2 of 2 replicas"),
+        "{}",
+        ran.stdout
+    );
+    for proxy in &proxies {
+        assert_eq!(
+            api(proxy, "GET", "/api/scenarios/blip").await["state"],
+            "completed"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! `faultline ctl` on many replicas: who they are (`--admin a,b,c`, or every
 //! address `--fleet HOST:PORT` resolves to), one call sent to all of them at
-//! once with a per-replica timeout, and what each answered. A replica that
+//! once with a per-replica timeout, and what each answered (and a run
+//! followed on all of them, `scenario start --follow`). A replica that
 //! fails is named and the others are still acted on; the command then ends
 //! with [`ClientError::Replicas`] (exit status 1).
 
@@ -11,8 +12,10 @@ use std::time::{Duration, SystemTime};
 use http::Method;
 use serde_json::{json, Value};
 
+use super::scenario::FOLLOW_EVERY;
 use super::{agree, client, write_all, ScenarioVerb, Target, Verb};
-use crate::client::ClientError;
+use crate::client::{AdminClient, ClientError};
+use crate::control::ScenarioView;
 
 /// How long each replica of a fleet may take to answer, unless `--timeout`
 /// says otherwise: short, so one dead pod does not hold up a `halt`.
@@ -114,7 +117,7 @@ fn urls_of(addresses: impl IntoIterator<Item = SocketAddr>) -> Vec<String> {
 }
 
 /// The verb on every replica at once; then one table (or one JSON document)
-/// for all of them.
+/// for all of them. `scenario start --follow` then follows the run on all.
 pub(super) async fn run(
     target: &Target,
     urls: &[String],
@@ -122,31 +125,74 @@ pub(super) async fn run(
     (method, path, body): (Method, String, Option<Value>),
     out: &mut dyn Write,
 ) -> Result<(), ClientError> {
-    if let Verb::Scenario {
-        verb: ScenarioVerb::Start { follow: true, .. },
-    } = verb
-    {
-        return Err(ClientError::Usage(
-            "--follow follows one proxy; with several, start the run and watch it with `faultline ctl … scenario status NAME`".to_owned(),
-        ));
-    }
     let timeout = target.timeout.unwrap_or(FLEET_TIMEOUT);
-    let mut clients = Vec::new();
+    let mut clients: Vec<AdminClient> = Vec::new();
     for url in urls {
         let api = client(target, url, timeout)?;
         // The same replica twice would be acted on twice and counted twice.
-        if !clients
-            .iter()
-            .any(|c: &crate::client::AdminClient| c.base() == api.base())
-        {
+        if !clients.iter().any(|c| c.base() == api.base()) {
             clients.push(api);
         }
     }
+    let mut replies = fan_out(&clients, &method, &path, body).await;
+    let shown = if target.json {
+        agree::json(verb, &mut replies)
+    } else {
+        agree::render(verb, &mut replies, SystemTime::now())
+    };
+    write_all(out, &shown.text)?;
+    if let Some(problem) = shown.problem {
+        return Err(problem);
+    }
+    let mut failed = failures(&replies);
+    if let Verb::Scenario {
+        verb: ScenarioVerb::Start {
+            name, follow: true, ..
+        },
+    } = verb
+    {
+        if failed.len() == replies.len() {
+            // Started nowhere: nothing to follow.
+            return Err(replicas_failed(replies.len(), &failed));
+        }
+        let started = places(&mut replies);
+        let live = target.live && !target.json;
+        for late in follow(&clients, name, started, live, out).await? {
+            if !failed.iter().any(|(url, _)| *url == late.0) {
+                failed.push(late);
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(replicas_failed(replies.len(), &failed))
+}
+
+fn replicas_failed(total: usize, failed: &[(String, String)]) -> ClientError {
+    ClientError::Replicas {
+        total,
+        failed: failed.iter().map(|(url, _)| url.clone()).collect(),
+        lines: failed
+            .iter()
+            .map(|(url, message)| format!("{url}: {message}"))
+            .collect(),
+    }
+}
+
+/// One call to every replica at once, each bounded by its client's timeout;
+/// the replies in the replicas' order.
+async fn fan_out(
+    clients: &[AdminClient],
+    method: &Method,
+    path: &str,
+    body: Option<Value>,
+) -> Vec<Reply> {
     let calls: Vec<_> = clients
         .iter()
         .map(|api| {
             let (api, method, path, body) =
-                (api.clone(), method.clone(), path.clone(), body.clone());
+                (api.clone(), method.clone(), path.to_owned(), body.clone());
             tokio::spawn(async move { api.call(method, &path, body).await })
         })
         .collect();
@@ -164,30 +210,90 @@ pub(super) async fn run(
             result,
         });
     }
-    let shown = if target.json {
-        agree::json(verb, &mut replies)
-    } else {
-        agree::render(verb, &mut replies, SystemTime::now())
+    replies
+}
+
+/// Each failed replica's URL and message.
+fn failures(replies: &[Reply]) -> Vec<(String, String)> {
+    replies
+        .iter()
+        .filter_map(|r| Some((r.replica.clone(), r.result.as_ref().err()?.message.clone())))
+        .collect()
+}
+
+/// Where a run is on one replica: its state and step; `None` without an answer.
+type Place = Option<(String, Option<usize>)>;
+
+fn places(replies: &mut [Reply]) -> Vec<Place> {
+    replies
+        .iter_mut()
+        .map(|reply| {
+            let view = reply.parse::<ScenarioView>()?;
+            let step = view.run.as_ref()?.current_step.as_ref().map(|s| s.index);
+            Some((view.state, step))
+        })
+        .collect()
+}
+
+/// `scenario start --follow` on a fleet: the run's table on every replica,
+/// redrawn in place on a terminal (`live`) or written again when a
+/// replica's state or step changes, until no replica runs it; then the
+/// merged report. Answers the replicas that failed the report.
+async fn follow(
+    clients: &[AdminClient],
+    name: &str,
+    started: Vec<Place>,
+    live: bool,
+    out: &mut dyn Write,
+) -> Result<Vec<(String, String)>, ClientError> {
+    let status = Verb::Scenario {
+        verb: ScenarioVerb::Status {
+            name: name.to_owned(),
+        },
     };
-    write_all(out, &shown.text)?;
-    let failed: Vec<&Reply> = replies.iter().filter(|r| r.result.is_err()).collect();
-    if let Some(problem) = shown.problem {
-        return Err(problem);
+    let path = format!("/api/scenarios/{name}");
+    // The start's own table was the first frame.
+    let mut drawn_lines = 0;
+    let mut last = started;
+    loop {
+        let mut replies = fan_out(clients, &Method::GET, &path, None).await;
+        let places = places(&mut replies);
+        // Anything but an ended (or never started) run is still to follow.
+        let running = places.iter().flatten().any(|(state, _)| {
+            !matches!(state.as_str(), "idle" | "completed" | "stopped" | "aborted")
+        });
+        let frame = agree::render(&status, &mut replies, SystemTime::now()).text;
+        if live {
+            // Up over the last frame, clear it, draw the new one.
+            let up = if drawn_lines > 0 {
+                format!("\x1b[{drawn_lines}A\x1b[J")
+            } else {
+                String::new()
+            };
+            write_all(out, &format!("{up}{frame}"))?;
+            drawn_lines = frame.lines().count();
+        } else if last != places || !running {
+            write_all(out, &format!("\n{frame}"))?;
+        }
+        last = places;
+        if !running {
+            break;
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
     }
-    if failed.is_empty() {
-        return Ok(());
+    let report = Verb::Scenario {
+        verb: ScenarioVerb::Report {
+            name: name.to_owned(),
+        },
+    };
+    let path = format!("/api/scenarios/{name}/report");
+    let mut replies = fan_out(clients, &Method::GET, &path, None).await;
+    let shown = agree::render(&report, &mut replies, SystemTime::now());
+    write_all(out, &format!("\n{}", shown.text))?;
+    match shown.problem {
+        Some(problem) => Err(problem),
+        None => Ok(failures(&replies)),
     }
-    Err(ClientError::Replicas {
-        total: replies.len(),
-        failed: failed.iter().map(|r| r.replica.clone()).collect(),
-        lines: failed
-            .iter()
-            .filter_map(|r| {
-                let failure = r.result.as_ref().err()?;
-                Some(format!("{}: {}", r.replica, failure.message))
-            })
-            .collect(),
-    })
 }
 
 /// The per-replica results as JSON: `{"replica", "ok": true, "result"}` or

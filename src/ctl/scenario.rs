@@ -13,7 +13,7 @@ use crate::control::{RunView, ScenarioView};
 use crate::scenario::report::{rfc3339, Report, Segment, Stats};
 
 /// How often `--follow` looks at the run.
-const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+pub(super) const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 /// Width of the `--follow` progress bar, in characters.
 const BAR_WIDTH: usize = 32;
 
