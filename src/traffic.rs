@@ -123,10 +123,11 @@ impl Counts {
         }
     }
 
+    /// Saturating: the counts may come from other proxies' reports (`ctl`'s merge).
     pub fn add(&mut self, other: &Counts) {
-        self.requests += other.requests;
-        self.failures += other.failures;
-        self.injected += other.injected;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.failures = self.failures.saturating_add(other.failures);
+        self.injected = self.injected.saturating_add(other.injected);
     }
 
     /// Every error the clients saw, injected or not.
@@ -169,7 +170,7 @@ impl Snapshot {
     pub fn add(&mut self, other: &Snapshot) {
         self.counts.add(&other.counts);
         for (mine, theirs) in self.latency.iter_mut().zip(other.latency.iter()) {
-            *mine += theirs;
+            *mine = mine.saturating_add(*theirs);
         }
     }
 
@@ -208,15 +209,19 @@ impl Snapshot {
     /// The latency under which a share `q` of the requests finished, to
     /// within the bucket's width (under 9%); `None` with no requests.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let total: u64 = self.latency.iter().sum();
+        // Saturating, as the buckets may hold other proxies' counts.
+        let total = self
+            .latency
+            .iter()
+            .fold(0u64, |sum, n| sum.saturating_add(*n));
         if total == 0 {
             return None;
         }
         // The rank of the request at quantile q, counting from 1.
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
+        let mut seen: u64 = 0;
         for (i, count) in self.latency.iter().enumerate() {
-            seen += count;
+            seen = seen.saturating_add(*count);
             if seen >= rank {
                 let (low, high) = bounds_of(i);
                 return Some(Duration::from_micros(low + (high - low) / 2));

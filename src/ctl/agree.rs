@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::fleet::{replica_json, Reply};
-use super::scenario::{clock, report_text};
+use super::scenario::{clock, report_text, LAST_RFC3339_SECOND};
 use super::{fault_summary, rule_line, ScenarioVerb, Verb};
 use crate::client::ClientError;
 use crate::control::{ReloadSummary, RuleView, ScenarioView, StatusView};
@@ -270,8 +270,11 @@ impl Drift {
     }
 }
 
-/// `HH:MM:SS.mmm` in UTC.
+/// `HH:MM:SS.mmm` in UTC (the milliseconds as they came past the year 9999).
 fn time_of_day(unix_ms: u64) -> String {
+    if unix_ms / 1000 >= LAST_RFC3339_SECOND {
+        return format!("{unix_ms} ms");
+    }
     let at = UNIX_EPOCH + Duration::from_millis(unix_ms);
     let text = humantime::format_rfc3339_millis(at).to_string();
     text.get(11..23).unwrap_or(&text).to_owned()
@@ -878,6 +881,7 @@ mod tests {
         );
         assert!(Drift::of(&[Some(Clocks { runs: Some(vec![]) })]).is_none());
         assert_eq!(time_of_day(1_796_048_998_004), "14:29:58.004");
+        assert_eq!(time_of_day(u64::MAX), format!("{} ms", u64::MAX));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
 use serde_json::{json, Value};
@@ -73,6 +73,16 @@ pub(super) fn request(
     })
 }
 
+/// RFC 3339 stops at the year 9999 (and humantime refuses to write past it).
+fn writable(instant: SystemTime) -> bool {
+    instant
+        .duration_since(UNIX_EPOCH)
+        .is_ok_and(|since| since.as_secs() < LAST_RFC3339_SECOND)
+}
+
+/// The first second of the year 10000, in seconds since the Unix epoch.
+pub(super) const LAST_RFC3339_SECOND: u64 = 253_402_300_800;
+
 /// `--at`: an RFC 3339 instant in UTC, or `+DELAY` from `now`, as the
 /// RFC 3339 text (to the millisecond) the start API takes.
 fn start_at(at: &str, now: SystemTime) -> Result<String, ClientError> {
@@ -81,7 +91,9 @@ fn start_at(at: &str, now: SystemTime) -> Result<String, ClientError> {
         Some(delay) => {
             let delay = crate::duration::parse(delay)
                 .map_err(|e| ClientError::Usage(format!("--at {at}: {e}")))?;
-            now + delay
+            now.checked_add(delay)
+                .filter(|instant| writable(*instant))
+                .ok_or_else(|| ClientError::Usage(format!("--at {at}: too far ahead")))?
         }
         None => humantime::parse_rfc3339(at).map_err(|e| {
             ClientError::Usage(format!(
@@ -386,6 +398,8 @@ mod tests {
         );
         let bad = start_at("tomorrow", now).unwrap_err().to_string();
         assert!(bad.contains("RFC 3339"), "{bad}");
+        let far = start_at("+10000000000h", now).unwrap_err().to_string();
+        assert!(far.contains("too far ahead"), "{far}");
         let bad = start_at("+soon", now).unwrap_err().to_string();
         assert!(bad.starts_with("--at +soon: invalid duration"), "{bad}");
     }

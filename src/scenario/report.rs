@@ -387,6 +387,13 @@ mod tests {
         let mut alien = stats(&[5], 0);
         alien.latency_us = vec![(17, 1)];
         assert!(Stats::merge([&alien]).is_err());
+        // A replica's absurd counts saturate rather than panic.
+        let mut huge = stats(&[5], 0);
+        huge.requests = u64::MAX;
+        huge.latency_us = vec![(huge.latency_us[0].0, u64::MAX)];
+        let merged = Stats::merge([&huge, &huge, &stats(&[6], 0)]).unwrap();
+        assert_eq!(merged.requests, u64::MAX);
+        assert!(merged.p99_ms.is_some());
     }
 
     #[test]
