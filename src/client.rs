@@ -245,25 +245,7 @@ impl AdminClient {
         name: &str,
         speed: Option<f64>,
     ) -> Result<ScenarioView, ClientError> {
-        self.start_scenario_at(name, speed, None).await
-    }
-
-    /// Starts a run anchored at a wall-clock instant (RFC 3339, UTC): every
-    /// replica told the same `start_at` plays the same timeline.
-    pub async fn start_scenario_at(
-        &self,
-        name: &str,
-        speed: Option<f64>,
-        start_at: Option<&str>,
-    ) -> Result<ScenarioView, ClientError> {
-        let mut body = serde_json::Map::new();
-        if let Some(speed) = speed {
-            body.insert("speed".to_owned(), json!(speed));
-        }
-        if let Some(start_at) = start_at {
-            body.insert("start_at".to_owned(), json!(start_at));
-        }
-        let body = (!body.is_empty()).then_some(Value::Object(body));
+        let body = speed.map(|speed| json!({ "speed": speed }));
         self.send(
             Method::POST,
             &format!("/api/scenarios/{}/start", segment(name)?),
