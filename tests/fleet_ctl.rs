@@ -182,7 +182,7 @@ async fn every_verb_reaches_every_replica_and_names_the_one_down() {
     assert!(
         status
             .stdout
-            .contains("halted no, rules 3 (1 enabled), running none"),
+            .contains("halted no, rules 1 of 3 enabled, running none"),
         "{}",
         status.stdout
     );

@@ -356,7 +356,7 @@ fn status(replies: &mut [Reply]) -> String {
         "rules",
         answered
             .iter()
-            .map(|(v, _)| format!("{} ({} enabled)", v.rules.total, v.rules.enabled)),
+            .map(|(v, _)| format!("{} of {} enabled", v.rules.enabled, v.rules.total)),
         true,
     );
     verdict.check(
