@@ -320,6 +320,22 @@ async fn every_verb_reaches_every_replica_and_names_the_one_down() {
         "{}",
         rules.stdout
     );
+
+    api(&proxies[0], "POST", "/api/scenarios/drill/start").await;
+    let listed = ctl(&["--admin", &all, "scenario", "list"]).await;
+    let drill = listed
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("drill "))
+        .unwrap();
+    assert!(drill.contains("running 1, stopped 2"), "{}", listed.stdout);
+    assert!(
+        listed
+            .stdout
+            .contains("agree     NO: drill (running on 1, stopped on 2)\n"),
+        "{}",
+        listed.stdout
+    );
 }
 
 #[tokio::test]

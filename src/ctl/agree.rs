@@ -147,6 +147,18 @@ fn table(header: &[&str], rows: &[Row]) -> String {
     text
 }
 
+/// Each distinct value, in first-seen order, with how many gave it.
+fn tally(values: impl IntoIterator<Item = String>) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for value in values {
+        match counts.iter_mut().find(|(v, _)| *v == value) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((value, 1)),
+        }
+    }
+    counts
+}
+
 /// Whether the replicas that answered agree, thing by thing.
 #[derive(Default)]
 struct Verdict {
@@ -159,14 +171,7 @@ impl Verdict {
     /// with the value when `show_same`; a difference always, with each value
     /// and on how many replicas.
     fn check(&mut self, what: &str, values: impl IntoIterator<Item = String>, show_same: bool) {
-        let mut counts: Vec<(String, usize)> = Vec::new();
-        for value in values {
-            match counts.iter_mut().find(|(v, _)| *v == value) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((value, 1)),
-            }
-        }
-        match counts.as_slice() {
+        match tally(values).as_slice() {
             [] => {}
             [(value, _)] => {
                 if show_same {
@@ -654,28 +659,20 @@ fn scenario_list(replies: &mut [Reply]) -> String {
             })
             .collect();
         let mut one = Verdict::default();
-        one.check(name, states.iter().cloned(), false);
+        one.check(name, states.clone(), false);
         let Some(first) = answered
             .iter()
             .find_map(|list| list.iter().find(|s| s.name == *name))
         else {
             continue;
         };
-        let state = if one.differ.is_empty() {
-            states[0].clone()
-        } else {
-            let mut counts: Vec<(String, usize)> = Vec::new();
-            for state in &states {
-                match counts.iter_mut().find(|(s, _)| s == state) {
-                    Some((_, n)) => *n += 1,
-                    None => counts.push((state.clone(), 1)),
-                }
-            }
-            counts
+        let state = match tally(states).as_slice() {
+            [(state, _)] => state.clone(),
+            many => many
                 .iter()
                 .map(|(s, n)| format!("{s} {n}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
         };
         scenario_rows.push(Row::Cells(vec![
             (*name).to_owned(),
