@@ -39,8 +39,9 @@ use serde_json::{json, Value};
 use crate::control::{ReloadSummary, RuleView, ScenarioView, StatusView};
 use crate::scenario::Report;
 
-/// How long one call to the admin API may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one call to the admin API may take, unless
+/// [`AdminClient::with_timeout`] says otherwise.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a call failed; the message is one line for a person.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,16 @@ pub enum ClientError {
     },
     #[error("unexpected answer from {url}: {reason}")]
     Protocol { url: String, reason: String },
+    /// Some replicas of a fleet failed (`faultline ctl --admin a,b,c` or
+    /// `--fleet`); the others were acted on.
+    #[error("{} of {total} replicas failed: {}", .failed.len(), .failed.join(", "))]
+    Replicas {
+        total: usize,
+        /// The failed replicas' URLs.
+        failed: Vec<String>,
+        /// `URL: error`, one per failed replica.
+        lines: Vec<String>,
+    },
 }
 
 impl ClientError {
@@ -73,6 +84,7 @@ impl ClientError {
     pub fn details(&self) -> &[String] {
         match self {
             ClientError::Api { details, .. } => details,
+            ClientError::Replicas { lines, .. } => lines,
             _ => &[],
         }
     }
@@ -100,20 +112,27 @@ pub struct AdminClient {
     base: String,
     authorization: Option<HeaderValue>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// For a whole call: connecting, sending, the whole answer.
+    timeout: Duration,
 }
 
 impl AdminClient {
     /// A client for the admin API at `admin` (`http://HOST:PORT`; a bare
     /// `HOST:PORT` is taken as http). Nothing is sent until the first call.
     pub fn new(admin: &str) -> Result<AdminClient, ClientError> {
-        let base = normalize_base(admin)?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CALL_TIMEOUT));
         Ok(AdminClient {
-            base,
+            base: normalize_base(admin)?,
             authorization: None,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: http_client(CALL_TIMEOUT),
+            timeout: CALL_TIMEOUT,
         })
+    }
+
+    /// How long a call may take, connecting included (10 seconds unless set).
+    pub fn with_timeout(mut self, timeout: Duration) -> AdminClient {
+        self.client = http_client(timeout);
+        self.timeout = timeout;
+        self
     }
 
     /// Sends `Authorization: Bearer TOKEN` with every call.
@@ -308,9 +327,14 @@ impl AdminClient {
                 .to_bytes();
             Ok::<_, ClientError>((status, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, exchange)
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| unreachable(format!("no answer within {}s", CALL_TIMEOUT.as_secs())))??;
+            .map_err(|_| {
+                unreachable(format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.timeout)
+                ))
+            })??;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         if status.is_success() {
             return Ok(text);
@@ -364,6 +388,12 @@ impl AdminClient {
             reason: format!("not the JSON expected ({e}); is this faultline's admin API?"),
         })
     }
+}
+
+fn http_client(connect_timeout: Duration) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new()).build(connector)
 }
 
 /// A rule or scenario name as a path segment: a clear error for anything

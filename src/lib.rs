@@ -30,7 +30,7 @@
 //!   runtime rules.
 //! - [`reload`]: what triggers a reload (the rule-file watcher, SIGHUP).
 //! - [`admin`]: the admin listener: the JSON API (README "Runtime control"), `/healthz`, `/metrics`.
-//! - [`client`], [`ctl`]: the admin API from Rust, typed; `faultline ctl`, its command line.
+//! - [`client`], [`ctl`]: the admin API from Rust, typed; `faultline ctl`, its command line, on one proxy or fanned out to a fleet (`--admin a,b,c`, `--fleet HOST:PORT`) with answers side by side and reports merged.
 //! - [`app`]: the only place where the pieces are wired together.
 //! - [`demo`]: the self-contained demo of `faultline demo`, and its upstream alone.
 

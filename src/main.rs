@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use faultline::app::{self, App};
 use faultline::ctl;
 use faultline::demo::Demo;
@@ -105,9 +105,24 @@ enum Command {
     },
     /// Drive a running proxy through its admin API.
     Ctl {
-        /// The admin API's address.
-        #[arg(long, env = "FAULTLINE_ADMIN", default_value = "http://127.0.0.1:9000")]
-        admin: String,
+        /// The admin API's address; several, comma-separated, drive them all
+        /// as a fleet.
+        #[arg(
+            long,
+            env = "FAULTLINE_ADMIN",
+            default_value = "http://127.0.0.1:9000",
+            value_delimiter = ',',
+            value_name = "URL[,URL…]"
+        )]
+        admin: Vec<String>,
+        /// Drive every replica behind a name: each address HOST resolves to
+        /// (a Kubernetes headless Service) on PORT. Instead of --admin.
+        #[arg(long, env = "FAULTLINE_FLEET", value_name = "HOST:PORT")]
+        fleet: Option<String>,
+        /// How long each replica may take to answer (default 2s for a
+        /// fleet, 10s for one --admin).
+        #[arg(long, value_name = "DURATION", value_parser = faultline::duration::parse)]
+        timeout: Option<std::time::Duration>,
         /// The admin token, when the proxy has one.
         #[arg(long, env = "FAULTLINE_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -120,7 +135,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging();
     match cli.command {
         Command::Run { config } => run(&config),
@@ -141,19 +160,53 @@ fn main() -> ExitCode {
         Command::ToxiproxyServer { flags } => toxiproxy_server(&flags),
         Command::Ctl {
             admin,
+            fleet,
+            timeout,
             token,
             json,
             verb,
         } => ctl(
             &ctl::Target {
-                admin,
+                replicas: match ctl_replicas(&matches, admin, fleet) {
+                    Ok(replicas) => replicas,
+                    Err(e) => e.exit(),
+                },
                 token: token.filter(|t| !t.is_empty()),
                 json,
                 live: std::io::stdout().is_terminal(),
+                timeout,
             },
             &verb,
         ),
     }
+}
+
+/// `--admin` or `--fleet`: what the command line says beats the
+/// environment (`FAULTLINE_ADMIN`, `FAULTLINE_FLEET`) and the default; both
+/// on the command line is a usage error.
+fn ctl_replicas(
+    matches: &clap::ArgMatches,
+    admin: Vec<String>,
+    fleet: Option<String>,
+) -> Result<ctl::Replicas, clap::Error> {
+    use clap::parser::ValueSource::CommandLine;
+    let Some(matches) = matches.subcommand_matches("ctl") else {
+        return Ok(ctl::Replicas::Admin(admin));
+    };
+    let admin_given = matches.value_source("admin") == Some(CommandLine);
+    let fleet_given = matches.value_source("fleet") == Some(CommandLine);
+    Ok(match fleet.filter(|f| !f.is_empty()) {
+        Some(_) if admin_given && fleet_given => {
+            let command = Cli::command();
+            let mut ctl = command.find_subcommand("ctl").cloned().unwrap_or(command);
+            return Err(ctl.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--admin and --fleet name the replicas two ways; give one",
+            ));
+        }
+        Some(fleet) if !admin_given => ctl::Replicas::Fleet(fleet),
+        _ => ctl::Replicas::Admin(admin),
+    })
 }
 
 fn ctl(target: &ctl::Target, verb: &ctl::Verb) -> ExitCode {

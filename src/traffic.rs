@@ -123,10 +123,11 @@ impl Counts {
         }
     }
 
+    /// Saturating: the counts may come from other proxies' reports (`ctl`'s merge).
     pub fn add(&mut self, other: &Counts) {
-        self.requests += other.requests;
-        self.failures += other.failures;
-        self.injected += other.injected;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.failures = self.failures.saturating_add(other.failures);
+        self.injected = self.injected.saturating_add(other.injected);
     }
 
     /// Every error the clients saw, injected or not.
@@ -169,22 +170,58 @@ impl Snapshot {
     pub fn add(&mut self, other: &Snapshot) {
         self.counts.add(&other.counts);
         for (mine, theirs) in self.latency.iter_mut().zip(other.latency.iter()) {
-            *mine += theirs;
+            *mine = mine.saturating_add(*theirs);
         }
+    }
+
+    /// The latency histogram as `(bucket upper bound in µs, count)`, the
+    /// non-empty buckets only, ascending: what a report carries so that the
+    /// reports of several proxies merge exactly ([`Snapshot::with_latency_us`]).
+    pub fn latency_us(&self) -> Vec<(u64, u64)> {
+        self.latency
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| **count > 0)
+            .map(|(i, count)| (bounds_of(i).1, *count))
+            .collect()
+    }
+
+    /// Counts with a histogram read back from [`Snapshot::latency_us`]'s
+    /// form; an error names a bound that is not one of these buckets' (a
+    /// proxy with another layout), so nothing is merged approximately.
+    pub fn with_latency_us(counts: Counts, buckets: &[(u64, u64)]) -> Result<Snapshot, String> {
+        let mut snapshot = Snapshot {
+            counts,
+            ..Snapshot::default()
+        };
+        for &(upper_us, count) in buckets {
+            let bucket = bucket_of(upper_us.saturating_sub(1));
+            if upper_us == 0 || bounds_of(bucket).1 != upper_us {
+                return Err(format!(
+                    "{upper_us} µs is not the upper bound of a latency bucket"
+                ));
+            }
+            snapshot.latency[bucket] = snapshot.latency[bucket].saturating_add(count);
+        }
+        Ok(snapshot)
     }
 
     /// The latency under which a share `q` of the requests finished, to
     /// within the bucket's width (under 9%); `None` with no requests.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let total: u64 = self.latency.iter().sum();
+        // Saturating, as the buckets may hold other proxies' counts.
+        let total = self
+            .latency
+            .iter()
+            .fold(0u64, |sum, n| sum.saturating_add(*n));
         if total == 0 {
             return None;
         }
         // The rank of the request at quantile q, counting from 1.
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
+        let mut seen: u64 = 0;
         for (i, count) in self.latency.iter().enumerate() {
-            seen += count;
+            seen = seen.saturating_add(*count);
             if seen >= rank {
                 let (low, high) = bounds_of(i);
                 return Some(Duration::from_micros(low + (high - low) / 2));
@@ -274,6 +311,25 @@ mod tests {
         );
         let p50 = between.quantile(0.5).unwrap();
         assert!(p50 >= Duration::from_millis(190), "{p50:?}");
+    }
+
+    #[test]
+    fn a_histogram_survives_its_sparse_form() {
+        let tally = Tally::default();
+        for micros in [0, 3, 9, 250, 250, 1_000_000, u64::MAX] {
+            tally.record(Outcome::Success, Duration::from_micros(micros));
+        }
+        let snapshot = tally.snapshot();
+        let sparse = snapshot.latency_us();
+        assert_eq!(sparse.len(), 6, "{sparse:?}");
+        assert!(sparse.windows(2).all(|w| w[0].0 < w[1].0), "{sparse:?}");
+        assert_eq!(sparse.iter().map(|b| b.1).sum::<u64>(), 7);
+        let back = Snapshot::with_latency_us(snapshot.counts, &sparse).unwrap();
+        assert_eq!(back, snapshot);
+        assert!(Snapshot::with_latency_us(Counts::default(), &[(17, 1)])
+            .unwrap_err()
+            .contains("17 µs"));
+        assert!(Snapshot::with_latency_us(Counts::default(), &[(0, 1)]).is_err());
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! `faultline ctl`: drives a running proxy through its admin API (README
 //! "Runtime control"). Readable tables by default, the API's JSON with `--json`; a clear
 //! one-line error when the proxy is unreachable or refuses the token.
-//! The scenario verbs and their tables live in [`scenario`].
+//! The scenario verbs and their tables live in [`scenario`]; many replicas
+//! at once (`--admin a,b,c`, `--fleet HOST:PORT`) in [`fleet`], and their
+//! tables side by side in [`agree`].
 
+mod agree;
+mod fleet;
 mod scenario;
 
 use std::fmt::Write as _;
@@ -10,9 +14,9 @@ use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use http::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::client::{AdminClient, ClientError};
+use crate::client::{AdminClient, ClientError, CALL_TIMEOUT};
 use crate::control::{ReloadSummary, RuleView, StatusView};
 
 /// What to ask of the proxy.
@@ -54,23 +58,58 @@ pub enum Verb {
 
 pub use scenario::ScenarioVerb;
 
+pub use fleet::FLEET_TIMEOUT;
+
+/// Which proxies to drive.
+#[derive(Debug, Clone)]
+pub enum Replicas {
+    /// `--admin URL[,URL…]`: one URL is driven as always; several are a fleet.
+    Admin(Vec<String>),
+    /// `--fleet HOST:PORT`: every address the name resolves to (a Kubernetes
+    /// headless Service), each as `http://ADDR:PORT`.
+    Fleet(String),
+}
+
 /// Where the admin API is and how to talk to it.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub admin: String,
+    pub replicas: Replicas,
     pub token: Option<String>,
     pub json: bool,
     /// The output is a terminal: `--follow` redraws in place.
     pub live: bool,
+    /// How long each replica may take to answer; `None`: 10 seconds for a
+    /// single `--admin`, [`FLEET_TIMEOUT`] per replica for a fleet.
+    pub timeout: Option<Duration>,
 }
 
-/// Runs one verb, writing what it shows to `out`.
+/// Runs one verb, writing what it shows to `out`: on one proxy as it always
+/// did, or fanned out to a fleet ([`fleet`]).
 pub async fn run(target: &Target, verb: &Verb, out: &mut dyn Write) -> Result<(), ClientError> {
-    let mut api = AdminClient::new(&target.admin)?;
+    // Made once, so `--at +30s` is the same instant for every replica.
+    let request = request(verb, SystemTime::now())?;
+    let urls = match &target.replicas {
+        Replicas::Admin(urls) if urls.len() == 1 => {
+            return single(target, &urls[0], verb, request, out).await
+        }
+        Replicas::Admin(urls) => urls.clone(),
+        Replicas::Fleet(name) => fleet::resolve(name).await?,
+    };
+    fleet::run(target, &urls, verb, request, out).await
+}
+
+/// One replica, with its API client.
+fn client(target: &Target, admin: &str, timeout: Duration) -> Result<AdminClient, ClientError> {
+    let mut api = AdminClient::new(admin)?.with_timeout(timeout);
     if let Some(token) = &target.token {
         api = api.with_token(token)?;
     }
-    let (method, path, body) = match verb {
+    Ok(api)
+}
+
+/// The API call a verb makes.
+fn request(verb: &Verb, now: SystemTime) -> Result<(Method, String, Option<Value>), ClientError> {
+    Ok(match verb {
         Verb::Status => (Method::GET, "/api/status".to_owned(), None),
         Verb::Rules => (Method::GET, "/api/rules".to_owned(), None),
         Verb::Rule { name } => (Method::GET, format!("/api/rules/{name}"), None),
@@ -87,8 +126,19 @@ pub async fn run(target: &Target, verb: &Verb, out: &mut dyn Write) -> Result<()
         Verb::Halt => (Method::POST, "/api/halt".to_owned(), None),
         Verb::Resume => (Method::POST, "/api/resume".to_owned(), None),
         Verb::Reload => (Method::POST, "/api/reload".to_owned(), None),
-        Verb::Scenario { verb } => scenario::request(verb),
-    };
+        Verb::Scenario { verb } => scenario::request(verb, now)?,
+    })
+}
+
+/// The verb on one proxy: its answer as a table, or as the API's JSON.
+async fn single(
+    target: &Target,
+    admin: &str,
+    verb: &Verb,
+    (method, path, body): (Method, String, Option<Value>),
+    out: &mut dyn Write,
+) -> Result<(), ClientError> {
+    let api = client(target, admin, target.timeout.unwrap_or(CALL_TIMEOUT))?;
     let answer = api.call(method, &path, body).await?;
     if target.json {
         write_all(out, &answer)?;

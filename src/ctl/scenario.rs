@@ -3,17 +3,17 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
 use serde_json::{json, Value};
 
 use crate::client::{AdminClient, ClientError};
 use crate::control::{RunView, ScenarioView};
-use crate::scenario::report::{Report, Segment, Stats};
+use crate::scenario::report::{rfc3339, Report, Segment, Stats};
 
 /// How often `--follow` looks at the run.
-const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+pub(super) const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 /// Width of the `--follow` progress bar, in characters.
 const BAR_WIDTH: usize = 32;
 
@@ -28,6 +28,11 @@ pub enum ScenarioVerb {
         /// Play this many times faster than real time (`120` plays 4h in 2m).
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
+        /// Start at this wall-clock instant, not now: RFC 3339 in UTC
+        /// (`2026-12-01T14:00:00Z`) or a delay from now (`+30s`, resolved
+        /// once, so every replica gets the same instant).
+        #[arg(long, value_name = "RFC3339|+DELAY", allow_hyphen_values = true)]
+        at: Option<String>,
         /// Show the run live until it ends, then its report.
         #[arg(long)]
         follow: bool,
@@ -40,21 +45,63 @@ pub enum ScenarioVerb {
     Report { name: String },
 }
 
-/// The API call a verb makes.
-pub(super) fn request(verb: &ScenarioVerb) -> (Method, String, Option<Value>) {
-    match verb {
+/// The API call a verb makes; `now` is what `--at +30s` counts from.
+pub(super) fn request(
+    verb: &ScenarioVerb,
+    now: SystemTime,
+) -> Result<(Method, String, Option<Value>), ClientError> {
+    Ok(match verb {
         ScenarioVerb::List => (Method::GET, "/api/scenarios".to_owned(), None),
-        ScenarioVerb::Start { name, speed, .. } => (
-            Method::POST,
-            format!("/api/scenarios/{name}/start"),
-            Some(json!({ "speed": speed })),
-        ),
+        ScenarioVerb::Start {
+            name, speed, at, ..
+        } => {
+            let mut body = json!({ "speed": speed });
+            if let Some(at) = at {
+                body["start_at"] = json!(start_at(at, now)?);
+            }
+            (
+                Method::POST,
+                format!("/api/scenarios/{name}/start"),
+                Some(body),
+            )
+        }
         ScenarioVerb::Stop { name } => (Method::POST, format!("/api/scenarios/{name}/stop"), None),
         ScenarioVerb::Status { name } => (Method::GET, format!("/api/scenarios/{name}"), None),
         ScenarioVerb::Report { name } => {
             (Method::GET, format!("/api/scenarios/{name}/report"), None)
         }
-    }
+    })
+}
+
+/// RFC 3339 stops at the year 9999 (and humantime refuses to write past it).
+fn writable(instant: SystemTime) -> bool {
+    instant
+        .duration_since(UNIX_EPOCH)
+        .is_ok_and(|since| since.as_secs() < LAST_RFC3339_SECOND)
+}
+
+/// The first second of the year 10000, in seconds since the Unix epoch.
+pub(super) const LAST_RFC3339_SECOND: u64 = 253_402_300_800;
+
+/// `--at`: an RFC 3339 instant in UTC, or `+DELAY` from `now`, as the
+/// RFC 3339 text (to the millisecond) the start API takes.
+fn start_at(at: &str, now: SystemTime) -> Result<String, ClientError> {
+    let at = at.trim();
+    let instant = match at.strip_prefix('+') {
+        Some(delay) => {
+            let delay = crate::duration::parse(delay)
+                .map_err(|e| ClientError::Usage(format!("--at {at}: {e}")))?;
+            now.checked_add(delay)
+                .filter(|instant| writable(*instant))
+                .ok_or_else(|| ClientError::Usage(format!("--at {at}: too far ahead")))?
+        }
+        None => humantime::parse_rfc3339(at).map_err(|e| {
+            ClientError::Usage(format!(
+                "--at {at:?}: {e}; expected an RFC 3339 instant in UTC such as \"2026-12-01T14:00:00Z\", or a delay from now such as \"+30s\""
+            ))
+        })?,
+    };
+    Ok(rfc3339(instant))
 }
 
 /// The answer as text.
@@ -172,7 +219,7 @@ fn follow_frame(view: &ScenarioView, report: &Report) -> String {
     text
 }
 
-fn step_line(view: &ScenarioView, run: &RunView) -> String {
+pub(super) fn step_line(view: &ScenarioView, run: &RunView) -> String {
     let mut line = match &run.current_step {
         Some(step) => format!(
             "{}/{} at {}{}",
@@ -193,7 +240,7 @@ fn step_line(view: &ScenarioView, run: &RunView) -> String {
 }
 
 /// `1h02m03s`, `4m05s`, `12s`, or `0.4s` under a second.
-fn clock(seconds: f64) -> String {
+pub(super) fn clock(seconds: f64) -> String {
     if seconds < 1.0 {
         return format!("{seconds:.1}s");
     }
@@ -269,7 +316,7 @@ fn status_text(view: &ScenarioView) -> String {
     text
 }
 
-fn report_text(report: &Report) -> String {
+pub(super) fn report_text(report: &Report) -> String {
     let mut text = format!(
         "scenario {}: {} at {}x, {} to {}\n",
         report.scenario,
@@ -339,6 +386,23 @@ fn row(text: &mut String, step: &str, at: &str, title: &str, stats: &Stats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_at_takes_an_instant_or_a_delay() {
+        let now = humantime::parse_rfc3339("2026-11-29T14:30:00Z").unwrap();
+        assert_eq!(start_at("+30s", now).unwrap(), "2026-11-29T14:30:30.000Z");
+        assert_eq!(start_at("+1.5s", now).unwrap(), "2026-11-29T14:30:01.500Z");
+        assert_eq!(
+            start_at("2026-12-01T14:00:00Z", now).unwrap(),
+            "2026-12-01T14:00:00.000Z"
+        );
+        let bad = start_at("tomorrow", now).unwrap_err().to_string();
+        assert!(bad.contains("RFC 3339"), "{bad}");
+        let far = start_at("+10000000000h", now).unwrap_err().to_string();
+        assert!(far.contains("too far ahead"), "{far}");
+        let bad = start_at("+soon", now).unwrap_err().to_string();
+        assert!(bad.starts_with("--at +soon: invalid duration"), "{bad}");
+    }
 
     #[test]
     fn clocks_read_like_durations() {
