@@ -299,7 +299,7 @@ fn the_dashboard_has_the_panels_and_the_provisioned_data_source() {
         .iter()
         .map(|v| (v["name"].as_str().unwrap(), v))
         .collect();
-    for name in ["region", "upstream"] {
+    for name in ["region", "upstream", "instance"] {
         let variable = variables
             .get(name)
             .unwrap_or_else(|| panic!("no variable {name}"));
@@ -325,6 +325,16 @@ fn the_dashboard_has_the_panels_and_the_provisioned_data_source() {
                     );
                 }
             }
+        }
+        // Many replicas: every panel sums over the replicas the instance
+        // variable selects, and can show them apart.
+        if query.source.starts_with("panel") {
+            assert_eq!(
+                expr.matches("faultline_").count(),
+                expr.matches(r#"instance=~"$instance""#).count(),
+                "{}: every faultline metric must filter by instance: {expr}",
+                query.source
+            );
         }
         if expr.contains("faultline_upstream_errors_total") {
             assert!(
@@ -378,15 +388,38 @@ fn the_dashboard_has_the_panels_and_the_provisioned_data_source() {
         .as_str()
         .unwrap()
         .contains("faultline_scenario_running"));
-    let steps = find(&["scenario step"]);
+    let steps = find(&["scenario step", "replica"]);
     assert_eq!(steps["type"], "timeseries");
     assert_eq!(
         steps["fieldConfig"]["defaults"]["custom"]["lineInterpolation"],
         "stepAfter"
     );
+    // One line per replica and scenario, not summed: drift shows.
+    let legend = steps["targets"][0]["legendFormat"].as_str().unwrap();
+    assert!(legend.contains("{{instance}}") && legend.contains("{{scenario}}"));
+    let expr = steps["targets"][0]["expr"].as_str().unwrap();
+    assert!(!expr.contains("sum") && !expr.contains("max"), "{expr}");
+    let apart = find(&["steps apart", "replicas"]);
+    let expr = apart["targets"][0]["expr"].as_str().unwrap();
+    assert!(
+        expr.contains("max by (scenario) (faultline_scenario_step")
+            && expr.contains("- min by (scenario) (faultline_scenario_step"),
+        "{expr}"
+    );
+    let by_replica = find(&["request rate", "replica"]);
+    assert!(by_replica["targets"][0]["expr"]
+        .as_str()
+        .unwrap()
+        .contains("sum by (instance)"));
+    let replicas = find(&["replicas"]);
+    assert_eq!(replicas["type"], "stat");
     let halted = find(&["halted"]);
     assert_eq!(halted["type"], "stat");
-    assert_eq!(halted["targets"][0]["expr"], "faultline_halted");
+    // Halted when any replica is.
+    assert_eq!(
+        halted["targets"][0]["expr"],
+        r#"max(faultline_halted{instance=~"$instance"})"#
+    );
     let mappings = &halted["fieldConfig"]["defaults"]["mappings"][0]["options"];
     assert_eq!(mappings["0"]["text"], "serving");
     assert_eq!(mappings["1"]["text"], "HALTED");
@@ -863,6 +896,31 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         })
         .collect();
     assert_eq!(running, [(SCENARIO, "1")], "{active}");
+    // One replica here: it is the one replica, on step 1, 0 steps apart
+    // from itself, and its line is named by its address.
+    assert_eq!(
+        answer_of(r#"panel "Replicas""#)["data"]["result"][0]["value"][1],
+        "1"
+    );
+    let apart = answer_of(r#"panel "Steps apart across replicas""#);
+    assert_eq!(
+        apart["data"]["result"][0]["metric"]["scenario"], SCENARIO,
+        "{apart}"
+    );
+    assert_eq!(apart["data"]["result"][0]["value"][1], "0", "{apart}");
+    let per_replica = answer_of(r#"panel "Scenario step by replica""#);
+    let line = per_replica["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"]["scenario"] == SCENARIO)
+        .unwrap();
+    assert_eq!(
+        line["metric"]["instance"],
+        admin.to_string(),
+        "{per_replica}"
+    );
+    assert_eq!(line["value"][1], "1", "{per_replica}");
     assert_eq!(
         answer_of(r#"panel "Halted""#)["data"]["result"][0]["value"][1],
         "0"
