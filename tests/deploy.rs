@@ -153,6 +153,21 @@ impl Tools {
         )
     }
 
+    /// `helm template`'s complaint about values the chart refuses.
+    fn chart_refuses(&self, values: &[&str]) -> String {
+        let home = self.helm_home.path();
+        let out = Command::new(&self.helm)
+            .args(["template", "refused", CHART])
+            .args(values)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "helm template accepted {values:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// `helm lint --strict` with these values, then `helm template`.
     fn chart(&self, release: &str, values: &[&str]) -> Rendering {
         let mut lint = vec![CHART];
@@ -625,6 +640,17 @@ fn the_manifests_and_the_chart_validate_and_mount_the_rules_as_a_directory() {
     let annotations = &custom_pod["metadata"]["annotations"];
     assert!(annotations["checksum/config"].is_string(), "{annotations}");
     assert_eq!(annotations.as_object().unwrap().len(), 4, "{annotations}");
+
+    // Values that cannot work are refused with the field (values.schema.json).
+    for (values, field) in [
+        (["--set", "mode=daemonset"], "/mode"),
+        (["--set", "ports.admin=70000"], "/ports/admin"),
+        (["--set-string", "config=[admin]"], "/config"),
+        (["--set", "rules.outage=x"], "outage"),
+    ] {
+        let complaint = tools.chart_refuses(&values);
+        assert!(complaint.contains(field), "{values:?}: {complaint}");
+    }
 
     // The chart renders what the manifests say, in both modes.
     for (manifests, chart) in [(&shared, &chart_shared), (&sidecar, &chart_sidecar)] {
