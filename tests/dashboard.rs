@@ -7,6 +7,9 @@
 //! and every annotation must mark what changed, once, the way Grafana
 //! evaluates it: a range query over the time on screen.
 //!
+//! A second test scrapes two replicas and reads the per-replica panels: a
+//! scenario started on one of them shows as a replica apart.
+//!
 //! Like tests/metrics.rs this needs the Debian package `prometheus`
 //! (`.ci/run` installs it); without it the Prometheus tests fail under CI
 //! and are skipped, loudly, elsewhere.
@@ -299,7 +302,7 @@ fn the_dashboard_has_the_panels_and_the_provisioned_data_source() {
         .iter()
         .map(|v| (v["name"].as_str().unwrap(), v))
         .collect();
-    for name in ["region", "upstream"] {
+    for name in ["region", "upstream", "instance"] {
         let variable = variables
             .get(name)
             .unwrap_or_else(|| panic!("no variable {name}"));
@@ -325,6 +328,16 @@ fn the_dashboard_has_the_panels_and_the_provisioned_data_source() {
                     );
                 }
             }
+        }
+        // Many replicas: every panel sums over the replicas the instance
+        // variable selects, and can show them apart.
+        if query.source.starts_with("panel") {
+            assert_eq!(
+                expr.matches("faultline_").count(),
+                expr.matches(r#"instance=~"$instance""#).count(),
+                "{}: every faultline metric must filter by instance: {expr}",
+                query.source
+            );
         }
         if expr.contains("faultline_upstream_errors_total") {
             assert!(
@@ -378,15 +391,38 @@ fn the_dashboard_has_the_panels_and_the_provisioned_data_source() {
         .as_str()
         .unwrap()
         .contains("faultline_scenario_running"));
-    let steps = find(&["scenario step"]);
+    let steps = find(&["scenario step", "replica"]);
     assert_eq!(steps["type"], "timeseries");
     assert_eq!(
         steps["fieldConfig"]["defaults"]["custom"]["lineInterpolation"],
         "stepAfter"
     );
+    // One line per replica and scenario, not summed: drift shows.
+    let legend = steps["targets"][0]["legendFormat"].as_str().unwrap();
+    assert!(legend.contains("{{instance}}") && legend.contains("{{scenario}}"));
+    let expr = steps["targets"][0]["expr"].as_str().unwrap();
+    assert!(!expr.contains("sum") && !expr.contains("max"), "{expr}");
+    let apart = find(&["steps apart", "replicas"]);
+    let expr = apart["targets"][0]["expr"].as_str().unwrap();
+    assert!(
+        expr.contains("max by (scenario) (faultline_scenario_step")
+            && expr.contains("- min by (scenario) (faultline_scenario_step"),
+        "{expr}"
+    );
+    let by_replica = find(&["request rate", "replica"]);
+    assert!(by_replica["targets"][0]["expr"]
+        .as_str()
+        .unwrap()
+        .contains("sum by (instance)"));
+    let replicas = find(&["replicas"]);
+    assert_eq!(replicas["type"], "stat");
     let halted = find(&["halted"]);
     assert_eq!(halted["type"], "stat");
-    assert_eq!(halted["targets"][0]["expr"], "faultline_halted");
+    // Halted when any replica is.
+    assert_eq!(
+        halted["targets"][0]["expr"],
+        r#"max(faultline_halted{instance=~"$instance"})"#
+    );
     let mappings = &halted["fieldConfig"]["defaults"]["mappings"][0]["options"];
     assert_eq!(mappings["0"]["text"], "serving");
     assert_eq!(mappings["1"]["text"], "HALTED");
@@ -431,8 +467,9 @@ impl Drop for Server {
     }
 }
 
-/// The shipped config, pointed at `admin`; its intervals stay as shipped.
-fn test_config(admin: SocketAddr) -> String {
+/// The shipped config, pointed at `admins` (one scrape target each, as
+/// the replicas of a fleet); its intervals stay as shipped.
+fn test_config(admins: &[SocketAddr]) -> String {
     let shipped = std::fs::read_to_string(PROMETHEUS_CONFIG).unwrap();
     for interval in ["scrape_interval", "evaluation_interval"] {
         let line = format!("{interval}: {SCRAPE}");
@@ -446,7 +483,40 @@ fn test_config(admin: SocketAddr) -> String {
         shipped.contains(target),
         "{PROMETHEUS_CONFIG} has no {target}:\n{shipped}"
     );
-    shipped.replace(target, &admin.to_string())
+    let targets: Vec<String> = admins.iter().map(|a| a.to_string()).collect();
+    // `['faultline:9000']` becomes `['A', 'B', …]`.
+    shipped.replace(target, &targets.join("', '"))
+}
+
+/// Prometheus on a free loopback port, with `config`; killed on drop.
+/// Returns it, its port and its log.
+fn start_prometheus(
+    prometheus: &str,
+    config: &str,
+    dir: &Path,
+) -> (Server, u16, std::path::PathBuf) {
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let log = dir.join("prometheus.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    (server, port, log)
 }
 
 /// `application/x-www-form-urlencoded` / query-string escaping.
@@ -734,28 +804,8 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     .collect();
 
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(&config, test_config(admin)).unwrap();
-    let log = dir.path().join("prometheus.log");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let since = unix_now();
-    let _server = Server(
-        Command::new(prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let (_server, port, log) = start_prometheus(prometheus, &test_config(&[admin]), dir.path());
 
     // The annotations mark changes Prometheus saw, so each change comes
     // after a scrape of the state before it and waits for a scrape of its
@@ -863,6 +913,31 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         })
         .collect();
     assert_eq!(running, [(SCENARIO, "1")], "{active}");
+    // One replica here: it is the one replica, on step 1, 0 steps apart
+    // from itself, and its line is named by its address.
+    assert_eq!(
+        answer_of(r#"panel "Replicas""#)["data"]["result"][0]["value"][1],
+        "1"
+    );
+    let apart = answer_of(r#"panel "Steps apart across replicas""#);
+    assert_eq!(
+        apart["data"]["result"][0]["metric"]["scenario"], SCENARIO,
+        "{apart}"
+    );
+    assert_eq!(apart["data"]["result"][0]["value"][1], "0", "{apart}");
+    let per_replica = answer_of(r#"panel "Scenario step by replica""#);
+    let line = per_replica["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"]["scenario"] == SCENARIO)
+        .unwrap();
+    assert_eq!(
+        line["metric"]["instance"],
+        admin.to_string(),
+        "{per_replica}"
+    );
+    assert_eq!(line["value"][1], "1", "{per_replica}");
     assert_eq!(
         answer_of(r#"panel "Halted""#)["data"]["result"][0]["value"][1],
         "0"
@@ -923,4 +998,102 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         queries.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// A fleet of two replicas scraped by one Prometheus, the way the
+/// dashboard reads it: the Replicas stat counts both, and a scenario
+/// started on one replica only shows as one line apart in "Scenario step
+/// by replica" and as a step apart in "Steps apart across replicas",
+/// until the other replica starts it too. The panels' own queries, with
+/// the instance variable at All.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_panels_show_a_replica_that_drifted_from_a_real_prometheus() {
+    let Some(prometheus) = prometheus_tool("prometheus") else {
+        return;
+    };
+    let dashboard = dashboard();
+    let queries = queries(&dashboard);
+    let promql = |source: &str| -> String {
+        queries
+            .iter()
+            .find(|q| q.source == source)
+            .unwrap_or_else(|| panic!("no {source}"))
+            .promql
+            .clone()
+    };
+
+    let upstream = TestUpstream::start("orders-use1").await;
+    let rules = format!(
+        "{}\n[[scenario]]\nname = \"drill\"\nduration = \"2h\"\n\
+         [[scenario.step]]\nat = \"0s\"\nenable = [\"drill-latency\"]\n\
+         [[scenario.step]]\nat = \"1h\"\ndisable = [\"drill-latency\"]\n",
+        rule(
+            "drill-latency",
+            "enabled = false",
+            "upstreams = [\"orders-use1\"]",
+            "kind = \"latency\"\ndelay = \"1ms\"",
+        )
+    );
+    let config = edge_config(&[&upstream], "");
+    let replicas = [
+        TestProxy::start(&config, &rules).await,
+        TestProxy::start(&config, &rules).await,
+    ];
+    let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.running().admin_addr()).collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port, log) = start_prometheus(prometheus, &test_config(&admins), dir.path());
+
+    let count = promql(r#"panel "Replicas""#);
+    let apart = promql(r#"panel "Steps apart across replicas""#);
+    let per_replica = promql(r#"panel "Scenario step by replica""#);
+    scraped(port, &count, "2", &log).await;
+
+    // The drill on the first replica only: one step apart.
+    start(&replicas[0]).await;
+    scraped(port, &apart, "1", &log).await;
+    let lines = |answer: Value| -> BTreeMap<String, String> {
+        answer["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["metric"]["scenario"] == "drill")
+            .map(|r| {
+                (
+                    r["metric"]["instance"].as_str().unwrap().to_owned(),
+                    r["value"][1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let seen = lines(instant_query(port, &per_replica).await.unwrap());
+    assert_eq!(
+        seen,
+        BTreeMap::from([
+            (admins[0].to_string(), "1".to_owned()),
+            (admins[1].to_string(), "0".to_owned()),
+        ]),
+        "step 1 on the first replica, not running on the second"
+    );
+
+    // Then on the second: together again.
+    start(&replicas[1]).await;
+    scraped(port, &apart, "0", &log).await;
+    let seen = lines(instant_query(port, &per_replica).await.unwrap());
+    assert!(
+        seen.values().all(|step| step == "1") && seen.len() == 2,
+        "{seen:?}"
+    );
+
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}
+
+/// Starts the scenario `drill` on one replica.
+async fn start(replica: &TestProxy) {
+    let reply = replica
+        .admin("POST", "/api/scenarios/drill/start", None)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
 }
