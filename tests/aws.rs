@@ -762,5 +762,17 @@ async fn boto3_through_https_proxy_calls_real_aws_names_signed_and_aws_rules_fau
     boto.ok("s3 put_object us-east-1").await;
     switch(&proxy, "s3-list", false).await;
 
+    // A name that says no region (an emulator's, sent on with
+    // `connect_to`): counted in the region the request is signed for.
+    let before = forwarded(&proxy, "200", "emulator", "us-west-2").await;
+    let reply = boto
+        .ok("dynamodb get_item us-west-2 endpoint=https://aws.emulator.test")
+        .await;
+    assert_eq!(reply["host"], "aws.emulator.test", "{reply}");
+    assert_eq!(
+        forwarded(&proxy, "200", "emulator", "us-west-2").await,
+        before + 1.0,
+        "the region from the SigV4 scope"
+    );
     proxy.shutdown().await;
 }

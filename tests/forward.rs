@@ -173,6 +173,22 @@ async fn absolute_form_requests_go_to_the_upstream_their_authority_names() {
         Some(1.0)
     );
     assert_eq!(proxy.metric(&counted("other", "")).await, Some(1.0));
+
+    // A host that names no region: a signed request is counted in the
+    // region of its SigV4 scope.
+    let mut signed = absolute_get(&url);
+    signed.headers_mut().insert(
+        "authorization",
+        http::HeaderValue::from_static(
+            "AWS4-HMAC-SHA256 Credential=AKID/20250101/eu-west-1/sqs/aws4_request, SignedHeaders=host, Signature=0",
+        ),
+    );
+    assert_eq!(via_proxy(egress, signed).await.status, 200);
+    assert_eq!(
+        proxy.metric(&counted("other", "eu-west-1")).await,
+        Some(1.0)
+    );
+    assert_eq!(proxy.metric(&counted("other", "")).await, Some(1.0));
 }
 
 #[tokio::test]
