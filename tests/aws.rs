@@ -699,6 +699,14 @@ async fn boto3_through_https_proxy_calls_real_aws_names_signed_and_aws_rules_fau
             "rehearsal-bucket.s3.amazonaws.com",
         ),
         (
+            "s3 put_object_stream us-east-1",
+            "rehearsal-bucket.s3.amazonaws.com",
+        ),
+        (
+            "s3 get_object_stream us-east-1",
+            "rehearsal-bucket.s3.amazonaws.com",
+        ),
+        (
             "sts get_caller_identity us-east-1",
             "sts.us-east-1.amazonaws.com",
         ),

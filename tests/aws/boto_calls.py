@@ -17,6 +17,7 @@ botocore made of it (code, status, request ids, retries, the exception's
 class). Clients use the standard retry mode with its default attempts.
 """
 
+import io
 import json
 import os
 import sys
@@ -57,6 +58,8 @@ def client(service, region, endpoint, secret):
 TABLE = "orders"
 BUCKET = "rehearsal-bucket"
 KEY = {"id": {"S": "1"}}
+# Bigger than any one read or write buffer on the way (1 MiB and a bit).
+BIG = bytes(range(256)) * 4100
 
 
 def already(error, *codes):
@@ -89,6 +92,15 @@ def call(service, operation, region, endpoint=ENDPOINT, secret=SECRET):
             return already(e, "BucketAlreadyOwnedByYou")
     if (service, operation) == ("s3", "put_object"):
         return c.put_object(Bucket=BUCKET, Key="a.txt", Body=b"hello")
+    if (service, operation) == ("s3", "put_object_stream"):
+        # A file-like body: botocore sends `Expect: 100-continue` and, with
+        # its default checksums, an aws-chunked body with a trailing CRC.
+        return c.put_object(Bucket=BUCKET, Key="big.bin", Body=io.BytesIO(BIG))
+    if (service, operation) == ("s3", "get_object_stream"):
+        response = c.get_object(Bucket=BUCKET, Key="big.bin")
+        if response["Body"].read() != BIG:
+            raise ValueError("big.bin came back changed")
+        return response
     if (service, operation) == ("s3", "list_objects_v2"):
         return c.list_objects_v2(Bucket=BUCKET)
     if (service, operation) == ("sqs", "create_queue"):
