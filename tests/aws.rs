@@ -753,6 +753,9 @@ async fn boto3_through_https_proxy_calls_real_aws_names_signed_and_aws_rules_fau
         STANDARD_ATTEMPTS,
         "only PutItem in us-east-1"
     );
+    // The faults are counted in the region of the requests they hit.
+    let faults = r#"faultline_faults_injected_total{kind="error",region="us-east-1",rule="put-use1",upstream="aws"}"#;
+    assert_eq!(proxy.metric(faults).await, Some(STANDARD_ATTEMPTS as f64));
     switch(&proxy, "put-use1", false).await;
     boto.ok("dynamodb put_item us-east-1").await;
 

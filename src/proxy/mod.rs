@@ -465,10 +465,10 @@ impl Proxy {
     /// intercepted tunnel), else the one it is signed for
     /// ([`crate::aws::HostRegion::of_request`]). `None` for reverse traffic,
     /// at once. Kept inline, never allocated.
-    fn derived_region(
+    fn derived_region<B>(
         &self,
         conn: &Connection,
-        request: &Request<Incoming>,
+        request: &Request<B>,
         upstream: usize,
     ) -> Option<crate::aws::RegionName> {
         let host = match &conn.intercepted {
