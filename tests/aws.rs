@@ -627,6 +627,12 @@ fn forward_rules() -> String {
         "kind = \"error\"\npreset = \"aws.service-unavailable\"",
     );
     text.push_str(&support::rule(
+        "s3-put",
+        "enabled = false",
+        "aws = { service = \"s3\", operation = \"PutObject\" }",
+        "kind = \"error\"\npreset = \"s3.internal-error\"",
+    ));
+    text.push_str(&support::rule(
         "s3-list",
         "enabled = false",
         "aws = { service = \"s3\", operation = \"ListObjectsV2\" }",
@@ -772,6 +778,18 @@ async fn boto3_through_https_proxy_calls_real_aws_names_signed_and_aws_rules_fau
     assert_eq!(proxy.injected("s3-list").await, STANDARD_ATTEMPTS);
     boto.ok("s3 put_object us-east-1").await;
     switch(&proxy, "s3-list", false).await;
+
+    // A streamed upload answered before its body is sent (it waits on
+    // `100-continue`): each attempt gets the error, the body is sent
+    // again from the start, and the upload goes through once the rule is off.
+    switch(&proxy, "s3-put", true).await;
+    let reply = boto.call("s3 put_object_stream us-east-1").await;
+    assert_eq!(reply["code"], "InternalError", "{reply}");
+    assert_eq!(reply["retries"], STANDARD_ATTEMPTS - 1, "{reply}");
+    assert_eq!(proxy.injected("s3-put").await, STANDARD_ATTEMPTS);
+    switch(&proxy, "s3-put", false).await;
+    boto.ok("s3 put_object_stream us-east-1").await;
+    boto.ok("s3 get_object_stream us-east-1").await;
 
     // A name that says no region (an emulator's, sent on with
     // `connect_to`): counted in the region the request is signed for.

@@ -12,15 +12,17 @@ tests/aws/moto_server.py made, which moto checks every signature with.
 Prints {"ready": true}, then reads one call per line on stdin
 ("SERVICE OPERATION REGION [endpoint=URL] [secret=WRONG]": another
 endpoint for this call, or another secret to sign it with) and prints
-one JSON line per call: whether it succeeded, and for an error what
-botocore made of it (code, status, request ids, retries, the exception's
-class). Clients use the standard retry mode with its default attempts.
+one JSON line per call: whether it succeeded, the host it went to, how
+long it took, and for an error what botocore made of it (code, status,
+request ids, retries, the exception's class). Clients use the standard
+retry mode with its default attempts.
 """
 
 import io
 import json
 import os
 import sys
+import time
 from urllib.parse import urlsplit
 
 import boto3
@@ -128,6 +130,7 @@ def main():
         service, operation, region, *options = line.split()
         options = dict(option.split("=", 1) for option in options)
         SENT.clear()
+        began = time.monotonic()
         try:
             response = call(service, operation, region, **options)
             meta = response["ResponseMetadata"]
@@ -154,6 +157,7 @@ def main():
             # No answer to parse (a refused proxy, a certificate not trusted).
             out = {"ok": False, "exception": type(e).__name__, "message": str(e)}
         out["host"] = SENT.get("host")
+        out["seconds"] = round(time.monotonic() - began, 3)
         print(json.dumps(out), flush=True)
 
 
