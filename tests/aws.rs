@@ -626,6 +626,13 @@ fn forward_rules() -> String {
         "aws = { service = \"dynamodb\", operation = \"PutItem\", region = \"us-east-1\" }",
         "kind = \"error\"\npreset = \"aws.service-unavailable\"",
     );
+    // The query protocol names its operation in the form body.
+    text.push_str(&support::rule(
+        "sts-denied",
+        "enabled = false",
+        "aws = { service = \"sts\", operation = \"GetCallerIdentity\" }",
+        "kind = \"error\"\nstatus = 403\nheaders = { \"content-type\" = \"text/xml\" }\nbody = '<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>injected</Message></Error></ErrorResponse>'",
+    ));
     text.push_str(&support::rule(
         "s3-put",
         "enabled = false",
@@ -790,6 +797,16 @@ async fn boto3_through_https_proxy_calls_real_aws_names_signed_and_aws_rules_fau
     switch(&proxy, "s3-put", false).await;
     boto.ok("s3 put_object_stream us-east-1").await;
     boto.ok("s3 get_object_stream us-east-1").await;
+
+    // A rule that reads the form body to find the operation, inside the
+    // tunnel: the body is replayed whole (its hash is signed).
+    switch(&proxy, "sts-denied", true).await;
+    let reply = boto.call("sts get_caller_identity us-east-1").await;
+    assert_eq!(reply["code"], "AccessDenied", "{reply}");
+    assert_eq!(reply["retries"], 0, "{reply}");
+    assert_eq!(proxy.injected("sts-denied").await, 1);
+    switch(&proxy, "sts-denied", false).await;
+    boto.ok("sts get_caller_identity us-east-1").await;
 
     // A name that says no region (an emulator's, sent on with
     // `connect_to`): counted in the region the request is signed for.
