@@ -596,8 +596,10 @@ pub struct RegionName {
 
 impl RegionName {
     /// The longest name kept (real ones are at most 15 bytes today,
-    /// `us-isof-south-1`); a longer label is no region.
-    pub const MAX: usize = 24;
+    /// `us-isof-south-1`); a longer label is no region. 22, so that an
+    /// `Option<RegionName>` takes the 24 bytes every request's future kept
+    /// for its region before (an `Option<Cow<str>>`).
+    pub const MAX: usize = 22;
 
     /// `label` lowercased, if it looks like a region ([`is_region`]).
     pub fn new(label: &str) -> Option<RegionName> {
@@ -618,6 +620,9 @@ impl RegionName {
         std::str::from_utf8(bytes).unwrap_or_default()
     }
 }
+
+// Every request's future holds one (`Proxy::handle`): kept that small.
+const _: () = assert!(std::mem::size_of::<Option<RegionName>>() <= 24);
 
 impl std::fmt::Debug for RegionName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -786,6 +791,12 @@ mod host_region_tests {
         ] {
             assert_eq!(counted("x.test", Some(&signed_in(junk))), None, "{junk}");
         }
+        let longest = format!("aa-{}-1", "a".repeat(RegionName::MAX - 5));
+        assert_eq!(
+            RegionName::new(&longest).map(|r| r.as_str().to_owned()),
+            Some(longest.clone())
+        );
+        assert_eq!(RegionName::new(&longest.replace("aa-", "aa-a")), None);
         headers.insert(
             http::header::AUTHORIZATION,
             HeaderValue::from_static("Bearer x"),
