@@ -19,7 +19,8 @@ use http::{HeaderMap, Method};
 
 /// What a host name says: `{service}.{region}.amazonaws.com`,
 /// `{bucket}.s3.{region}.amazonaws.com`, `s3.{region}…`, the `fips` and
-/// `dualstack` forms, `*.amazonaws.com.cn` and `*.api.aws`.
+/// `dualstack` forms, `*.amazonaws.com.cn`, `*.amazonaws.eu` (the European
+/// Sovereign Cloud) and `*.api.aws`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint<'a> {
     /// The endpoint prefix, without `-fips` (`s3` for every S3 form).
@@ -31,7 +32,12 @@ pub struct Endpoint<'a> {
 }
 
 /// The suffixes of AWS endpoints, longest first.
-const SUFFIXES: [&str; 3] = [".amazonaws.com.cn", ".amazonaws.com", ".api.aws"];
+const SUFFIXES: [&str; 4] = [
+    ".amazonaws.com.cn",
+    ".amazonaws.com",
+    ".amazonaws.eu",
+    ".api.aws",
+];
 
 /// The AWS endpoint a host name (a port allowed) names, or `None` for any
 /// other host.
@@ -120,8 +126,8 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// Whether a label is a region name: `us-east-1`, `us-gov-west-1`,
-/// `cn-north-1`, `eu-central-2`: two letters, words, then a number from 1.
-/// Any case: host names are case-insensitive (callers that show a region
+/// `cn-north-1`, `eu-central-2`: two letters (or the European Sovereign
+/// Cloud's `eusc`: `eusc-de-east-1`), words, then a number from 1. Any case: host names are case-insensitive (callers that show a region
 /// lowercase it).
 pub fn is_region(label: &str) -> bool {
     let Some((words, number)) = label.rsplit_once('-') else {
@@ -134,8 +140,9 @@ pub fn is_region(label: &str) -> bool {
         middle += 1;
         !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphabetic())
     });
-    first.len() == 2
-        && first.bytes().all(|b| b.is_ascii_alphabetic())
+    let first_ok = (first.len() == 2 && first.bytes().all(|b| b.is_ascii_alphabetic()))
+        || first.eq_ignore_ascii_case("eusc");
+    first_ok
         && middle >= 1
         && words_ok
         && !number.is_empty()
@@ -640,7 +647,7 @@ pub enum HostRegion {
     Named(RegionName),
     /// A global endpoint (`sts.amazonaws.com`, `s3.amazonaws.com`, a bucket
     /// on it): the region its requests are signed for, us-east-1 unless
-    /// the signature says another. China's partition has none.
+    /// the signature says another. Only `amazonaws.com` has them.
     Global,
     /// Any other name (an emulator's, `dynamodb.amazonaws.com`): only the
     /// signature can tell.
@@ -655,16 +662,17 @@ pub fn host_region(host: &str) -> HostRegion {
     if let Some(region) = endpoint.region.and_then(RegionName::new) {
         return HostRegion::Named(region);
     }
-    let host = host.trim_end_matches('.');
-    let china = host
+    // Only the commercial partition's `amazonaws.com` has global endpoints.
+    let host = strip_port(host).trim_end_matches('.');
+    let commercial = host
         .len()
-        .checked_sub(3)
+        .checked_sub(".amazonaws.com".len())
         .and_then(|cut| host.get(cut..))
-        .is_some_and(|tail| tail.eq_ignore_ascii_case(".cn"));
+        .is_some_and(|tail| tail.eq_ignore_ascii_case(".amazonaws.com"));
     let global = GLOBAL
         .iter()
         .any(|g| g.eq_ignore_ascii_case(endpoint.service));
-    if global && !china {
+    if global && commercial {
         HostRegion::Global
     } else {
         HostRegion::Unnamed
@@ -817,6 +825,17 @@ mod host_region_tests {
             "cn-north-1",
         );
         is("dynamodb.us-east-1.api.aws", "dynamodb", "us-east-1");
+        // The European Sovereign Cloud: a partition of its own.
+        is(
+            "dynamodb.eusc-de-east-1.amazonaws.eu",
+            "dynamodb",
+            "eusc-de-east-1",
+        );
+        is(
+            "bucket.s3.eusc-de-east-1.amazonaws.eu",
+            "s3",
+            "eusc-de-east-1",
+        );
     }
 
     #[test]
@@ -888,6 +907,8 @@ mod host_region_tests {
             "foo.us-east-1.example.com",
             "dynamodb..us-east-1.amazonaws.com",
             "iam.amazonaws.com.cn",
+            "sts.amazonaws.eu",
+            "s3.api.aws",
             "dynamodb.us-east-01.amazonaws.com",
             "127.0.0.1",
             "",
@@ -1027,6 +1048,7 @@ mod tests {
             "cn-northwest-1",
             "il-central-1",
             "us-isob-east-1",
+            "eusc-de-east-1",
         ] {
             assert!(is_region(region), "{region}");
         }
@@ -1039,6 +1061,8 @@ mod tests {
             "us--1",
             "us-east-x",
             "us-east-0",
+            "eus-de-east-1",
+            "euscx-de-east-1",
         ] {
             assert!(!is_region(label), "{label}");
         }
