@@ -127,7 +127,8 @@ fn strip_port(host: &str) -> &str {
 
 /// Whether a label is a region name: `us-east-1`, `us-gov-west-1`,
 /// `cn-north-1`, `eu-central-2`: two letters (or the European Sovereign
-/// Cloud's `eusc`: `eusc-de-east-1`), words, then a number from 1. Any case: host names are case-insensitive (callers that show a region
+/// Cloud's `eusc`: `eusc-de-east-1`), words, then a number from 1. Any
+/// case: host names are case-insensitive (callers that show a region
 /// lowercase it).
 pub fn is_region(label: &str) -> bool {
     let Some((words, number)) = label.rsplit_once('-') else {
