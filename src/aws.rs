@@ -19,7 +19,8 @@ use http::{HeaderMap, Method};
 
 /// What a host name says: `{service}.{region}.amazonaws.com`,
 /// `{bucket}.s3.{region}.amazonaws.com`, `s3.{region}…`, the `fips` and
-/// `dualstack` forms, `*.amazonaws.com.cn` and `*.api.aws`.
+/// `dualstack` forms, `*.amazonaws.com.cn`, `*.amazonaws.eu` (the European
+/// Sovereign Cloud) and `*.api.aws`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint<'a> {
     /// The endpoint prefix, without `-fips` (`s3` for every S3 form).
@@ -31,7 +32,12 @@ pub struct Endpoint<'a> {
 }
 
 /// The suffixes of AWS endpoints, longest first.
-const SUFFIXES: [&str; 3] = [".amazonaws.com.cn", ".amazonaws.com", ".api.aws"];
+const SUFFIXES: [&str; 4] = [
+    ".amazonaws.com.cn",
+    ".amazonaws.com",
+    ".amazonaws.eu",
+    ".api.aws",
+];
 
 /// The AWS endpoint a host name (a port allowed) names, or `None` for any
 /// other host.
@@ -120,8 +126,9 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// Whether a label is a region name: `us-east-1`, `us-gov-west-1`,
-/// `cn-north-1`, `eu-central-2`: two letters, words, then a number from 1.
-/// Any case: host names are case-insensitive (callers that show a region
+/// `cn-north-1`, `eu-central-2`: two letters (or the European Sovereign
+/// Cloud's `eusc`: `eusc-de-east-1`), words, then a number from 1. Any
+/// case: host names are case-insensitive (callers that show a region
 /// lowercase it).
 pub fn is_region(label: &str) -> bool {
     let Some((words, number)) = label.rsplit_once('-') else {
@@ -134,8 +141,9 @@ pub fn is_region(label: &str) -> bool {
         middle += 1;
         !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphabetic())
     });
-    first.len() == 2
-        && first.bytes().all(|b| b.is_ascii_alphabetic())
+    let first_ok = (first.len() == 2 && first.bytes().all(|b| b.is_ascii_alphabetic()))
+        || first.eq_ignore_ascii_case("eusc");
+    first_ok
         && middle >= 1
         && words_ok
         && !number.is_empty()
@@ -579,64 +587,230 @@ impl Protocol {
     }
 }
 
-/// The service and region forward traffic to a host is counted under
-/// (SPEC §8), lowercase: [`parse_host`]'s, with a global endpoint
-/// (`sts.amazonaws.com`, `s3.amazonaws.com`) in us-east-1, where its
-/// requests are signed. China's partition has no global endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AwsEndpoint {
-    /// The endpoint prefix (`dynamodb`, `s3`, `lambda`).
-    pub service: String,
-    /// `us-east-1`, `cn-north-1`, `us-gov-west-1`…
-    pub region: String,
-}
-
 /// Global services, signed in us-east-1, whose hosts have no region.
 const GLOBAL: [&str; 6] = ["s3", "sts", "iam", "route53", "cloudfront", "organizations"];
 
 /// The region global endpoints are signed for.
 const GLOBAL_REGION: &str = "us-east-1";
 
-/// [`AwsEndpoint`] for `host` (a port allowed), if it is an AWS endpoint's
-/// name that says a region.
-pub fn endpoint_name(host: &str) -> Option<AwsEndpoint> {
-    let endpoint = parse_host(host)?;
-    let china = host
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
-        .ends_with(".cn");
-    let region = match endpoint.region {
-        Some(region) => region,
-        None if !china
-            && GLOBAL
-                .iter()
-                .any(|g| g.eq_ignore_ascii_case(endpoint.service)) =>
-        {
-            GLOBAL_REGION
+/// A region's name, lowercase, held inline: forward traffic's metrics are
+/// labelled with it once the request is answered and gone, and keeping
+/// it costs no allocation. At most [`RegionName::MAX`] bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RegionName {
+    bytes: [u8; RegionName::MAX],
+    len: u8,
+}
+
+impl RegionName {
+    /// The longest name kept (real ones are at most 15 bytes today,
+    /// `us-isof-south-1`); a longer label is no region. 22, so that an
+    /// `Option<RegionName>` takes the 24 bytes every request's future kept
+    /// for its region before (an `Option<Cow<str>>`).
+    pub const MAX: usize = 22;
+
+    /// `label` lowercased, if it looks like a region ([`is_region`]).
+    pub fn new(label: &str) -> Option<RegionName> {
+        let len = u8::try_from(label.len()).ok()?;
+        if label.len() > Self::MAX || !is_region(label) {
+            return None;
         }
-        None => return None,
+        let mut bytes = [0; Self::MAX];
+        for (to, from) in bytes.iter_mut().zip(label.bytes()) {
+            *to = from.to_ascii_lowercase();
+        }
+        Some(RegionName { bytes, len })
+    }
+
+    pub fn as_str(&self) -> &str {
+        let bytes = self.bytes.get(..usize::from(self.len)).unwrap_or_default();
+        // Only ASCII is ever stored (`is_region`): never the empty fallback.
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+}
+
+// Every request's future holds one (`Proxy::handle`): kept that small.
+const _: () = assert!(std::mem::size_of::<Option<RegionName>>() <= 24);
+
+impl std::fmt::Debug for RegionName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// What a host name says of the region its requests are counted under
+/// (SPEC §8): forward traffic to a destination without a `region` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRegion {
+    /// An AWS endpoint's name that says its region:
+    /// `dynamodb.us-east-1.amazonaws.com`, `{bucket}.s3.{region}…`,
+    /// `s3-{region}…`, the `fips` and `dualstack` forms.
+    Named(RegionName),
+    /// A global endpoint (`sts.amazonaws.com`, `s3.amazonaws.com`, a bucket
+    /// on it): the region its requests are signed for, us-east-1 unless
+    /// the signature says another. Only `amazonaws.com` has them.
+    Global,
+    /// Any other name (an emulator's, `dynamodb.amazonaws.com`): only the
+    /// signature can tell.
+    Unnamed,
+}
+
+/// [`HostRegion`] of `host` (a port allowed).
+pub fn host_region(host: &str) -> HostRegion {
+    let Some(endpoint) = parse_host(host) else {
+        return HostRegion::Unnamed;
     };
-    Some(AwsEndpoint {
-        service: endpoint.service.to_ascii_lowercase(),
-        region: region.to_ascii_lowercase(),
-    })
+    if let Some(region) = endpoint.region.and_then(RegionName::new) {
+        return HostRegion::Named(region);
+    }
+    // Only the commercial partition's `amazonaws.com` has global endpoints.
+    let host = strip_port(host).trim_end_matches('.');
+    let commercial = host
+        .len()
+        .checked_sub(".amazonaws.com".len())
+        .and_then(|cut| host.get(cut..))
+        .is_some_and(|tail| tail.eq_ignore_ascii_case(".amazonaws.com"));
+    let global = GLOBAL
+        .iter()
+        .any(|g| g.eq_ignore_ascii_case(endpoint.service));
+    if global && commercial {
+        HostRegion::Global
+    } else {
+        HostRegion::Unnamed
+    }
+}
+
+impl HostRegion {
+    /// The region a request to this host is counted under: the host's,
+    /// else its SigV4 credential scope's ([`signed_region`]), else
+    /// us-east-1 for a global endpoint. The request is read only when the
+    /// host names no region.
+    pub fn of_request(self, headers: &HeaderMap, query: Option<&str>) -> Option<RegionName> {
+        match self {
+            HostRegion::Named(region) => Some(region),
+            HostRegion::Global => {
+                signed_region(headers, query).or_else(|| RegionName::new(GLOBAL_REGION))
+            }
+            HostRegion::Unnamed => signed_region(headers, query),
+        }
+    }
+}
+
+/// The region of a request's SigV4 credential scope (`Authorization`,
+/// else a presigned URL's `X-Amz-Credential`), if it names one that looks
+/// like a region (SigV4a's names none).
+pub fn signed_region(headers: &HeaderMap, query: Option<&str>) -> Option<RegionName> {
+    let scope = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(scope_from_authorization)
+        .or_else(|| query.and_then(scope_from_query))?;
+    RegionName::new(scope.region?)
 }
 
 #[cfg(test)]
-mod endpoint_name_tests {
+mod host_region_tests {
+
+    use http::HeaderValue;
 
     use super::*;
 
-    fn named(host: &str) -> Option<(String, String)> {
-        endpoint_name(host).map(|e| (e.service, e.region))
+    /// The region an unsigned request to `host` is counted under.
+    fn named(host: &str) -> Option<String> {
+        counted(host, None)
+    }
+
+    /// The region a request to `host` signed with `authorization` is
+    /// counted under.
+    fn counted(host: &str, authorization: Option<&str>) -> Option<String> {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = authorization {
+            headers.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        host_region(host)
+            .of_request(&headers, None)
+            .map(|region| region.as_str().to_owned())
     }
 
     fn is(host: &str, service: &str, region: &str) {
+        assert_eq!(named(host).as_deref(), Some(region), "{host}");
+        let named_service = parse_host(host).map(|e| e.service.to_ascii_lowercase());
+        assert_eq!(named_service.as_deref(), Some(service), "{host}");
+    }
+
+    fn signed_in(region: &str) -> String {
+        format!("AWS4-HMAC-SHA256 Credential=AKID/20250101/{region}/dynamodb/aws4_request, SignedHeaders=host, Signature=0")
+    }
+
+    #[test]
+    fn the_signature_names_the_region_a_host_does_not() {
+        let west = signed_in("us-west-2");
+        // An emulator's name, or an AWS one that says no region.
+        for host in [
+            "aws.emulator.test",
+            "dynamodb.amazonaws.com",
+            "127.0.0.1:4566",
+        ] {
+            assert_eq!(
+                counted(host, Some(&west)).as_deref(),
+                Some("us-west-2"),
+                "{host}"
+            );
+        }
+        // A global endpoint: the signature's region, else us-east-1.
         assert_eq!(
-            named(host),
-            Some((service.to_owned(), region.to_owned())),
-            "{host}"
+            counted("s3.amazonaws.com", Some(&signed_in("eu-west-1"))).as_deref(),
+            Some("eu-west-1")
         );
+        let sigv4a = "AWS4-ECDSA-P256-SHA256 Credential=AKID/20250101/s3/aws4_request, SignedHeaders=host, Signature=0";
+        assert_eq!(
+            counted("bucket.s3.amazonaws.com", Some(sigv4a)).as_deref(),
+            Some("us-east-1")
+        );
+        assert_eq!(counted("aws.emulator.test", Some(sigv4a)), None);
+        // A host that names its region keeps it; the header is not read.
+        assert_eq!(
+            counted("dynamodb.us-east-1.amazonaws.com", Some(&west)).as_deref(),
+            Some("us-east-1")
+        );
+        // A presigned URL's scope.
+        let mut headers = HeaderMap::new();
+        let query =
+            "X-Amz-Credential=AKID%2F20250101%2Fap-south-1%2Fs3%2Faws4_request&X-Amz-Signature=f";
+        assert_eq!(
+            host_region("files.emulator.test")
+                .of_request(&headers, Some(query))
+                .map(|r| r.as_str().to_owned())
+                .as_deref(),
+            Some("ap-south-1")
+        );
+        // Only what looks like a region labels a series, lowercased.
+        assert_eq!(
+            counted("x.test", Some(&signed_in("EU-WEST-3"))).as_deref(),
+            Some("eu-west-3")
+        );
+        for junk in [
+            "not-a-region",
+            "us-east-1x",
+            "aa-aaaaaaaaaaaaaaaaaaaaaa-1",
+            "",
+        ] {
+            assert_eq!(counted("x.test", Some(&signed_in(junk))), None, "{junk}");
+        }
+        let longest = format!("aa-{}-1", "a".repeat(RegionName::MAX - 5));
+        assert_eq!(
+            RegionName::new(&longest).map(|r| r.as_str().to_owned()),
+            Some(longest.clone())
+        );
+        assert_eq!(RegionName::new(&longest.replace("aa-", "aa-a")), None);
+        headers.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer x"),
+        );
+        assert_eq!(host_region("x.test").of_request(&headers, None), None);
     }
 
     #[test]
@@ -652,6 +826,17 @@ mod endpoint_name_tests {
             "cn-north-1",
         );
         is("dynamodb.us-east-1.api.aws", "dynamodb", "us-east-1");
+        // The European Sovereign Cloud: a partition of its own.
+        is(
+            "dynamodb.eusc-de-east-1.amazonaws.eu",
+            "dynamodb",
+            "eusc-de-east-1",
+        );
+        is(
+            "bucket.s3.eusc-de-east-1.amazonaws.eu",
+            "s3",
+            "eusc-de-east-1",
+        );
     }
 
     #[test]
@@ -723,6 +908,8 @@ mod endpoint_name_tests {
             "foo.us-east-1.example.com",
             "dynamodb..us-east-1.amazonaws.com",
             "iam.amazonaws.com.cn",
+            "sts.amazonaws.eu",
+            "s3.api.aws",
             "dynamodb.us-east-01.amazonaws.com",
             "127.0.0.1",
             "",
@@ -862,6 +1049,7 @@ mod tests {
             "cn-northwest-1",
             "il-central-1",
             "us-isob-east-1",
+            "eusc-de-east-1",
         ] {
             assert!(is_region(region), "{region}");
         }
@@ -874,6 +1062,8 @@ mod tests {
             "us--1",
             "us-east-x",
             "us-east-0",
+            "eus-de-east-1",
+            "euscx-de-east-1",
         ] {
             assert!(!is_region(label), "{label}");
         }
@@ -1252,6 +1442,17 @@ mod properties {
             let _ = scope_from_authorization(&auth);
             let _ = scope_from_query(&query);
             let _ = form_action(&body);
+            let _ = host_region(&host).of_request(&HeaderMap::new(), Some(&query));
+            let mut signed = HeaderMap::new();
+            if let Ok(value) = http::HeaderValue::from_str(&auth) {
+                signed.insert(http::header::AUTHORIZATION, value);
+            }
+            for host in [&host, &aws_host] {
+                if let Some(region) = host_region(host).of_request(&signed, None) {
+                    prop_assert!(is_region(region.as_str()));
+                    prop_assert_eq!(region.as_str(), region.as_str().to_ascii_lowercase());
+                }
+            }
             let headers = HeaderMap::new();
             for method in [Method::GET, Method::PUT, Method::POST, Method::DELETE, Method::HEAD] {
                 let _ = lambda_operation(&method, &path);

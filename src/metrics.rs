@@ -334,6 +334,7 @@ impl Metrics {
             unanswered: (0..METHOD_SLOTS).map(|_| OnceLock::new()).collect(),
             request_duration: self.request_duration.with_label_values(&labels),
             request_duration_vec: self.request_duration.clone(),
+            faults_injected_vec: self.faults_injected.clone(),
             upstream_duration: self
                 .upstream_duration
                 .with_label_values(&[upstream.name.as_str()]),
@@ -602,6 +603,8 @@ pub struct UpstreamMetrics {
     request_duration: Histogram,
     /// For forward traffic counted under the region its host names.
     request_duration_vec: HistogramVec,
+    /// For forward traffic's faults, counted in the same region.
+    faults_injected_vec: IntCounterVec,
     upstream_duration: Histogram,
     dns_errors: IntCounter,
     connect_errors: IntCounter,
@@ -697,6 +700,21 @@ impl UpstreamMetrics {
         self.requests_vec
             .with_label_values(&[&self.name, region, method, status.as_str()])
             .inc();
+    }
+
+    /// A fault `rule` (of `kind`) injected into forward traffic counted
+    /// under `region` ([`Self::record_request_in`]'s), so a region's panels
+    /// see the faults of its requests. Looked up per fault; `false`, with
+    /// nothing counted, when `region` is the upstream's own, which the
+    /// rule's handle resolved ahead counts.
+    pub fn record_fault_in(&self, region: &str, rule: &str, kind: &str) -> bool {
+        if region == self.region {
+            return false;
+        }
+        self.faults_injected_vec
+            .with_label_values(&[rule, kind, self.name.as_str(), region])
+            .inc();
+        true
     }
 
     /// A request that ended with no response (an injected abort or

@@ -1,18 +1,25 @@
-//! AWS-aware rules and presets (SPEC §8) with a real SDK: boto3, its
-//! endpoint pointed at a reverse listener with `host = "preserve"`, in
-//! front of a moto server that checks every SigV4 signature. The Python
-//! side is `tests/aws/boto_calls.py`, run from the virtual environment
-//! `.ci/run` makes (`FAULTLINE_AWS_PYTHON`, else `target/aws-venv`).
+//! AWS-aware rules and presets (SPEC §8) with a real SDK, boto3, against
+//! a moto server that checks every SigV4 signature, two ways: its endpoint
+//! pointed at a reverse listener with `host = "preserve"`, and as an
+//! application runs it, calling the real AWS host names through
+//! `HTTPS_PROXY` (a forward listener that intercepts them with its CA,
+//! `AWS_CA_BUNDLE`) with a destination's `connect_to` sending them to
+//! moto over TLS. The Python side is `tests/aws/boto_calls.py` and
+//! `tests/aws/moto_server.py`, run from the virtual environment `.ci/run`
+//! makes (`FAULTLINE_AWS_PYTHON`, else `target/aws-venv`).
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use serde_json::Value;
+use support::tls::TestCa;
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -36,37 +43,87 @@ fn python() -> Option<PathBuf> {
     None
 }
 
-/// A moto server on a free port; killed when dropped.
+/// Proxy settings a client process must not inherit from the environment.
+const PROXY_VARIABLES: [&str; 8] = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+];
+
+/// The one moto server of this test binary (`tests/aws/moto_server.py`),
+/// shared by its tests: plain HTTP for reverse listeners, HTTPS for
+/// forward destinations, and the access key it checks signatures with.
+/// Ends with the process: it serves until its stdin, held here, closes.
 struct Moto {
-    _child: Child,
-    addr: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    https: std::net::SocketAddr,
+    key_id: String,
+    secret: String,
+    /// The CA of moto's HTTPS certificate (PEM).
+    ca_pem: String,
+    _child: std::process::Child,
+    _stdin: std::process::ChildStdin,
 }
 
+/// The names moto's HTTPS certificate covers: the AWS hosts the forward
+/// test calls (a wildcard covers one label) and the emulator's.
+const MOTO_NAMES: &[&str] = &[
+    "*.amazonaws.com",
+    "*.us-east-1.amazonaws.com",
+    "*.us-west-2.amazonaws.com",
+    "*.s3.amazonaws.com",
+    "*.s3.us-east-1.amazonaws.com",
+    "*.emulator.test",
+];
+
 impl Moto {
-    async fn start(python: &Path) -> Moto {
-        let addr = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap()
-        };
-        let child = Command::new(python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
-            .arg(addr.port().to_string())
-            // Three unsigned actions to make a user and its key; every
-            // call after them must be signed with that key.
-            .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
+    /// The shared server, started by the first test that asks.
+    fn get(python: &Path) -> &'static Moto {
+        static MOTO: OnceLock<Moto> = OnceLock::new();
+        MOTO.get_or_init(|| Moto::start(python))
+    }
+
+    fn start(python: &Path) -> Moto {
+        let ca = TestCa::new("moto test CA");
+        let files = tempfile::tempdir().unwrap();
+        // moto reads them once, when it binds: removed with `files` below.
+        let (cert, key) = ca.leaf(MOTO_NAMES).write(files.path(), "moto");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aws/moto_server.py");
+        let mut command = std::process::Command::new(python);
+        command.arg(script).arg(&cert).arg(&key);
+        for variable in PROXY_VARIABLES {
+            command.env_remove(variable);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(Instant::now() < deadline, "moto did not start on {addr}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let stdin = child.stdin.take().unwrap();
+        let mut ready = String::new();
+        // Blocks until moto listens and the key is made: no polling needed.
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&ready)
+            .unwrap_or_else(|e| panic!("moto_server.py did not start ({e}): {ready:?}"));
+        let port = |name: &str| {
+            let port = ready[name].as_u64().unwrap();
+            std::net::SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).unwrap()))
+        };
         Moto {
+            http: port("http"),
+            https: port("https"),
+            key_id: ready["key_id"].as_str().unwrap().to_owned(),
+            secret: ready["secret"].as_str().unwrap().to_owned(),
+            ca_pem: ca.pem(),
             _child: child,
-            addr,
+            _stdin: stdin,
         }
     }
 }
@@ -79,15 +136,37 @@ struct Boto {
 }
 
 impl Boto {
-    async fn start(python: &Path, moto: &Moto, faultline: &str) -> Boto {
+    /// boto3 with `endpoint` (`None`: the real AWS host names) and `env`
+    /// besides the key; nothing else from the environment that changes
+    /// what botocore does.
+    async fn start(
+        python: &Path,
+        moto: &Moto,
+        endpoint: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Boto {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aws/boto_calls.py");
-        let mut child = Command::new(python)
+        let mut command = Command::new(python);
+        command
             .arg(script)
-            .arg(format!("http://{}", moto.addr))
-            .arg(faultline)
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_RETRY_MODE")
-            .env_remove("AWS_MAX_ATTEMPTS")
+            .arg(endpoint.unwrap_or("-"))
+            .env("AWS_ACCESS_KEY_ID", &moto.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &moto.secret)
+            // No config or credentials file of whoever runs the tests.
+            .env("AWS_CONFIG_FILE", "/nonexistent/faultline-test")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/faultline-test");
+        for variable in PROXY_VARIABLES.iter().chain(&[
+            "AWS_PROFILE",
+            "AWS_RETRY_MODE",
+            "AWS_MAX_ATTEMPTS",
+            "AWS_CA_BUNDLE",
+            "AWS_ENDPOINT_URL",
+            "AWS_SESSION_TOKEN",
+        ]) {
+            command.env_remove(variable);
+        }
+        command.envs(env.iter().copied());
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -109,7 +188,8 @@ impl Boto {
         }
     }
 
-    /// `"SERVICE OPERATION REGION"`: what botocore made of the answer.
+    /// `"SERVICE OPERATION REGION [endpoint=URL] [secret=S]"`: what
+    /// botocore made of the answer.
     async fn call(&mut self, call: &str) -> Value {
         self.stdin
             .write_all(format!("{call}\n").as_bytes())
@@ -123,9 +203,10 @@ impl Boto {
         serde_json::from_str(&line).unwrap()
     }
 
-    async fn ok(&mut self, call: &str) {
+    async fn ok(&mut self, call: &str) -> Value {
         let reply = self.call(call).await;
         assert_eq!(reply["ok"], true, "{call}: {reply}");
+        reply
     }
 }
 
@@ -135,7 +216,7 @@ fn config(moto: &Moto) -> String {
          [[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n\n\
          [[upstream]]\nname = \"moto\"\nurl = \"http://{}\"\nhost = \"preserve\"\n\n\
          [[route]]\nlistener = \"edge\"\nupstream = \"moto\"\n",
-        moto.addr
+        moto.http
     )
 }
 
@@ -377,16 +458,15 @@ async fn switch(proxy: &TestProxy, rule: &str, on: bool) {
 }
 
 struct Rig {
-    _moto: Moto,
     proxy: TestProxy,
     boto: Boto,
 }
 
 async fn rig() -> Option<Rig> {
     let python = python()?;
-    let moto = Moto::start(&python).await;
-    let proxy = TestProxy::start(&config(&moto), &rules()).await;
-    let mut boto = Boto::start(&python, &moto, &proxy.url("edge")).await;
+    let moto = tokio::task::block_in_place(|| Moto::get(&python));
+    let proxy = TestProxy::start(&config(moto), &rules()).await;
+    let mut boto = Boto::start(&python, moto, Some(&proxy.url("edge")), &[]).await;
     for setup in [
         "dynamodb create_table us-east-1",
         "dynamodb create_table us-west-2",
@@ -395,22 +475,12 @@ async fn rig() -> Option<Rig> {
     ] {
         boto.ok(setup).await;
     }
-    Some(Rig {
-        _moto: moto,
-        proxy,
-        boto,
-    })
+    Some(Rig { proxy, boto })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_calls_pass_and_aws_rules_pick_service_operation_and_region() {
-    // `_moto` is bound, not left out: moto must outlive the calls.
-    let Some(Rig {
-        _moto,
-        proxy,
-        mut boto,
-    }) = rig().await
-    else {
+    let Some(Rig { proxy, mut boto }) = rig().await else {
         return;
     };
     // No rule on: every call goes through, its signature intact.
@@ -460,13 +530,7 @@ async fn signed_calls_pass_and_aws_rules_pick_service_operation_and_region() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_aws_preset_reads_right_in_boto3_and_is_retried_as_botocore_retries_it() {
-    // `_moto` is bound, not left out: moto must outlive the calls.
-    let Some(Rig {
-        _moto,
-        proxy,
-        mut boto,
-    }) = rig().await
-    else {
+    let Some(Rig { proxy, mut boto }) = rig().await else {
         return;
     };
     for (i, case) in CASES.iter().enumerate() {
@@ -511,5 +575,250 @@ async fn every_aws_preset_reads_right_in_boto3_and_is_retried_as_botocore_retrie
             boto.ok(case.call).await;
         }
     }
+    proxy.shutdown().await;
+}
+
+/// A forward listener that intercepts the AWS names and the emulator's,
+/// faultline's CA in `ca_dir`, and two destinations sending them to moto's
+/// HTTPS port (its CA in `moto_ca`): `aws` for `*.amazonaws.com`, the
+/// region of each request from its host, and `emulator` for a made-up
+/// name that says no region.
+fn forward_config(moto: &Moto, ca_dir: &Path, moto_ca: &Path) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[proxy]
+seed = 7
+
+[[listener]]
+name = "egress"
+listen = "127.0.0.1:0"
+mode = "forward"
+intercept = ["*.amazonaws.com", "*.emulator.test"]
+
+[ca]
+dir = "{ca_dir}"
+
+[[destination]]
+name = "aws"
+host = "*.amazonaws.com"
+connect_to = "{moto}"
+tls = {{ ca = "{moto_ca}" }}
+
+[[destination]]
+name = "emulator"
+host = "*.emulator.test"
+connect_to = "{moto}"
+tls = {{ ca = "{moto_ca}" }}
+"#,
+        ca_dir = ca_dir.display(),
+        moto = moto.https,
+        moto_ca = moto_ca.display(),
+    )
+}
+
+fn forward_rules() -> String {
+    let mut text = support::rule(
+        "put-use1",
+        "enabled = false",
+        "aws = { service = \"dynamodb\", operation = \"PutItem\", region = \"us-east-1\" }",
+        "kind = \"error\"\npreset = \"aws.service-unavailable\"",
+    );
+    // The query protocol names its operation in the form body.
+    text.push_str(&support::rule(
+        "sts-denied",
+        "enabled = false",
+        "aws = { service = \"sts\", operation = \"GetCallerIdentity\" }",
+        "kind = \"error\"\nstatus = 403\nheaders = { \"content-type\" = \"text/xml\" }\nbody = '<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>injected</Message></Error></ErrorResponse>'",
+    ));
+    text.push_str(&support::rule(
+        "s3-put",
+        "enabled = false",
+        "aws = { service = \"s3\", operation = \"PutObject\" }",
+        "kind = \"error\"\npreset = \"s3.internal-error\"",
+    ));
+    text.push_str(&support::rule(
+        "s3-list",
+        "enabled = false",
+        "aws = { service = \"s3\", operation = \"ListObjectsV2\" }",
+        "kind = \"error\"\npreset = \"s3.slow-down\"",
+    ));
+    text
+}
+
+/// `faultline_requests_total` of forward traffic: 0 before its first.
+async fn forwarded(proxy: &TestProxy, code: &str, upstream: &str, region: &str) -> f64 {
+    let series = format!(
+        r#"faultline_requests_total{{code="{code}",method="POST",region="{region}",upstream="{upstream}"}}"#
+    );
+    proxy.metric(&series).await.unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_through_https_proxy_calls_real_aws_names_signed_and_aws_rules_fault_them() {
+    let Some(python) = python() else {
+        return;
+    };
+    let moto = tokio::task::block_in_place(|| Moto::get(&python));
+    let files = tempfile::tempdir().unwrap();
+    let moto_ca = files.path().join("moto-ca.pem");
+    std::fs::write(&moto_ca, &moto.ca_pem).unwrap();
+    let ca_dir = files.path().join("ca");
+    let proxy = TestProxy::start(&forward_config(moto, &ca_dir, &moto_ca), &forward_rules()).await;
+    // What an application is given: the proxy and the CA to trust.
+    let https_proxy = format!("http://{}", proxy.addr("egress"));
+    let ca_bundle = ca_dir.join("ca.pem");
+    let mut boto = Boto::start(
+        &python,
+        moto,
+        None,
+        &[
+            ("HTTPS_PROXY", &https_proxy),
+            ("AWS_CA_BUNDLE", ca_bundle.to_str().unwrap()),
+        ],
+    )
+    .await;
+
+    // Signed calls to the real names, decrypted and sent on to moto over
+    // verified TLS, their signatures intact.
+    for setup in [
+        "dynamodb create_table us-east-1",
+        "dynamodb create_table us-west-2",
+        "s3 create_bucket us-east-1",
+    ] {
+        boto.ok(setup).await;
+    }
+    for (call, host) in [
+        (
+            "dynamodb put_item us-east-1",
+            "dynamodb.us-east-1.amazonaws.com",
+        ),
+        (
+            "dynamodb get_item us-east-1",
+            "dynamodb.us-east-1.amazonaws.com",
+        ),
+        (
+            "dynamodb put_item us-west-2",
+            "dynamodb.us-west-2.amazonaws.com",
+        ),
+        (
+            "s3 put_object us-east-1",
+            "rehearsal-bucket.s3.amazonaws.com",
+        ),
+        (
+            "s3 list_objects_v2 us-east-1",
+            "rehearsal-bucket.s3.amazonaws.com",
+        ),
+        (
+            "s3 put_object_stream us-east-1",
+            "rehearsal-bucket.s3.amazonaws.com",
+        ),
+        (
+            "s3 get_object_stream us-east-1",
+            "rehearsal-bucket.s3.amazonaws.com",
+        ),
+        (
+            "sts get_caller_identity us-east-1",
+            "sts.us-east-1.amazonaws.com",
+        ),
+    ] {
+        let reply = boto.ok(call).await;
+        assert_eq!(reply["host"], host, "{call}: {reply}");
+        assert_eq!(reply["retries"], 0, "{call}: {reply}");
+    }
+    // moto does check: a call signed with another secret is refused, so the
+    // calls above passed with the client's own signature.
+    let reply = boto.call("dynamodb get_item us-east-1 secret=wrong").await;
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["status"], 403, "{reply}");
+    // moto answers it in XML, which DynamoDB's JSON parser reads as no code.
+    assert!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("<Code>SignatureDoesNotMatch</Code>")),
+        "{reply}"
+    );
+
+    // Counted under the destination, in the region each host names.
+    let before = forwarded(&proxy, "200", "aws", "us-west-2").await;
+    boto.ok("dynamodb get_item us-west-2").await;
+    assert_eq!(
+        forwarded(&proxy, "200", "aws", "us-west-2").await,
+        before + 1.0
+    );
+
+    // PutItem in us-east-1 fails, as botocore reads it, retried as its
+    // standard mode retries a 503: 3 attempts, each one faulted.
+    switch(&proxy, "put-use1", true).await;
+    let reply = boto.call("dynamodb put_item us-east-1").await;
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["code"], "ServiceUnavailable", "{reply}");
+    assert_eq!(reply["status"], 503, "{reply}");
+    assert_eq!(reply["retries"], STANDARD_ATTEMPTS - 1, "{reply}");
+    assert_eq!(proxy.injected("put-use1").await, STANDARD_ATTEMPTS);
+    // GetItem, and PutItem in us-west-2, untouched.
+    boto.ok("dynamodb get_item us-east-1").await;
+    boto.ok("dynamodb put_item us-west-2").await;
+    assert_eq!(
+        proxy.injected("put-use1").await,
+        STANDARD_ATTEMPTS,
+        "only PutItem in us-east-1"
+    );
+    // The faults are counted in the region of the requests they hit.
+    let faults = r#"faultline_faults_injected_total{kind="error",region="us-east-1",rule="put-use1",upstream="aws"}"#;
+    assert_eq!(proxy.metric(faults).await, Some(STANDARD_ATTEMPTS as f64));
+    switch(&proxy, "put-use1", false).await;
+    boto.ok("dynamodb put_item us-east-1").await;
+
+    // An S3 preset is an S3 error: S3's code and its two request ids.
+    switch(&proxy, "s3-list", true).await;
+    let reply = boto.call("s3 list_objects_v2 us-east-1").await;
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["exception"], "ClientError", "{reply}");
+    assert_eq!(reply["code"], "SlowDown", "{reply}");
+    assert_eq!(reply["status"], 503, "{reply}");
+    assert_eq!(reply["retries"], STANDARD_ATTEMPTS - 1, "{reply}");
+    assert_eq!(reply["request_id"].as_str().unwrap().len(), 16, "{reply}");
+    assert_eq!(reply["host_id"].as_str().unwrap().len(), 64, "{reply}");
+    assert_eq!(proxy.injected("s3-list").await, STANDARD_ATTEMPTS);
+    boto.ok("s3 put_object us-east-1").await;
+    switch(&proxy, "s3-list", false).await;
+
+    // A streamed upload answered before its body is sent (it waits on
+    // `100-continue`): each attempt gets the error, the body is sent
+    // again from the start, and the upload goes through once the rule is off.
+    switch(&proxy, "s3-put", true).await;
+    let reply = boto.call("s3 put_object_stream us-east-1").await;
+    assert_eq!(reply["code"], "InternalError", "{reply}");
+    assert_eq!(reply["retries"], STANDARD_ATTEMPTS - 1, "{reply}");
+    assert_eq!(proxy.injected("s3-put").await, STANDARD_ATTEMPTS);
+    switch(&proxy, "s3-put", false).await;
+    boto.ok("s3 put_object_stream us-east-1").await;
+    boto.ok("s3 get_object_stream us-east-1").await;
+
+    // A rule that reads the form body to find the operation, inside the
+    // tunnel: the body is replayed whole (its hash is signed).
+    switch(&proxy, "sts-denied", true).await;
+    let reply = boto.call("sts get_caller_identity us-east-1").await;
+    assert_eq!(reply["code"], "AccessDenied", "{reply}");
+    assert_eq!(reply["retries"], 0, "{reply}");
+    assert_eq!(proxy.injected("sts-denied").await, 1);
+    switch(&proxy, "sts-denied", false).await;
+    boto.ok("sts get_caller_identity us-east-1").await;
+
+    // A name that says no region (an emulator's, sent on with
+    // `connect_to`): counted in the region the request is signed for.
+    let before = forwarded(&proxy, "200", "emulator", "us-west-2").await;
+    let reply = boto
+        .ok("dynamodb get_item us-west-2 endpoint=https://aws.emulator.test")
+        .await;
+    assert_eq!(reply["host"], "aws.emulator.test", "{reply}");
+    assert_eq!(
+        forwarded(&proxy, "200", "emulator", "us-west-2").await,
+        before + 1.0,
+        "the region from the SigV4 scope"
+    );
     proxy.shutdown().await;
 }

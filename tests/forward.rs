@@ -173,6 +173,22 @@ async fn absolute_form_requests_go_to_the_upstream_their_authority_names() {
         Some(1.0)
     );
     assert_eq!(proxy.metric(&counted("other", "")).await, Some(1.0));
+
+    // A host that names no region: a signed request is counted in the
+    // region of its SigV4 scope.
+    let mut signed = absolute_get(&url);
+    signed.headers_mut().insert(
+        "authorization",
+        http::HeaderValue::from_static(
+            "AWS4-HMAC-SHA256 Credential=AKID/20250101/eu-west-1/sqs/aws4_request, SignedHeaders=host, Signature=0",
+        ),
+    );
+    assert_eq!(via_proxy(egress, signed).await.status, 200);
+    assert_eq!(
+        proxy.metric(&counted("other", "eu-west-1")).await,
+        Some(1.0)
+    );
+    assert_eq!(proxy.metric(&counted("other", "")).await, Some(1.0));
 }
 
 #[tokio::test]
@@ -1136,4 +1152,61 @@ async fn busy_intercepted_tunnels_keep_their_upstream_connections() {
         connections <= CLIENTS + CLIENTS / 4,
         "{connections} upstream connections for {CLIENTS} busy clients over {ROUNDS} rounds"
     );
+}
+
+#[tokio::test]
+async fn intercepted_requests_reach_the_upstream_as_signed_byte_for_byte() {
+    // What a SigV4 signature covers: the path and query as encoded, the
+    // `Host` and the signed headers. None may be normalised on the way.
+    let files = tempfile::tempdir().unwrap();
+    let (secure, upstream_ca) = secure_upstream(files.path()).await;
+    let ca_dir = files.path().join("ca");
+    let proxy = TestProxy::start(&intercept_config(&secure, &ca_dir, &upstream_ca), "").await;
+    let host = "dynamodb.us-east-1.amazonaws.com";
+    let target =
+        "/a%20b/%C3%BC//c/../d/./e;f=g/%2F%7E~x?prefix=dir%2Fa%20b&list-type=2&empty=&z=%3D";
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let (tls, _) = intercepted(proxy.addr("egress"), host, &ca_dir, &[alpn]).await;
+        let io = TokioIo::new(tls);
+        let request = Request::put(if alpn == b"h2" {
+            format!("https://{host}{target}")
+        } else {
+            target.to_owned()
+        })
+        .header("x-amz-date", "20250101T000000Z")
+        .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+        .header("x-amz-meta-odd", "two  spaces\tand a tab");
+        let response = if alpn == b"h2" {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            sender
+                .send_request(request.body(full("odd")).unwrap())
+                .await
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(connection);
+            let request = request.header("host", host).body(full("odd")).unwrap();
+            sender.send_request(request).await
+        }
+        .unwrap();
+        assert_eq!(response.status(), 200);
+        let seen = secure.last_seen();
+        let uri: http::Uri = seen.uri.parse().unwrap();
+        assert_eq!(
+            uri.path_and_query().unwrap().as_str(),
+            target,
+            "{alpn:?}: {}",
+            seen.uri
+        );
+        assert_eq!(seen.headers["host"], host, "{alpn:?}");
+        assert_eq!(seen.headers["x-amz-date"], "20250101T000000Z");
+        assert_eq!(
+            seen.headers["x-amz-meta-odd"].as_bytes(),
+            b"two  spaces\tand a tab",
+            "{alpn:?}"
+        );
+    }
 }

@@ -78,10 +78,20 @@ impl Proxy {
             }
             return Ok(self.forward_now(upstream, conn, request, None).await?);
         };
-        // Counted when decided: a client that leaves mid-fault was still faulted.
+        // Counted when decided: a client that leaves mid-fault was still
+        // faulted. Forward traffic in the region its request names, as the
+        // request itself is counted.
+        let region = self.derived_region(conn, &request, upstream);
+        let metrics = &self.upstream_metrics[upstream];
         for (i, candidate) in fired() {
-            snapshot.count_injected(upstream, i);
-            candidate.rule.counters.record_injected();
+            let rule = &candidate.rule;
+            let in_region = region.is_some_and(|region| {
+                metrics.record_fault_in(region.as_str(), rule.name(), rule.fault.kind().name())
+            });
+            if !in_region {
+                snapshot.count_injected(upstream, i);
+            }
+            rule.counters.record_injected();
         }
         let halt = &snapshot.halt;
         // HTTP/2 carries other requests on the same connection: fail only this stream.

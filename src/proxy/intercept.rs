@@ -94,9 +94,7 @@ async fn serve(client: OnUpgrade, conn: Arc<Connection>, tunnel: Tunnel) -> Resu
     let region = conn
         .proxy
         .names_region_by_host(upstream)
-        .then(|| crate::aws::endpoint_name(authority.host()))
-        .flatten()
-        .map(|endpoint| endpoint.region);
+        .then(|| crate::aws::host_region(authority.host()));
     let inner = Arc::new(Connection {
         proxy: Arc::clone(&conn.proxy),
         entry: conn.entry,

@@ -310,7 +310,7 @@ impl Proxy {
                     let by_fault = response.extensions().get::<ByFault>().is_some();
                     let status = response.status();
                     metrics.record_request_in(
-                        region.as_deref(),
+                        region.as_ref().map(crate::aws::RegionName::as_str),
                         &method,
                         status,
                         elapsed,
@@ -339,7 +339,7 @@ impl Proxy {
                     // The status the error stands for, not the 200 a gRPC
                     // answer goes out with: error ratios and guards see it.
                     metrics.record_request_in(
-                        region.as_deref(),
+                        region.as_ref().map(crate::aws::RegionName::as_str),
                         &method,
                         error.status(),
                         elapsed,
@@ -462,27 +462,25 @@ impl Proxy {
 
     /// The region forward traffic is counted under when its destination
     /// has no `region` label: the one its AWS host names (read once per
-    /// intercepted tunnel). `None` for reverse traffic, at once.
-    fn derived_region<'c>(
+    /// intercepted tunnel), else the one it is signed for
+    /// ([`crate::aws::HostRegion::of_request`]). `None` for reverse traffic,
+    /// at once. Kept inline, never allocated.
+    fn derived_region<B>(
         &self,
-        conn: &'c Connection,
-        request: &Request<Incoming>,
+        conn: &Connection,
+        request: &Request<B>,
         upstream: usize,
-    ) -> Option<std::borrow::Cow<'c, str>> {
-        if let Some(intercepted) = &conn.intercepted {
-            return intercepted
-                .region
-                .as_deref()
-                .map(std::borrow::Cow::Borrowed);
-        }
-        if !matches!(conn.entry, Entry::Forward(_)) {
-            return None;
-        }
-        if !self.names_region_by_host(upstream) {
-            return None;
-        }
-        let endpoint = crate::aws::endpoint_name(request.uri().host()?)?;
-        Some(std::borrow::Cow::Owned(endpoint.region))
+    ) -> Option<crate::aws::RegionName> {
+        let host = match &conn.intercepted {
+            Some(intercepted) => intercepted.region?,
+            None if matches!(conn.entry, Entry::Forward(_))
+                && self.names_region_by_host(upstream) =>
+            {
+                crate::aws::host_region(request.uri().host()?)
+            }
+            None => return None,
+        };
+        host.of_request(request.headers(), request.uri().query())
     }
 
     /// Whether forward traffic to `upstream` is counted under the region
@@ -783,8 +781,9 @@ struct Intercepted {
     authority: http::uri::Authority,
     /// Its host (and port, if not 443), the `Host` of a request that has none.
     host: HeaderValue,
-    /// The region its requests are counted under (an AWS host's), if any.
-    region: Option<String>,
+    /// What its host says of the region its requests are counted under;
+    /// `None` when its destination has a `region` label of its own.
+    region: Option<crate::aws::HostRegion>,
 }
 
 impl Intercepted {

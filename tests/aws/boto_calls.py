@@ -1,91 +1,108 @@
 """boto3 calls through faultline, driven line by line by tests/aws.rs.
 
-Usage: boto_calls.py MOTO_URL FAULTLINE_URL
+Usage: boto_calls.py ENDPOINT
 
-First makes an IAM user with an access key straight at moto (the server
-runs with INITIAL_NO_AUTH_ACTION_COUNT=3, so those are the only unsigned
-actions it takes; every later call must carry a valid SigV4 signature),
-prints {"ready": true}, then reads one call per line on stdin
-("SERVICE OPERATION REGION") and prints one JSON line per call: whether
-it succeeded, and for an error what botocore made of it (code, status,
-request ids, retries). The client is what an application would use:
-AWS_ENDPOINT_URL-style endpoint, standard retry mode, default attempts.
+ENDPOINT is faultline's reverse listener (an AWS_ENDPOINT_URL-style
+endpoint), or "-" for none: then boto3 calls the real AWS host names, as
+an application does, and reaches them through HTTPS_PROXY (faultline's
+forward listener) trusting AWS_CA_BUNDLE (faultline's CA). The access key
+is in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: the one
+tests/aws/moto_server.py made, which moto checks every signature with.
+
+Prints {"ready": true}, then reads one call per line on stdin
+("SERVICE OPERATION REGION [endpoint=URL] [secret=WRONG]": another
+endpoint for this call, or another secret to sign it with) and prints
+one JSON line per call: whether it succeeded, the host it went to, how
+long it took, and for an error what botocore made of it (code, status,
+request ids, retries, the exception's class). Clients use the standard
+retry mode with its default attempts.
 """
 
+import io
 import json
+import os
 import sys
+import time
+from urllib.parse import urlsplit
 
 import boto3
 import botocore
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-MOTO, FAULTLINE = sys.argv[1], sys.argv[2]
-
-ADMIN_POLICY = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
-    }
-)
-
-
-def bootstrap():
-    """Three unsigned actions at moto itself: a user, its policy, its key."""
-    iam = boto3.client(
-        "iam",
-        endpoint_url=MOTO,
-        region_name="us-east-1",
-        aws_access_key_id="bootstrap",
-        aws_secret_access_key="bootstrap",
-    )
-    iam.create_user(UserName="rehearsal")
-    iam.put_user_policy(
-        UserName="rehearsal", PolicyName="all", PolicyDocument=ADMIN_POLICY
-    )
-    key = iam.create_access_key(UserName="rehearsal")["AccessKey"]
-    return key["AccessKeyId"], key["SecretAccessKey"]
-
-
-KEY_ID, SECRET = bootstrap()
+ENDPOINT = None if sys.argv[1] == "-" else sys.argv[1]
+KEY_ID = os.environ["AWS_ACCESS_KEY_ID"]
+SECRET = os.environ["AWS_SECRET_ACCESS_KEY"]
 CLIENTS = {}
+SENT = {}
 
 
-def client(service, region):
-    if (service, region) not in CLIENTS:
-        CLIENTS[(service, region)] = boto3.client(
+def seen(request, **_):
+    """Notes the host a call went to (the last attempt's)."""
+    SENT["host"] = urlsplit(request.url).netloc
+
+
+def client(service, region, endpoint, secret):
+    key = (service, region, endpoint, secret)
+    if key not in CLIENTS:
+        CLIENTS[key] = boto3.client(
             service,
-            endpoint_url=FAULTLINE,
+            endpoint_url=endpoint,
             region_name=region,
             aws_access_key_id=KEY_ID,
-            aws_secret_access_key=SECRET,
+            aws_secret_access_key=secret,
             config=Config(retries={"mode": "standard"}),
         )
-    return CLIENTS[(service, region)]
+        CLIENTS[key].meta.events.register("before-send", seen)
+    return CLIENTS[key]
 
 
 TABLE = "orders"
 BUCKET = "rehearsal-bucket"
 KEY = {"id": {"S": "1"}}
+# Bigger than any one read or write buffer on the way (1 MiB and a bit).
+BIG = bytes(range(256)) * 4100
 
 
-def call(service, operation, region):
-    c = client(service, region)
+def already(error, *codes):
+    """Made already: every test of a run shares one moto server."""
+    if error.response.get("Error", {}).get("Code") not in codes:
+        raise error
+    return {"ResponseMetadata": error.response["ResponseMetadata"]}
+
+
+def call(service, operation, region, endpoint=ENDPOINT, secret=SECRET):
+    c = client(service, region, endpoint, secret)
     if (service, operation) == ("dynamodb", "create_table"):
-        return c.create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        try:
+            return c.create_table(
+                TableName=TABLE,
+                KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        except ClientError as e:
+            return already(e, "ResourceInUseException")
     if (service, operation) == ("dynamodb", "put_item"):
         return c.put_item(TableName=TABLE, Item={**KEY, "total": {"N": "42"}})
     if (service, operation) == ("dynamodb", "get_item"):
         return c.get_item(TableName=TABLE, Key=KEY)
     if (service, operation) == ("s3", "create_bucket"):
-        return c.create_bucket(Bucket=BUCKET)
+        try:
+            return c.create_bucket(Bucket=BUCKET)
+        except ClientError as e:
+            return already(e, "BucketAlreadyOwnedByYou")
     if (service, operation) == ("s3", "put_object"):
         return c.put_object(Bucket=BUCKET, Key="a.txt", Body=b"hello")
+    if (service, operation) == ("s3", "put_object_stream"):
+        # A file-like body: botocore sends `Expect: 100-continue` and, with
+        # its default checksums, an aws-chunked body with a trailing CRC.
+        return c.put_object(Bucket=BUCKET, Key="big.bin", Body=io.BytesIO(BIG))
+    if (service, operation) == ("s3", "get_object_stream"):
+        response = c.get_object(Bucket=BUCKET, Key="big.bin")
+        if response["Body"].read() != BIG:
+            raise ValueError("big.bin came back changed")
+        return response
     if (service, operation) == ("s3", "list_objects_v2"):
         return c.list_objects_v2(Bucket=BUCKET)
     if (service, operation) == ("sqs", "create_queue"):
@@ -110,11 +127,18 @@ def call(service, operation, region):
 def main():
     print(json.dumps({"ready": True, "botocore": botocore.__version__}), flush=True)
     for line in sys.stdin:
-        service, operation, region = line.split()
+        service, operation, region, *options = line.split()
+        options = dict(option.split("=", 1) for option in options)
+        SENT.clear()
+        began = time.monotonic()
         try:
-            response = call(service, operation, region)
+            response = call(service, operation, region, **options)
             meta = response["ResponseMetadata"]
-            out = {"ok": True, "status": meta["HTTPStatusCode"]}
+            out = {
+                "ok": True,
+                "status": meta["HTTPStatusCode"],
+                "retries": meta.get("RetryAttempts"),
+            }
         except ClientError as e:
             meta = e.response.get("ResponseMetadata", {})
             error = e.response.get("Error", {})
@@ -129,6 +153,11 @@ def main():
                 "retries": meta.get("RetryAttempts"),
                 "exception": type(e).__name__,
             }
+        except botocore.exceptions.BotoCoreError as e:
+            # No answer to parse (a refused proxy, a certificate not trusted).
+            out = {"ok": False, "exception": type(e).__name__, "message": str(e)}
+        out["host"] = SENT.get("host")
+        out["seconds"] = round(time.monotonic() - began, 3)
         print(json.dumps(out), flush=True)
 
 
