@@ -197,8 +197,11 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, hop: Hop) -> bool {
             Hop::Request { may_upgrade: true } | Hop::Response { switching: true }
         )
         && connection_has(headers, b"upgrade");
-    let trailers =
-        present & TE_BIT != 0 && matches!(hop, Hop::Request { .. }) && te_accepts_trailers(headers);
+    let te = if present & TE_BIT != 0 && matches!(hop, Hop::Request { .. }) {
+        te_trailers(headers)
+    } else {
+        Te::Remove
+    };
     if present & CONNECTION_BIT != 0 {
         remove_connection_named(headers);
     }
@@ -214,7 +217,8 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, hop: Hop) -> bool {
     }
     for (at, name) in HOP_BY_HOP.iter().enumerate() {
         let bit = 1 << at;
-        if present & bit != 0 && !(upgrade && bit == UPGRADE_BIT) {
+        let kept = (upgrade && bit == UPGRADE_BIT) || (te == Te::Keep && bit == TE_BIT);
+        if present & bit != 0 && !kept {
             headers.remove(*name);
         }
     }
@@ -222,10 +226,37 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, hop: Hop) -> bool {
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    if trailers {
+    if te == Te::Trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     upgrade
+}
+
+/// What becomes of a request's `TE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Te {
+    /// It is one line, `trailers`, as it goes on (every gRPC call's):
+    /// left in place rather than removed and written again.
+    Keep,
+    /// It accepts trailers among other codings: `trailers` alone goes on.
+    Trailers,
+    /// It does not accept trailers, or it is a response's.
+    Remove,
+}
+
+/// What a request's `TE` lines ask, as [`Te`] says.
+fn te_trailers(headers: &HeaderMap) -> Te {
+    let mut lines = headers.get_all(header::TE).iter();
+    if let (Some(line), None) = (lines.next(), lines.next()) {
+        if line.as_bytes() == b"trailers" {
+            return Te::Keep;
+        }
+    }
+    if te_accepts_trailers(headers) {
+        Te::Trailers
+    } else {
+        Te::Remove
+    }
 }
 
 /// Whether a `Connection` line has `token` (an option such as `upgrade`).
@@ -497,6 +528,28 @@ mod tests {
         remove_hop_by_hop(&mut headers, RESPONSE);
         let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["trailer"]);
+
+        // A gRPC call's `te: trailers` stays as it is; any other spelling
+        // of it is written the one way HTTP/2 takes.
+        for (sent, kept) in [
+            ("trailers", "trailers"),
+            ("Trailers", "trailers"),
+            ("trailers ", "trailers"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::TE, HeaderValue::from_static(sent));
+            headers.insert("x-kept", HeaderValue::from_static("1"));
+            remove_hop_by_hop(&mut headers, REQUEST);
+            let te: Vec<_> = headers.get_all(header::TE).iter().collect();
+            assert_eq!(te, [kept], "{sent:?}");
+            assert_eq!(headers.len(), 2);
+        }
+        let mut headers = HeaderMap::new();
+        headers.append(header::TE, HeaderValue::from_static("trailers"));
+        headers.append(header::TE, HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut headers, REQUEST);
+        let te: Vec<_> = headers.get_all(header::TE).iter().collect();
+        assert_eq!(te, ["trailers"], "two lines become one");
     }
 
     fn upstream() -> UpstreamConfig {
