@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use http::Method;
 use serde_json::{json, Value};
 
-use super::scenario::FOLLOW_EVERY;
+use super::scenario::{has_ended, FOLLOW_EVERY};
 use super::{agree, client, write_all, ScenarioVerb, Target, Verb};
 use crate::client::{AdminClient, ClientError};
 use crate::control::ScenarioView;
@@ -258,10 +258,11 @@ async fn follow(
     loop {
         let mut replies = fan_out(clients, &Method::GET, &path, None).await;
         let places = places(&mut replies);
-        // Anything but an ended (or never started) run is still to follow.
-        let running = places.iter().flatten().any(|(state, _)| {
-            !matches!(state.as_str(), "idle" | "completed" | "stopped" | "aborted")
-        });
+        // A running or scheduled run (anything not ended) is still to follow.
+        let running = places
+            .iter()
+            .flatten()
+            .any(|(state, _)| !has_ended(state));
         let frame = agree::render(&status, &mut replies, SystemTime::now()).text;
         if live {
             // Up over the last frame, clear it, draw the new one.
