@@ -201,7 +201,8 @@ impl Verdict {
             } else {
                 format!(": {}", self.same.join(", "))
             };
-            format!("agree     yes, on {answered} replicas{of}{what}\n")
+            let replicas = if answered == 1 { "replica" } else { "replicas" };
+            format!("agree     yes, on {answered} {replicas}{of}{what}\n")
         } else {
             format!("agree     NO{of}: {}\n", self.differ.join("; "))
         }
@@ -861,6 +862,10 @@ mod tests {
         assert_eq!(
             verdict.line(3, 4),
             "agree     NO (3 of 4 answered): halted (yes on 2, no on 1)\n"
+        );
+        assert_eq!(
+            Verdict::default().line(1, 1),
+            "agree     yes, on 1 replica\n"
         );
         assert_eq!(
             Verdict::default().line(0, 2),
