@@ -601,7 +601,10 @@ async fn start_at_is_one_instant_for_every_replica() {
             .find(|l| l.starts_with(&proxy.admin_url()))
             .unwrap();
         let cells: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(cells[1..6], ["scheduled", "0/1", "60x", start_at.as_str(), "starts"]);
+        assert_eq!(
+            cells[1..6],
+            ["scheduled", "0/1", "60x", start_at.as_str(), "starts"]
+        );
         assert!(cells[6] == "in", "{row}");
     }
     assert!(
@@ -611,8 +614,19 @@ async fn start_at_is_one_instant_for_every_replica() {
         "{}",
         shown.stdout
     );
-    let one = ctl(&["--admin", &proxies[0].admin_url(), "scenario", "status", "drill"]).await;
-    assert!(one.stdout.starts_with("drill: scheduled\n"), "{}", one.stdout);
+    let one = ctl(&[
+        "--admin",
+        &proxies[0].admin_url(),
+        "scenario",
+        "status",
+        "drill",
+    ])
+    .await;
+    assert!(
+        one.stdout.starts_with("drill: scheduled\n"),
+        "{}",
+        one.stdout
+    );
     assert!(
         one.stdout
             .contains(&format!("  run     at 60x from {start_at} (in ")),

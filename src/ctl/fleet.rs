@@ -87,7 +87,7 @@ pub(super) async fn resolve(fleet: &str) -> Result<Vec<String>, ClientError> {
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if !port_given {
         return Err(usage(
-            "expected HOST:PORT, a name and the admin port (e.g. faultline-admin.chaos.svc:9000)"
+            "expected HOST:PORT, a name and the admin port (e.g. faultline-fleet.chaos.svc:9000, the headless Service of deploy/kubernetes)"
                 .to_owned(),
         ));
     }
@@ -259,10 +259,7 @@ async fn follow(
         let mut replies = fan_out(clients, &Method::GET, &path, None).await;
         let places = places(&mut replies);
         // A running or scheduled run (anything not ended) is still to follow.
-        let running = places
-            .iter()
-            .flatten()
-            .any(|(state, _)| !has_ended(state));
+        let running = places.iter().flatten().any(|(state, _)| !has_ended(state));
         let frame = agree::render(&status, &mut replies, SystemTime::now()).text;
         if live {
             // Up over the last frame, clear it, draw the new one.
@@ -338,7 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fleet_needs_a_port() {
-        for bad in ["faultline-admin", "faultline-admin:http", ":9000"] {
+        for bad in ["faultline-fleet", "faultline-fleet:http", ":9000"] {
             let error = resolve(bad).await.unwrap_err().to_string();
             assert!(error.contains("expected HOST:PORT"), "{error}");
         }
