@@ -133,7 +133,7 @@ pub(super) fn start_of(run: &RunView) -> &str {
 
 /// How long until a scheduled run's start (`None` once it has passed, or
 /// when the proxy's time cannot be read).
-pub(super) fn starts_in(run: &RunView, now: SystemTime) -> Option<Duration> {
+fn starts_in(run: &RunView, now: SystemTime) -> Option<Duration> {
     let start = humantime::parse_rfc3339(start_of(run)).ok()?;
     start.duration_since(now).ok()
 }
@@ -146,8 +146,9 @@ pub(super) fn countdown(run: &RunView, now: SystemTime) -> String {
     )
 }
 
-/// Shows a run until it ends: in place on a terminal (`live`), else one
-/// line per step. Then the report.
+/// Shows a run until it ends (through a `scheduled` wait for its
+/// `start_at`): in place on a terminal (`live`), else a frame at each
+/// change of state or step. Then the report.
 pub(super) async fn follow(
     api: &AdminClient,
     name: &str,
