@@ -1,8 +1,12 @@
 //! `faultline ctl` driving a fleet (SPEC §11, README "Runtime control"):
 //! `--admin a,b,c` and `--fleet HOST:PORT` fan every verb out to real
 //! proxies on loopback, name a replica that is down and exit non-zero
-//! after acting on the others, and merge the replicas' scenario reports
-//! exactly.
+//! after acting on the others, merge the replicas' scenario reports
+//! exactly, arm one `start_at` on every replica (`scenario start --at`),
+//! follow a run through `scheduled`, and show the drift between the
+//! replicas' step starts. Every replica is a real faultline: no stand-in
+//! API is needed, since a `start_at` already past makes a replica report a
+//! chosen step start exactly.
 #![allow(clippy::unwrap_used)]
 
 mod support;
