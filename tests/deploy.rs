@@ -740,7 +740,7 @@ async fn faultline_runs_as_the_chart_s_pod_says() {
         .collect();
     let mut child = tokio::process::Command::new(FAULTLINE)
         .args(&args)
-        .envs(env)
+        .envs(env.iter().cloned())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -808,6 +808,38 @@ async fn faultline_runs_as_the_chart_s_pod_says() {
         rules("\"k8s-update\"").await
     })
     .await;
+
+    // The README's commands ("Run a fleet on Kubernetes"), as `kubectl
+    // exec` runs them in the pod: `faultline ctl` with the pod's
+    // environment (so the Secret's token), `--fleet` on the headless
+    // Service's address (here, this one replica's), the shipped scenario
+    // armed 30 s ahead, then the kill switch.
+    let fleet = format!("127.0.0.1:{}", admin.port());
+    let ctl = async |args: &[&str]| {
+        let out = tokio::process::Command::new(FAULTLINE)
+            .args(["ctl", "--fleet", &fleet])
+            .args(args)
+            .env_clear()
+            .envs(env.iter().cloned())
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ctl {args:?}: {stdout}{stderr}");
+        stdout
+    };
+    let status = ctl(&["status"]).await;
+    assert!(status.contains("agree     yes, on 1 replica: "), "{status}");
+    let started = ctl(&["scenario", "start", "payments-brownout", "--at", "+30s"]).await;
+    assert!(
+        started.contains("agree     yes, on 1 replica: state scheduled, step 0/3"),
+        "{started}"
+    );
+    let halted = ctl(&["halt"]).await;
+    assert!(halted.contains("halted on 1 of 1 replicas"), "{halted}");
+    let status = ctl(&["--json", "status"]).await;
+    assert!(status.contains("\"halted\": true"), "{status}");
 
     child.start_kill().unwrap();
     child.wait().await.unwrap();

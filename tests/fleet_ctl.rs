@@ -1,14 +1,19 @@
 //! `faultline ctl` driving a fleet (SPEC §11, README "Runtime control"):
 //! `--admin a,b,c` and `--fleet HOST:PORT` fan every verb out to real
 //! proxies on loopback, name a replica that is down and exit non-zero
-//! after acting on the others, and merge the replicas' scenario reports
-//! exactly.
+//! after acting on the others, merge the replicas' scenario reports
+//! exactly, arm one `start_at` on every replica (`scenario start --at`),
+//! follow a run through `scheduled`, and show the drift between the
+//! replicas' step starts. Every replica is a real faultline: no stand-in
+//! API is needed, since a `start_at` already past makes a replica report a
+//! chosen step start exactly.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::net::ToSocketAddrs;
 use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use support::*;
@@ -61,6 +66,16 @@ enable = ["tea"]
 [[scenario.step]]
 at = "10m"
 disable = ["tea"]
+
+[[scenario]]
+name = "sync"
+duration = "1h"
+[[scenario.step]]
+at = "0s"
+enable = ["tea"]
+[[scenario.step]]
+at = "1m"
+set = { "tea" = { probability = 0.5 } }
 "#;
 
 struct Ran {
@@ -544,50 +559,112 @@ async fn the_merged_report_is_what_clients_saw_across_the_replicas() {
 
 #[tokio::test]
 async fn start_at_is_one_instant_for_every_replica() {
-    // Test upstreams echo a request's body back: what each replica was sent.
-    let a = TestUpstream::start("a").await;
-    let b = TestUpstream::start("b").await;
-    let list = format!("{},{}", a.url(), b.url());
-    let before = std::time::SystemTime::now();
+    let upstream = TestUpstream::start("orders-use1").await;
+    let proxies = fleet(2, &upstream).await;
+    let list = admins(&proxies);
+    let before = SystemTime::now();
     let ran = ctl(&[
         "--admin", &list, "--json", "scenario", "start", "drill", "--at", "+30s", "--speed", "60",
     ])
     .await;
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     let document: Value = serde_json::from_str(&ran.stdout).unwrap();
-    let sent: Vec<&Value> = document["replicas"]
+    let armed: Vec<&Value> = document["replicas"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| &r["result"])
         .collect();
-    assert_eq!(sent.len(), 2);
-    assert_eq!(sent[0], sent[1]);
-    assert_eq!(sent[0]["speed"], 60.0);
-    let at = humantime::parse_rfc3339(sent[0]["start_at"].as_str().unwrap()).unwrap();
+    assert_eq!(armed.len(), 2);
+    // Both replicas armed the run for the one instant ctl computed once.
+    let start_at = armed[0]["run"]["start_at"].as_str().unwrap().to_owned();
+    for view in &armed {
+        assert_eq!(view["state"], "scheduled", "{view}");
+        assert_eq!(view["run"]["start_at"], start_at.as_str());
+        assert_eq!(view["run"]["speed"], 60.0);
+    }
+    let at = humantime::parse_rfc3339(&start_at).unwrap();
     let ahead = at.duration_since(before).unwrap();
     assert!(
-        ahead >= std::time::Duration::from_secs(30) && ahead < std::time::Duration::from_secs(40),
+        ahead >= Duration::from_secs(30) && ahead < Duration::from_secs(40),
         "{ahead:?}"
     );
+    for proxy in &proxies {
+        let view = api(proxy, "GET", "/api/scenarios/drill").await;
+        assert_eq!(view["state"], "scheduled");
+        assert_eq!(view["run"]["start_at"], start_at.as_str());
+    }
 
+    // The tables say when it starts: one line per replica, and one proxy's.
+    let shown = ctl(&["--admin", &list, "scenario", "status", "drill"]).await;
+    assert_eq!(shown.code, Some(0), "{}", shown.stderr);
+    for proxy in &proxies {
+        let row = shown
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&proxy.admin_url()))
+            .unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells[1..6],
+            ["scheduled", "0/1", "60x", start_at.as_str(), "starts"]
+        );
+        assert!(cells[6] == "in", "{row}");
+    }
+    assert!(
+        shown
+            .stdout
+            .contains("agree     yes, on 2 replicas: state scheduled, step 0/1\n"),
+        "{}",
+        shown.stdout
+    );
+    let one = ctl(&[
+        "--admin",
+        &proxies[0].admin_url(),
+        "scenario",
+        "status",
+        "drill",
+    ])
+    .await;
+    assert!(
+        one.stdout.starts_with("drill: scheduled\n"),
+        "{}",
+        one.stdout
+    );
+    assert!(
+        one.stdout
+            .contains(&format!("  run     at 60x from {start_at} (in ")),
+        "{}",
+        one.stdout
+    );
+    let listed = ctl(&["--admin", &list, "scenario", "list"]).await;
+    assert!(
+        listed.stdout.contains("drill (scheduled)"),
+        "{}",
+        listed.stdout
+    );
+
+    // An exact instant is sent to the millisecond.
+    let tomorrow = humantime::format_rfc3339_seconds(before + Duration::from_secs(86_400));
+    let tomorrow = tomorrow.to_string();
     let exact = ctl(&[
         "--admin",
-        &a.url(),
+        &proxies[0].admin_url(),
         "--json",
         "scenario",
         "start",
-        "drill",
+        "blip",
         "--at",
-        "2026-12-01T14:00:00Z",
+        &tomorrow,
     ])
     .await;
     assert_eq!(exact.code, Some(0), "{}", exact.stderr);
-    let body: Value = serde_json::from_str(&exact.stdout).unwrap();
-    assert_eq!(body["start_at"], "2026-12-01T14:00:00.000Z");
+    let view: Value = serde_json::from_str(&exact.stdout).unwrap();
+    assert_eq!(view["state"], "scheduled");
+    assert_eq!(view["run"]["start_at"], tomorrow.replace('Z', ".000Z"));
     let bad = ctl(&[
         "--admin",
-        &a.url(),
+        &proxies[0].admin_url(),
         "scenario",
         "start",
         "drill",
@@ -631,102 +708,162 @@ async fn a_replica_that_never_answers_is_cut_off_at_the_timeout() {
     }
 }
 
-/// An admin API that answers every call with `status`: a replica's
-/// `/api/status` in the shape SPEC §11 gives it (clock, runs), standing in
-/// for a proxy running a scenario at a chosen step start.
-async fn canned_status(
-    step: usize,
-    step_started_unix_ms: u64,
-) -> (String, tokio::task::JoinHandle<()>) {
-    use http_body_util::Full;
-    use hyper_util::rt::TokioIo;
-    let status = serde_json::json!({
-        "version": "0.1.0", "uptime_seconds": 60, "halted": false, "seed": 42,
-        "rules": { "total": 3, "enabled": 2, "file": 3, "api": 0 },
-        "scenarios_running": ["drill"], "last_reload": null,
-        "clock": "2026-11-29T14:30:00.123Z", "clock_unix_ms": 1_796_049_000_123_u64,
-        "runs": [{
-            "name": "drill", "step": step,
-            "step_started_at": "2026-11-29T14:29:58.004Z",
-            "step_started_unix_ms": step_started_unix_ms,
-            "started_at": "2026-11-29T14:20:00.000Z", "speed": 1.0,
-        }],
-    })
-    .to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let status = status.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_request| {
-                    let body = bytes::Bytes::from(status.clone());
-                    async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (url, task)
+/// `HH:MM:SS.mmm` of `at` in UTC, as `ctl status` shows a step's start.
+fn time_of_day(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()[11..23].to_owned()
 }
 
 #[tokio::test]
 async fn status_shows_the_drift_between_step_starts() {
-    let start = 1_796_048_998_004;
-    let mut replicas = Vec::new();
-    for (step, late_ms) in [(1, 0), (1, 12), (1, 3)] {
-        replicas.push(canned_status(step, start + late_ms).await);
+    // Real replicas, each started at a `start_at` already past, a few ms
+    // apart: each joins late and reports the step's scheduled instant
+    // (anchor + offset), so the drift is exactly the ms chosen here,
+    // whatever this machine's timing. No stand-in is needed.
+    let upstream = TestUpstream::start("orders-use1").await;
+    let proxies = fleet(4, &upstream).await;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    // Eleven minutes ago, on a whole second: blip's step 2 (at 10m) began
+    // a minute ago, and the run lasts nine more.
+    let anchor = UNIX_EPOCH + Duration::from_secs(now.as_secs() - 11 * 60);
+    let start = |proxy: &TestProxy, at: SystemTime| {
+        let (admin, at) = (
+            proxy.admin_url(),
+            humantime::format_rfc3339_millis(at).to_string(),
+        );
+        async move {
+            let ran = ctl(&["--admin", &admin, "scenario", "start", "blip", "--at", &at]).await;
+            assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+        }
+    };
+    for (proxy, late_ms) in proxies.iter().zip([0, 12, 3]) {
+        start(proxy, anchor + Duration::from_millis(late_ms)).await;
     }
-    let list: Vec<&str> = replicas.iter().map(|(url, _)| url.as_str()).collect();
-    let list = list.join(",");
-    let ran = ctl(&["--admin", &list, "status"]).await;
+    let three = admins(&proxies[..3]);
+    let ran = ctl(&["--admin", &three, "status"]).await;
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
-    let first = ran
+    let second = ran
         .stdout
         .lines()
-        .find(|l| l.starts_with(&replicas[1].0))
+        .find(|l| l.starts_with(&proxies[1].admin_url()))
         .unwrap();
+    let step_2 = anchor + Duration::from_secs(600);
     assert!(
-        first.ends_with("drill step 2  14:29:58.016"),
+        second.ends_with(&format!(
+            "blip step 2  {}",
+            time_of_day(step_2 + Duration::from_millis(12))
+        )),
         "{}",
         ran.stdout
     );
     assert!(
-        ran.stdout.contains("running drill step 2\n"),
+        ran.stdout.contains("running blip step 2\n"),
         "{}",
         ran.stdout
     );
     assert!(
         ran.stdout
-            .contains("drift     12 ms between the starts of drill step 2 on 3 replicas\n"),
+            .contains("drift     12 ms between the starts of blip step 2 on 3 replicas\n"),
         "{}",
         ran.stdout
     );
-    let json = ctl(&["--admin", &list, "--json", "status"]).await;
+    let json = ctl(&["--admin", &three, "--json", "status"]).await;
     let document: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(
         document["drift"],
-        serde_json::json!({ "ms": 12, "scenario": "drill", "step": 1, "replicas": 3 })
+        serde_json::json!({ "ms": 12, "scenario": "blip", "step": 1, "replicas": 3 })
     );
 
-    // One replica a step behind: they disagree, and drift is within a step.
-    replicas.push(canned_status(0, start - 60_000).await);
-    let list: Vec<&str> = replicas.iter().map(|(url, _)| url.as_str()).collect();
-    let ran = ctl(&["--admin", &list.join(","), "status"]).await;
+    // One replica a step behind (anchored a minute ago): they disagree,
+    // and drift is within a step.
+    start(&proxies[3], anchor + Duration::from_secs(10 * 60)).await;
+    let ran = ctl(&["--admin", &admins(&proxies), "status"]).await;
     assert!(
         ran.stdout
-            .contains("running (drill step 2 on 3, drill step 1 on 1)"),
+            .contains("running (blip step 2 on 3, blip step 1 on 1)"),
         "{}",
         ran.stdout
     );
     assert!(ran.stdout.contains("drift     12 ms"), "{}", ran.stdout);
+}
+
+/// The issue's test: `ctl --admin a,b,c scenario start --at` arms one run on
+/// three replicas for one instant; they start it, and step to the next
+/// step, together, as their status shows.
+#[tokio::test]
+async fn an_anchored_start_plays_in_step_on_every_replica() {
+    let upstream = TestUpstream::start("orders-use1").await;
+    let proxies = fleet(3, &upstream).await;
+    let all = admins(&proxies);
+    // At 60x, `sync`'s second step (at 1m) is due a second after the start.
+    let started = ctl(&[
+        "--admin", &all, "scenario", "start", "sync", "--at", "+3s", "--speed", "60",
+    ])
+    .await;
+    assert_eq!(started.code, Some(0), "{}", started.stderr);
+    assert!(
+        started
+            .stdout
+            .contains("agree     yes, on 3 replicas: state scheduled, step 0/2\n"),
+        "{}",
+        started.stdout
+    );
+    let start_at = api(&proxies[0], "GET", "/api/scenarios/sync").await["run"]["start_at"].clone();
+    for proxy in &proxies {
+        wait_until("the second step", async || {
+            let status = api(proxy, "GET", "/api/status").await;
+            status["runs"][0]["step"] == 1
+        })
+        .await;
+    }
+
+    let json = ctl(&["--admin", &all, "--json", "status"]).await;
+    assert_eq!(json.code, Some(0), "{}", json.stderr);
+    let document: Value = serde_json::from_str(&json.stdout).unwrap();
+    let anchor = humantime::parse_rfc3339(start_at.as_str().unwrap()).unwrap();
+    let due = u64::try_from(
+        (anchor + Duration::from_secs(1))
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    for reply in document["replicas"].as_array().unwrap() {
+        let run = &reply["result"]["runs"][0];
+        assert_eq!(run["name"], "sync", "{reply}");
+        assert_eq!(run["start_at"], start_at, "{reply}");
+        // The step began when it was due on the wall clock, never before
+        // (how late the timer was is what drift compares).
+        let began = run["step_started_unix_ms"].as_u64().unwrap();
+        assert!((due..due + 1000).contains(&began), "{began} vs due {due}");
+    }
+    let drift = &document["drift"];
+    assert_eq!(
+        (&drift["scenario"], &drift["step"], &drift["replicas"]),
+        (&Value::from("sync"), &Value::from(1), &Value::from(3)),
+        "{drift}"
+    );
+    assert!(drift["ms"].as_u64().unwrap() <= 50, "{drift}");
+
+    let text = ctl(&["--admin", &all, "status"]).await;
+    assert!(
+        text.stdout.contains("running sync step 2\n")
+            && text.stdout.contains("drift     ")
+            && text
+                .stdout
+                .contains(" between the starts of sync step 2 on 3 replicas\n"),
+        "{}",
+        text.stdout
+    );
+    let states = ctl(&["--admin", &all, "scenario", "status", "sync"]).await;
+    assert!(
+        states
+            .stdout
+            .contains("agree     yes, on 3 replicas: state running, step 2/2\n"),
+        "{}",
+        states.stdout
+    );
+    let stopped = ctl(&["--admin", &all, "scenario", "stop", "sync"]).await;
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
 }
 
 #[tokio::test]
@@ -757,4 +894,37 @@ async fn follow_watches_the_run_on_every_replica_then_merges_the_report() {
             "completed"
         );
     }
+
+    // Anchored a second ahead, the run is `scheduled` first: followed
+    // through the wait, on the fleet and on one replica alike.
+    let args = [
+        "--admin", &all, "scenario", "start", "blip", "--speed", "600", "--at", "+1s", "--follow",
+    ];
+    let ran = ctl(&args).await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(ran.stdout.contains("state scheduled"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("state completed, step 2/2"),
+        "{}",
+        ran.stdout
+    );
+    let one = proxies[0].admin_url();
+    let args = [
+        "--admin", &one, "scenario", "start", "blip", "--speed", "600", "--at", "+1s", "--follow",
+    ];
+    let ran = ctl(&args).await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(ran.stdout.contains("  scheduled for "), "{}", ran.stdout);
+    assert!(ran.stdout.contains("left\n"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("scenario blip: completed at 600x"),
+        "{}",
+        ran.stdout
+    );
+}
+
+/// Every proxy's admin URL, comma-separated, for `--admin`.
+fn admins(proxies: &[TestProxy]) -> String {
+    let urls: Vec<String> = proxies.iter().map(TestProxy::admin_url).collect();
+    urls.join(",")
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::fleet::{replica_json, Reply};
-use super::scenario::{clock, report_text, LAST_RFC3339_SECOND};
+use super::scenario::{clock, countdown, report_text, start_of, LAST_RFC3339_SECOND};
 use super::{fault_summary, rule_line, ScenarioVerb, Verb};
 use crate::client::ClientError;
 use crate::control::{ReloadSummary, RuleView, ScenarioView, StatusView};
@@ -50,7 +50,7 @@ pub(super) fn render(verb: &Verb, replies: &mut [Reply], now: SystemTime) -> Sho
             ScenarioVerb::Report { .. } => report(replies),
             ScenarioVerb::Start { .. }
             | ScenarioVerb::Stop { .. }
-            | ScenarioVerb::Status { .. } => scenario_states(replies).into(),
+            | ScenarioVerb::Status { .. } => scenario_states(replies, now).into(),
         },
     }
 }
@@ -201,7 +201,8 @@ impl Verdict {
             } else {
                 format!(": {}", self.same.join(", "))
             };
-            format!("agree     yes, on {answered} replicas{of}{what}\n")
+            let replicas = if answered == 1 { "replica" } else { "replicas" };
+            format!("agree     yes, on {answered} {replicas}{of}{what}\n")
         } else {
             format!("agree     NO{of}: {}\n", self.differ.join("; "))
         }
@@ -623,10 +624,13 @@ fn scenario_list(replies: &mut [Reply]) -> String {
         .zip(&lists)
         .map(|(reply, list)| {
             Row::of(reply, list.as_ref(), |list| {
-                let running: Vec<&str> = list
+                let running: Vec<String> = list
                     .iter()
-                    .filter(|s| s.state == "running")
-                    .map(|s| s.name.as_str())
+                    .filter_map(|s| match s.state.as_str() {
+                        "running" => Some(s.name.clone()),
+                        "scheduled" => Some(format!("{} (scheduled)", s.name)),
+                        _ => None,
+                    })
                     .collect();
                 vec![
                     list.len().to_string(),
@@ -700,7 +704,9 @@ fn scenario_list(replies: &mut [Reply]) -> String {
 }
 
 /// `scenario start`, `stop` and `status`: where the run is on each replica.
-fn scenario_states(replies: &mut [Reply]) -> String {
+/// `START` is the run's anchor (its `start_at`, to come while `scheduled`);
+/// `TIME` the scenario's clock, or how long until a scheduled start.
+fn scenario_states(replies: &mut [Reply], now: SystemTime) -> String {
     let views: Vec<Option<ScenarioView>> = replies.iter_mut().map(Reply::parse).collect();
     let step = |view: &ScenarioView| -> String {
         let current = view.run.as_ref().and_then(|r| r.current_step.as_ref());
@@ -720,8 +726,14 @@ fn scenario_states(replies: &mut [Reply]) -> String {
                     view.state.clone(),
                     step(view),
                     run.map_or("-".to_owned(), |r| format!("{}x", r.speed)),
-                    run.map_or("-".to_owned(), |r| r.started_at.clone()),
-                    run.map_or("-".to_owned(), |r| clock(r.scenario_seconds)),
+                    run.map_or("-".to_owned(), |r| start_of(r).to_owned()),
+                    run.map_or("-".to_owned(), |r| {
+                        if r.state == "scheduled" {
+                            format!("starts {}", countdown(r, now))
+                        } else {
+                            clock(r.scenario_seconds)
+                        }
+                    }),
                     run.and_then(|r| r.next_step_in_seconds)
                         .map_or("-".to_owned(), |s| format!("in {}", clock(s))),
                 ]
@@ -734,7 +746,7 @@ fn scenario_states(replies: &mut [Reply]) -> String {
             "STATE",
             "STEP",
             "SPEED",
-            "STARTED",
+            "START",
             "TIME",
             "NEXT STEP",
         ],
@@ -750,6 +762,18 @@ fn scenario_states(replies: &mut [Reply]) -> String {
             v.run
                 .as_ref()
                 .map_or("-".to_owned(), |r| format!("{}x", r.speed))
+        }),
+        false,
+    );
+    // Replicas anchored at different instants play different timelines; a
+    // run started without `start_at` has no anchor to compare.
+    verdict.check(
+        "start_at",
+        answered.iter().map(|v| {
+            v.run
+                .as_ref()
+                .and_then(|r| r.start_at.clone())
+                .unwrap_or_else(|| "none".to_owned())
         }),
         false,
     );
@@ -838,6 +862,10 @@ mod tests {
         assert_eq!(
             verdict.line(3, 4),
             "agree     NO (3 of 4 answered): halted (yes on 2, no on 1)\n"
+        );
+        assert_eq!(
+            Verdict::default().line(1, 1),
+            "agree     yes, on 1 replica\n"
         );
         assert_eq!(
             Verdict::default().line(0, 2),

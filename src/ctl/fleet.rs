@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use http::Method;
 use serde_json::{json, Value};
 
-use super::scenario::FOLLOW_EVERY;
+use super::scenario::{has_ended, FOLLOW_EVERY};
 use super::{agree, client, write_all, ScenarioVerb, Target, Verb};
 use crate::client::{AdminClient, ClientError};
 use crate::control::ScenarioView;
@@ -87,7 +87,7 @@ pub(super) async fn resolve(fleet: &str) -> Result<Vec<String>, ClientError> {
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if !port_given {
         return Err(usage(
-            "expected HOST:PORT, a name and the admin port (e.g. faultline-admin.chaos.svc:9000)"
+            "expected HOST:PORT, a name and the admin port (e.g. faultline-fleet.chaos.svc:9000, the headless Service of deploy/kubernetes)"
                 .to_owned(),
         ));
     }
@@ -258,10 +258,8 @@ async fn follow(
     loop {
         let mut replies = fan_out(clients, &Method::GET, &path, None).await;
         let places = places(&mut replies);
-        // Anything but an ended (or never started) run is still to follow.
-        let running = places.iter().flatten().any(|(state, _)| {
-            !matches!(state.as_str(), "idle" | "completed" | "stopped" | "aborted")
-        });
+        // A running or scheduled run (anything not ended) is still to follow.
+        let running = places.iter().flatten().any(|(state, _)| !has_ended(state));
         let frame = agree::render(&status, &mut replies, SystemTime::now()).text;
         if live {
             // Up over the last frame, clear it, draw the new one.
@@ -337,7 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fleet_needs_a_port() {
-        for bad in ["faultline-admin", "faultline-admin:http", ":9000"] {
+        for bad in ["faultline-fleet", "faultline-fleet:http", ":9000"] {
             let error = resolve(bad).await.unwrap_err().to_string();
             assert!(error.contains("expected HOST:PORT"), "{error}");
         }

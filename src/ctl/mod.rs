@@ -174,7 +174,7 @@ fn render(api: &AdminClient, verb: &Verb, answer: &str) -> Result<String, Client
             "resumed: rules may be enabled again (none was turned back on)\n".to_owned()
         }
         Verb::Reload => reload_text(&api.parse::<ReloadSummary>(answer)?),
-        Verb::Scenario { verb } => scenario::render(api, verb, answer)?,
+        Verb::Scenario { verb } => scenario::render(api, verb, answer, now)?,
     })
 }
 

@@ -104,21 +104,51 @@ fn start_at(at: &str, now: SystemTime) -> Result<String, ClientError> {
     Ok(rfc3339(instant))
 }
 
-/// The answer as text.
+/// The answer as text; `now` is what a scheduled run's start counts down from.
 pub(super) fn render(
     api: &AdminClient,
     verb: &ScenarioVerb,
     answer: &str,
+    now: SystemTime,
 ) -> Result<String, ClientError> {
     Ok(match verb {
         ScenarioVerb::List => list_table(&api.parse::<Vec<ScenarioView>>(answer)?),
         ScenarioVerb::Report { .. } => report_text(&api.parse::<Report>(answer)?),
-        _ => status_text(&api.parse::<ScenarioView>(answer)?),
+        _ => status_text(&api.parse::<ScenarioView>(answer)?, now),
     })
 }
 
-/// Shows a run until it ends: in place on a terminal (`live`), else one
-/// line per step. Then the report.
+/// A run's state that is over: `idle` (none yet), `completed`, `stopped`,
+/// `aborted`. Anything else (`running`, `scheduled` for a `start_at` to
+/// come, a state a newer proxy adds) is still to follow.
+pub(super) fn has_ended(state: &str) -> bool {
+    matches!(state, "idle" | "completed" | "stopped" | "aborted")
+}
+
+/// When a run starts or started: its `start_at` (to the millisecond) when
+/// anchored, else when it was told to start.
+pub(super) fn start_of(run: &RunView) -> &str {
+    run.start_at.as_deref().unwrap_or(&run.started_at)
+}
+
+/// How long until a scheduled run's start (`None` once it has passed, or
+/// when the proxy's time cannot be read).
+fn starts_in(run: &RunView, now: SystemTime) -> Option<Duration> {
+    let start = humantime::parse_rfc3339(start_of(run)).ok()?;
+    start.duration_since(now).ok()
+}
+
+/// `in 28s` until a scheduled run's start, `now` once due.
+pub(super) fn countdown(run: &RunView, now: SystemTime) -> String {
+    starts_in(run, now).map_or_else(
+        || "now".to_owned(),
+        |left| format!("in {}", clock(left.as_secs_f64())),
+    )
+}
+
+/// Shows a run until it ends (through a `scheduled` wait for its
+/// `start_at`): in place on a terminal (`live`), else a frame at each
+/// change of state or step. Then the report.
 pub(super) async fn follow(
     api: &AdminClient,
     name: &str,
@@ -126,16 +156,18 @@ pub(super) async fn follow(
     out: &mut dyn Write,
 ) -> Result<(), ClientError> {
     let mut drawn_lines = 0;
-    let mut last_step = None;
+    let mut last = None;
     loop {
         let view = api.scenario(name).await?;
         let report = api.report(name).await?;
-        let frame = follow_frame(&view, &report);
+        let frame = follow_frame(&view, &report, SystemTime::now());
         let step = view
             .run
             .as_ref()
             .and_then(|r| r.current_step.as_ref().map(|s| s.index));
-        let running = view.state == "running";
+        // A scheduled run is followed through its wait for `start_at`.
+        let running = !has_ended(&view.state);
+        let place = Some((view.state.clone(), step));
         if live {
             // Up over the last frame, clear it, draw the new one.
             if drawn_lines > 0 {
@@ -143,11 +175,11 @@ pub(super) async fn follow(
             }
             write!(out, "{frame}").map_err(io)?;
             drawn_lines = frame.lines().count();
-        } else if step != last_step || !running {
+        } else if place != last || !running {
             write!(out, "{frame}").map_err(io)?;
         }
         out.flush().map_err(io)?;
-        last_step = step;
+        last = place;
         if !running {
             break;
         }
@@ -162,9 +194,9 @@ fn io(error: std::io::Error) -> ClientError {
     ClientError::Usage(format!("cannot write the output: {error}"))
 }
 
-/// The progress bar, the step, time left, and the error ratio per region
-/// during the current step.
-fn follow_frame(view: &ScenarioView, report: &Report) -> String {
+/// The progress bar, the step, time left (or, while scheduled, when it
+/// starts), and the error ratio per region during the current step.
+fn follow_frame(view: &ScenarioView, report: &Report, now: SystemTime) -> String {
     let mut text = String::new();
     let Some(run) = &view.run else {
         return format!("{}: idle\n", view.name);
@@ -188,6 +220,13 @@ fn follow_frame(view: &ScenarioView, report: &Report) -> String {
     );
     if run.state == "running" {
         let _ = write!(text, "  {} left", clock(left));
+    } else if run.state == "scheduled" {
+        let _ = write!(
+            text,
+            "  scheduled for {} ({})",
+            start_of(run),
+            countdown(run, now)
+        );
     } else {
         let _ = write!(text, "  {}", run.state);
     }
@@ -277,7 +316,7 @@ fn list_table(scenarios: &[ScenarioView]) -> String {
     text
 }
 
-fn status_text(view: &ScenarioView) -> String {
+fn status_text(view: &ScenarioView, now: SystemTime) -> String {
     let mut text = format!("{}: {}\n", view.name, view.state);
     if let Some(description) = &view.description {
         let _ = writeln!(text, "  {description}");
@@ -289,7 +328,16 @@ fn status_text(view: &ScenarioView) -> String {
         view.duration,
         view.rules.join(", ")
     );
-    if let Some(run) = &view.run {
+    if let Some(run) = view.run.as_ref().filter(|r| r.state == "scheduled") {
+        let _ = writeln!(
+            text,
+            "  run     at {}x from {} ({}); step 1 at {}",
+            run.speed,
+            start_of(run),
+            countdown(run, now),
+            view.steps.first().map_or("-", |s| s.at.as_str())
+        );
+    } else if let Some(run) = &view.run {
         let _ = writeln!(
             text,
             "  run     at {}x since {}{}",
