@@ -238,3 +238,112 @@ async fn auto_falls_back_to_http1_for_an_upstream_without_h2c() {
         assert_eq!(reply.text(), "HTTP/1.1");
     }
 }
+
+/// An HTTP/1.1 upgrade (here `curl --http2`'s `Upgrade: h2c`) cannot ride
+/// HTTP/2: the upstream gets the request without it and answers it, where
+/// h2 would refuse the headers and the client would see a 502.
+#[tokio::test]
+async fn an_upgrade_request_reaches_an_h2c_upstream_as_a_plain_one() {
+    let upstream = TestUpstream::start("orders").await;
+    let proxy = TestProxy::start(&config(&upstream.url(), "protocol = \"h2c\"", ""), "").await;
+    let request = Request::get(format!("{}/plain", proxy.url("edge")))
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+        .body(empty())
+        .unwrap();
+    let reply = send(&client(), request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.headers);
+    assert_eq!(reply.header("x-upstream"), Some("orders"));
+    let seen = upstream.last_seen();
+    assert_eq!(seen.version, Version::HTTP_2);
+    assert!(!seen.headers.contains_key("upgrade"), "{:?}", seen.headers);
+    assert!(!seen.headers.contains_key("http2-settings"));
+}
+
+/// An h2c upstream taking one stream at a time; it holds a request for
+/// `/hold` until told, and answers the others at once. Counts the requests
+/// that reached it.
+async fn one_stream_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reached = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = reached.clone();
+    let (release, mut released) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut connection = h2::server::Builder::new()
+            .max_concurrent_streams(1)
+            .handshake::<_, bytes::Bytes>(socket)
+            .await
+            .unwrap();
+        while let Some(Ok((request, mut respond))) = connection.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            if request.uri().path() == "/hold" {
+                let _ = released.recv().await;
+            }
+            let response = http::Response::builder().status(200).body(()).unwrap();
+            let _ = respond.send_response(response, true);
+        }
+    });
+    (addr, reached, release)
+}
+
+/// Requests whose clients leave while they wait for a stream slot do not
+/// reach the upstream later. Streams open one at a time per connection:
+/// the one already handed to h2 (waiting to open) still goes out when a
+/// slot frees, then is reset, as with hyper's client; the ones behind it
+/// never leave. A handle per request handed them all to h2, which queued
+/// every one and sent each once a slot freed.
+#[tokio::test]
+async fn requests_cancelled_while_waiting_for_a_stream_stay_off_the_upstream() {
+    use std::sync::atomic::Ordering;
+    const WAITING: usize = 4;
+    let (addr, reached, release) = one_stream_upstream().await;
+    let proxy = TestProxy::start(
+        &config(&format!("http://{addr}"), "protocol = \"h2c\"", ""),
+        "",
+    )
+    .await;
+    let edge = proxy.url("edge");
+    let get = |path: &str| {
+        let url = format!("{edge}{path}");
+        tokio::spawn(async move { send(&client(), Request::get(url).body(empty()).unwrap()).await })
+    };
+    let in_flight = async |n: f64| {
+        let series = r#"faultline_inflight_requests{listener="edge"}"#;
+        wait_until(&format!("{n} requests in flight"), async || {
+            proxy.metric(series).await == Some(n)
+        })
+        .await;
+    };
+    // The first holds the upstream's one stream.
+    let first = get("/hold");
+    wait_until("the first request reached the upstream", async || {
+        reached.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The others wait for a slot; their clients give up and leave.
+    let waiting: Vec<_> = (0..WAITING)
+        .map(|i| get(&format!("/waiting/{i}")))
+        .collect();
+    in_flight(1.0 + WAITING as f64).await;
+    for client in waiting {
+        client.abort();
+    }
+    in_flight(1.0).await;
+    // The slot frees: the first is answered; then one more request.
+    release.send(()).unwrap();
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    assert_eq!(get("/after").await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        3,
+        "the first, the one stream handed to h2 while waiting, and the last"
+    );
+}

@@ -309,3 +309,52 @@ async fn shutdown_waits_for_tunnels_then_closes_them_after_the_grace_period() {
         .expect("shutdown did not finish")
         .unwrap();
 }
+
+/// A WebSocket to an `https://` upstream with `protocol = "auto"` whose
+/// TLS offers h2 first: the upgrade goes over HTTP/1.1, the one version
+/// that carries it, and the tunnel works.
+#[tokio::test]
+async fn a_websocket_to_an_auto_https_upstream_goes_over_http1() {
+    let files = tempfile::tempdir().unwrap();
+    let ca = support::tls::TestCa::new("chat CA");
+    let leaf = ca.leaf(&["chat.internal"]);
+    let mut tls = (*support::tls::server_config(&leaf, None)).clone();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() && ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let ca_file = ca.write(files.path());
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[upstream]]\nname = \"chat\"\nurl = \"https://{addr}\"\n\
+         tls = {{ ca = \"{}\", server_name = \"chat.internal\" }}\n\n\
+         [[route]]\nlistener = \"edge\"\nupstream = \"chat\"\n",
+        ca_file.display()
+    );
+    let proxy = TestProxy::start(&config, "").await;
+    let mut ws = connect(&proxy, "/chat").await.unwrap();
+    echo(&mut ws, Message::text("over http/1.1")).await;
+    server.abort();
+}

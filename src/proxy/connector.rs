@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::header::UPGRADE;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -147,7 +148,11 @@ impl Connectors {
             Connector::Http1 => false,
             Connector::FollowClient => client == Version::HTTP_2,
             Connector::Http2 => true,
-            Connector::Alpn => !self.http2.chose_http1(index),
+            // An upgrade (a WebSocket) goes over HTTP/1.1, the one
+            // version that carries it, when the upstream may speak it.
+            Connector::Alpn => {
+                !self.http2.chose_http1(index) && !request.headers().contains_key(UPGRADE)
+            }
             Connector::AdHoc => {
                 let sending = async move {
                     match &self.ad_hoc[index] {

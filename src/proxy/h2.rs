@@ -6,9 +6,9 @@
 //! live connection in turn: one atomic load of the list and one increment,
 //! no lock. Only opening a connection, or replacing one that closed (an
 //! upstream's GOAWAY, a failed keep-alive ping, a broken socket), takes the
-//! upstream's dial lock. The server's `max_concurrent_streams` is respected
-//! by h2: streams past it wait for one to finish. Keep-alive pings
-//! ([`PING_INTERVAL`]) notice a dead upstream between requests.
+//! upstream's dial lock. The server's `max_concurrent_streams` is respected:
+//! streams past it wait for one to finish. Keep-alive pings
+//! ([`PING_INTERVAL`], when no DATA came meanwhile) notice a dead upstream.
 //!
 //! The `h2` crate is driven directly, not through hyper's
 //! `client::conn::http2`: hyper hands each request to the connection's task
@@ -19,10 +19,13 @@
 //! response; only a body still streaming when the response comes gets a
 //! task of its own.
 //!
-//! An upstream's GOAWAY makes the connection refuse new streams: the next
-//! request finds it not ready, marks it closed, and goes to another
-//! connection (a new one if need be), untouched. Streams in flight on the
-//! old one finish.
+//! Streams open one request at a time per connection (its opener, held
+//! while the stream waits for a slot under the upstream's
+//! `max_concurrent_streams`), so a request cancelled while it waits never
+//! reaches the upstream. An upstream's GOAWAY makes the connection refuse
+//! new streams: the next request finds it not ready, marks it closed, and
+//! goes to another connection (a new one if need be), untouched. Streams
+//! in flight on the old one finish, still watched by the pinger.
 //!
 //! `protocol = "auto"` over `https://` offers h2 and HTTP/1.1 in ALPN on
 //! the first connection; over `http://` (for a client that spoke HTTP/2)
@@ -34,7 +37,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -68,10 +71,24 @@ pub(super) const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// GOAWAY, a failed ping) is tried on another connection.
 const UNSENT_RETRIES: u32 = 2;
 
+/// Fields HTTP/2 forbids in a message (RFC 9113 §8.2.2), which h2
+/// refuses; `TE` is allowed only as `trailers`, and only in a request's
+/// head, never in trailers.
+const CONNECTION_SPECIFIC: [header::HeaderName; 6] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HeaderName::from_static("keep-alive"),
+    header::HeaderName::from_static("proxy-connection"),
+    header::TE,
+];
+
 /// Flow-control windows offered to upstreams, and the most header bytes
-/// taken from one: hyper's client defaults, which this client had before
-/// it drove `h2` itself. Large uploads and downloads (gRPC streams) are
-/// not held to HTTP/2's 64 KiB default window.
+/// taken from one: hyper's client defaults without its adaptive window
+/// (which this client used before it drove `h2` itself, growing from
+/// 64 KiB with the measured bandwidth). Large uploads and downloads (gRPC
+/// streams) are not held to HTTP/2's 64 KiB default window; one stream
+/// downloads at most 2 MiB per round trip (20 MiB/s at 100 ms).
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
@@ -112,19 +129,53 @@ struct Http2Upstream {
     /// `protocol = "auto"`: ALPN may choose HTTP/1.1.
     auto: bool,
     /// The live connections, shared by every request.
-    connections: ArcSwap<Vec<Http2Connection>>,
+    connections: ArcSwap<Vec<Arc<Http2Connection>>>,
     /// Which connection the next request takes.
     turn: AtomicUsize,
     /// Held while a connection is dialled, so a burst opens one, not many.
     dialing: tokio::sync::Mutex<()>,
 }
 
-/// One connection to an upstream: a handle that opens streams on it, and
-/// whether its task has ended or it refused a stream.
-#[derive(Clone)]
+/// One connection to an upstream, shared by every request on it.
 struct Http2Connection {
-    sender: SendRequest<Bytes>,
-    closed: Arc<AtomicBool>,
+    /// Opens streams, one request at a time: a request waiting for a
+    /// stream slot (the upstream's `max_concurrent_streams`) waits here,
+    /// and one cancelled meanwhile (its client left, `upstream_timeout`)
+    /// never reaches the upstream. A handle per request would hand every
+    /// stream to h2 at once, which queues them all and sends a cancelled
+    /// one's HEADERS anyway once a slot frees.
+    opener: tokio::sync::Mutex<SendRequest<Bytes>>,
+    state: Arc<ConnectionState>,
+}
+
+/// What the requests, the driving task and the pinging task of one
+/// connection tell each other.
+#[derive(Default)]
+struct ConnectionState {
+    /// No new stream goes on it: it refused one (GOAWAY, a failed ping, a
+    /// broken socket), or it ended. Streams in flight may still finish.
+    closed: AtomicBool,
+    /// Its driving task has ended: nothing more goes over it.
+    ended: AtomicBool,
+    /// DATA chunks received on it: the pinger's evidence that the upstream
+    /// is alive, so a busy connection is not pinged and one whose pong
+    /// waits behind the upstream's DATA is not cut.
+    received: AtomicU64,
+}
+
+/// A stream opened on a connection, or the request back with why the
+/// connection took no new stream.
+// Made once per request and matched at once: boxing the large variant
+// would cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Opened {
+    Stream {
+        response: h2::client::ResponseFuture,
+        stream: StreamSender<Bytes>,
+        body: RequestBody,
+        end: bool,
+    },
+    Refused(Request<RequestBody>, h2::Error),
 }
 
 /// How a request went: answered over HTTP/2, or to be sent over HTTP/1.1
@@ -215,14 +266,15 @@ impl Http2Client {
             let Some(connection) = self.sender(upstream).await? else {
                 return Ok(Sent::Http1(request));
             };
-            let mut sender = connection.sender;
-            match poll_fn(|cx| sender.poll_ready(cx)).await {
-                Ok(()) => exchange(sender, to_http2(request, upstream)).await,
-                Err(e) => {
-                    connection.closed.store(true, Ordering::Release);
-                    // Boxed: rare, and it holds the request.
-                    Box::pin(self.resend(upstream, request, e)).await
-                }
+            match open_stream(&connection, request, upstream).await? {
+                Opened::Stream {
+                    response,
+                    stream,
+                    body,
+                    end,
+                } => exchange(response, stream, body, end, &connection.state).await,
+                // Boxed: rare, and it holds the request.
+                Opened::Refused(request, e) => Box::pin(self.resend(upstream, request, e)).await,
             }
         }
     }
@@ -234,7 +286,7 @@ impl Http2Client {
     async fn resend(
         &self,
         upstream: &Http2Upstream,
-        request: Request<RequestBody>,
+        mut request: Request<RequestBody>,
         mut error: h2::Error,
     ) -> Result<Sent, UpstreamError> {
         for _ in 0..UNSENT_RETRIES {
@@ -245,13 +297,14 @@ impl Http2Client {
                 // spoke HTTP/2 already.
                 None => return Err(UpstreamError::Http2(error)),
             };
-            let mut sender = connection.sender;
-            match poll_fn(|cx| sender.poll_ready(cx)).await {
-                Ok(()) => return exchange(sender, to_http2(request, upstream)).await,
-                Err(e) => {
-                    connection.closed.store(true, Ordering::Release);
-                    error = e;
-                }
+            match open_stream(&connection, request, upstream).await? {
+                Opened::Stream {
+                    response,
+                    stream,
+                    body,
+                    end,
+                } => return exchange(response, stream, body, end, &connection.state).await,
+                Opened::Refused(unsent, e) => (request, error) = (unsent, e),
             }
         }
         Err(UpstreamError::Http2(error))
@@ -262,7 +315,7 @@ impl Http2Client {
     async fn sender(
         &self,
         upstream: &Http2Upstream,
-    ) -> Result<Option<Http2Connection>, UpstreamError> {
+    ) -> Result<Option<Arc<Http2Connection>>, UpstreamError> {
         match upstream.pick(self.max_connections) {
             Some(sender) => Ok(Some(sender)),
             // Boxed: dialling is rare, and its future large.
@@ -276,7 +329,7 @@ impl Http2Client {
     async fn connect(
         &self,
         upstream: &Http2Upstream,
-    ) -> Result<Option<Http2Connection>, UpstreamError> {
+    ) -> Result<Option<Arc<Http2Connection>>, UpstreamError> {
         let _dialing = upstream.dialing.lock().await;
         if let Some(sender) = upstream.pick(self.max_connections) {
             return Ok(Some(sender));
@@ -287,15 +340,16 @@ impl Http2Client {
         let Some(connection) = Box::pin(self.dial(upstream)).await? else {
             return Ok(None);
         };
+        let connection = Arc::new(connection);
         // The dead are dropped; the new one joins the live.
         let mut live: Vec<_> = upstream
             .connections
             .load()
             .iter()
-            .filter(|connection| !connection.closed.load(Ordering::Acquire))
+            .filter(|connection| !connection.state.closed.load(Ordering::Acquire))
             .cloned()
             .collect();
-        live.push(connection.clone());
+        live.push(Arc::clone(&connection));
         upstream.connections.store(Arc::new(live));
         Ok(Some(connection))
     }
@@ -369,54 +423,83 @@ where
         .handshake::<S, Bytes>(stream)
         .await
         .map_err(|e| UpstreamError::Connect(e.into()))?;
-    let closed = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(ConnectionState::default());
     let pinger = connection.ping_pong();
-    let ended = Arc::clone(&closed);
+    let driven = Arc::clone(&state);
     let driving = tokio::spawn(async move {
         if let Err(e) = connection.await {
             debug!(error = %e, "upstream HTTP/2 connection ended with an error");
         }
-        ended.store(true, Ordering::Release);
+        driven.closed.store(true, Ordering::Release);
+        driven.ended.store(true, Ordering::Release);
     });
     if let Some(pinger) = pinger {
         tokio::spawn(keep_alive(
             pinger,
             driving.abort_handle(),
-            Arc::clone(&closed),
+            Arc::clone(&state),
         ));
     }
-    Ok(Http2Connection { sender, closed })
+    Ok(Http2Connection {
+        opener: tokio::sync::Mutex::new(sender),
+        state,
+    })
 }
 
-/// Pings the upstream every [`PING_INTERVAL`]: a ping not answered within
-/// [`PING_TIMEOUT`] (a dead upstream, or a path that drops packets) ends
-/// the connection, and the requests after go to a new one. A task apart
-/// from the connection's, so a busy connection polls no timer on every
-/// frame; it ends with the connection.
-async fn keep_alive(mut pinger: PingPong, connection: AbortHandle, closed: Arc<AtomicBool>) {
+/// Pings the upstream after every [`PING_INTERVAL`] in which no DATA came
+/// from it: a ping answered neither within [`PING_TIMEOUT`] nor by DATA
+/// meanwhile (a dead upstream, or a path that drops packets) ends the
+/// connection, and the requests after go to a new one. A task apart from
+/// the connection's, so a busy connection polls no timer on every frame;
+/// it pings a connection that still carries streams after a GOAWAY, and
+/// ends when the connection does.
+async fn keep_alive(mut pinger: PingPong, connection: AbortHandle, state: Arc<ConnectionState>) {
+    let mut seen = state.received.load(Ordering::Relaxed);
     loop {
         tokio::time::sleep(PING_INTERVAL).await;
-        if closed.load(Ordering::Acquire) {
+        if state.ended.load(Ordering::Acquire) {
             return;
         }
-        match tokio::time::timeout(PING_TIMEOUT, pinger.ping(Ping::opaque())).await {
-            Ok(Ok(_)) => continue,
-            Ok(Err(e)) => debug!(error = %e, "keep-alive ping failed; the connection is closed"),
-            Err(_) => debug!(
-                "no answer to a keep-alive ping within {}s; the connection is closed",
-                PING_TIMEOUT.as_secs()
-            ),
+        let received = state.received.load(Ordering::Relaxed);
+        if received != seen {
+            seen = received;
+            continue;
         }
-        closed.store(true, Ordering::Release);
-        connection.abort();
-        return;
+        let ping = pinger.ping(Ping::opaque());
+        let mut ping = std::pin::pin!(ping);
+        let failed = loop {
+            match tokio::time::timeout(PING_TIMEOUT, ping.as_mut()).await {
+                Ok(Ok(_)) => break None,
+                Ok(Err(e)) => break Some(format!("keep-alive ping failed: {e}")),
+                Err(_) => {
+                    // The answer may wait behind DATA the upstream sends.
+                    let received = state.received.load(Ordering::Relaxed);
+                    if received == seen {
+                        break Some(format!(
+                            "no answer to a keep-alive ping within {}s",
+                            PING_TIMEOUT.as_secs()
+                        ));
+                    }
+                    seen = received;
+                }
+            }
+        };
+        if let Some(why) = failed {
+            if !state.ended.load(Ordering::Acquire) {
+                debug!("{why}; the connection is closed");
+            }
+            state.closed.store(true, Ordering::Release);
+            state.ended.store(true, Ordering::Release);
+            connection.abort();
+            return;
+        }
     }
 }
 
 impl Http2Upstream {
     /// The next live connection in turn, once there are as many as
     /// allowed (`max`); `None` asks the caller to open one.
-    fn pick(&self, max: usize) -> Option<Http2Connection> {
+    fn pick(&self, max: usize) -> Option<Arc<Http2Connection>> {
         let connections = self.connections.load();
         if connections.len() < max {
             return None;
@@ -424,7 +507,7 @@ impl Http2Upstream {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let connection = &connections[turn % connections.len()];
         // A closed one (GOAWAY, failed ping) is replaced by the caller.
-        (!connection.closed.load(Ordering::Acquire)).then(|| connection.clone())
+        (!connection.state.closed.load(Ordering::Acquire)).then(|| Arc::clone(connection))
     }
 }
 
@@ -449,6 +532,14 @@ async fn speaks_h2c(stream: &mut SendStream) -> std::io::Result<bool> {
 /// URI, the `Host` moved into `:authority`.
 fn to_http2(request: Request<RequestBody>, upstream: &Http2Upstream) -> Request<RequestBody> {
     let (mut parts, body) = request.into_parts();
+    if parts.headers.contains_key(header::UPGRADE) {
+        // An HTTP/1.1 upgrade HTTP/2 cannot carry (h2 refuses these
+        // headers): the upstream gets the request without it, and answers
+        // it as a plain one. An `auto` upstream takes upgrades over
+        // HTTP/1.1 instead (`Connectors::send`).
+        parts.headers.remove(header::UPGRADE);
+        parts.headers.remove(header::CONNECTION);
+    }
     let authority = match parts.headers.remove(header::HOST) {
         // The upstream's own name (`host = "upstream"`): no parse.
         Some(host) if host.as_bytes() == upstream.authority.as_str().as_bytes() => {
@@ -474,21 +565,44 @@ fn to_http2(request: Request<RequestBody>, upstream: &Http2Upstream) -> Request<
     Request::from_parts(parts, body)
 }
 
-/// Opens the request's stream on a ready connection, sends its body while
-/// waiting for the response's head (the rest in a task of its own, if it
-/// is still streaming when the head comes), and gives the response.
+/// Opens the request's stream on `connection` once it takes one (its
+/// opener held meanwhile), or gives the request back with why it takes
+/// none.
+async fn open_stream(
+    connection: &Http2Connection,
+    request: Request<RequestBody>,
+    upstream: &Http2Upstream,
+) -> Result<Opened, UpstreamError> {
+    let mut opener = connection.opener.lock().await;
+    if let Err(e) = poll_fn(|cx| opener.poll_ready(cx)).await {
+        connection.state.closed.store(true, Ordering::Release);
+        return Ok(Opened::Refused(request, e));
+    }
+    let (head, body) = to_http2(request, upstream).into_parts();
+    let end = body.is_end_stream();
+    let (response, stream) = opener
+        .send_request(Request::from_parts(head, ()), end)
+        .map_err(UpstreamError::Http2)?;
+    Ok(Opened::Stream {
+        response,
+        stream,
+        body,
+        end,
+    })
+}
+
+/// Sends an opened stream's body while waiting for the response's head
+/// (the rest in a task of its own, if it is still streaming when the head
+/// comes), and gives the response.
 #[allow(clippy::manual_async_fn)] // as `Http2Client::send`
 fn exchange(
-    mut sender: SendRequest<Bytes>,
-    request: Request<RequestBody>,
-) -> impl Future<Output = Result<Sent, UpstreamError>> + Send {
+    response: h2::client::ResponseFuture,
+    stream: StreamSender<Bytes>,
+    body: RequestBody,
+    end: bool,
+    state: &Arc<ConnectionState>,
+) -> impl Future<Output = Result<Sent, UpstreamError>> + Send + '_ {
     async move {
-        let (head, body) = request.into_parts();
-        let end = body.is_end_stream();
-        let (response, stream) = sender
-            .send_request(Request::from_parts(head, ()), end)
-            .map_err(UpstreamError::Http2)?;
-        drop(sender);
         let mut pump = (!end).then_some(Pump {
             body,
             stream,
@@ -504,6 +618,12 @@ fn exchange(
                     Poll::Ready(Ok(())) => pump = None,
                     Poll::Ready(Err(PumpError::Client(e))) => {
                         return Poll::Ready(Err(UpstreamError::Body(e.into())));
+                    }
+                    // h2 refused what faultline sent: the stream is reset,
+                    // and the request fails as the proxy's, not the
+                    // upstream's silence.
+                    Poll::Ready(Err(PumpError::Local(e))) => {
+                        return Poll::Ready(Err(UpstreamError::Http2(e)));
                     }
                     // The upstream reset the stream or went away: its
                     // response says how, or fails.
@@ -527,7 +647,11 @@ fn exchange(
                 }
             });
         }
-        Ok(Sent::Answered(response.map(RecvBody::new), Instant::now()))
+        let state = Arc::clone(state);
+        Ok(Sent::Answered(
+            response.map(|recv| RecvBody::new(recv, state)),
+            Instant::now(),
+        ))
     }
 }
 
@@ -551,6 +675,22 @@ enum PumpError {
     /// The upstream reset the stream, or the connection failed.
     #[error("the upstream stream failed: {0}")]
     Upstream(h2::Error),
+    /// h2 refused what was to be sent (the stream is reset).
+    #[error("the request's body could not be sent: {0}")]
+    Local(h2::Error),
+}
+
+impl Pump {
+    /// A failed send: the upstream's doing, or h2 refusing ours, in which
+    /// case the stream is reset so the upstream does not wait for the rest.
+    fn failed(&mut self, e: h2::Error) -> PumpError {
+        if e.is_remote() || e.is_io() || e.is_go_away() {
+            PumpError::Upstream(e)
+        } else {
+            self.stream.send_reset(Reason::INTERNAL_ERROR);
+            PumpError::Local(e)
+        }
+    }
 }
 
 impl Pump {
@@ -574,9 +714,9 @@ impl Pump {
                     }
                 }
                 let (chunk, _) = self.waiting.take().unwrap_or_default();
-                self.stream
-                    .send_data(chunk, end)
-                    .map_err(PumpError::Upstream)?;
+                if let Err(e) = self.stream.send_data(chunk, end) {
+                    return Poll::Ready(Err(self.failed(e)));
+                }
                 if end {
                     return Poll::Ready(Ok(()));
                 }
@@ -590,9 +730,9 @@ impl Pump {
                 }
                 None => {
                     // Ended with no trailers and no last chunk said so.
-                    self.stream
-                        .send_data(Bytes::new(), true)
-                        .map_err(PumpError::Upstream)?;
+                    if let Err(e) = self.stream.send_data(Bytes::new(), true) {
+                        return Poll::Ready(Err(self.failed(e)));
+                    }
                     return Poll::Ready(Ok(()));
                 }
             };
@@ -601,9 +741,9 @@ impl Pump {
                     let end = self.body.is_end_stream();
                     if chunk.is_empty() {
                         // Needs no capacity: an explicit end of the body.
-                        self.stream
-                            .send_data(chunk, end)
-                            .map_err(PumpError::Upstream)?;
+                        if let Err(e) = self.stream.send_data(chunk, end) {
+                            return Poll::Ready(Err(self.failed(e)));
+                        }
                         if end {
                             return Poll::Ready(Ok(()));
                         }
@@ -614,11 +754,16 @@ impl Pump {
                     self.waiting = Some((chunk, end));
                 }
                 Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
+                    if let Ok(mut trailers) = frame.into_trailers() {
                         self.stream.reserve_capacity(0);
-                        self.stream
-                            .send_trailers(trailers)
-                            .map_err(PumpError::Upstream)?;
+                        // Fields HTTP/2 forbids (an HTTP/1.1 client may
+                        // send them as trailers): h2 would refuse them all.
+                        for name in CONNECTION_SPECIFIC {
+                            trailers.remove(name);
+                        }
+                        if let Err(e) = self.stream.send_trailers(trailers) {
+                            return Poll::Ready(Err(self.failed(e)));
+                        }
                         return Poll::Ready(Ok(()));
                     }
                 }
@@ -633,13 +778,24 @@ impl Pump {
 pub(super) struct RecvBody {
     recv: RecvStream,
     data_done: bool,
+    /// Its connection's: each chunk counts as a sign of life.
+    state: Arc<ConnectionState>,
+}
+
+impl std::fmt::Debug for ConnectionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionState")
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RecvBody {
-    fn new(recv: RecvStream) -> Self {
+    fn new(recv: RecvStream, state: Arc<ConnectionState>) -> Self {
         Self {
             recv,
             data_done: false,
+            state,
         }
     }
 }
@@ -656,6 +812,7 @@ impl Body for RecvBody {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(chunk)) => {
                     let _ = self.recv.flow_control().release_capacity(chunk.len());
+                    self.state.received.fetch_add(1, Ordering::Relaxed);
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 // An RST_STREAM with NO_ERROR after the response ends it
@@ -691,7 +848,7 @@ mod tests {
     /// closed; gives how long that took.
     async fn until_closed(connection: &Http2Connection, within: Duration) -> Option<Duration> {
         let start = tokio::time::Instant::now();
-        while !connection.closed.load(Ordering::Acquire) {
+        while !connection.state.closed.load(Ordering::Acquire) {
             if start.elapsed() > within {
                 return None;
             }
@@ -712,9 +869,9 @@ mod tests {
             .await
             .expect("closed after a ping went unanswered");
         assert!(took >= PING_INTERVAL + PING_TIMEOUT, "{took:?}");
-        let mut sender = connection.sender;
+        let mut opener = connection.opener.lock().await;
         assert!(
-            poll_fn(|cx| sender.poll_ready(cx)).await.is_err(),
+            poll_fn(|cx| opener.poll_ready(cx)).await.is_err(),
             "the aborted connection opens no stream"
         );
     }
@@ -731,6 +888,35 @@ mod tests {
             until_closed(&connection, 4 * (PING_INTERVAL + PING_TIMEOUT)).await,
             None,
             "pinged and answered, the connection stays"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn data_coming_in_keeps_a_connection_whose_pings_go_unanswered() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        // Silent to pings, as an upstream whose answer waits behind the
+        // DATA it sends on a slow path; the DATA itself still comes.
+        let upstream = tokio::spawn(h2::server::handshake(theirs));
+        let connection = open(&h2::client::Builder::new(), ours).await.unwrap();
+        let _silent = upstream.await.unwrap().unwrap();
+        let state = Arc::clone(&connection.state);
+        let data = tokio::spawn(async move {
+            loop {
+                state.received.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        assert_eq!(
+            until_closed(&connection, 4 * (PING_INTERVAL + PING_TIMEOUT)).await,
+            None,
+            "DATA is a sign of life"
+        );
+        data.abort();
+        assert!(
+            until_closed(&connection, 2 * (PING_INTERVAL + PING_TIMEOUT))
+                .await
+                .is_some(),
+            "with the DATA stopped, the unanswered ping ends it"
         );
     }
 }
