@@ -13,7 +13,7 @@
 //!   decided by a search in fixed lists, no lock, no allocation;
 //! - else one of the first [`MAX_OTHER_REGIONS`] other names seen (a region
 //!   AWS opened after faultline's list was written, an emulator's own):
-//!   each claims a slot for good, read after that with one atomic load;
+//!   each claims a slot for good, found after that by atomic loads alone;
 //! - else it is counted under [`RegionName::OTHER`] (`other`).
 //!
 //! So signatures add at most `AWS_REGIONS.len() + MAX_OTHER_REGIONS + 1`
