@@ -593,6 +593,66 @@ const GLOBAL: [&str; 6] = ["s3", "sts", "iam", "route53", "cloudfront", "organiz
 /// The region global endpoints are signed for.
 const GLOBAL_REGION: &str = "us-east-1";
 
+/// The regions AWS runs, in every partition (commercial, China, GovCloud,
+/// the ISO partitions, the European Sovereign Cloud), sorted: a signed
+/// region in this list always labels forward traffic's series
+/// (`proxy::regions`). A region opened after this list was written is not
+/// in it: that one is still counted under its name while few unknown
+/// names have been seen (README "Forward proxy").
+pub const AWS_REGIONS: [&str; 45] = [
+    "af-south-1",
+    "ap-east-1",
+    "ap-east-2",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ap-southeast-5",
+    "ap-southeast-6",
+    "ap-southeast-7",
+    "ca-central-1",
+    "ca-west-1",
+    "cn-north-1",
+    "cn-northwest-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-isoe-west-1",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "eusc-de-east-1",
+    "il-central-1",
+    "me-central-1",
+    "me-south-1",
+    "mx-central-1",
+    "sa-east-1",
+    "us-east-1",
+    "us-east-2",
+    "us-gov-east-1",
+    "us-gov-west-1",
+    "us-iso-east-1",
+    "us-iso-west-1",
+    "us-isob-east-1",
+    "us-isof-east-1",
+    "us-isof-south-1",
+    "us-west-1",
+    "us-west-2",
+];
+
+/// Whether `region` (lowercase, as a [`RegionName`] holds it) is one of
+/// [`AWS_REGIONS`]: a binary search, no allocation.
+pub fn is_aws_region(region: &str) -> bool {
+    AWS_REGIONS.binary_search(&region).is_ok()
+}
+
 /// A region's name, lowercase, held inline: forward traffic's metrics are
 /// labelled with it once the request is answered and gone, and keeping
 /// it costs no allocation. At most [`RegionName::MAX`] bytes.
@@ -608,6 +668,27 @@ impl RegionName {
     /// `Option<RegionName>` takes the 24 bytes every request's future kept
     /// for its region before (an `Option<Cow<str>>`).
     pub const MAX: usize = 22;
+
+    /// `other`: what forward traffic is counted under when its signature
+    /// names a region past the bound (`proxy::regions`). Not a region's
+    /// shape, so no request names it.
+    pub const OTHER: RegionName = RegionName::constant(b"other");
+
+    /// `name` as it is (lowercase ASCII, at most [`Self::MAX`] bytes).
+    const fn constant(name: &[u8]) -> RegionName {
+        assert!(name.len() <= Self::MAX);
+        let mut bytes = [0; Self::MAX];
+        let mut i = 0;
+        while i < name.len() {
+            bytes[i] = name[i];
+            i += 1;
+        }
+        // At most MAX (asserted): the cast keeps every bit.
+        RegionName {
+            bytes,
+            len: name.len() as u8,
+        }
+    }
 
     /// `label` lowercased, if it looks like a region ([`is_region`]).
     pub fn new(label: &str) -> Option<RegionName> {
@@ -684,14 +765,21 @@ impl HostRegion {
     /// The region a request to this host is counted under: the host's,
     /// else its SigV4 credential scope's ([`signed_region`]), else
     /// us-east-1 for a global endpoint. The request is read only when the
-    /// host names no region.
-    pub fn of_request(self, headers: &HeaderMap, query: Option<&str>) -> Option<RegionName> {
+    /// host names no region; a region read from the signature goes through
+    /// `signed` (the caller's bound on the names a client may pick), a
+    /// host's does not.
+    pub fn of_request(
+        self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        signed: impl FnOnce(RegionName) -> RegionName,
+    ) -> Option<RegionName> {
         match self {
             HostRegion::Named(region) => Some(region),
-            HostRegion::Global => {
-                signed_region(headers, query).or_else(|| RegionName::new(GLOBAL_REGION))
-            }
-            HostRegion::Unnamed => signed_region(headers, query),
+            HostRegion::Global => signed_region(headers, query)
+                .map(signed)
+                .or_else(|| RegionName::new(GLOBAL_REGION)),
+            HostRegion::Unnamed => signed_region(headers, query).map(signed),
         }
     }
 }
@@ -731,7 +819,7 @@ mod host_region_tests {
             );
         }
         host_region(host)
-            .of_request(&headers, None)
+            .of_request(&headers, None, |region| region)
             .map(|region| region.as_str().to_owned())
     }
 
@@ -782,7 +870,7 @@ mod host_region_tests {
             "X-Amz-Credential=AKID%2F20250101%2Fap-south-1%2Fs3%2Faws4_request&X-Amz-Signature=f";
         assert_eq!(
             host_region("files.emulator.test")
-                .of_request(&headers, Some(query))
+                .of_request(&headers, Some(query), |region| region)
                 .map(|r| r.as_str().to_owned())
                 .as_deref(),
             Some("ap-south-1")
@@ -810,7 +898,24 @@ mod host_region_tests {
             http::header::AUTHORIZATION,
             HeaderValue::from_static("Bearer x"),
         );
-        assert_eq!(host_region("x.test").of_request(&headers, None), None);
+        assert_eq!(
+            host_region("x.test").of_request(&headers, None, |region| region),
+            None
+        );
+    }
+
+    #[test]
+    fn the_known_regions_are_sorted_region_names() {
+        assert!(AWS_REGIONS.windows(2).all(|w| w[0] < w[1]), "sorted, once");
+        for region in AWS_REGIONS {
+            let name = RegionName::new(region).map(|r| r.as_str().to_owned());
+            assert_eq!(name.as_deref(), Some(region));
+            assert!(is_aws_region(region));
+        }
+        assert!(!is_aws_region("zz-q1-1"));
+        assert!(!is_aws_region("US-EAST-1"), "only as a RegionName holds it");
+        assert_eq!(RegionName::OTHER.as_str(), "other");
+        assert_eq!(RegionName::new("other"), None, "no request names it");
     }
 
     #[test]
@@ -1442,13 +1547,13 @@ mod properties {
             let _ = scope_from_authorization(&auth);
             let _ = scope_from_query(&query);
             let _ = form_action(&body);
-            let _ = host_region(&host).of_request(&HeaderMap::new(), Some(&query));
+            let _ = host_region(&host).of_request(&HeaderMap::new(), Some(&query), |r| r);
             let mut signed = HeaderMap::new();
             if let Ok(value) = http::HeaderValue::from_str(&auth) {
                 signed.insert(http::header::AUTHORIZATION, value);
             }
             for host in [&host, &aws_host] {
-                if let Some(region) = host_region(host).of_request(&signed, None) {
+                if let Some(region) = host_region(host).of_request(&signed, None, |r| r) {
                     prop_assert!(is_region(region.as_str()));
                     prop_assert_eq!(region.as_str(), region.as_str().to_ascii_lowercase());
                 }

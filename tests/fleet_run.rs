@@ -277,16 +277,31 @@ async fn until_switched(replica: &Replica, on: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_start_at_plays_on_every_replica_in_step() {
     let upstream = TestUpstream::start("orders").await;
-    let start_at = SystemTime::now() + Duration::from_secs(2);
+    // start_at far enough ahead that the fleet is up and asked before it:
+    // twice what starting the same fleet takes on this machine, plus a
+    // second, at least the 2 s a quiet machine needs.
+    let startup = {
+        let began = Instant::now();
+        let probe = fleet_dir(&drill(None, "1s", "3s"));
+        drop(fleet(probe.path(), &upstream, 3).await);
+        began.elapsed()
+    };
+    let ahead = (startup * 2 + Duration::from_secs(1)).max(Duration::from_secs(2));
+    let start_at = SystemTime::now() + ahead;
     let dir = fleet_dir(&drill(Some(start_at), "1s", "3s"));
     let replicas = fleet(dir.path(), &upstream, 3).await;
     // Armed, not started, before start_at.
     for replica in &replicas {
+        let asked = SystemTime::now();
+        assert!(
+            asked < start_at,
+            "the fleet was up only after start_at ({ahead:?} ahead, twice the \
+             {startup:?} a probe fleet took to start, plus 1 s): the scheduled \
+             state could not be checked"
+        );
         let scenario = replica.get("/api/scenarios/drill").await;
-        if SystemTime::now() < start_at {
-            assert_eq!(scenario["state"], "scheduled", "{scenario}");
-            assert_eq!(scenario["run"]["start_at"], rfc3339(start_at));
-        }
+        assert_eq!(scenario["state"], "scheduled", "{scenario}");
+        assert_eq!(scenario["run"]["start_at"], rfc3339(start_at));
     }
     let step_rules = [["a"], ["b"], ["c"]];
     for (step, on) in step_rules.iter().enumerate() {

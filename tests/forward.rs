@@ -191,6 +191,89 @@ async fn absolute_form_requests_go_to_the_upstream_their_authority_names() {
     assert_eq!(proxy.metric(&counted("other", "")).await, Some(1.0));
 }
 
+/// The bound README "Forward proxy" gives on signed region names outside
+/// AWS's and the configured ones.
+const MAX_OTHER_REGIONS: usize = 8;
+
+#[tokio::test]
+async fn signed_regions_a_client_makes_up_do_not_grow_the_series_without_end() {
+    let orders = TestUpstream::start("orders").await;
+    let elsewhere = TestUpstream::start("elsewhere").await;
+    // A fault on every request, counted in its region too.
+    let nudge = rule(
+        "nudge",
+        "",
+        "upstreams = [\"other\"]",
+        "kind = \"latency\"\ndelay = \"1ms\"",
+    );
+    let proxy = TestProxy::start(&forward_config(&orders, &[], ""), &nudge).await;
+    let egress = proxy.addr("egress");
+    let url = format!("{}/thing", elsewhere.url());
+    let signed = |region: &str| {
+        let mut request = absolute_get(&url);
+        let scope = format!("AWS4-HMAC-SHA256 Credential=A/20250101/{region}/s3/aws4_request, SignedHeaders=host, Signature=0");
+        request
+            .headers_mut()
+            .insert("authorization", scope.parse().unwrap());
+        request
+    };
+
+    // `zz-qaa-1`, `zz-qab-1`, …: shaped like regions, none of AWS's.
+    let name = |i: usize| {
+        let letter = |n: usize| char::from(b'a' + (n % 26) as u8);
+        format!("zz-q{}{}-1", letter(i / 26), letter(i))
+    };
+    // A client naming a new region with each request: the first few names
+    // are kept (a region newer than faultline's list), then `other`.
+    let made_up = MAX_OTHER_REGIONS + 40;
+    for i in 0..made_up {
+        let reply = via_proxy(egress, signed(&name(i))).await;
+        assert_eq!(reply.status, 200);
+    }
+    // A real region still counts under its name, made-up ones before it or not.
+    for region in ["eu-west-1", "ap-southeast-7", "US-GOV-WEST-1"] {
+        assert_eq!(via_proxy(egress, signed(region)).await.status, 200);
+    }
+
+    let text = get(&format!("{}/metrics", proxy.admin_url())).await.text();
+    let regions = |family: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter(|line| line.starts_with(family) && line.contains(r#"upstream="other""#))
+            .filter_map(|line| line.split(r#"region=""#).nth(1)?.split('"').next())
+            // `other`'s own labels (no region), resolved ahead.
+            .filter(|region| !region.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let counted = regions("faultline_requests_total{");
+    let kept: Vec<String> = (0..MAX_OTHER_REGIONS).map(name).collect();
+    let mut expected: std::collections::BTreeSet<String> = kept.iter().cloned().collect();
+    expected.extend(["other", "eu-west-1", "ap-southeast-7", "us-gov-west-1"].map(str::to_owned));
+    assert_eq!(counted, expected, "{text}");
+    assert_eq!(
+        regions("faultline_request_duration_seconds_count{"),
+        expected,
+        "{text}"
+    );
+    assert_eq!(
+        regions("faultline_faults_injected_total{"),
+        expected,
+        "{text}"
+    );
+    let series = |region: &str| {
+        format!(
+            r#"faultline_requests_total{{code="200",method="GET",region="{region}",upstream="other"}}"#
+        )
+    };
+    assert_eq!(
+        proxy.metric(&series("other")).await,
+        Some((made_up - MAX_OTHER_REGIONS) as f64)
+    );
+    assert_eq!(proxy.metric(&series(&name(0))).await, Some(1.0));
+    assert_eq!(proxy.metric(&series("eu-west-1")).await, Some(1.0));
+    assert_eq!(proxy.metric(&series("us-gov-west-1")).await, Some(1.0));
+}
+
 #[tokio::test]
 async fn rules_name_forward_traffic_by_upstream_or_other() {
     let orders = TestUpstream::start("orders").await;

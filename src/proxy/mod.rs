@@ -26,6 +26,7 @@ mod h2;
 mod inject;
 mod intercept;
 mod pool;
+mod regions;
 mod shape;
 pub mod synthetic;
 mod tunnel;
@@ -109,6 +110,8 @@ pub struct Proxy {
     metrics: Metrics,
     /// Per upstream index.
     upstream_metrics: Vec<UpstreamMetrics>,
+    /// The bound on the regions forward traffic's signatures label series with.
+    signed_regions: regions::SignedRegions,
     /// `faultline_inflight_requests` per listener index, then per upstream
     /// index for dedicated ports (labelled with the upstream's name).
     listener_inflight: Vec<IntGauge>,
@@ -188,6 +191,12 @@ impl Proxy {
                 .map(|u| metrics.inflight(&format!("upstream:{}", u.name)))
                 .collect(),
             client_errors: metrics.client_errors(),
+            signed_regions: regions::SignedRegions::new(
+                config
+                    .upstreams
+                    .iter()
+                    .filter_map(|u| u.labels.get("region").map(String::as_str)),
+            ),
             metrics,
             upstreams: config.upstreams.clone(),
             routes,
@@ -463,8 +472,9 @@ impl Proxy {
     /// The region forward traffic is counted under when its destination
     /// has no `region` label: the one its AWS host names (read once per
     /// intercepted tunnel), else the one it is signed for
-    /// ([`crate::aws::HostRegion::of_request`]). `None` for reverse traffic,
-    /// at once. Kept inline, never allocated.
+    /// ([`crate::aws::HostRegion::of_request`]) within the bound of
+    /// [`regions`], as a client picks that one freely. `None` for reverse
+    /// traffic, at once. Kept inline, never allocated.
     fn derived_region<B>(
         &self,
         conn: &Connection,
@@ -480,7 +490,9 @@ impl Proxy {
             }
             None => return None,
         };
-        host.of_request(request.headers(), request.uri().query())
+        host.of_request(request.headers(), request.uri().query(), |region| {
+            self.signed_regions.bound(region)
+        })
     }
 
     /// Whether forward traffic to `upstream` is counted under the region
