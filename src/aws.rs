@@ -765,21 +765,21 @@ impl HostRegion {
     /// The region a request to this host is counted under: the host's,
     /// else its SigV4 credential scope's ([`signed_region`]), else
     /// us-east-1 for a global endpoint. The request is read only when the
-    /// host names no region; a region read from the signature goes through
-    /// `signed` (the caller's bound on the names a client may pick), a
-    /// host's does not.
+    /// host names no region. Every region a client names, by its host or
+    /// its signature, goes through `bound` (the caller's bound on the names
+    /// a client may pick: a forward client may name any host).
     pub fn of_request(
         self,
         headers: &HeaderMap,
         query: Option<&str>,
-        signed: impl FnOnce(RegionName) -> RegionName,
+        bound: impl FnOnce(RegionName) -> RegionName,
     ) -> Option<RegionName> {
         match self {
-            HostRegion::Named(region) => Some(region),
+            HostRegion::Named(region) => Some(bound(region)),
             HostRegion::Global => signed_region(headers, query)
-                .map(signed)
+                .map(bound)
                 .or_else(|| RegionName::new(GLOBAL_REGION)),
-            HostRegion::Unnamed => signed_region(headers, query).map(signed),
+            HostRegion::Unnamed => signed_region(headers, query).map(bound),
         }
     }
 }

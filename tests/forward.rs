@@ -230,6 +230,13 @@ async fn signed_regions_a_client_makes_up_do_not_grow_the_series_without_end() {
         let reply = via_proxy(egress, signed(&name(i))).await;
         assert_eq!(reply.status, 200);
     }
+    // A host naming a made-up region is held to the same bound (it does
+    // not resolve: the proxy's 502, counted all the same).
+    for i in 0..2 {
+        let url = format!("http://s3.{}.amazonaws.com/thing", name(100 + i));
+        let reply = via_proxy(egress, absolute_get(&url)).await;
+        assert_eq!(reply.status, 502, "{}", reply.text());
+    }
     // A real region still counts under its name, made-up ones before it or not.
     for region in ["eu-west-1", "ap-southeast-7", "US-GOV-WEST-1"] {
         assert_eq!(via_proxy(egress, signed(region)).await.status, 200);
@@ -269,6 +276,9 @@ async fn signed_regions_a_client_makes_up_do_not_grow_the_series_without_end() {
         proxy.metric(&series("other")).await,
         Some((made_up - MAX_OTHER_REGIONS) as f64)
     );
+    let unresolved =
+        r#"faultline_requests_total{code="502",method="GET",region="other",upstream="other"}"#;
+    assert_eq!(proxy.metric(unresolved).await, Some(2.0), "{text}");
     assert_eq!(proxy.metric(&series(&name(0))).await, Some(1.0));
     assert_eq!(proxy.metric(&series("eu-west-1")).await, Some(1.0));
     assert_eq!(proxy.metric(&series("us-gov-west-1")).await, Some(1.0));

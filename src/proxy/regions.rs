@@ -1,11 +1,12 @@
-//! The bound on the regions forward traffic's series are labelled with when
-//! the region comes from a request's SigV4 signature (README "Forward
+//! The bound on the regions forward traffic's series are labelled with,
+//! named by a request's host or its SigV4 signature (README "Forward
 //! proxy"), owned here so the three families it labels
 //! (`faultline_requests_total`, `faultline_request_duration_seconds`,
 //! `faultline_faults_injected_total`) cannot grow without end.
 //!
-//! faultline does not verify a signature, and a client writes its
-//! credential scope as it likes: were every region-shaped name taken, a
+//! faultline does not verify a signature, a client writes its credential
+//! scope as it likes, and a forward client may name any host (`CONNECT
+//! x.zz-qaa-1.amazonaws.com:443`): were every region-shaped name taken, a
 //! client varying it would make new series, kept for the process's life,
 //! with each request. A signed region labels a series when it is:
 //! - an AWS region ([`crate::aws::AWS_REGIONS`]), or one a configured
@@ -16,9 +17,8 @@
 //!   each claims a slot for good, found after that by atomic loads alone;
 //! - else it is counted under [`RegionName::OTHER`] (`other`).
 //!
-//! So signatures add at most `AWS_REGIONS.len() + MAX_OTHER_REGIONS + 1`
-//! region values besides the configured ones. A host that names its region
-//! is not bounded here: it is not read from a signature.
+//! So clients add at most `AWS_REGIONS.len() + MAX_OTHER_REGIONS + 1`
+//! region values besides the configured ones.
 
 use std::sync::OnceLock;
 
