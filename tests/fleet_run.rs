@@ -523,6 +523,17 @@ async fn the_start_api_takes_start_at_and_speed() {
     until_switched(&replicas[0], &["c"]).await;
 }
 
+/// `faultline check -c check.toml` in `dir`: its exit code and what it printed.
+fn check(dir: &Path) -> (Option<i32>, String) {
+    let checked = Command::new(BIN)
+        .args(["check", "-c", "check.toml"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&checked.stdout).into_owned();
+    (checked.status.code(), out)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_end_passed_is_not_started() {
     let upstream = TestUpstream::start("orders").await;
@@ -533,13 +544,8 @@ async fn a_run_whose_end_passed_is_not_started() {
         "[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"orders\"\nurl = \"http://127.0.0.1:9\"\n\n[[route]]\nlistener = \"edge\"\nupstream = \"orders\"\n\n[proxy]\nrules_dir = \"rules\"\n",
     )
     .unwrap();
-    let check = Command::new(BIN)
-        .args(["check", "-c", "check.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{out}");
+    let (code, out) = check(dir.path());
+    assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains(&format!(
             "rules/drill.toml: warning: scenario \"drill\": start_at = \"{}\": its run ended at {}, so it is not started",
@@ -568,13 +574,8 @@ async fn a_run_whose_end_passed_is_not_started() {
         ),
     )
     .unwrap();
-    let check = Command::new(BIN)
-        .args(["check", "-c", "check.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&check.stdout);
-    assert_eq!(check.status.code(), Some(1), "{out}");
+    let (code, out) = check(dir.path());
+    assert_eq!(code, Some(1), "{out}");
     assert!(
         out.starts_with("rules/drill.toml:26:1: error: scenario[0].start_at: scenario \"drill\": start_at \"2026-12-01 14:00\" is not a valid time ("),
         "{out}"
