@@ -18,7 +18,7 @@ use crate::admin::Admin;
 use crate::book::{self, RuleBook, RuleText};
 use crate::ca::Ca;
 use crate::config::Config;
-use crate::control::{Control, Published, RuleFiles, Snapshot, Wiring};
+use crate::control::{Control, HaltFile, HaltFileError, Published, RuleFiles, Snapshot, Wiring};
 use crate::diagnostic::Diagnostic;
 use crate::dns::DnsSockets;
 use crate::fault::Fault;
@@ -54,6 +54,8 @@ pub enum StartError {
     /// A certificate, key or CA file could not be used.
     #[error("{0}")]
     Tls(String),
+    #[error(transparent)]
+    HaltFile(#[from] HaltFileError),
 }
 
 impl App {
@@ -107,6 +109,18 @@ impl App {
                 ));
             }
         }
+        if let Some(path) = &self.config.admin.halt_file {
+            match HaltFile::open(path.clone()) {
+                Ok((_, Some(note))) => warnings.push(format!(
+                    "warning: admin.halt_file {} says {note:?}: `faultline run` starts halted, until `faultline ctl resume`",
+                    path.display()
+                )),
+                Ok((_, None)) => {}
+                Err(e) => warnings.push(format!(
+                    "warning: {e}: `faultline run` will refuse to start"
+                )),
+            }
+        }
         let now = std::time::SystemTime::now();
         warnings.extend(
             self.book
@@ -158,14 +172,26 @@ impl App {
             Arc::clone(&published),
             metrics.clone(),
         ));
+        // Read before anything binds: a halt kept from the last run holds.
+        let (halt_file, halted) = match config.admin.halt_file.clone() {
+            Some(path) => {
+                let (file, note) = HaltFile::open(path)?;
+                (Some(file), note)
+            }
+            None => (None, None),
+        };
         let wiring = Wiring {
             upstreams: config.upstreams.clone(),
             metrics: metrics.clone(),
             tallies: proxy.tallies(),
             published,
             certificates: tls.served(),
+            halt_file,
         };
         let control = Control::new(wiring, self.files.clone(), self.book, seed);
+        if let Some(note) = halted {
+            control.start_halted(&note);
+        }
         // Runs the rule files anchor with `start_at`: armed, or joined mid-run.
         control.arm_from_files();
 

@@ -108,6 +108,7 @@ pub struct AdminSection {
     pub listen: Option<String>,
     pub token: Option<String>,
     pub token_env: Option<String>,
+    pub halt_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -285,6 +286,9 @@ pub struct DestinationConfig {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// Where a halt is kept across restarts (relative paths from the
+    /// config file's folder); `None`: a halt lives in memory only.
+    pub halt_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -647,7 +651,13 @@ impl Config {
         let mut errors = Vec::new();
         let root = FieldPath::root();
 
-        let admin = validate_admin(&wire.admin, variables, &root.key("admin"), &mut errors);
+        let admin = validate_admin(
+            &wire.admin,
+            base_dir,
+            variables,
+            &root.key("admin"),
+            &mut errors,
+        );
         let proxy = validate_proxy(&wire.proxy, base_dir, &root.key("proxy"), &mut errors);
 
         let mut listen_addrs: HashMap<SocketAddr, FieldPath> = HashMap::new();
@@ -1041,6 +1051,7 @@ impl Variables {
 
 fn validate_admin(
     section: &AdminSection,
+    base_dir: &Path,
     variables: &Variables,
     at: &FieldPath,
     errors: &mut Vec<FieldError>,
@@ -1084,7 +1095,22 @@ fn validate_admin(
             format!("admin listener {listen} is not loopback: set `token` or `token_env` so the admin API is not open to the network"),
         ));
     }
-    AdminConfig { listen, token }
+    if section
+        .halt_file
+        .as_ref()
+        .is_some_and(|path| path.file_name().is_none())
+    {
+        errors.push(FieldError::new(
+            at.key("halt_file"),
+            "must name a file, e.g. \"/var/lib/faultline/halted\"",
+        ));
+    }
+    let halt_file = section.halt_file.as_ref().map(|path| base_dir.join(path));
+    AdminConfig {
+        listen,
+        token,
+        halt_file,
+    }
 }
 
 /// The longest timeout or grace period a setting may ask for.
@@ -1817,6 +1843,18 @@ upstream = "a"
         assert!(messages(&text)[0].contains("is not loopback"));
         let text = format!("[admin]\nlisten = \"0.0.0.0:9000\"\ntoken = \"s3cret\"\n{MINIMAL}");
         assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn a_halt_file_is_relative_to_the_config_and_names_a_file() {
+        let text = format!("[admin]\nhalt_file = \"state/halted\"\n{MINIMAL}");
+        assert_eq!(
+            parse(&text).unwrap().admin.halt_file,
+            Some(PathBuf::from("/etc/faultline/state/halted"))
+        );
+        assert_eq!(parse(MINIMAL).unwrap().admin.halt_file, None);
+        let text = format!("[admin]\nhalt_file = \"\"\n{MINIMAL}");
+        assert!(messages(&text)[0].contains("admin.halt_file: must name a file"));
     }
 
     const FORWARD: &str = "[[listener]]\nname = \"egress\"\nmode = \"forward\"\n";

@@ -17,7 +17,7 @@
 //! - [`book`]: the rule files: a file's schema, and the load step (read, parse, validate).
 //! - [`plan`]: decide: the pure step from a snapshot and a request to a decision.
 //! - [`traffic`], [`metrics`]: the proxy's own running counts; the Prometheus families, handles resolved ahead.
-//! - [`control`]: the rules while the proxy runs: runtime switches, TTLs, the halt signal, reloads, scenario runs (on tokio's clock, or anchored to the wall clock by `start_at`: armed, joined mid-run); publishes the snapshots.
+//! - [`control`]: the rules while the proxy runs: runtime switches, TTLs, the halt signal (and `admin.halt_file`, which keeps a halt across restarts), reloads, scenario runs (on tokio's clock, or anchored to the wall clock by `start_at`: armed, joined mid-run); publishes the snapshots.
 //! - [`socket`]: TCP streams that write with `send(2)`, for both sides of the proxy.
 //! - [`server`]: the one accept loop every listener uses (plain and TLS), per-connection endings
 //!   (upgraded connections too), and idle plain HTTP/1.1 connections parking (hyper's state given

@@ -34,12 +34,23 @@ impl Replica {
     /// Starts replica `index` with the shared `rules` directory of `dir`,
     /// in front of `upstream`.
     fn spawn(dir: &Path, index: usize, upstream: &str, proxy_extra: &str) -> Replica {
+        Replica::spawn_with(dir, index, upstream, "", proxy_extra)
+    }
+
+    /// As [`Replica::spawn`], with lines for `[admin]` too.
+    fn spawn_with(
+        dir: &Path,
+        index: usize,
+        upstream: &str,
+        admin_extra: &str,
+        proxy_extra: &str,
+    ) -> Replica {
         let (admin, edge) = (free_port(), free_port());
         let config = dir.join(format!("replica-{index}.toml"));
         std::fs::write(
             &config,
             format!(
-                "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[proxy]\nrules_dir = \"rules\"\nwatch_rules = false\n{proxy_extra}\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:{edge}\"\n\n[[upstream]]\nname = \"orders\"\nurl = \"{upstream}\"\n\n[[route]]\nlistener = \"edge\"\nupstream = \"orders\"\n"
+                "[admin]\nlisten = \"127.0.0.1:{admin}\"\n{admin_extra}\n[proxy]\nrules_dir = \"rules\"\nwatch_rules = false\n{proxy_extra}\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:{edge}\"\n\n[[upstream]]\nname = \"orders\"\nurl = \"{upstream}\"\n\n[[route]]\nlistener = \"edge\"\nupstream = \"orders\"\n"
             ),
         )
         .unwrap();
@@ -435,6 +446,79 @@ async fn a_restarted_replica_joins_at_the_current_step() {
     for replica in &replicas {
         until_switched(replica, &["a"]).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_while_halted_stays_halted_with_a_halt_file() {
+    let upstream = TestUpstream::start("orders").await;
+    // Already running: the replica joins at start-up.
+    let start_at = SystemTime::now() - Duration::from_secs(1);
+    let dir = fleet_dir(&drill(Some(start_at), "60s", "180s"));
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    let halt_file = dir.path().join("state/halted");
+    let mut replica = Replica::spawn_with(
+        dir.path(),
+        0,
+        &upstream.url(),
+        "halt_file = \"state/halted\"\n",
+        "",
+    );
+    replica.ready().await;
+    until_switched(&replica, &["a"]).await;
+    assert!(!halt_file.exists());
+
+    let (status, _) = replica.call("POST", "/api/halt", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let note = std::fs::read_to_string(&halt_file).unwrap();
+    assert!(note.starts_with("halted by "), "{note}");
+
+    // Killed and started again: still halted, and the anchored run that
+    // is still going is not joined.
+    replica.restart();
+    replica.ready().await;
+    let status = replica.status().await;
+    assert_eq!(status["halted"], true, "{status}");
+    assert_eq!(status["runs"], json!([]), "{status}");
+    until_switched(&replica, &[]).await;
+    let (code, refused) = replica.call("POST", "/api/rules/a/enable", None).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{refused}");
+    let log = std::fs::read_to_string(&replica.log).unwrap();
+    assert!(log.contains("admin.halt_file"), "{log}");
+
+    // Resumed: the file is gone and the run is joined at its step.
+    let (code, resumed) = replica.call("POST", "/api/resume", None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(resumed["runs"][0]["step"], 0, "{resumed}");
+    assert!(!halt_file.exists());
+    until_switched(&replica, &["a"]).await;
+
+    // And a restart after the resume joins at once.
+    replica.restart();
+    replica.ready().await;
+    assert_eq!(replica.status().await["halted"], false);
+    until_switched(&replica, &["a"]).await;
+}
+
+#[test]
+fn a_halt_file_in_a_missing_folder_stops_the_start() {
+    let dir = fleet_dir(RULES);
+    let config = dir.path().join("faultline.toml");
+    std::fs::write(
+        &config,
+        "[admin]\nlisten = \"127.0.0.1:0\"\nhalt_file = \"nowhere/halted\"\n\n[proxy]\nrules_dir = \"rules\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"orders\"\nurl = \"http://127.0.0.1:9\"\n\n[[route]]\nlistener = \"edge\"\nupstream = \"orders\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("admin.halt_file") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@
 //! Every change is logged under the `faultline::audit` target with what
 //! changed and who asked.
 
+mod halt_file;
 mod publish;
 mod scenarios;
 mod view;
@@ -36,6 +37,7 @@ use crate::traffic::Tally;
 use rustls::sign::CertifiedKey;
 use scenarios::{Anchor, Overlay, Run};
 
+pub use halt_file::{HaltFile, HaltFileError};
 pub use publish::{HaltSignal, Published, Snapshot};
 pub use scenarios::{RunState, MAX_SPEED};
 pub use view::{
@@ -105,6 +107,8 @@ pub struct Wiring {
     pub published: Arc<Published>,
     /// The certificates TLS listeners serve, which a reload reads again.
     pub certificates: Vec<Arc<ServedCertificate>>,
+    /// `admin.halt_file`: a halt is written there and a resume removes it.
+    pub halt_file: Option<HaltFile>,
 }
 
 /// Why a change was refused.
@@ -606,34 +610,57 @@ impl Control {
 
     /// Turns every fault off and refuses to turn any on until [`Control::resume`].
     /// Requests waiting inside a fault are let go and forwarded.
+    /// With `admin.halt_file`, the halt is also written there, so a restart
+    /// comes back halted.
     pub fn halt(&self, caller: &str) -> StatusView {
         let mut state = self.lock();
         if !state.halted {
-            state.halted = true;
-            let stopped = self.end_all_runs(&mut state, &format!("halted by {caller}"));
-            let switched_off: Vec<String> = state
-                .entries
-                .iter_mut()
-                .filter(|entry| entry.enabled())
-                .map(|entry| {
-                    entry.switch_off();
-                    entry.name().to_owned()
-                })
-                .collect();
-            // Let go of everything the older snapshots hold.
-            let halt = std::mem::take(&mut state.halt);
-            self.publish(&mut state);
-            halt.halt();
-            self.metrics().halted().set(1);
-            warn!(
-                target: "faultline::audit",
-                caller,
-                switched_off = switched_off.join(","),
-                scenarios_stopped = stopped.join(","),
-                "HALTED: every fault is off until resumed"
-            );
+            self.halt_locked(&mut state, caller);
+            // Under the lock, so a resume right after cannot be overtaken.
+            if let Some(file) = &self.wiring.halt_file {
+                file.record(caller, SystemTime::now());
+            }
         }
         StatusView::of(&state, self.seed, self.started.elapsed())
+    }
+
+    /// Starts halted: `admin.halt_file` says the proxy was halted when it
+    /// stopped (its `note`). Called before the files' anchored runs are
+    /// armed, so none is joined until resumed.
+    pub fn start_halted(&self, note: &str) {
+        let mut state = self.lock();
+        let path = self
+            .wiring
+            .halt_file
+            .as_ref()
+            .map_or_else(String::new, |file| file.path().display().to_string());
+        self.halt_locked(&mut state, &format!("admin.halt_file {path} ({note})"));
+    }
+
+    fn halt_locked(&self, state: &mut State, caller: &str) {
+        state.halted = true;
+        let stopped = self.end_all_runs(state, &format!("halted by {caller}"));
+        let switched_off: Vec<String> = state
+            .entries
+            .iter_mut()
+            .filter(|entry| entry.enabled())
+            .map(|entry| {
+                entry.switch_off();
+                entry.name().to_owned()
+            })
+            .collect();
+        // Let go of everything the older snapshots hold.
+        let halt = std::mem::take(&mut state.halt);
+        self.publish(state);
+        halt.halt();
+        self.metrics().halted().set(1);
+        warn!(
+            target: "faultline::audit",
+            caller,
+            switched_off = switched_off.join(","),
+            scenarios_stopped = stopped.join(","),
+            "HALTED: every fault is off until resumed"
+        );
     }
 
     /// Lifts the halt: rules may be enabled again. Nothing turns on by itself.
@@ -641,6 +668,9 @@ impl Control {
         let mut state = self.lock();
         if state.halted {
             state.halted = false;
+            if let Some(file) = &self.wiring.halt_file {
+                file.clear();
+            }
             self.metrics().halted().set(0);
             info!(target: "faultline::audit", caller, "resumed: rules may be enabled again");
             // The rule files' anchored runs are a standing order: a run the
@@ -964,6 +994,7 @@ mod tests {
                 metrics: Metrics::new(),
                 tallies: Vec::new(),
                 certificates: Vec::new(),
+                halt_file: None,
             };
             let control = Control::new(wiring, files, rules, 1);
             Fixture { dir, control }
