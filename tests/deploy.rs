@@ -360,6 +360,29 @@ fn check(r: &Rendering) -> Mounted {
         Some("../rules"),
         "{name}: the rules are {RULES_DIR}, next to {CONFIG_DIR}"
     );
+    // The halt file's folder: a writable emptyDir of the pod (the root
+    // filesystem is read-only), so a restarted container comes back halted.
+    let halt_file = toml["admin"]["halt_file"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name}: no admin.halt_file"));
+    let halt_dir = halt_file.rsplit_once('/').unwrap().0;
+    let mount = faultline["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == halt_dir)
+        .unwrap_or_else(|| panic!("{name}: nothing mounted at {halt_dir}"));
+    assert!(
+        mount.get("readOnly").is_none_or(|ro| ro == false),
+        "{name}: {mount}"
+    );
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert!(volume["emptyDir"].is_object(), "{name}: {volume}");
 
     // The token: from a Secret, never a literal.
     let variable = faultline["env"]
@@ -558,7 +581,9 @@ fn comparable(r: &Rendering) -> Value {
         .unwrap()
         .retain(|k, _| k.starts_with("prometheus.io/"));
     for volume in template["spec"]["volumes"].as_array_mut().unwrap() {
-        let name = volume["configMap"]["name"].as_str().unwrap().to_owned();
+        let Some(name) = volume["configMap"]["name"].as_str().map(str::to_owned) else {
+            continue;
+        };
         if let Some((base, _hash)) = name.split_once("-config-") {
             volume["configMap"]["name"] = json!(format!("{base}-config"));
         }
@@ -707,12 +732,16 @@ async fn faultline_runs_as_the_chart_s_pod_says() {
             .unwrap()
     };
     let (admin, proxy) = (free(), free());
+    let root = tempfile::tempdir().unwrap();
+    // The pod's emptyDir for the halt file, under `root` too.
+    let state = root.path().join("state");
+    std::fs::create_dir(&state).unwrap();
     let config = mounted
         .config
         .replace("0.0.0.0:9000", &admin.to_string())
-        .replace("0.0.0.0:8080", &proxy.to_string());
+        .replace("0.0.0.0:8080", &proxy.to_string())
+        .replace("/var/lib/faultline", state.to_str().unwrap());
     assert!(!config.contains("0.0.0.0"), "{config}");
-    let root = tempfile::tempdir().unwrap();
     configmap_volume(
         &root.path().join("config"),
         &BTreeMap::from([("faultline.toml".to_owned(), config)]),
@@ -738,14 +767,17 @@ async fn faultline_runs_as_the_chart_s_pod_says() {
             (e["name"].as_str().unwrap().to_owned(), value)
         })
         .collect();
-    let mut child = tokio::process::Command::new(FAULTLINE)
-        .args(&args)
-        .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let start = || {
+        tokio::process::Command::new(FAULTLINE)
+            .args(&args)
+            .envs(env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut child = start();
 
     // The readiness probe, as the kubelet sends it.
     let probe = &faultline["readinessProbe"]["httpGet"];
@@ -840,6 +872,21 @@ async fn faultline_runs_as_the_chart_s_pod_says() {
     assert!(halted.contains("halted on 1 of 1 replicas"), "{halted}");
     let status = ctl(&["--json", "status"]).await;
     assert!(status.contains("\"halted\": true"), "{status}");
+
+    // The container restarts (the kubelet's restartPolicy) and keeps the
+    // pod's emptyDir: it comes back halted.
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let mut child = start();
+    wait_until("the restarted container to answer", async || {
+        let request = http::Request::get(&probe_url).body(empty()).unwrap();
+        client().request(request).await.is_ok()
+    })
+    .await;
+    let status = ctl(&["--json", "status"]).await;
+    assert!(status.contains("\"halted\": true"), "{status}");
+    ctl(&["resume"]).await;
+    assert!(!state.join("halted").exists());
 
     child.start_kill().unwrap();
     child.wait().await.unwrap();

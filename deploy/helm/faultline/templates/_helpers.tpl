@@ -43,6 +43,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 # the pod's IP. Off loopback faultline needs the token, from the Secret.
 listen = "0.0.0.0:{{ .Values.ports.admin }}"
 token_env = "FAULTLINE_ADMIN_TOKEN"
+# A halt is written here (an emptyDir), so a container that restarts while
+# the fleet is halted comes back halted instead of rejoining the run.
+halt_file = "/var/lib/faultline/halted"
 
 [[listener]]
 name = {{ .Values.listenerName | quote }}
@@ -143,4 +146,8 @@ listen = "0.0.0.0:{{ .Values.ports.proxy }}"
     - name: {{ ternary "faultline-rules" "rules" (eq .Values.mode "sidecar") }}
       mountPath: /etc/faultline/rules
       readOnly: true
+    # Writable, for admin.halt_file: a halt outlives a container restart
+    # (an emptyDir lives as long as the pod).
+    - name: {{ ternary "faultline-state" "state" (eq .Values.mode "sidecar") }}
+      mountPath: /var/lib/faultline
 {{- end -}}
