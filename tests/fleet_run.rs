@@ -502,22 +502,26 @@ async fn a_replica_restarted_while_halted_stays_halted_with_a_halt_file() {
 #[test]
 fn a_halt_file_in_a_missing_folder_stops_the_start() {
     let dir = fleet_dir(RULES);
-    let config = dir.path().join("faultline.toml");
-    std::fs::write(
-        &config,
-        "[admin]\nlisten = \"127.0.0.1:0\"\nhalt_file = \"nowhere/halted\"\n\n[proxy]\nrules_dir = \"rules\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"orders\"\nurl = \"http://127.0.0.1:9\"\n\n[[route]]\nlistener = \"edge\"\nupstream = \"orders\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut replica = Replica::spawn_with(
+        dir.path(),
+        0,
+        "http://127.0.0.1:9",
+        "halt_file = \"nowhere/halted\"\n",
+        "",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = replica.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "faultline started anyway");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&replica.log).unwrap();
     assert!(
-        stderr.contains("admin.halt_file") && stderr.contains("does not exist"),
-        "{stderr}"
+        log.contains("admin.halt_file") && log.contains("does not exist"),
+        "{log}"
     );
 }
 
